@@ -1,0 +1,156 @@
+/* eellm codelets: one StarPU codelet per op and direction, and a thin insert
+ * wrapper per codelet so graph code reads like math.
+ *
+ * Conventions (all tensors float32, row-major):
+ * - A matrix [R, C] is a StarPU matrix handle with ny = R rows, nx = C columns,
+ *   ld >= C. A vector [N] is a StarPU vector handle.
+ * - Token ids and targets are int32 vectors. Loss masks are float vectors.
+ * - Linear weights are stored [in, out] (GPT-2 / Hugging Face Conv1D layout):
+ *   y = x @ W. With `transpose_w` the weight is [out, in] (lm_head, wte): y = x @ W^T.
+ * - Backward codelets ACCUMULATE into parameter gradients (mode RW). For
+ *   activation gradients a `beta_dx` argument says 0 = overwrite (mode W),
+ *   1 = accumulate (mode RW).
+ * - An optional tensor is passed as NULL.
+ */
+#ifndef EELLM_CODELETS_H
+#define EELLM_CODELETS_H
+
+#include <starpu.h>
+#include <stdint.h>
+
+/* What a task is, for priorities now and traces later. */
+enum eellm_task_kind {
+  EELLM_KIND_FORWARD,
+  EELLM_KIND_BACKWARD,
+  EELLM_KIND_EXIT,
+  EELLM_KIND_LOSS,
+  EELLM_KIND_OPTIMIZER,
+  EELLM_KIND_COLLECTIVE,
+  EELLM_KIND_OTHER,
+};
+
+struct eellm_task_info {
+  int priority;              /* StarPU priority; higher runs first under prio/lws/dmdas */
+  enum eellm_task_kind kind;
+  int micro;                 /* micro-batch index, -1 if none */
+  int layer;                 /* layer index (0-based), -1 if none; exits use 1000 + exit index */
+};
+
+/* Default info for tasks submitted outside a model graph (tests, tools). */
+extern const struct eellm_task_info eellm_task_default;
+
+/* Submits `cl` on `n` buffers (cl->nbuffers is STARPU_VARIABLE_NBUFFERS, so
+ * optional tensors are simply left out) with a malloc'd copy of `args`
+ * (args_size bytes) as cl_arg: the kernel casts cl_arg to its argument struct.
+ * The single place where eellm hands tasks to StarPU. Aborts the process with
+ * a message naming the codelet if StarPU refuses the task. */
+void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
+                  const void *args, size_t args_size, const struct eellm_task_info *info);
+
+/* ---- embedding.c: token + learned position embedding ------------------- */
+/* tokens [N] int32, wte [V, D], wpe [C, D] or NULL (RoPE models), out [N, D];
+ * row n uses position n % seq_len. */
+void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wte,
+                            starpu_data_handle_t wpe, starpu_data_handle_t out,
+                            unsigned seq_len, const struct eellm_task_info *info);
+/* dwte [V, D] += scatter(dout), dwpe [C, D] += per-position sums (if non-NULL). */
+void eellm_insert_embed_bwd(starpu_data_handle_t tokens, starpu_data_handle_t dout,
+                            starpu_data_handle_t dwte, starpu_data_handle_t dwpe,
+                            unsigned seq_len, const struct eellm_task_info *info);
+
+/* ---- norm.c: layernorm and rmsnorm over the last dimension ------------- */
+enum eellm_norm_kind { EELLM_LAYERNORM = 0, EELLM_RMSNORM = 1 };
+/* x [N, D], gain [D], bias [D] or NULL, y [N, D] (W), stats [N, 2] (W): mean, 1/std
+ * (rmsnorm: mean stored as 0). */
+void eellm_insert_norm_fwd(starpu_data_handle_t x, starpu_data_handle_t gain,
+                           starpu_data_handle_t bias, starpu_data_handle_t y,
+                           starpu_data_handle_t stats, enum eellm_norm_kind kind, float eps,
+                           const struct eellm_task_info *info);
+/* dx (beta_dx), dgain += , dbias += (if non-NULL). */
+void eellm_insert_norm_bwd(starpu_data_handle_t x, starpu_data_handle_t gain,
+                           starpu_data_handle_t stats, starpu_data_handle_t dy,
+                           starpu_data_handle_t dx, starpu_data_handle_t dgain,
+                           starpu_data_handle_t dbias, enum eellm_norm_kind kind, int beta_dx,
+                           const struct eellm_task_info *info);
+
+/* ---- linear.c: y = x @ W (+ b) (+ residual) ----------------------------- */
+/* x [N, K]; W [K, M] or, with transpose_w, [M, K]; b [M] or NULL;
+ * residual [N, M] or NULL (added to the output); y [N, M] (W). */
+void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w,
+                             starpu_data_handle_t b, starpu_data_handle_t residual,
+                             starpu_data_handle_t y, int transpose_w,
+                             const struct eellm_task_info *info);
+/* dx = dy @ W^T (beta_dx; dx may be NULL: not wanted), dW += x^T @ dy (or dy^T @ x
+ * when transposed; NULL: frozen), db += column sums of dy (if non-NULL). */
+void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
+                             starpu_data_handle_t dy, starpu_data_handle_t dx,
+                             starpu_data_handle_t dw, starpu_data_handle_t db, int transpose_w,
+                             int beta_dx, const struct eellm_task_info *info);
+
+/* ---- attention.c: causal multi-head self-attention ---------------------- */
+/* qkv [N, 3D] (per row: q | k | v, head h in columns h*hd .. h*hd+hd-1 of each
+ * third), N = B * seq_len; out [N, D] (W); lse [N, H] (W): log-sum-exp of each
+ * query's scaled scores, kept for backward. rope != 0 rotates q and k
+ * (rotate-half convention: pairs (i, i + hd/2), frequency theta^(-2i/hd)). */
+void eellm_insert_attention_fwd(starpu_data_handle_t qkv, starpu_data_handle_t out,
+                                starpu_data_handle_t lse, unsigned seq_len, unsigned n_heads,
+                                int rope, float rope_theta, const struct eellm_task_info *info);
+/* dqkv [N, 3D] (beta_dx). */
+void eellm_insert_attention_bwd(starpu_data_handle_t qkv, starpu_data_handle_t lse,
+                                starpu_data_handle_t dout, starpu_data_handle_t dqkv,
+                                unsigned seq_len, unsigned n_heads, int rope, float rope_theta,
+                                int beta_dx, const struct eellm_task_info *info);
+
+/* ---- activation.c: MLP activations -------------------------------------- */
+enum eellm_activation { EELLM_GELU = 0, EELLM_SWIGLU = 1 };
+/* GELU (tanh approximation): h [N, F] -> a [N, F].
+ * SwiGLU: h [N, 2F] = gate | up -> a [N, F] = silu(gate) * up. */
+void eellm_insert_activation_fwd(starpu_data_handle_t h, starpu_data_handle_t a,
+                                 enum eellm_activation act, const struct eellm_task_info *info);
+/* dh (beta_dx) from h and da. */
+void eellm_insert_activation_bwd(starpu_data_handle_t h, starpu_data_handle_t da,
+                                 starpu_data_handle_t dh, enum eellm_activation act, int beta_dx,
+                                 const struct eellm_task_info *info);
+
+/* ---- tensor.c: zero, accumulate (residual and gradient sums) ------------ */
+/* Works on matrix and vector handles of float. */
+void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info);
+/* dst += alpha * src (same shape). */
+void eellm_insert_axpy(starpu_data_handle_t dst, starpu_data_handle_t src, float alpha,
+                       const struct eellm_task_info *info);
+
+/* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */
+/* logits [N, V], targets [N] int32, mask [N] float (0 or 1), stats [2] double (W):
+ * stats[0] = sum over masked rows of -log softmax(logits / temperature)[target],
+ * stats[1] = sum of the mask. */
+void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                           starpu_data_handle_t mask, starpu_data_handle_t stats,
+                           float temperature, const struct eellm_task_info *info);
+/* dlogits [N, V] (W) = scale * mask * (softmax(logits / T) - onehot) / (T * stats[1]):
+ * the gradient of scale * (mean masked cross-entropy). Zero when the mask is empty. */
+void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                           starpu_data_handle_t mask, starpu_data_handle_t stats,
+                           starpu_data_handle_t dlogits, float scale, float temperature,
+                           const struct eellm_task_info *info);
+
+/* ---- optimizer.c: global gradient norm and AdamW ------------------------ */
+/* sumsq [1] double (W) = sum of squares of grad (matrix or vector). */
+void eellm_insert_sumsq(starpu_data_handle_t grad, starpu_data_handle_t sumsq,
+                        const struct eellm_task_info *info);
+/* clip [2] float (W): clip[0] = sqrt(sum of all sumsq), clip[1] = gradient scale
+ * min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0). Any number of sumsq handles. */
+void eellm_insert_clip_scale(starpu_data_handle_t *sumsqs, int n, starpu_data_handle_t clip,
+                             float max_norm, const struct eellm_task_info *info);
+struct eellm_adamw_step {
+  float lr, beta1, beta2, eps, weight_decay;
+  unsigned step; /* 1-based, for bias correction */
+};
+/* g' = g * clip[1]; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+ * p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p), with
+ * mhat = m / (1 - b1^step), vhat = v / (1 - b2^step). clip may be NULL (scale 1). */
+void eellm_insert_adamw(starpu_data_handle_t param, starpu_data_handle_t grad,
+                        starpu_data_handle_t m, starpu_data_handle_t v,
+                        starpu_data_handle_t clip, const struct eellm_adamw_step *hp,
+                        const struct eellm_task_info *info);
+
+#endif

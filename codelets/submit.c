@@ -1,0 +1,29 @@
+/* The one place where eellm hands a task to StarPU. */
+#include "codelets.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const struct eellm_task_info eellm_task_default = {
+    .priority = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
+
+void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
+                  const void *args, size_t args_size, const struct eellm_task_info *info) {
+  if (!info) info = &eellm_task_default;
+  /* StarPU frees the copy once the task is done; kernels read it as their struct. */
+  void *args_copy = malloc(args_size ? args_size : 1);
+  if (!args_copy) {
+    fprintf(stderr, "eellm: out of memory submitting %s\n", cl->name);
+    abort();
+  }
+  memcpy(args_copy, args, args_size);
+  int ret = starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
+                               STARPU_CL_ARGS, args_copy, args_size,
+                               STARPU_PRIORITY, info->priority,
+                               STARPU_NAME, cl->name, 0);
+  if (ret != 0) {
+    fprintf(stderr, "eellm: StarPU refused task %s (error %d)\n", cl->name, ret);
+    abort();
+  }
+}

@@ -1,0 +1,42 @@
+/* Helpers shared by eellm's C tests: StarPU start-up, handles over host arrays,
+ * random data, tolerance checks against double-precision references, central
+ * finite differences, and the closing "N passed, N failed" line. */
+#ifndef EELLM_TESTUTIL_H
+#define EELLM_TESTUTIL_H
+
+#include <starpu.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Starts the eellm runtime (StarPU); exits the test with status 1 if it cannot. */
+void tu_start(void);
+/* Stops StarPU, prints "<prog>: N passed, N failed" and returns the exit status. */
+int tu_finish(void);
+
+/* Handles over caller-owned host memory (rows x cols row-major floats, etc.). */
+starpu_data_handle_t tu_matrix(float *data, size_t rows, size_t cols);
+starpu_data_handle_t tu_vector(float *data, size_t n);
+starpu_data_handle_t tu_vector_i32(int32_t *data, size_t n);
+starpu_data_handle_t tu_vector_f64(double *data, size_t n);
+/* Waits for all tasks and brings every registered handle home (unregisters them). */
+void tu_sync_all(void);
+
+/* Deterministic uniform numbers in [lo, hi). */
+void tu_seed(uint64_t seed);
+double tu_uniform(double lo, double hi);
+void tu_fill(float *x, size_t n, double lo, double hi);
+float *tu_alloc(size_t n);           /* zeroed floats, freed by tu_finish */
+double *tu_alloc_f64(size_t n);      /* zeroed doubles, freed by tu_finish */
+double *tu_to_f64(const float *x, size_t n); /* copy widened to double, freed by tu_finish */
+
+/* Records one check: |got - want| <= atol + rtol * |want| element-wise.
+ * Prints the worst element on failure. Returns 1 if it passed. */
+int tu_check(const char *what, const float *got, const double *want, size_t n,
+             double rtol, double atol);
+/* Records a plain condition. */
+int tu_ok(int cond, const char *what);
+
+/* Central finite difference of f at x[i] in double precision, step h. */
+double tu_fd(double (*f)(void *ctx), void *ctx, double *x, size_t i, double h);
+
+#endif
