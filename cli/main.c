@@ -1,2 +1,36 @@
+/* eellm: train and serve early-exit LLMs on StarPU. */
 #include <stdio.h>
-int main(void) { puts("eellm"); return 0; }
+#include <string.h>
+
+#include "cli/commands.h"
+
+static const struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} commands[] = {
+    {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: eellm COMMAND [ARGS]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\n'eellm COMMAND --help' describes a command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+      strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "eellm: unknown command '%s' (see 'eellm --help')\n", argv[1]);
+  return 2;
+}

@@ -19,6 +19,102 @@ extern "C" {
 int eellm_runtime_start(void);
 void eellm_runtime_stop(void);
 
+/* ---- specs --------------------------------------------------------------- */
+/* Reads a model spec in protobuf text format (.txtpb) or binary (.pb) and
+ * validates it. Returns NULL with a one-line error in err ("FILE:LINE:COL: field
+ * 'exits[1].layer': ..."). Free with eellm_spec_free. */
+Eellm__Model *eellm_model_spec_load(const char *path, char *err, size_t errlen);
+/* Validates an in-memory model spec; file names the source in messages. 0 or -1. */
+int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err, size_t errlen);
+/* Reads a training spec and validates it against the model. */
+Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model, char *err,
+                                    size_t errlen);
+void eellm_spec_free(void *spec);
+/* Hidden width of the MLPs (ffn_size, or 4 * d_model when unset). */
+unsigned eellm_ffn_size(const Eellm__Model *spec);
+
+/* ---- accounting ---------------------------------------------------------- */
+struct eellm_costs {
+  double params_embedding;   /* wte + wpe */
+  double params_layers;      /* all transformer layers */
+  double params_final_head;  /* final norm + untied lm_head */
+  double params_exits;       /* all exits' own parameters */
+  double params_total;
+  double flops_fwd_backbone; /* per token, forward, final head included, exits excluded */
+  double flops_fwd_exits;    /* per token, forward, all exits */
+};
+/* Parameter and FLOP counts (per token at the full context length, causal attention). */
+void eellm_costs(const Eellm__Model *spec, struct eellm_costs *out);
+/* Parameters of one layer, and of exit k (its own tensors only). */
+double eellm_layer_params(const Eellm__Model *spec);
+double eellm_exit_params(const Eellm__Model *spec, unsigned k);
+/* Forward FLOPs per token of one layer and of exit k at sequence length seq_len. */
+double eellm_layer_flops(const Eellm__Model *spec, unsigned seq_len);
+double eellm_exit_flops(const Eellm__Model *spec, unsigned k, unsigned seq_len);
+/* Splits the layers into pp stages: stage_layers[s] layers on stage s. Uses the
+ * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
+ * (on the stage their placement puts them) and the embedding / final head included. */
+void eellm_stage_split(const Eellm__Model *spec, unsigned pp, const uint32_t *given,
+                       size_t n_given, unsigned *stage_layers);
+
+/* ---- model --------------------------------------------------------------- */
+typedef struct eellm_model eellm_model;
+
+/* Builds the model's parameter, gradient and optimizer-state data handles for
+ * micro-batches of `micro_batch` sequences of `seq_len` tokens. */
+eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch,
+                                unsigned seq_len, char *err, size_t errlen);
+void eellm_model_destroy(eellm_model *m);
+/* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
+ * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
+void eellm_model_init(eellm_model *m, uint64_t seed);
+const Eellm__Model *eellm_model_spec(const eellm_model *m);
+unsigned eellm_model_micro_batch(const eellm_model *m);
+unsigned eellm_model_seq_len(const eellm_model *m);
+
+/* Named tensors (GPT-2 / Hugging Face names). Host pointers are valid after
+ * eellm_model_sync. rows == 0 for vectors. */
+size_t eellm_model_n_tensors(const eellm_model *m);
+const char *eellm_model_tensor_name(const eellm_model *m, size_t i);
+void eellm_model_tensor_shape(const eellm_model *m, size_t i, size_t *rows, size_t *cols);
+float *eellm_model_tensor_data(eellm_model *m, size_t i);
+float *eellm_model_tensor_grad(eellm_model *m, size_t i);
+size_t eellm_model_n_params(const eellm_model *m);
+/* Waits for submitted tasks and makes host copies of parameters and gradients current. */
+void eellm_model_sync(eellm_model *m);
+
+/* Checkpoints: safetensors with the binary spec in __metadata__, written atomically.
+ * Loading checks every tensor's name, dtype and shape against the model's spec. */
+int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen);
+int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen);
+
+/* ---- forward and backward ---------------------------------------------- */
+/* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
+ * optional loss mask (NULL: every position counts). Arrays must stay valid
+ * until eellm_wait returns. */
+struct eellm_batch {
+  const int32_t *tokens;
+  const int32_t *targets;
+  const float *mask;
+};
+/* Number of exits including the final head (last); exit k < n-1 is spec exit k. */
+unsigned eellm_n_exits(const eellm_model *m);
+/* 1-based layer whose output exit k reads (n_layers for the final head). */
+unsigned eellm_exit_layer(const eellm_model *m, unsigned k);
+/* Submits one step's gradient zeroing (call before the step's first micro-batch). */
+void eellm_submit_zero_grads(eellm_model *m);
+/* Submits the forward and backward tasks of one micro-batch. Gradients of
+ * sum_k weight_k * CE_k scaled by grad_scale accumulate into the model's
+ * gradients; exit_weights has eellm_n_exits entries (NULL: the spec's loss
+ * weights, final head 1). Returns 0, or -1 on bad token ids with err set. */
+int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                  const float *exit_weights, float grad_scale, char *err,
+                                  size_t errlen);
+/* Waits for every submitted task; afterwards eellm_exit_loss gives each exit's
+ * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
+void eellm_wait(eellm_model *m);
+double eellm_exit_loss(const eellm_model *m, unsigned k);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,8 @@
+/* The eellm subcommands. Each returns the process exit status:
+ * 0 success, 1 runtime failure, 2 bad usage or bad input. */
+#ifndef EELLM_CLI_COMMANDS_H
+#define EELLM_CLI_COMMANDS_H
+
+int cmd_model(int argc, char **argv);
+
+#endif

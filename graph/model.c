@@ -1,0 +1,306 @@
+/* Builds the model's tensor table: parameters in one allocation carved into
+ * named tensors (GPT-2 / Hugging Face names), gradients and AdamW moments in
+ * blocks of the same layout, each tensor registered as StarPU data. */
+#include "graph/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/step.h"
+
+struct builder {
+  struct eellm_model *m;
+  size_t cap;
+};
+
+static int add_tensor(struct builder *b, const char *name, size_t rows, size_t cols, int decay) {
+  struct eellm_model *m = b->m;
+  if (m->n_tensors == b->cap) {
+    b->cap = b->cap ? 2 * b->cap : 64;
+    m->tensors = realloc(m->tensors, b->cap * sizeof *m->tensors);
+    if (!m->tensors) abort();
+  }
+  struct eellm_tensor *t = &m->tensors[m->n_tensors];
+  memset(t, 0, sizeof *t);
+  snprintf(t->name, sizeof t->name, "%s", name);
+  t->rows = rows;
+  t->cols = cols;
+  t->numel = (rows ? rows : 1) * cols;
+  t->offset = m->n_params;
+  t->decay = decay;
+  m->n_params += t->numel;
+  return (int)m->n_tensors++;
+}
+
+static int add_matrix(struct builder *b, const char *prefix, const char *name, size_t rows,
+                      size_t cols) {
+  char full[EELLM_NAME_MAX];
+  snprintf(full, sizeof full, "%s%s", prefix, name);
+  return add_tensor(b, full, rows, cols, 1);
+}
+
+static int add_vector(struct builder *b, const char *prefix, const char *name, size_t n) {
+  char full[EELLM_NAME_MAX];
+  snprintf(full, sizeof full, "%s%s", prefix, name);
+  return add_tensor(b, full, 0, n, 0);
+}
+
+/* A norm's gain, and its bias for layernorm with biases. */
+static void add_norm(struct builder *b, const char *prefix, const char *name, int *w, int *bias) {
+  const Eellm__Model *s = b->m->spec;
+  char full[EELLM_NAME_MAX];
+  snprintf(full, sizeof full, "%s%s.weight", prefix, name);
+  *w = add_tensor(b, full, 0, s->d_model, 0);
+  *bias = -1;
+  if (s->norm == EELLM__MODEL__NORM__LAYERNORM && s->bias) {
+    snprintf(full, sizeof full, "%s%s.bias", prefix, name);
+    *bias = add_tensor(b, full, 0, s->d_model, 0);
+  }
+}
+
+/* A linear layer stored [in, out] (Conv1D layout) with an optional bias. */
+static void add_linear(struct builder *b, const char *prefix, const char *name, size_t in,
+                       size_t out, int *w, int *bias) {
+  char full[EELLM_NAME_MAX];
+  snprintf(full, sizeof full, "%s%s.weight", prefix, name);
+  *w = add_tensor(b, full, in, out, 1);
+  *bias = -1;
+  if (b->m->spec->bias) {
+    snprintf(full, sizeof full, "%s%s.bias", prefix, name);
+    *bias = add_tensor(b, full, 0, out, 0);
+  }
+}
+
+static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
+  size_t d = b->m->spec->d_model;
+  add_norm(b, prefix, "ln_2", &p->ln2_w, &p->ln2_b);
+  add_linear(b, prefix, "mlp.c_fc", d, b->m->fc_out, &p->fc_w, &p->fc_b);
+  add_linear(b, prefix, "mlp.c_proj", b->m->d_ffn, d, &p->proj_w, &p->proj_b);
+}
+
+static void add_layer(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
+  size_t d = b->m->spec->d_model;
+  add_norm(b, prefix, "ln_1", &p->ln1_w, &p->ln1_b);
+  add_linear(b, prefix, "attn.c_attn", d, 3 * d, &p->qkv_w, &p->qkv_b);
+  add_linear(b, prefix, "attn.c_proj", d, d, &p->o_w, &p->o_b);
+  add_mlp(b, prefix, p);
+}
+
+static const struct eellm_layer_params no_layer = {-1, -1, -1, -1, -1, -1,
+                                                   -1, -1, -1, -1, -1, -1};
+
+static void add_exit(struct builder *b, unsigned k) {
+  struct eellm_model *m = b->m;
+  const Eellm__Exit *e = m->spec->exits[k];
+  struct eellm_exit_params *x = &m->exits[k];
+  char prefix[EELLM_NAME_MAX];
+  snprintf(prefix, sizeof prefix, "exits.%u.", k);
+  x->layer = e->layer;
+  x->structure = e->structure;
+  x->temperature = e->temperature;
+  x->block = no_layer;
+  x->lnf_w = x->lnf_b = -1;
+  if (e->structure == EELLM__EXIT__STRUCTURE__MLP) add_mlp(b, prefix, &x->block);
+  if (e->structure == EELLM__EXIT__STRUCTURE__BLOCK) {
+    char block_prefix[EELLM_NAME_MAX];
+    snprintf(block_prefix, sizeof block_prefix, "%sh.", prefix);
+    add_layer(b, block_prefix, &x->block);
+  }
+  if (e->structure != EELLM__EXIT__STRUCTURE__PLAIN) add_norm(b, prefix, "ln_f", &x->lnf_w, &x->lnf_b);
+  x->head_w = e->tied ? m->head_w
+                      : add_matrix(b, prefix, "lm_head.weight", m->spec->vocab_size, m->spec->d_model);
+}
+
+static void build_table(struct eellm_model *m) {
+  struct builder b = {m, 0};
+  const Eellm__Model *s = m->spec;
+  m->wte = add_matrix(&b, "", "transformer.wte.weight", s->vocab_size, s->d_model);
+  m->wpe = s->positions == EELLM__MODEL__POSITIONS__LEARNED
+               ? add_matrix(&b, "", "transformer.wpe.weight", s->context_length, s->d_model)
+               : -1;
+  for (unsigned i = 0; i < s->n_layers; i++) {
+    char prefix[EELLM_NAME_MAX];
+    snprintf(prefix, sizeof prefix, "transformer.h.%u.", i);
+    add_layer(&b, prefix, &m->layers[i]);
+  }
+  add_norm(&b, "transformer.", "ln_f", &m->lnf_w, &m->lnf_b);
+  m->head_w = s->tie_embeddings ? m->wte
+                                : add_matrix(&b, "", "lm_head.weight", s->vocab_size, s->d_model);
+  for (unsigned k = 0; k < s->n_exits; k++) add_exit(&b, k);
+}
+
+static starpu_data_handle_t register_tensor(const struct eellm_tensor *t, float *block) {
+  starpu_data_handle_t h;
+  uintptr_t ptr = (uintptr_t)(block + t->offset);
+  if (t->rows)
+    starpu_matrix_data_register(&h, STARPU_MAIN_RAM, ptr, t->cols, t->cols, t->rows, sizeof(float));
+  else
+    starpu_vector_data_register(&h, STARPU_MAIN_RAM, ptr, t->cols, sizeof(float));
+  return h;
+}
+
+static float *alloc_block(size_t n) {
+  float *p = NULL;
+  if (posix_memalign((void **)&p, 64, (n ? n : 1) * sizeof(float)) != 0) return NULL;
+  memset(p, 0, (n ? n : 1) * sizeof(float));
+  return p;
+}
+
+/* Exits in the order of the layer they read, for submission. */
+static void sort_exits(struct eellm_model *m) {
+  unsigned n = m->spec->n_exits;
+  for (unsigned i = 0; i < n; i++) m->exit_order[i] = i;
+  for (unsigned i = 1; i < n; i++)
+    for (unsigned j = i; j > 0 && m->exits[m->exit_order[j]].layer <
+                                       m->exits[m->exit_order[j - 1]].layer; j--) {
+      unsigned tmp = m->exit_order[j];
+      m->exit_order[j] = m->exit_order[j - 1];
+      m->exit_order[j - 1] = tmp;
+    }
+}
+
+static Eellm__Model *copy_spec(const Eellm__Model *spec) {
+  size_t len = protobuf_c_message_get_packed_size(&spec->base);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf) return NULL;
+  protobuf_c_message_pack(&spec->base, buf);
+  Eellm__Model *copy = eellm__model__unpack(NULL, len, buf);
+  free(buf);
+  return copy;
+}
+
+eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, unsigned seq_len,
+                                char *err, size_t errlen) {
+  if (eellm_model_spec_check(spec, "model spec", err, errlen) != 0) return NULL;
+  if (micro_batch < 1 || seq_len < 1 || seq_len > spec->context_length) {
+    snprintf(err, errlen, "micro-batch %u x %u tokens: need at least one sequence of 1..%u tokens",
+             micro_batch, seq_len, spec->context_length);
+    return NULL;
+  }
+  struct eellm_model *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->spec = copy_spec(spec);
+  m->micro_batch = micro_batch;
+  m->seq_len = seq_len;
+  m->d_ffn = eellm_ffn_size(spec);
+  m->fc_out = spec->activation == EELLM__MODEL__ACTIVATION__SWIGLU ? 2 * m->d_ffn : m->d_ffn;
+  m->layers = calloc(spec->n_layers, sizeof *m->layers);
+  m->exits = calloc(spec->n_exits + 1, sizeof *m->exits);
+  m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
+  if (!m->spec || !m->layers || !m->exits || !m->exit_order) goto oom;
+  build_table(m);
+  sort_exits(m);
+  m->params = alloc_block(m->n_params);
+  m->grads = alloc_block(m->n_params);
+  m->adam_m = alloc_block(m->n_params);
+  m->adam_v = alloc_block(m->n_params);
+  if (!m->params || !m->grads || !m->adam_m || !m->adam_v) goto oom;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *t = &m->tensors[i];
+    t->param = register_tensor(t, m->params);
+    t->grad = register_tensor(t, m->grads);
+    t->m = register_tensor(t, m->adam_m);
+    t->v = register_tensor(t, m->adam_v);
+  }
+  return m;
+oom:
+  snprintf(err, errlen, "out of memory building the model (%zu parameters)", m->n_params);
+  eellm_model_destroy(m);
+  return NULL;
+}
+
+void eellm_model_destroy(eellm_model *m) {
+  if (!m) return;
+  starpu_task_wait_for_all();
+  eellm_step_free(m);
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *t = &m->tensors[i];
+    if (!t->param) continue;
+    starpu_data_unregister(t->param);
+    starpu_data_unregister(t->grad);
+    starpu_data_unregister(t->m);
+    starpu_data_unregister(t->v);
+  }
+  free(m->params);
+  free(m->grads);
+  free(m->adam_m);
+  free(m->adam_v);
+  free(m->tensors);
+  free(m->layers);
+  free(m->exits);
+  free(m->exit_order);
+  eellm_spec_free(m->spec);
+  free(m);
+}
+
+/* Normal numbers from splitmix64 and Box-Muller: the same weights on every machine. */
+struct normal_rng {
+  uint64_t state;
+};
+
+static double uniform01(struct normal_rng *r) {
+  uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return ((z >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static double normal(struct normal_rng *r) {
+  double u1 = uniform01(r), u2 = uniform01(r);
+  return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+}
+
+static int is_residual_projection(const char *name) {
+  return strstr(name, "c_proj.weight") != NULL;
+}
+
+void eellm_model_init(eellm_model *m, uint64_t seed) {
+  starpu_task_wait_for_all();
+  struct normal_rng rng = {seed * 0x2545f4914f6cdd1dull + 1};
+  double std = m->spec->init_std;
+  double residual_std = std / sqrt(2.0 * m->spec->n_layers);
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *t = &m->tensors[i];
+    starpu_data_acquire(t->param, STARPU_W);
+    float *p = m->params + t->offset;
+    int is_gain = !t->rows && strstr(t->name, "ln_") && strstr(t->name, ".weight");
+    double s = is_residual_projection(t->name) ? residual_std : std;
+    for (size_t j = 0; j < t->numel; j++)
+      p[j] = t->rows ? (float)(s * normal(&rng)) : is_gain ? 1.0f : 0.0f;
+    starpu_data_release(t->param);
+  }
+}
+
+int eellm_model_find(const struct eellm_model *m, const char *name) {
+  for (size_t i = 0; i < m->n_tensors; i++)
+    if (strcmp(m->tensors[i].name, name) == 0) return (int)i;
+  return -1;
+}
+
+const Eellm__Model *eellm_model_spec(const eellm_model *m) { return m->spec; }
+unsigned eellm_model_micro_batch(const eellm_model *m) { return m->micro_batch; }
+unsigned eellm_model_seq_len(const eellm_model *m) { return m->seq_len; }
+size_t eellm_model_n_tensors(const eellm_model *m) { return m->n_tensors; }
+size_t eellm_model_n_params(const eellm_model *m) { return m->n_params; }
+const char *eellm_model_tensor_name(const eellm_model *m, size_t i) { return m->tensors[i].name; }
+
+void eellm_model_tensor_shape(const eellm_model *m, size_t i, size_t *rows, size_t *cols) {
+  *rows = m->tensors[i].rows;
+  *cols = m->tensors[i].cols;
+}
+
+float *eellm_model_tensor_data(eellm_model *m, size_t i) { return m->params + m->tensors[i].offset; }
+float *eellm_model_tensor_grad(eellm_model *m, size_t i) { return m->grads + m->tensors[i].offset; }
+
+void eellm_model_sync(eellm_model *m) {
+  starpu_task_wait_for_all();
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    starpu_data_acquire(m->tensors[i].param, STARPU_R);
+    starpu_data_release(m->tensors[i].param);
+    starpu_data_acquire(m->tensors[i].grad, STARPU_R);
+    starpu_data_release(m->tensors[i].grad);
+  }
+}

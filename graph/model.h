@@ -1,0 +1,56 @@
+/* The model as StarPU data: parameters (one allocation carved into named
+ * tensors), their gradients and AdamW moments, each tensor a data handle. */
+#ifndef EELLM_GRAPH_MODEL_H
+#define EELLM_GRAPH_MODEL_H
+
+#include <starpu.h>
+
+#include "eellm.h"
+
+#define EELLM_NAME_MAX 96
+
+struct eellm_tensor {
+  char name[EELLM_NAME_MAX];
+  size_t rows, cols;  /* a vector has rows == 0 */
+  size_t offset;      /* in floats, into the model's parameter block */
+  size_t numel;
+  int decay;          /* AdamW weight decay applies (matrices) */
+  starpu_data_handle_t param, grad, m, v;
+};
+
+/* Indices into the tensor table; -1 where the spec has no such tensor. */
+struct eellm_layer_params {
+  int ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+};
+
+struct eellm_exit_params {
+  unsigned layer;            /* 1-based layer whose output the exit reads */
+  Eellm__Exit__Structure structure;
+  struct eellm_layer_params block; /* BLOCK: a whole layer; MLP: ln2, fc, proj only */
+  int lnf_w, lnf_b;          /* NORM, MLP, BLOCK */
+  int head_w;                /* [V, D], the exit's own or the final head's */
+  float temperature;
+};
+
+struct eellm_model {
+  Eellm__Model *spec;        /* owned copy */
+  unsigned micro_batch;      /* sequences per micro-batch */
+  unsigned seq_len;          /* tokens per sequence */
+  unsigned d_ffn;            /* resolved ffn_size */
+  unsigned fc_out;           /* columns of c_fc: d_ffn, or 2 * d_ffn for SwiGLU */
+  size_t n_tensors;
+  struct eellm_tensor *tensors;
+  float *params, *grads, *adam_m, *adam_v; /* one block each, n_params floats */
+  size_t n_params;
+  int wte, wpe, lnf_w, lnf_b, head_w;
+  struct eellm_layer_params *layers;       /* n_layers */
+  struct eellm_exit_params *exits;         /* spec->n_exits, in spec order */
+  unsigned *exit_order;                    /* exits sorted by layer */
+  struct eellm_step *step;                 /* micro-batches submitted since the last wait */
+};
+
+/* Tensor naming follows GPT-2 / Hugging Face (`transformer.h.{i}.attn.c_attn.weight`, ...);
+ * exits are `exits.{k}.…` with k the exit's index in the spec. */
+int eellm_model_find(const struct eellm_model *m, const char *name);
+
+#endif
