@@ -204,6 +204,13 @@ eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, 
     t->m = register_tensor(t, m->adam_m);
     t->v = register_tensor(t, m->adam_v);
   }
+  m->sumsq = calloc(m->n_tensors, sizeof *m->sumsq);
+  m->sumsq_h = calloc(m->n_tensors, sizeof *m->sumsq_h);
+  if (!m->sumsq || !m->sumsq_h) goto oom;
+  for (size_t i = 0; i < m->n_tensors; i++)
+    starpu_vector_data_register(&m->sumsq_h[i], STARPU_MAIN_RAM, (uintptr_t)&m->sumsq[i], 1,
+                                sizeof(double));
+  starpu_vector_data_register(&m->clip_h, STARPU_MAIN_RAM, (uintptr_t)m->clip, 2, sizeof(float));
   return m;
 oom:
   snprintf(err, errlen, "out of memory building the model (%zu parameters)", m->n_params);
@@ -223,6 +230,11 @@ void eellm_model_destroy(eellm_model *m) {
     starpu_data_unregister(t->m);
     starpu_data_unregister(t->v);
   }
+  for (size_t i = 0; m->sumsq_h && i < m->n_tensors; i++)
+    if (m->sumsq_h[i]) starpu_data_unregister(m->sumsq_h[i]);
+  if (m->clip_h) starpu_data_unregister(m->clip_h);
+  free(m->sumsq);
+  free(m->sumsq_h);
   free(m->params);
   free(m->grads);
   free(m->adam_m);

@@ -15,6 +15,7 @@ struct eellm_tensor {
   size_t offset;      /* in floats, into the model's parameter block */
   size_t numel;
   int decay;          /* AdamW weight decay applies (matrices) */
+  int frozen;         /* no gradient, no update (EE-Tuning's backbone) */
   starpu_data_handle_t param, grad, m, v;
 };
 
@@ -47,6 +48,11 @@ struct eellm_model {
   struct eellm_exit_params *exits;         /* spec->n_exits, in spec order */
   unsigned *exit_order;                    /* exits sorted by layer */
   struct eellm_step *step;                 /* micro-batches submitted since the last wait */
+  int backbone_frozen;
+  double *sumsq;                           /* per tensor: sum of squared gradients */
+  starpu_data_handle_t *sumsq_h;
+  float clip[2];                           /* global gradient norm, clip factor */
+  starpu_data_handle_t clip_h;
 };
 
 /* Tensor naming follows GPT-2 / Hugging Face (`transformer.h.{i}.attn.c_attn.weight`, ...);

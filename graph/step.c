@@ -63,7 +63,7 @@ static starpu_data_handle_t param(const struct micro *mb, int i) {
 }
 
 static starpu_data_handle_t grad(const struct micro *mb, int i) {
-  return i < 0 ? NULL : mb->m->tensors[i].grad;
+  return i < 0 || mb->m->tensors[i].frozen ? NULL : mb->m->tensors[i].grad;
 }
 
 static struct eellm_task_info info(const struct micro *mb, enum eellm_task_kind kind, int prio,
@@ -362,10 +362,12 @@ int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batc
 
   struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
   struct eellm_task_info loss_ti = info(&mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
-  struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f,
-                       exit_weight(m, exit_weights, n_exits) * grad_scale, stats[n_exits]};
+  /* A frozen backbone (EE-Tuning) needs the final loss for reporting only. */
+  float final_scale = m->backbone_frozen ? 0 : exit_weight(m, exit_weights, n_exits) * grad_scale;
+  struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits]};
   starpu_data_handle_t dres = act(&mb, d);
   head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &loss_ti);
+  if (m->backbone_frozen) goto done;
   if (final.loss_scale == 0) eellm_insert_zero(dres, &bwd);
   struct grad_scratch g;
   scratch_init(&mb, &g);
@@ -385,6 +387,7 @@ int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batc
   bwd.layer = -1;
   eellm_insert_embed_bwd(mb.tokens, dres, grad(&mb, m->wte), grad(&mb, m->wpe), m->seq_len, &bwd);
 
+done:
   /* The activations go once their last task has run. */
   for (size_t i = 0; i < s->n_owned; i++) starpu_data_unregister_submit(s->owned[i]);
   s->n_owned = 0;
@@ -397,7 +400,8 @@ int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batc
 void eellm_submit_zero_grads(eellm_model *m) {
   struct eellm_task_info ti = {.priority = PRIO_BACKWARD, .kind = EELLM_KIND_OTHER, .micro = -1,
                                .layer = -1};
-  for (size_t i = 0; i < m->n_tensors; i++) eellm_insert_zero(m->tensors[i].grad, &ti);
+  for (size_t i = 0; i < m->n_tensors; i++)
+    if (!m->tensors[i].frozen) eellm_insert_zero(m->tensors[i].grad, &ti);
 }
 
 unsigned eellm_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }

@@ -115,6 +115,20 @@ int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batc
 void eellm_wait(eellm_model *m);
 double eellm_exit_loss(const eellm_model *m, unsigned k);
 
+/* ---- optimizer and schedules ------------------------------------------- */
+/* Learning rate at step (1-based) under the training spec's schedule. */
+double eellm_lr_at(const Eellm__Train *train, unsigned step);
+/* Loss weight of exit k (spec order) at step, following its schedule. */
+double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step);
+/* Submits the global-norm clipping and one AdamW task per trainable tensor for
+ * optimizer step `step` (1-based) at learning rate lr; call after the step's
+ * micro-batches. The gradient norm is read with eellm_grad_norm after a wait. */
+void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr);
+double eellm_grad_norm(const eellm_model *m);
+/* Freezes every tensor that is not part of an exit (EE-Tuning): no gradient,
+ * no update. */
+void eellm_model_freeze_backbone(eellm_model *m);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,69 @@
+/* The optimizer step as tasks: per-tensor squared gradient norms, one task
+ * combining them into the clip factor, one AdamW task per trainable tensor.
+ * Also the learning-rate and exit-weight schedules. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codelets/codelets.h"
+#include "graph/model.h"
+
+enum { PRIO_OPTIMIZER = 3 };
+
+double eellm_lr_at(const Eellm__Train *train, unsigned step) {
+  const Eellm__AdamW *opt = train->optimizer;
+  double peak = opt ? opt->lr : 3e-4;
+  const Eellm__LRSchedule *s = train->lr_schedule;
+  if (!s) return peak;
+  if (step <= s->warmup_steps) return peak * step / s->warmup_steps;
+  if (s->kind == EELLM__LRSCHEDULE__KIND__CONSTANT) return peak;
+  unsigned decay = s->decay_steps ? s->decay_steps : train->steps;
+  double span = decay > s->warmup_steps ? decay - s->warmup_steps : 1;
+  double progress = fmin(1.0, (step - s->warmup_steps) / span);
+  return s->min_lr + 0.5 * (1 + cos(M_PI * progress)) * (peak - s->min_lr);
+}
+
+double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step) {
+  const Eellm__WeightSchedule *s = exit->schedule;
+  if (!s || s->warmup_steps == 0 || step >= s->warmup_steps) return exit->loss_weight;
+  double x = (double)step / s->warmup_steps;
+  double f = s->shape == EELLM__WEIGHT_SCHEDULE__SHAPE__COSINE ? 0.5 * (1 - cos(M_PI * x)) : x;
+  return s->init + (exit->loss_weight - s->init) * f;
+}
+
+void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr) {
+  struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_OPTIMIZER,
+                               .micro = -1, .layer = -1};
+  starpu_data_handle_t *sumsqs = malloc(m->n_tensors * sizeof *sumsqs);
+  if (!sumsqs) abort();
+  int n = 0;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    if (m->tensors[i].frozen) continue;
+    eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
+    sumsqs[n++] = m->sumsq_h[i];
+  }
+  eellm_insert_clip_scale(sumsqs, n, m->clip_h, opt->grad_clip, &ti);
+  free(sumsqs);
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *t = &m->tensors[i];
+    if (t->frozen) continue;
+    struct eellm_adamw_step hp = {.lr = (float)lr, .beta1 = opt->beta1, .beta2 = opt->beta2,
+                                  .eps = opt->eps,
+                                  .weight_decay = t->decay ? opt->weight_decay : 0,
+                                  .step = step};
+    eellm_insert_adamw(t->param, t->grad, t->m, t->v, m->clip_h, &hp, &ti);
+  }
+}
+
+double eellm_grad_norm(const eellm_model *m) {
+  starpu_data_acquire(m->clip_h, STARPU_R);
+  double norm = m->clip[0];
+  starpu_data_release(m->clip_h);
+  return norm;
+}
+
+void eellm_model_freeze_backbone(eellm_model *m) {
+  m->backbone_frozen = 1;
+  for (size_t i = 0; i < m->n_tensors; i++)
+    m->tensors[i].frozen = strncmp(m->tensors[i].name, "exits.", 6) != 0;
+}
