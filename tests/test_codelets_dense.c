@@ -439,7 +439,8 @@ int main(void) {
 
   static const struct embed_case embed_cases[] = {
       {"embed B=3 T=7 V=37 D=12", 3, 7, 37, 12, 1, 0},
-      {"embed B=2 T=1 V=5 padded", 2, 1, 5, 12, 1, 1},
+      {"embed B=2 T=1 V=5", 2, 1, 5, 12, 1, 0},
+      {"embed B=2 T=5 D=7 padded", 2, 5, 37, 7, 1, 1},
       {"embed no wpe B=3 T=13", 3, 13, 37, 12, 0, 0},
   };
   for (size_t i = 0; i < sizeof embed_cases / sizeof embed_cases[0]; i++)
