@@ -17,7 +17,7 @@ void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, 
     fprintf(stderr, "eellm: out of memory submitting %s\n", cl->name);
     abort();
   }
-  memcpy(args_copy, args, args_size);
+  if (args_size) memcpy(args_copy, args, args_size); /* args may be NULL when empty */
   int ret = starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
                                STARPU_CL_ARGS, args_copy, args_size,
                                STARPU_PRIORITY, info->priority,
