@@ -319,9 +319,9 @@ static starpu_data_handle_t input_vector(struct micro *mb, const void *data, siz
   return own(mb, h);
 }
 
-int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
-                                  const float *exit_weights, float grad_scale, char *err,
-                                  size_t errlen) {
+/* Forward of one micro-batch, and its backward when `backward` is set. */
+static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const float *exit_weights,
+                        float grad_scale, int backward, char *err, size_t errlen) {
   struct micro mb = {.m = m, .n_rows = (size_t)m->micro_batch * m->seq_len};
   if (check_tokens(m, batch, mb.n_rows, err, errlen) != 0) return -1;
   struct eellm_step *s = step_of(m);
@@ -356,18 +356,20 @@ int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batc
     for (; next_exit < n_exits && m->exits[m->exit_order[next_exit]].layer == i + 1; next_exit++) {
       unsigned k = m->exit_order[next_exit];
       exit_dx[k] = exit_submit(&mb, k, resid[i + 1], acts[i].r,
-                               exit_weight(m, exit_weights, k) * grad_scale, stats[k]);
+                               backward ? exit_weight(m, exit_weights, k) * grad_scale : 0,
+                               stats[k]);
     }
   }
 
   struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
   struct eellm_task_info loss_ti = info(&mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
   /* A frozen backbone (EE-Tuning) needs the final loss for reporting only. */
-  float final_scale = m->backbone_frozen ? 0 : exit_weight(m, exit_weights, n_exits) * grad_scale;
+  int backbone_backward = backward && !m->backbone_frozen;
+  float final_scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
   struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits]};
   starpu_data_handle_t dres = act(&mb, d);
   head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &loss_ti);
-  if (m->backbone_frozen) goto done;
+  if (!backbone_backward) goto done;
   if (final.loss_scale == 0) eellm_insert_zero(dres, &bwd);
   struct grad_scratch g;
   scratch_init(&mb, &g);
@@ -395,6 +397,17 @@ done:
   free(acts);
   free(exit_dx);
   return 0;
+}
+
+int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                  const float *exit_weights, float grad_scale, char *err,
+                                  size_t errlen) {
+  return submit_micro(m, batch, exit_weights, grad_scale, 1, err, errlen);
+}
+
+int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                         size_t errlen) {
+  return submit_micro(m, batch, NULL, 0, 0, err, errlen);
 }
 
 void eellm_submit_zero_grads(eellm_model *m) {

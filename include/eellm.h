@@ -87,6 +87,21 @@ void eellm_model_sync(eellm_model *m);
  * Loading checks every tensor's name, dtype and shape against the model's spec. */
 int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen);
 int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen);
+/* Training checkpoints add the AdamW moments (optimizer.m.<name>, optimizer.v.<name>)
+ * and the step and seed; state NULL saves or loads weights alone. */
+struct eellm_train_state {
+  unsigned step;  /* optimizer steps done */
+  uint64_t seed;
+};
+int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
+                          char *err, size_t errlen);
+int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_state *state,
+                          char *err, size_t errlen);
+/* The model spec stored in a checkpoint, validated. */
+Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen);
+/* Names the first field where two messages of one type differ ("exits[1].layer")
+ * in `field`; returns 0 when they are equal. */
+int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field, size_t n);
 
 /* ---- forward and backward ---------------------------------------------- */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
@@ -110,6 +125,10 @@ void eellm_submit_zero_grads(eellm_model *m);
 int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
                                   const float *exit_weights, float grad_scale, char *err,
                                   size_t errlen);
+/* Submits the forward tasks of one micro-batch and its losses, no gradient
+ * (validation). */
+int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                         size_t errlen);
 /* Waits for every submitted task; afterwards eellm_exit_loss gives each exit's
  * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
 void eellm_wait(eellm_model *m);
