@@ -40,7 +40,8 @@ struct attention_scratch {
 static struct attention_scratch scratch_alloc(const struct attention_shape *s, int rope,
                                               int backward) {
   size_t tt = s->T * s->T, th = s->T * s->hd;
-  size_t n = tt * (backward ? 2 : 1) + (rope ? th + 2 * th + (backward ? 2 * th : 0) : 0);
+  size_t n = tt * (backward ? 2 : 1);
+  if (rope) n += th /* cos, sin */ + 2 * th /* q_rot, k_rot */ + (backward ? 2 * th : 0);
   struct attention_scratch w = {0};
   w.base = malloc(n * sizeof(float));
   if (!w.base) {

@@ -61,10 +61,10 @@ static void ref_query(struct attn_ref *r, size_t b, size_t h, size_t t) {
   double sum = 0;
   for (size_t j = 0; j <= t; j++) sum += exp(r->scores[j] - max);
   r->lse[n * c->H + h] = max + log(sum);
+  const double *v0 = r->qkv + b * c->T * 3 * c->D + 2 * c->D + h * hd; /* key 0's v */
   for (size_t i = 0; i < hd; i++) {
     double acc = 0;
-    for (size_t j = 0; j <= t; j++)
-      acc += exp(r->scores[j] - max) / sum * r->qkv[(b * c->T + j) * 3 * c->D + 2 * c->D + h * hd + i];
+    for (size_t j = 0; j <= t; j++) acc += exp(r->scores[j] - max) / sum * v0[j * 3 * c->D + i];
     r->out[n * c->D + h * hd + i] = acc;
   }
 }

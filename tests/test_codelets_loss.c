@@ -118,7 +118,8 @@ static size_t tensor_offset(const struct tensor *t, size_t i) {
 /* Fills the elements with uniform values and the padding with `padding`. */
 static void tensor_fill(struct tensor *t, double lo, double hi, float padding) {
   for (size_t i = 0; i < tensor_extent(t); i++) t->data[i] = padding;
-  for (size_t i = 0; i < tensor_size(t); i++) t->data[tensor_offset(t, i)] = (float)tu_uniform(lo, hi);
+  for (size_t i = 0; i < tensor_size(t); i++)
+    t->data[tensor_offset(t, i)] = (float)tu_uniform(lo, hi);
 }
 
 static starpu_data_handle_t tensor_handle(struct tensor *t) {
