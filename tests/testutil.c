@@ -37,8 +37,12 @@ static starpu_data_handle_t track(starpu_data_handle_t h) {
 }
 
 starpu_data_handle_t tu_matrix(float *data, size_t rows, size_t cols) {
+  return tu_matrix_ld(data, rows, cols, cols);
+}
+
+starpu_data_handle_t tu_matrix_ld(float *data, size_t rows, size_t cols, size_t ld) {
   starpu_data_handle_t h;
-  starpu_matrix_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)data, cols, cols, rows, sizeof(float));
+  starpu_matrix_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)data, ld, cols, rows, sizeof(float));
   return track(h);
 }
 

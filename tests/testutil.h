@@ -15,6 +15,8 @@ int tu_finish(void);
 
 /* Handles over caller-owned host memory (rows x cols row-major floats, etc.). */
 starpu_data_handle_t tu_matrix(float *data, size_t rows, size_t cols);
+/* The same with rows ld >= cols floats apart (padded rows). */
+starpu_data_handle_t tu_matrix_ld(float *data, size_t rows, size_t cols, size_t ld);
 starpu_data_handle_t tu_vector(float *data, size_t n);
 starpu_data_handle_t tu_vector_i32(int32_t *data, size_t n);
 starpu_data_handle_t tu_vector_f64(double *data, size_t n);
