@@ -2,6 +2,7 @@
  * naming the file, the position of the field when the spec was text, the
  * field and its value. */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -209,4 +210,95 @@ Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model,
 
 void eellm_spec_free(void *spec) {
   if (spec) protobuf_c_message_free_unpacked(spec, NULL);
+}
+
+/* ---- comparing specs ------------------------------------------------------ */
+
+static size_t scalar_size(ProtobufCType type) {
+  switch (type) {
+    case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64: case PROTOBUF_C_TYPE_DOUBLE:
+      return 8;
+    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_STRING: case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+    default: return 4;
+  }
+}
+
+static int diff_message(const ProtobufCMessageDescriptor *desc, const ProtobufCMessage *a,
+                        const ProtobufCMessage *b, char *field, size_t n);
+
+/* Compares one value of field f stored at pa and pb; absent sub-messages count as defaults. */
+static int diff_value(const ProtobufCFieldDescriptor *f, const void *pa, const void *pb,
+                      char *field, size_t n) {
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+      const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+      return strcmp(sa ? sa : "", sb ? sb : "") != 0;
+    }
+    case PROTOBUF_C_TYPE_BYTES: {
+      const ProtobufCBinaryData *ba = pa, *bb = pb;
+      return ba->len != bb->len || (ba->len && memcmp(ba->data, bb->data, ba->len) != 0);
+    }
+    case PROTOBUF_C_TYPE_MESSAGE:
+      return diff_message(f->descriptor, *(ProtobufCMessage *const *)pa,
+                          *(ProtobufCMessage *const *)pb, field, n);
+    default: return memcmp(pa, pb, scalar_size(f->type)) != 0;
+  }
+}
+
+/* Prefixes `name` (and [i]) to whatever diff_value appended to field. */
+static void prefix_field(char *field, size_t n, const char *name, long index) {
+  char rest[256];
+  snprintf(rest, sizeof rest, "%s", field);
+  if (index >= 0)
+    snprintf(field, n, "%s[%ld]%s%s", name, index, *rest ? "." : "", rest);
+  else
+    snprintf(field, n, "%s%s%s", name, *rest ? "." : "", rest);
+}
+
+static int diff_message(const ProtobufCMessageDescriptor *desc, const ProtobufCMessage *a,
+                        const ProtobufCMessage *b, char *field, size_t n) {
+  if (a == b) return 0;
+  ProtobufCMessage *defaults = NULL;
+  if (!a || !b) {
+    defaults = calloc(1, desc->sizeof_message);
+    if (!defaults) abort();
+    desc->message_init(defaults);
+    if (!a) a = defaults;
+    if (!b) b = defaults;
+  }
+  int differs = 0;
+  for (unsigned i = 0; i < desc->n_fields && !differs; i++) {
+    const ProtobufCFieldDescriptor *f = &desc->fields[i];
+    const char *ra = (const char *)a + f->offset, *rb = (const char *)b + f->offset;
+    field[0] = 0;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t na = *(const size_t *)((const char *)a + f->quantifier_offset);
+      size_t nb = *(const size_t *)((const char *)b + f->quantifier_offset);
+      if (na != nb) {
+        snprintf(field, n, "%s (%zu vs %zu entries)", f->name, na, nb);
+        differs = 1;
+        break;
+      }
+      const char *va = *(char *const *)ra, *vb = *(char *const *)rb;
+      size_t size = scalar_size(f->type);
+      for (size_t k = 0; k < na && !differs; k++)
+        if (diff_value(f, va + k * size, vb + k * size, field, n)) {
+          prefix_field(field, n, f->name, (long)k);
+          differs = 1;
+        }
+    } else if (diff_value(f, ra, rb, field, n)) {
+      prefix_field(field, n, f->name, -1);
+      differs = 1;
+    }
+  }
+  free(defaults);
+  return differs;
+}
+
+int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field, size_t n) {
+  if (n) field[0] = 0;
+  return diff_message(a->descriptor, a, b, field, n);
 }
