@@ -15,7 +15,9 @@ struct builder {
   size_t cap;
 };
 
-static int add_tensor(struct builder *b, const char *name, size_t rows, size_t cols, int decay) {
+/* Appends tensor `prefix``name` [rows, cols] (rows 0: a vector) to the table. */
+static int add_tensor(struct builder *b, const char *prefix, const char *name, size_t rows,
+                      size_t cols, int decay) {
   struct eellm_model *m = b->m;
   if (m->n_tensors == b->cap) {
     b->cap = b->cap ? 2 * b->cap : 64;
@@ -24,7 +26,7 @@ static int add_tensor(struct builder *b, const char *name, size_t rows, size_t c
   }
   struct eellm_tensor *t = &m->tensors[m->n_tensors];
   memset(t, 0, sizeof *t);
-  snprintf(t->name, sizeof t->name, "%s", name);
+  snprintf(t->name, sizeof t->name, "%s%s", prefix, name);
   t->rows = rows;
   t->cols = cols;
   t->numel = (rows ? rows : 1) * cols;
@@ -34,57 +36,44 @@ static int add_tensor(struct builder *b, const char *name, size_t rows, size_t c
   return (int)m->n_tensors++;
 }
 
-static int add_matrix(struct builder *b, const char *prefix, const char *name, size_t rows,
-                      size_t cols) {
-  char full[EELLM_NAME_MAX];
-  snprintf(full, sizeof full, "%s%s", prefix, name);
-  return add_tensor(b, full, rows, cols, 1);
-}
-
-static int add_vector(struct builder *b, const char *prefix, const char *name, size_t n) {
-  char full[EELLM_NAME_MAX];
-  snprintf(full, sizeof full, "%s%s", prefix, name);
-  return add_tensor(b, full, 0, n, 0);
-}
-
-/* A norm's gain, and its bias for layernorm with biases. */
+/* A norm's gain, and its bias for layernorm with biases (`name` is "ln_1.", ...). */
 static void add_norm(struct builder *b, const char *prefix, const char *name, int *w, int *bias) {
   const Eellm__Model *s = b->m->spec;
-  char full[EELLM_NAME_MAX];
-  snprintf(full, sizeof full, "%s%s.weight", prefix, name);
-  *w = add_tensor(b, full, 0, s->d_model, 0);
+  char field[32];
+  snprintf(field, sizeof field, "%sweight", name);
+  *w = add_tensor(b, prefix, field, 0, s->d_model, 0);
   *bias = -1;
   if (s->norm == EELLM__MODEL__NORM__LAYERNORM && s->bias) {
-    snprintf(full, sizeof full, "%s%s.bias", prefix, name);
-    *bias = add_tensor(b, full, 0, s->d_model, 0);
+    snprintf(field, sizeof field, "%sbias", name);
+    *bias = add_tensor(b, prefix, field, 0, s->d_model, 0);
   }
 }
 
 /* A linear layer stored [in, out] (Conv1D layout) with an optional bias. */
 static void add_linear(struct builder *b, const char *prefix, const char *name, size_t in,
                        size_t out, int *w, int *bias) {
-  char full[EELLM_NAME_MAX];
-  snprintf(full, sizeof full, "%s%s.weight", prefix, name);
-  *w = add_tensor(b, full, in, out, 1);
+  char field[32];
+  snprintf(field, sizeof field, "%sweight", name);
+  *w = add_tensor(b, prefix, field, in, out, 1);
   *bias = -1;
   if (b->m->spec->bias) {
-    snprintf(full, sizeof full, "%s%s.bias", prefix, name);
-    *bias = add_tensor(b, full, 0, out, 0);
+    snprintf(field, sizeof field, "%sbias", name);
+    *bias = add_tensor(b, prefix, field, 0, out, 0);
   }
 }
 
 static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
   size_t d = b->m->spec->d_model;
-  add_norm(b, prefix, "ln_2", &p->ln2_w, &p->ln2_b);
-  add_linear(b, prefix, "mlp.c_fc", d, b->m->fc_out, &p->fc_w, &p->fc_b);
-  add_linear(b, prefix, "mlp.c_proj", b->m->d_ffn, d, &p->proj_w, &p->proj_b);
+  add_norm(b, prefix, "ln_2.", &p->ln2_w, &p->ln2_b);
+  add_linear(b, prefix, "mlp.c_fc.", d, b->m->fc_out, &p->fc_w, &p->fc_b);
+  add_linear(b, prefix, "mlp.c_proj.", b->m->d_ffn, d, &p->proj_w, &p->proj_b);
 }
 
 static void add_layer(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
   size_t d = b->m->spec->d_model;
-  add_norm(b, prefix, "ln_1", &p->ln1_w, &p->ln1_b);
-  add_linear(b, prefix, "attn.c_attn", d, 3 * d, &p->qkv_w, &p->qkv_b);
-  add_linear(b, prefix, "attn.c_proj", d, d, &p->o_w, &p->o_b);
+  add_norm(b, prefix, "ln_1.", &p->ln1_w, &p->ln1_b);
+  add_linear(b, prefix, "attn.c_attn.", d, 3 * d, &p->qkv_w, &p->qkv_b);
+  add_linear(b, prefix, "attn.c_proj.", d, d, &p->o_w, &p->o_b);
   add_mlp(b, prefix, p);
 }
 
@@ -95,7 +84,7 @@ static void add_exit(struct builder *b, unsigned k) {
   struct eellm_model *m = b->m;
   const Eellm__Exit *e = m->spec->exits[k];
   struct eellm_exit_params *x = &m->exits[k];
-  char prefix[EELLM_NAME_MAX];
+  char prefix[32];
   snprintf(prefix, sizeof prefix, "exits.%u.", k);
   x->layer = e->layer;
   x->structure = e->structure;
@@ -104,30 +93,30 @@ static void add_exit(struct builder *b, unsigned k) {
   x->lnf_w = x->lnf_b = -1;
   if (e->structure == EELLM__EXIT__STRUCTURE__MLP) add_mlp(b, prefix, &x->block);
   if (e->structure == EELLM__EXIT__STRUCTURE__BLOCK) {
-    char block_prefix[EELLM_NAME_MAX];
-    snprintf(block_prefix, sizeof block_prefix, "%sh.", prefix);
+    char block_prefix[32];
+    snprintf(block_prefix, sizeof block_prefix, "exits.%u.h.", k);
     add_layer(b, block_prefix, &x->block);
   }
-  if (e->structure != EELLM__EXIT__STRUCTURE__PLAIN) add_norm(b, prefix, "ln_f", &x->lnf_w, &x->lnf_b);
+  if (e->structure != EELLM__EXIT__STRUCTURE__PLAIN) add_norm(b, prefix, "ln_f.", &x->lnf_w, &x->lnf_b);
   x->head_w = e->tied ? m->head_w
-                      : add_matrix(b, prefix, "lm_head.weight", m->spec->vocab_size, m->spec->d_model);
+                      : add_tensor(b, prefix, "lm_head.weight", m->spec->vocab_size, m->spec->d_model, 1);
 }
 
 static void build_table(struct eellm_model *m) {
   struct builder b = {m, 0};
   const Eellm__Model *s = m->spec;
-  m->wte = add_matrix(&b, "", "transformer.wte.weight", s->vocab_size, s->d_model);
+  m->wte = add_tensor(&b, "", "transformer.wte.weight", s->vocab_size, s->d_model, 1);
   m->wpe = s->positions == EELLM__MODEL__POSITIONS__LEARNED
-               ? add_matrix(&b, "", "transformer.wpe.weight", s->context_length, s->d_model)
+               ? add_tensor(&b, "", "transformer.wpe.weight", s->context_length, s->d_model, 1)
                : -1;
   for (unsigned i = 0; i < s->n_layers; i++) {
-    char prefix[EELLM_NAME_MAX];
+    char prefix[32];
     snprintf(prefix, sizeof prefix, "transformer.h.%u.", i);
     add_layer(&b, prefix, &m->layers[i]);
   }
-  add_norm(&b, "transformer.", "ln_f", &m->lnf_w, &m->lnf_b);
+  add_norm(&b, "transformer.", "ln_f.", &m->lnf_w, &m->lnf_b);
   m->head_w = s->tie_embeddings ? m->wte
-                                : add_matrix(&b, "", "lm_head.weight", s->vocab_size, s->d_model);
+                                : add_tensor(&b, "", "lm_head.weight", s->vocab_size, s->d_model, 1);
   for (unsigned k = 0; k < s->n_exits; k++) add_exit(&b, k);
 }
 

@@ -48,13 +48,13 @@ bad() { printf '%s\n%s\n' "$base" "$2" > "$tmp/$1.txtpb"; }
 
 bad unknown 'd_modle: 3'
 expect_error "unknown field" "unknown\.txtpb:6:1: .*unknown field 'd_modle'" "$tmp/unknown.txtpb"
-bad wrongtype 'n_heads: "four"'
-expect_error "wrong type" "wrongtype\.txtpb:6:10: .*'n_heads'" "$tmp/wrongtype.txtpb"
+bad wrongtype 'ffn_size: "four"'
+expect_error "wrong type" "wrongtype\.txtpb:6:11: .*'ffn_size'" "$tmp/wrongtype.txtpb"
 bad exitlayer 'exits { layer: 9 }'
 expect_error "exit layer outside" "exitlayer\.txtpb:6:[0-9]+: field 'exits\[0\]\.layer': value 9 outside 1\.\.4" "$tmp/exitlayer.txtpb"
 bad exitzero 'exits { layer: 0 }'
 expect_error "exit layer zero" "exitzero\.txtpb:6:.*'exits\[0\]\.layer': value 0 outside 1\.\.4" "$tmp/exitzero.txtpb"
-bad heads 'n_heads: 5'
+printf '%s\n' "$base" | sed 's/n_heads: 4/n_heads: 5/' > "$tmp/heads.txtpb"
 expect_error "d_model not divisible" "heads\.txtpb:.*field 'd_model': value 32 is not divisible by n_heads 5" "$tmp/heads.txtpb"
 bad twoexits 'exits { layer: 2 }
 exits { layer: 2 structure: MLP }'
