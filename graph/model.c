@@ -160,17 +160,27 @@ static Eellm__Model *copy_spec(const Eellm__Model *spec) {
   return copy;
 }
 
-eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, unsigned seq_len,
-                                char *err, size_t errlen) {
-  if (eellm_model_spec_check(spec, "model spec", err, errlen) != 0) return NULL;
+eellm_model *eellm_model_create(const Eellm__Model *spec_in, unsigned micro_batch,
+                                unsigned seq_len, char *err, size_t errlen) {
+  struct eellm_model *m = calloc(1, sizeof *m);
+  if (!m || !(m->spec = copy_spec(spec_in))) {
+    snprintf(err, errlen, "out of memory building the model");
+    free(m);
+    return NULL;
+  }
+  /* From here on only the packed-and-unpacked copy counts: fields whose has_
+   * flag is unset take their schema defaults, as in a file. */
+  const Eellm__Model *spec = m->spec;
+  if (eellm_model_spec_check(spec, "model spec", err, errlen) != 0) {
+    eellm_model_destroy(m);
+    return NULL;
+  }
   if (micro_batch < 1 || seq_len < 1 || seq_len > spec->context_length) {
     snprintf(err, errlen, "micro-batch %u x %u tokens: need at least one sequence of 1..%u tokens",
              micro_batch, seq_len, spec->context_length);
+    eellm_model_destroy(m);
     return NULL;
   }
-  struct eellm_model *m = calloc(1, sizeof *m);
-  if (!m) return NULL;
-  m->spec = copy_spec(spec);
   m->micro_batch = micro_batch;
   m->seq_len = seq_len;
   m->d_ffn = eellm_ffn_size(spec);
@@ -178,7 +188,7 @@ eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, 
   m->layers = calloc(spec->n_layers, sizeof *m->layers);
   m->exits = calloc(spec->n_exits + 1, sizeof *m->exits);
   m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
-  if (!m->spec || !m->layers || !m->exits || !m->exit_order) goto oom;
+  if (!m->layers || !m->exits || !m->exit_order) goto oom;
   build_table(m);
   sort_exits(m);
   m->params = alloc_block(m->n_params);
@@ -209,7 +219,7 @@ oom:
 
 void eellm_model_destroy(eellm_model *m) {
   if (!m) return;
-  starpu_task_wait_for_all();
+  if (m->n_tensors) starpu_task_wait_for_all();
   eellm_step_free(m);
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
