@@ -26,7 +26,10 @@ test: build
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DEELLM_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp ctest --output-on-failure
+	# hwloc's plugins are unloaded before LeakSanitizer runs, so their leaks have no
+	# module to suppress by; tests do not need them.
+	cd $(ASAN_BUILD) && HWLOC_PLUGINS_PATH=/nonexistent ASAN_OPTIONS=detect_leaks=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp ctest --output-on-failure
 
 install: build
 	cmake --install $(BUILD)
