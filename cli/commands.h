@@ -4,5 +4,7 @@
 #define EELLM_CLI_COMMANDS_H
 
 int cmd_model(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

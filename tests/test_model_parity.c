@@ -50,7 +50,7 @@ static int write_step(eellm_model *m, const char *path, int32_t *tokens, int32_t
   return ret;
 }
 
-static void check_model(const char *spec_path, const char *build_dir) {
+static void check_model(const char *spec_path) {
   char err[512];
   Eellm__Model *spec = eellm_model_spec_load(spec_path, err, sizeof err);
   if (!tu_ok(spec != NULL, spec_path)) {
@@ -95,7 +95,7 @@ static void check_model(const char *spec_path, const char *build_dir) {
   snprintf(step, sizeof step, "%s/step.safetensors", dir);
   tu_ok(eellm_model_save(m, ckpt, err, sizeof err) == 0, "checkpoint written");
   tu_ok(write_step(m, step, tokens, targets, mask, losses) == 0, "step file written");
-  snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/torch_parity.py %s %s", dir, build_dir);
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/torch_parity.py %s", dir);
   fflush(stdout);
   tu_ok(system(cmd) == 0, "PyTorch parity");
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -109,10 +109,9 @@ static void check_model(const char *spec_path, const char *build_dir) {
 }
 
 int main(void) {
-  const char *build_dir = getenv("EELLM_BUILD_DIR");
   tu_start();
   tu_seed(11);
-  check_model("tests/specs/parity_gpt.txtpb", build_dir ? build_dir : "build");
-  check_model("tests/specs/parity_llama.txtpb", build_dir ? build_dir : "build");
+  check_model("tests/specs/parity_gpt.txtpb");
+  check_model("tests/specs/parity_llama.txtpb");
   return tu_finish();
 }

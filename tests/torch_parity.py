@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Checks eellm's forward and backward against PyTorch on the same weights and batch.
 
-Usage: torch_parity.py DIR BUILD_DIR
+Usage: torch_parity.py DIR
 DIR holds model.safetensors (a checkpoint written by eellm, the binary model
 spec base64 in __metadata__) and step.safetensors (the micro-batches, eellm's
 per-exit losses and every parameter's gradient, written by test_model_parity).
@@ -42,7 +42,7 @@ def read_safetensors(path):
     return tensors, meta
 
 
-def load_spec(meta, build_dir):
+def load_spec(meta):
     out = tempfile.mkdtemp()
     schemas = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schemas")
     subprocess.run(["protoc", f"--proto_path={schemas}", f"--python_out={out}", "model.proto"],
@@ -149,10 +149,10 @@ def group_of(name):
 
 
 def main():
-    run_dir, build_dir = sys.argv[1], sys.argv[2]
+    run_dir = sys.argv[1]
     weights, meta = read_safetensors(os.path.join(run_dir, "model.safetensors"))
     step, _ = read_safetensors(os.path.join(run_dir, "step.safetensors"))
-    spec, pb = load_spec(meta, build_dir)
+    spec, pb = load_spec(meta)
     model = EarlyExitModel(spec, pb, weights)
     weights_k = [e.loss_weight for e in spec.exits] + [1.0]
     tokens, targets, mask = step["tokens"], step["targets"], step["mask"]
