@@ -16,17 +16,19 @@ struct activation_bwd_args {
 #define GELU_BETA 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_KAPPA 0.044715f
 
-static float gelu(float x) {
-  return 0.5f * x * (1.0f + tanhf(GELU_BETA * (x + GELU_KAPPA * x * x * x)));
-}
-
-static float gelu_grad(float x) {
-  float t = tanhf(GELU_BETA * (x + GELU_KAPPA * x * x * x));
-  float dinner = GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x * x);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * dinner;
-}
-
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* 0.5 (1 + tanh(u)) = sigmoid(2u): one expf instead of the much slower tanhf. */
+static float gelu(float x) {
+  return x * sigmoid(2.0f * GELU_BETA * (x + GELU_KAPPA * x * x * x));
+}
+
+/* With s = sigmoid(2u): d/dx [x s] = s + x * 2 s (1 - s) * du/dx. */
+static float gelu_grad(float x) {
+  float s = sigmoid(2.0f * GELU_BETA * (x + GELU_KAPPA * x * x * x));
+  float dinner = GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x * x);
+  return s + 2.0f * x * s * (1.0f - s) * dinner;
+}
 
 /* Writes or adds v: with beta_dx == 0 the buffer may hold garbage (mode W), even NaN. */
 static void store(float *dst, float v, int beta_dx) { *dst = beta_dx ? *dst + v : v; }

@@ -29,12 +29,24 @@ struct eellm_step {
   float *ones;                      /* default loss mask */
   starpu_data_handle_t *owned;      /* handles to unregister at the end of the micro-batch */
   size_t n_owned, cap_owned;
+  /* Activation buffers kept across steps, per mode (forward only, training) and
+   * micro-batch slot: reused, they cost neither allocation nor page faults. */
+  struct act_pool *pools[2];
+  size_t n_pools[2];
   double *loss;                     /* n_exits: result of the last wait */
+};
+
+/* The activations one micro-batch slot used, in the order it asked for them. */
+struct act_pool {
+  starpu_data_handle_t *h;
+  size_t *cols;
+  size_t n, cap, next;
 };
 
 /* What one micro-batch's submission needs at hand. */
 struct micro {
   struct eellm_model *m;
+  struct act_pool *pool;
   size_t n_rows;                    /* B * T */
   starpu_data_handle_t tokens, targets, mask;
   int index;
@@ -51,11 +63,47 @@ static starpu_data_handle_t own(struct micro *mb, starpu_data_handle_t h) {
   return h;
 }
 
-/* An activation [rows, cols], allocated by StarPU on first write. */
+/* An activation [rows, cols]: the slot's buffer at this point of the sequence
+ * when it has that shape, else a new one, allocated by StarPU on first write. */
 static starpu_data_handle_t act(struct micro *mb, size_t cols) {
-  starpu_data_handle_t h;
-  starpu_matrix_data_register(&h, -1, 0, cols, cols, mb->n_rows, sizeof(float));
-  return own(mb, h);
+  struct act_pool *p = mb->pool;
+  if (p->next < p->n && p->cols[p->next] == cols) return p->h[p->next++];
+  if (p->next == p->cap) {
+    p->cap = p->cap ? 2 * p->cap : 256;
+    p->h = realloc(p->h, p->cap * sizeof *p->h);
+    p->cols = realloc(p->cols, p->cap * sizeof *p->cols);
+    if (!p->h || !p->cols) abort();
+  }
+  if (p->next < p->n) starpu_data_unregister_submit(p->h[p->next]);
+  else p->n++;
+  starpu_matrix_data_register(&p->h[p->next], -1, 0, cols, cols, mb->n_rows, sizeof(float));
+  p->cols[p->next] = cols;
+  return p->h[p->next++];
+}
+
+static struct act_pool *pool_of(struct eellm_step *s, int backward, size_t slot) {
+  if (slot >= s->n_pools[backward]) {
+    s->pools[backward] = realloc(s->pools[backward], (slot + 1) * sizeof *s->pools[backward]);
+    if (!s->pools[backward]) abort();
+    memset(s->pools[backward] + s->n_pools[backward], 0,
+           (slot + 1 - s->n_pools[backward]) * sizeof *s->pools[backward]);
+    s->n_pools[backward] = slot + 1;
+  }
+  struct act_pool *p = &s->pools[backward][slot];
+  p->next = 0;
+  return p;
+}
+
+static void free_pools(struct eellm_step *s) {
+  for (int mode = 0; mode < 2; mode++) {
+    for (size_t i = 0; i < s->n_pools[mode]; i++) {
+      struct act_pool *p = &s->pools[mode][i];
+      for (size_t j = 0; j < p->n; j++) starpu_data_unregister(p->h[j]);
+      free(p->h);
+      free(p->cols);
+    }
+    free(s->pools[mode]);
+  }
 }
 
 static starpu_data_handle_t param(const struct micro *mb, int i) {
@@ -326,6 +374,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   if (check_tokens(m, batch, mb.n_rows, err, errlen) != 0) return -1;
   struct eellm_step *s = step_of(m);
   mb.index = (int)s->n_micro;
+  mb.pool = pool_of(s, backward, s->n_micro);
   starpu_data_handle_t *stats = new_stats(m);
   if (!batch->mask && !s->ones) {
     s->ones = malloc(mb.n_rows * sizeof *s->ones);
@@ -390,7 +439,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   eellm_insert_embed_bwd(mb.tokens, dres, grad(&mb, m->wte), grad(&mb, m->wpe), m->seq_len, &bwd);
 
 done:
-  /* The activations go once their last task has run. */
+  /* The input vectors go once their last task has run. */
   for (size_t i = 0; i < s->n_owned; i++) starpu_data_unregister_submit(s->owned[i]);
   s->n_owned = 0;
   free(resid);
@@ -456,6 +505,7 @@ void eellm_step_free(struct eellm_model *m) {
   struct eellm_step *s = m->step;
   if (!s) return;
   drop_stats(m);
+  free_pools(s);
   free(s->stats);
   free(s->stats_h);
   free(s->ones);

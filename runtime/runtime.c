@@ -3,12 +3,17 @@
 #include "eellm.h"
 
 #include <cblas.h>
+#include <malloc.h>
 #include <starpu.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 int eellm_runtime_start(void) {
   openblas_set_num_threads(1);
+  /* Activations are allocated and freed every step; served from the heap
+   * rather than fresh mmaps, they do not page-fault each time. */
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   struct starpu_conf conf;
   starpu_conf_init(&conf);
   /* eager ignores priorities; lws honours them and steals locally (Chameleon's CPU choice). */
