@@ -10,6 +10,7 @@ static const struct {
   const char *summary;
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
+    {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
 };
 
 static void usage(FILE *out) {
