@@ -4,5 +4,6 @@
 #define EELLM_CLI_COMMANDS_H
 
 int cmd_model(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

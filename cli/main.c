@@ -10,6 +10,7 @@ static const struct {
   const char *summary;
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
+    {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
 };
 
 static void usage(FILE *out) {
