@@ -234,8 +234,10 @@ static int choose_y_range(struct plot *p) {
 static void choose_x_range(struct plot *p) {
   const struct metrics *m = p->m;
   p->x0 = (double)m->recs[0].step, p->x1 = (double)m->recs[m->n - 1].step;
-  if (p->x0 == p->x1) p->x0 -= 1, p->x1 += 1;
-  if (p->x0 <= 0.1 * (p->x1 - p->x0)) p->x0 = 0; /* start at 0 when nearly there */
+  if (p->x0 == p->x1)
+    p->x0 -= 1, p->x1 += 1;
+  else if (p->x0 <= 0.1 * (p->x1 - p->x0))
+    p->x0 = 0; /* start at 0 when nearly there */
   p->last_val_step = -1;
   for (size_t i = 0; i < m->n; i++)
     if (m->recs[i].has_val) p->last_val_step = m->recs[i].step;
@@ -468,18 +470,17 @@ static void draw_y_axis(FILE *out, const struct plot *p) {
   text(out, 20, (PLOT_T + PLOT_B) / 2.0, 13, PLOT_H, rotate, "loss (nats/token)");
 }
 
-/* Notes, inside the plot area, how many values lie beyond the y range. */
+/* Notes, above and below the plot area, how many values lie beyond the y range. */
 static void draw_clip_notes(FILE *out, const struct plot *p) {
   char note[96];
-  const char *attrs = "class=\"clip-note\" text-anchor=\"end\" fill=\"#666666\" "
-                      "stroke=\"#ffffff\" stroke-width=\"3\" paint-order=\"stroke\"";
+  const char *attrs = "class=\"clip-note\" text-anchor=\"end\" fill=\"#666666\"";
   if (p->above) {
     snprintf(note, sizeof note, "\xe2\x86\x91 %zu values above %.3g not shown", p->above, p->y1);
-    text(out, PLOT_R - 6, PLOT_T + 15, 11, PLOT_W, attrs, note);
+    text(out, PLOT_R, PLOT_T - 7, 11, PLOT_W, attrs, note);
   }
   if (p->below) {
     snprintf(note, sizeof note, "\xe2\x86\x93 %zu values below %.3g not shown", p->below, p->y0);
-    text(out, PLOT_R - 6, PLOT_B - 8, 11, PLOT_W, attrs, note);
+    text(out, PLOT_R, PLOT_B + 42, 11, PLOT_W / 2.0 - 30, attrs, note);
   }
 }
 
