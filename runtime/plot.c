@@ -218,7 +218,7 @@ static int choose_y_range(struct plot *p) {
   int ok = all && late;
   if (ok) {
     double lo_q = quantile(all, n_all, 0.02);
-    double hi_q = n_late ? quantile(late, n_late, 0.98) : quantile(all, n_all, 0.98);
+    double hi_q = quantile(late, n_late, 0.98); /* never empty: it holds the last step */
     double body = hi_q - lo_q, lo = all[0], hi = all[n_all - 1];
     if (hi > hi_q + body) hi = hi_q;
     if (lo < lo_q - body) lo = lo_q;
