@@ -6,5 +6,6 @@
 int cmd_model(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

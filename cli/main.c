@@ -11,6 +11,7 @@ static const struct {
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
     {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
+    {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
 };
 
 static void usage(FILE *out) {
