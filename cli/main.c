@@ -10,6 +10,8 @@ static const struct {
   const char *summary;
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
+    {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
+    {"detokenize", cmd_detokenize, "write the text of a token file"},
 };
 
 static void usage(FILE *out) {
