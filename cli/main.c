@@ -12,6 +12,8 @@ static const struct {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
     {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
     {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
+    {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
+    {"detokenize", cmd_detokenize, "write the text of a token file"},
 };
 
 static void usage(FILE *out) {
