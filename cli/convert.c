@@ -123,6 +123,7 @@ static int add_exits(const char *in, const char *out, const double *layers, int 
   }
   if (status == 0) {
     eellm_model_init(to, seed);
+    eellm_model_set_tokenizer(to, eellm_model_tokenizer(from));
     eellm_model_sync(from);
     eellm_model_sync(to);
     for (size_t i = 0; i < eellm_model_n_tensors(to); i++) {

@@ -10,6 +10,7 @@ static const struct {
   const char *summary;
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
+    {"train", cmd_train, "train an early-exit model on a token file (checkpoints, resume, EE-Tuning)"},
     {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
     {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
     {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},

@@ -292,6 +292,14 @@ int eellm_model_find(const struct eellm_model *m, const char *name) {
 }
 
 const Eellm__Model *eellm_model_spec(const eellm_model *m) { return m->spec; }
+
+void eellm_model_set_tokenizer(eellm_model *m, const char *name) {
+  snprintf(m->tokenizer, sizeof m->tokenizer, "%s", name ? name : "");
+}
+
+const char *eellm_model_tokenizer(const eellm_model *m) {
+  return m->tokenizer[0] ? m->tokenizer : NULL;
+}
 unsigned eellm_model_micro_batch(const eellm_model *m) { return m->micro_batch; }
 unsigned eellm_model_seq_len(const eellm_model *m) { return m->seq_len; }
 size_t eellm_model_n_tensors(const eellm_model *m) { return m->n_tensors; }

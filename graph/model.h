@@ -49,6 +49,7 @@ struct eellm_model {
   unsigned *exit_order;                    /* exits sorted by layer */
   struct eellm_step *step;                 /* micro-batches submitted since the last wait */
   int backbone_frozen;
+  char tokenizer[16];                      /* "byte", "gpt2", or "" when unknown */
   double *sumsq;                           /* per tensor: sum of squared gradients */
   starpu_data_handle_t *sumsq_h;
   float clip[2];                           /* global gradient norm, clip factor */

@@ -69,6 +69,10 @@ void eellm_model_destroy(eellm_model *m);
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
 void eellm_model_init(eellm_model *m, uint64_t seed);
 const Eellm__Model *eellm_model_spec(const eellm_model *m);
+/* The tokenizer the model was trained with ("byte", "gpt2"; NULL if unknown),
+ * kept in checkpoints' metadata. */
+void eellm_model_set_tokenizer(eellm_model *m, const char *name);
+const char *eellm_model_tokenizer(const eellm_model *m);
 unsigned eellm_model_micro_batch(const eellm_model *m);
 unsigned eellm_model_seq_len(const eellm_model *m);
 

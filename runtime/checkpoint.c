@@ -64,8 +64,19 @@ int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_t
   char step[32], seed[32];
   snprintf(step, sizeof step, "%u", state ? state->step : 0);
   snprintf(seed, sizeof seed, "%llu", state ? (unsigned long long)state->seed : 0ull);
-  const char *meta[] = {"format", "eellm", "spec", spec, "step", step, "seed", seed};
-  ret = eellm_st_write(path, entries, n, meta, state ? 4 : 2, err, errlen);
+  const char *meta[10] = {"format", "eellm", "spec", spec};
+  size_t n_meta = 2;
+  if (m->tokenizer[0]) {
+    meta[2 * n_meta] = "tokenizer";
+    meta[2 * n_meta++ + 1] = m->tokenizer;
+  }
+  if (state) {
+    meta[2 * n_meta] = "step";
+    meta[2 * n_meta++ + 1] = step;
+    meta[2 * n_meta] = "seed";
+    meta[2 * n_meta++ + 1] = seed;
+  }
+  ret = eellm_st_write(path, entries, n, meta, n_meta, err, errlen);
   if (state)
     for (size_t i = 0; i < per_copy; i++) {
       starpu_data_release(m->tensors[i].m);
@@ -173,6 +184,7 @@ int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_s
     if (!found[i]) ret = -1;
   }
   if (ret == 0) {
+    eellm_model_set_tokenizer(m, eellm_st_meta(f, "tokenizer"));
     starpu_task_wait_for_all();
     for (size_t i = 0; i < m->n_tensors; i++) {
       const struct eellm_tensor *t = &m->tensors[i];

@@ -14,6 +14,7 @@
 #include "eellm.h"
 #include "runtime/dataloader.h"
 #include "runtime/specio.h"
+#include "runtime/tokenizer.h"
 #include "runtime/tokens.h"
 
 static volatile sig_atomic_t interrupted;
@@ -74,12 +75,12 @@ static struct eellm_token_file *open_tokens(const char *path, const Eellm__Model
                                             unsigned seq_len, char *err, size_t errlen) {
   struct eellm_token_file *f = eellm_tokens_open(path, err, errlen);
   if (!f) return NULL;
-  if (eellm_tokens_vocab(f) > spec->vocab_size) {
+  if (f->info.vocab_size > spec->vocab_size) {
     snprintf(err, errlen, "%s: tokenizer vocabulary %u exceeds the model's vocab_size %u", path,
-             eellm_tokens_vocab(f), spec->vocab_size);
-  } else if (eellm_tokens_count(f) < (size_t)seq_len + 1) {
+             f->info.vocab_size, spec->vocab_size);
+  } else if ((size_t)f->count < (size_t)seq_len + 1) {
     snprintf(err, errlen, "%s: %zu tokens, shorter than one sequence of %u tokens plus its target",
-             path, eellm_tokens_count(f), seq_len);
+             path, (size_t)f->count, seq_len);
   } else {
     return f;
   }
@@ -115,7 +116,7 @@ static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const cha
 
 static int setup(struct run *r, struct eellm_train_state *state) {
   const struct eellm_train_options *o = r->o;
-  char err[1024];
+  char err[8192]; /* room for paths of up to 4 KiB */
   snprintf(r->ckpt, sizeof r->ckpt, "%s/checkpoint.safetensors", o->out_dir);
   snprintf(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", o->out_dir);
   if (!(r->spec = load_model_spec(r, err, sizeof err))) return fail(2, "%s", err);
@@ -161,6 +162,7 @@ static int setup(struct run *r, struct eellm_train_state *state) {
   } else {
     eellm_model_init(r->model, r->train->seed);
   }
+  eellm_model_set_tokenizer(r->model, eellm_tokenizer_name(r->data->info.tokenizer));
   if (o->tune_exits) {
     if (r->spec->n_exits == 0) return fail(2, "--tune-exits: the model has no exits to tune");
     eellm_model_freeze_backbone(r->model);
@@ -181,7 +183,7 @@ static int setup(struct run *r, struct eellm_train_state *state) {
 static size_t micro_rows(const struct run *r) { return (size_t)r->micro_batch * r->seq_len; }
 
 static struct eellm_loader loader_of(const struct run *r, const struct eellm_token_file *f) {
-  struct eellm_loader l = {eellm_tokens_data(f), eellm_tokens_count(f), r->train->seed,
+  struct eellm_loader l = {f->tokens, (size_t)f->count, r->train->seed,
                            r->micro_batch, r->seq_len};
   return l;
 }
@@ -283,8 +285,8 @@ static void print_validation(const struct run *r, unsigned step, const double *v
 
 /* Entropy of the token frequencies, the loss of a model that ignores context. */
 static double unigram_entropy(const struct eellm_token_file *f) {
-  size_t n = eellm_tokens_count(f), vocab = eellm_tokens_vocab(f);
-  const uint16_t *t = eellm_tokens_data(f);
+  size_t n = (size_t)f->count, vocab = f->info.vocab_size;
+  const uint16_t *t = f->tokens;
   size_t *counts = calloc(vocab ? vocab : 1, sizeof *counts);
   if (!counts) return NAN;
   for (size_t i = 0; i < n; i++) counts[t[i]]++;
@@ -328,14 +330,14 @@ static void describe(const struct run *r, unsigned start_step) {
          eellm_model_n_params(r->model), r->n_exits - 1, r->steps, r->train->global_batch,
          r->seq_len, r->n_micro);
   printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", r->o->data_path,
-         eellm_tokens_count(r->data), unigram_entropy(r->data),
+         (size_t)r->data->count, unigram_entropy(r->data),
          r->o->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
   if (start_step) printf("resuming %s at step %u\n", r->ckpt, start_step + 1);
   fflush(stdout);
 }
 
 static int save(struct run *r, const struct eellm_train_state *state) {
-  char err[1024];
+  char err[8192]; /* room for paths of up to 4 KiB */
   if (eellm_checkpoint_save(r->model, r->ckpt, state, err, sizeof err) != 0)
     return fail(1, "%s", err);
   return 0;
@@ -417,6 +419,8 @@ int eellm_train_run(const struct eellm_train_options *o) {
     struct sigaction sa = {.sa_handler = on_interrupt};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* Past a file-size limit a write then fails with EFBIG, cleanly, instead of killing us. */
+    signal(SIGXFSZ, SIG_IGN);
     describe(&r, state.step);
     status = loop(&r, &state);
     signal(SIGINT, SIG_DFL);

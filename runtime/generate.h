@@ -1,0 +1,72 @@
+/* Early-exit generation with KV caches, as StarPU tasks.
+ *
+ * A token leaves at the first allowed exit whose confidence passes the
+ * threshold: the maximum softmax probability (EE-LLM's rule) or, with
+ * EELLM_EXIT_ENTROPY, 1 - entropy / log(vocab). Threshold 1 (or use_early_exit
+ * 0) means every token goes through the final head.
+ *
+ * Two KV-cache-compatible methods:
+ * - RECOMPUTE: deeper layers have no keys/values for a token that exited early;
+ *   they are computed together with the next token that goes deeper, batched
+ *   with it (EE-LLM's KV recomputation).
+ * - PIPELINE: the model runs as stages; a token that exits at stage s is emitted
+ *   at once and the next token starts on stage 0 while the stages after s finish
+ *   the exited token's forward only to fill their caches (no recomputation).
+ *   Stages are StarPU tasks with dependencies on the per-layer caches, so the
+ *   overlap comes from the runtime, not from a hand-written schedule.
+ * Several prompts form one batch; every sequence makes its own exit decisions. */
+#ifndef EELLM_RUNTIME_GENERATE_H
+#define EELLM_RUNTIME_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum eellm_exit_rule { EELLM_EXIT_MAXPROB = 0, EELLM_EXIT_ENTROPY = 1 };
+enum eellm_gen_method { EELLM_GEN_RECOMPUTE = 0, EELLM_GEN_PIPELINE = 1 };
+
+struct eellm_gen_options {
+  unsigned max_tokens;          /* tokens to generate per prompt */
+  int use_early_exit;
+  float threshold;              /* in (0, 1]; 1 turns exits off */
+  enum eellm_exit_rule rule;
+  const unsigned *exit_layers;  /* layers whose exits may fire; n_exit_layers 0 = all */
+  size_t n_exit_layers;
+  enum eellm_gen_method method;
+  float temperature;            /* 0 = greedy */
+  unsigned top_k;               /* 0 = off */
+  float top_p;                  /* 1 = off */
+  uint64_t seed;
+  int stop_at_eot;              /* stop a sequence at the end-of-text token */
+  /* Called for every generated token as soon as it is known (streaming); may be NULL. */
+  void (*on_token)(void *ctx, size_t sequence, uint16_t token, unsigned exit_layer, float logprob);
+  void *ctx;
+};
+
+/* What one prompt produced. */
+struct eellm_gen_sequence {
+  uint16_t *tokens;             /* generated tokens (malloc'd) */
+  unsigned *exit_layers;        /* layer of the exit that produced each token (n_layers: final) */
+  float *logprobs;              /* log-probability of each token under the distribution it was drawn from */
+  size_t n;
+};
+
+struct eellm_generator;
+
+/* Loads a checkpoint (its spec from the metadata) and its tokenizer (metadata
+ * "tokenizer": byte or gpt2; GPT-2 files from tokenizer_dir, NULL = default),
+ * for batches of up to max_batch prompts. The StarPU runtime must be started. */
+struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
+                                             unsigned max_batch, char *err, size_t errlen);
+void eellm_generator_close(struct eellm_generator *g);
+/* The loaded model's context length, vocabulary and end-of-text id, and its tokenizer. */
+unsigned eellm_generator_context(const struct eellm_generator *g);
+struct eellm_tokenizer *eellm_generator_tokenizer(struct eellm_generator *g);
+/* Generates for n prompts (token ids). Returns 0, or -1 with a one-line error
+ * (prompt longer than the context, bad option, ...). Not reentrant: callers
+ * serialise calls on one generator. Free results with eellm_gen_sequence_free. */
+int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
+                   const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
+                   struct eellm_gen_sequence *out, char *err, size_t errlen);
+void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
+
+#endif
