@@ -31,6 +31,7 @@ enum eellm_task_kind {
 
 struct eellm_task_info {
   int priority;              /* StarPU priority; higher runs first under prio/lws/dmdas */
+  int node;                  /* MPI rank that runs the task (its pipeline stage); 0 without MPI */
   enum eellm_task_kind kind;
   int micro;                 /* micro-batch index, -1 if none */
   int layer;                 /* layer index (0-based), -1 if none; exits use 1000 + exit index */
@@ -42,8 +43,9 @@ extern const struct eellm_task_info eellm_task_default;
 /* Submits `cl` on `n` buffers (cl->nbuffers is STARPU_VARIABLE_NBUFFERS, so
  * optional tensors are simply left out) with a malloc'd copy of `args`
  * (args_size bytes) as cl_arg: the kernel casts cl_arg to its argument struct.
- * The single place where eellm hands tasks to StarPU. Aborts the process with
- * a message naming the codelet if StarPU refuses the task. */
+ * Under MPI the task runs on rank info->node; the other ranks only take part
+ * in its transfers. The single place where eellm hands tasks to StarPU. Aborts
+ * the process with a message naming the codelet if StarPU refuses the task. */
 void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
                   const void *args, size_t args_size, const struct eellm_task_info *info);
 
@@ -117,6 +119,13 @@ void eellm_insert_activation_bwd(starpu_data_handle_t h, starpu_data_handle_t da
 void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info);
 /* dst += alpha * src (same shape). */
 void eellm_insert_axpy(starpu_data_handle_t dst, starpu_data_handle_t src, float alpha,
+                       const struct eellm_task_info *info);
+/* dst = src (same shape and element size). */
+void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
+                       const struct eellm_task_info *info);
+/* Vector t (n_bytes bytes, any element type) = data, carried by the task: host
+ * data enters the task graph where the task runs, in order with its readers. */
+void eellm_insert_load(starpu_data_handle_t t, const void *data, size_t n_bytes,
                        const struct eellm_task_info *info);
 
 /* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */

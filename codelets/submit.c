@@ -1,27 +1,42 @@
-/* The one place where eellm hands a task to StarPU. */
+/* The one place where eellm hands a task to StarPU (or StarPU-MPI). */
 #include "codelets.h"
 
+#include <starpu_mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "eellm.h"
+#include "runtime/mpi.h"
+
 const struct eellm_task_info eellm_task_default = {
-    .priority = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
+    .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
 
 void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
                   const void *args, size_t args_size, const struct eellm_task_info *info) {
   if (!info) info = &eellm_task_default;
-  /* StarPU frees the copy once the task is done; kernels read it as their struct. */
-  void *args_copy = malloc(args_size ? args_size : 1);
-  if (!args_copy) {
-    fprintf(stderr, "eellm: out of memory submitting %s\n", cl->name);
-    abort();
+  int runs_here = !eellm_mpi_active() || info->node == eellm_rank();
+  /* StarPU frees the copy once the task is done; kernels read it as their struct.
+   * Ranks that do not run the task get none: StarPU-MPI would not free it. */
+  void *args_copy = NULL;
+  if (runs_here) {
+    args_copy = malloc(args_size ? args_size : 1);
+    if (!args_copy) {
+      fprintf(stderr, "eellm: out of memory submitting %s\n", cl->name);
+      abort();
+    }
+    if (args_size) memcpy(args_copy, args, args_size); /* args may be NULL when empty */
   }
-  if (args_size) memcpy(args_copy, args, args_size); /* args may be NULL when empty */
-  int ret = starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
-                               STARPU_CL_ARGS, args_copy, args_size,
-                               STARPU_PRIORITY, info->priority,
-                               STARPU_NAME, cl->name, 0);
+  int ret = eellm_mpi_active()
+                ? starpu_mpi_task_insert(eellm_mpi_comm(), cl, STARPU_DATA_MODE_ARRAY, buffers, n,
+                                         STARPU_EXECUTE_ON_NODE, info->node,
+                                         STARPU_CL_ARGS, args_copy, runs_here ? args_size : 0,
+                                         STARPU_PRIORITY, info->priority,
+                                         STARPU_NAME, cl->name, 0)
+                : starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
+                                     STARPU_CL_ARGS, args_copy, args_size,
+                                     STARPU_PRIORITY, info->priority,
+                                     STARPU_NAME, cl->name, 0);
   if (ret != 0) {
     fprintf(stderr, "eellm: StarPU refused task %s (error %d)\n", cl->name, ret);
     abort();

@@ -1,4 +1,5 @@
-/* Whole-tensor helpers on matrix or vector handles: zero, and dst += alpha * src. */
+/* Whole-tensor helpers on matrix or vector handles: zero, dst += alpha * src,
+ * dst = src, and filling a tensor with bytes carried by the task itself. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +56,36 @@ static void axpy_cpu(void *buffers[], void *cl_arg) {
                 (float *)dst.ptr + r * dst.ld, 1);
 }
 
+/* dst, src: [R, C] matrices or [C] vectors of one shape and element size; dst = src. */
+static void copy_cpu(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  struct tensor_view dst = view_of(buffers[0]), src = view_of(buffers[1]);
+  if (dst.rows != src.rows || dst.cols != src.cols || dst.elemsize != src.elemsize) {
+    fprintf(stderr, "eellm: copy of [%zu, %zu] into [%zu, %zu]\n", src.rows, src.cols, dst.rows,
+            dst.cols);
+    abort();
+  }
+  for (size_t r = 0; r < dst.rows; r++)
+    memcpy(dst.ptr + r * dst.ld * dst.elemsize, src.ptr + r * src.ld * src.elemsize,
+           dst.cols * dst.elemsize);
+}
+
+/* t: a vector of n_bytes bytes, filled from the bytes that follow the size in cl_arg. */
+static void load_cpu(void *buffers[], void *cl_arg) {
+  const size_t *n_bytes = cl_arg;
+  struct tensor_view t = view_of(buffers[0]);
+  if (t.rows != 1 || t.cols * t.elemsize != *n_bytes) {
+    fprintf(stderr, "eellm: load of %zu bytes into a tensor of %zu\n", *n_bytes,
+            t.rows * t.cols * t.elemsize);
+    abort();
+  }
+  memcpy(t.ptr, n_bytes + 1, *n_bytes);
+}
+
 static struct starpu_perfmodel zero_model = {.type = STARPU_HISTORY_BASED, .symbol = "eellm_zero"};
 static struct starpu_perfmodel axpy_model = {.type = STARPU_HISTORY_BASED, .symbol = "eellm_axpy"};
+static struct starpu_perfmodel copy_model = {.type = STARPU_HISTORY_BASED, .symbol = "eellm_copy"};
+static struct starpu_perfmodel load_model = {.type = STARPU_HISTORY_BASED, .symbol = "eellm_load"};
 
 static struct starpu_codelet zero_cl = {.cpu_funcs = {zero_cpu},
                                         .cpu_funcs_name = {"zero_cpu"},
@@ -68,6 +97,16 @@ static struct starpu_codelet axpy_cl = {.cpu_funcs = {axpy_cpu},
                                         .nbuffers = STARPU_VARIABLE_NBUFFERS,
                                         .model = &axpy_model,
                                         .name = "axpy"};
+static struct starpu_codelet copy_cl = {.cpu_funcs = {copy_cpu},
+                                        .cpu_funcs_name = {"copy_cpu"},
+                                        .nbuffers = STARPU_VARIABLE_NBUFFERS,
+                                        .model = &copy_model,
+                                        .name = "copy"};
+static struct starpu_codelet load_cl = {.cpu_funcs = {load_cpu},
+                                        .cpu_funcs_name = {"load_cpu"},
+                                        .nbuffers = STARPU_VARIABLE_NBUFFERS,
+                                        .model = &load_model,
+                                        .name = "load"};
 
 void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info) {
   struct starpu_data_descr buffers[] = {{t, STARPU_W}};
@@ -79,4 +118,24 @@ void eellm_insert_axpy(starpu_data_handle_t dst, starpu_data_handle_t src, float
   struct axpy_args args = {.alpha = alpha};
   struct starpu_data_descr buffers[] = {{dst, STARPU_RW}, {src, STARPU_R}};
   eellm_submit(&axpy_cl, buffers, 2, &args, sizeof args, info);
+}
+
+void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
+                       const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[] = {{dst, STARPU_W}, {src, STARPU_R}};
+  eellm_submit(&copy_cl, buffers, 2, NULL, 0, info);
+}
+
+void eellm_insert_load(starpu_data_handle_t t, const void *data, size_t n_bytes,
+                       const struct eellm_task_info *info) {
+  size_t *args = malloc(sizeof n_bytes + n_bytes);
+  if (!args) {
+    fprintf(stderr, "eellm: out of memory loading %zu bytes\n", n_bytes);
+    abort();
+  }
+  args[0] = n_bytes;
+  memcpy(args + 1, data, n_bytes);
+  struct starpu_data_descr buffers[] = {{t, STARPU_W}};
+  eellm_submit(&load_cl, buffers, 1, args, sizeof n_bytes + n_bytes, info);
+  free(args);
 }

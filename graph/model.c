@@ -9,10 +9,12 @@
 #include <string.h>
 
 #include "graph/step.h"
+#include "runtime/mpi.h"
 
 struct builder {
   struct eellm_model *m;
   size_t cap;
+  unsigned stage; /* owner of the tensors added next */
 };
 
 /* Appends tensor `prefix``name` [rows, cols] (rows 0: a vector) to the table. */
@@ -32,6 +34,7 @@ static int add_tensor(struct builder *b, const char *prefix, const char *name, s
   t->numel = (rows ? rows : 1) * cols;
   t->offset = m->n_params;
   t->decay = decay;
+  t->owner = b->stage;
   m->n_params += t->numel;
   return (int)m->n_tensors++;
 }
@@ -103,7 +106,7 @@ static void add_exit(struct builder *b, unsigned k) {
 }
 
 static void build_table(struct eellm_model *m) {
-  struct builder b = {m, 0};
+  struct builder b = {m, 0, 0};
   const Eellm__Model *s = m->spec;
   m->wte = add_tensor(&b, "", "transformer.wte.weight", s->vocab_size, s->d_model, 1);
   m->wpe = s->positions == EELLM__MODEL__POSITIONS__LEARNED
@@ -112,22 +115,94 @@ static void build_table(struct eellm_model *m) {
   for (unsigned i = 0; i < s->n_layers; i++) {
     char prefix[32];
     snprintf(prefix, sizeof prefix, "transformer.h.%u.", i);
+    b.stage = m->layer_stage[i];
     add_layer(&b, prefix, &m->layers[i]);
   }
+  b.stage = m->pp - 1;
   add_norm(&b, "transformer.", "ln_f.", &m->lnf_w, &m->lnf_b);
   m->head_w = s->tie_embeddings ? m->wte
                                 : add_tensor(&b, "", "lm_head.weight", s->vocab_size, s->d_model, 1);
-  for (unsigned k = 0; k < s->n_exits; k++) add_exit(&b, k);
+  for (unsigned k = 0; k < s->n_exits; k++) {
+    b.stage = m->exit_stage[k];
+    add_exit(&b, k);
+  }
 }
 
-static starpu_data_handle_t register_tensor(const struct eellm_tensor *t, float *block) {
+/* A handle of t's shape over block (NULL: memory StarPU allocates), owned by `owner`. */
+static starpu_data_handle_t register_tensor(const struct eellm_tensor *t, float *block,
+                                            unsigned owner) {
   starpu_data_handle_t h;
-  uintptr_t ptr = (uintptr_t)(block + t->offset);
+  int home = block ? STARPU_MAIN_RAM : -1;
+  uintptr_t ptr = block ? (uintptr_t)(block + t->offset) : 0;
   if (t->rows)
-    starpu_matrix_data_register(&h, STARPU_MAIN_RAM, ptr, t->cols, t->cols, t->rows, sizeof(float));
+    starpu_matrix_data_register(&h, home, ptr, t->cols, t->cols, t->rows, sizeof(float));
   else
-    starpu_vector_data_register(&h, STARPU_MAIN_RAM, ptr, t->cols, sizeof(float));
+    starpu_vector_data_register(&h, home, ptr, t->cols, sizeof(float));
+  eellm_mpi_register(h, (int)owner);
   return h;
+}
+
+/* Stages: layers split as the spec (or FLOP balance) says; an exit goes with the
+ * layer it reads (POST) or the next one (PRE). Activation windows: 1F1B's
+ * P - s micro-batches on stage s; one process keeps two micro-batches apart so
+ * two workers can overlap them. */
+static int place_stages(struct eellm_model *m, unsigned pp, const uint32_t *stage_layers,
+                        size_t n_stage_layers) {
+  const Eellm__Model *s = m->spec;
+  unsigned *split = calloc(pp, sizeof *split);
+  m->layer_stage = calloc(s->n_layers, sizeof *m->layer_stage);
+  m->exit_stage = calloc(s->n_exits + 1, sizeof *m->exit_stage);
+  m->window = calloc(pp, sizeof *m->window);
+  if (!split || !m->layer_stage || !m->exit_stage || !m->window) {
+    free(split);
+    return -1;
+  }
+  m->pp = pp;
+  eellm_stage_split(s, pp, stage_layers, n_stage_layers, split);
+  for (unsigned st = 0, i = 0; st < pp; st++)
+    for (unsigned j = 0; j < split[st]; j++) m->layer_stage[i++] = st;
+  for (unsigned k = 0; k < s->n_exits; k++) {
+    const Eellm__Exit *e = s->exits[k];
+    unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer : e->layer - 1;
+    m->exit_stage[k] = m->layer_stage[owner];
+  }
+  for (unsigned st = 0; st < pp; st++) m->window[st] = pp > 1 ? pp - st : 2;
+  free(split);
+  return 0;
+}
+
+/* Head weights read on stages that do not own them get a gradient there. */
+static void add_shadows(struct eellm_model *m) {
+  unsigned last = m->pp - 1;
+  size_t cap = m->spec->n_exits + 1;
+  m->shadows = calloc(cap, sizeof *m->shadows);
+  if (!m->shadows) abort();
+  for (unsigned k = 0; k <= m->spec->n_exits; k++) {
+    int head = k < m->spec->n_exits ? m->exits[k].head_w : m->head_w;
+    unsigned stage = k < m->spec->n_exits ? m->exit_stage[k] : last;
+    if (m->tensors[head].owner == stage) continue;
+    int known = 0;
+    for (size_t i = 0; i < m->n_shadows; i++)
+      known |= m->shadows[i].tensor == head && m->shadows[i].stage == stage;
+    if (known) continue;
+    struct eellm_shadow *sh = &m->shadows[m->n_shadows++];
+    sh->tensor = head;
+    sh->stage = stage;
+    sh->grad = register_tensor(&m->tensors[head], NULL, stage);
+  }
+}
+
+int eellm_model_owns(const struct eellm_model *m, size_t i) {
+  return !eellm_mpi_active() || m->tensors[i].owner == (unsigned)eellm_rank();
+}
+
+starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage) {
+  if (i < 0 || m->tensors[i].frozen) return NULL;
+  if (m->tensors[i].owner == stage) return m->tensors[i].grad;
+  for (size_t k = 0; k < m->n_shadows; k++)
+    if (m->shadows[k].tensor == i && m->shadows[k].stage == stage) return m->shadows[k].grad;
+  fprintf(stderr, "eellm: no gradient of %s on stage %u\n", m->tensors[i].name, stage);
+  abort();
 }
 
 static float *alloc_block(size_t n) {
@@ -160,8 +235,15 @@ static Eellm__Model *copy_spec(const Eellm__Model *spec) {
   return copy;
 }
 
-eellm_model *eellm_model_create(const Eellm__Model *spec_in, unsigned micro_batch,
-                                unsigned seq_len, char *err, size_t errlen) {
+eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, unsigned seq_len,
+                                char *err, size_t errlen) {
+  return eellm_model_create_pipelined(spec, micro_batch, seq_len, 1, NULL, 0, err, errlen);
+}
+
+eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned micro_batch,
+                                          unsigned seq_len, unsigned pp,
+                                          const uint32_t *stage_layers, size_t n_stage_layers,
+                                          char *err, size_t errlen) {
   struct eellm_model *m = calloc(1, sizeof *m);
   if (!m || !(m->spec = copy_spec(spec_in))) {
     snprintf(err, errlen, "out of memory building the model");
@@ -181,6 +263,12 @@ eellm_model *eellm_model_create(const Eellm__Model *spec_in, unsigned micro_batc
     eellm_model_destroy(m);
     return NULL;
   }
+  if (pp < 1 || pp > spec->n_layers || (eellm_mpi_active() && pp != (unsigned)eellm_nranks())) {
+    snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
+             eellm_nranks());
+    eellm_model_destroy(m);
+    return NULL;
+  }
   m->micro_batch = micro_batch;
   m->seq_len = seq_len;
   m->d_ffn = eellm_ffn_size(spec);
@@ -189,6 +277,7 @@ eellm_model *eellm_model_create(const Eellm__Model *spec_in, unsigned micro_batc
   m->exits = calloc(spec->n_exits + 1, sizeof *m->exits);
   m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
   if (!m->layers || !m->exits || !m->exit_order) goto oom;
+  if (place_stages(m, pp, stage_layers, n_stage_layers) != 0) goto oom;
   build_table(m);
   sort_exits(m);
   m->params = alloc_block(m->n_params);
@@ -198,18 +287,22 @@ eellm_model *eellm_model_create(const Eellm__Model *spec_in, unsigned micro_batc
   if (!m->params || !m->grads || !m->adam_m || !m->adam_v) goto oom;
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
-    t->param = register_tensor(t, m->params);
-    t->grad = register_tensor(t, m->grads);
-    t->m = register_tensor(t, m->adam_m);
-    t->v = register_tensor(t, m->adam_v);
+    t->param = register_tensor(t, m->params, t->owner);
+    t->grad = register_tensor(t, m->grads, t->owner);
+    t->m = register_tensor(t, m->adam_m, t->owner);
+    t->v = register_tensor(t, m->adam_v, t->owner);
   }
+  add_shadows(m);
   m->sumsq = calloc(m->n_tensors, sizeof *m->sumsq);
   m->sumsq_h = calloc(m->n_tensors, sizeof *m->sumsq_h);
   if (!m->sumsq || !m->sumsq_h) goto oom;
-  for (size_t i = 0; i < m->n_tensors; i++)
+  for (size_t i = 0; i < m->n_tensors; i++) {
     starpu_vector_data_register(&m->sumsq_h[i], STARPU_MAIN_RAM, (uintptr_t)&m->sumsq[i], 1,
                                 sizeof(double));
+    eellm_mpi_register(m->sumsq_h[i], (int)m->tensors[i].owner);
+  }
   starpu_vector_data_register(&m->clip_h, STARPU_MAIN_RAM, (uintptr_t)m->clip, 2, sizeof(float));
+  eellm_mpi_register(m->clip_h, 0);
   return m;
 oom:
   snprintf(err, errlen, "out of memory building the model (%zu parameters)", m->n_params);
@@ -219,7 +312,7 @@ oom:
 
 void eellm_model_destroy(eellm_model *m) {
   if (!m) return;
-  if (m->n_tensors) starpu_task_wait_for_all();
+  if (m->n_tensors) eellm_mpi_quiesce();
   eellm_step_free(m);
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
@@ -232,6 +325,11 @@ void eellm_model_destroy(eellm_model *m) {
   for (size_t i = 0; m->sumsq_h && i < m->n_tensors; i++)
     if (m->sumsq_h[i]) starpu_data_unregister(m->sumsq_h[i]);
   if (m->clip_h) starpu_data_unregister(m->clip_h);
+  for (size_t i = 0; i < m->n_shadows; i++) starpu_data_unregister(m->shadows[i].grad);
+  free(m->shadows);
+  free(m->layer_stage);
+  free(m->exit_stage);
+  free(m->window);
   free(m->sumsq);
   free(m->sumsq_h);
   free(m->params);
@@ -270,11 +368,13 @@ static int is_residual_projection(const char *name) {
 
 void eellm_model_init(eellm_model *m, uint64_t seed) {
   starpu_task_wait_for_all();
-  struct normal_rng rng = {seed * 0x2545f4914f6cdd1dull + 1};
   double std = m->spec->init_std;
   double residual_std = std / sqrt(2.0 * m->spec->n_layers);
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
+    /* A stream per tensor: the same weights whichever stage draws them. */
+    struct normal_rng rng = {(seed * 0x2545f4914f6cdd1dull + 1) ^ (i * 0x9e3779b97f4a7c15ull)};
+    if (!eellm_model_owns(m, i)) continue;
     starpu_data_acquire(t->param, STARPU_W);
     float *p = m->params + t->offset;
     int is_gain = !t->rows && strstr(t->name, "ln_") && strstr(t->name, ".weight");
@@ -316,6 +416,11 @@ float *eellm_model_tensor_grad(eellm_model *m, size_t i) { return m->grads + m->
 
 void eellm_model_sync(eellm_model *m) {
   starpu_task_wait_for_all();
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    eellm_mpi_gather(m->tensors[i].param);
+    eellm_mpi_gather(m->tensors[i].grad);
+  }
+  if (eellm_rank() != 0) return;
   for (size_t i = 0; i < m->n_tensors; i++) {
     starpu_data_acquire(m->tensors[i].param, STARPU_R);
     starpu_data_release(m->tensors[i].param);

@@ -16,6 +16,7 @@ struct eellm_tensor {
   size_t numel;
   int decay;          /* AdamW weight decay applies (matrices) */
   int frozen;         /* no gradient, no update (EE-Tuning's backbone) */
+  unsigned owner;     /* pipeline stage (MPI rank) that holds and updates it */
   starpu_data_handle_t param, grad, m, v;
 };
 
@@ -31,6 +32,15 @@ struct eellm_exit_params {
   int lnf_w, lnf_b;          /* NORM, MLP, BLOCK */
   int head_w;                /* [V, D], the exit's own or the final head's */
   float temperature;
+};
+
+/* The gradient a stage accumulates for a tensor another stage owns (a tied
+ * output head used on several stages); summed into the owner's gradient
+ * before the optimizer step. */
+struct eellm_shadow {
+  int tensor;
+  unsigned stage;
+  starpu_data_handle_t grad;
 };
 
 struct eellm_model {
@@ -49,6 +59,12 @@ struct eellm_model {
   unsigned *exit_order;                    /* exits sorted by layer */
   struct eellm_step *step;                 /* micro-batches submitted since the last wait */
   int backbone_frozen;
+  unsigned pp;                             /* pipeline stages (1: one process) */
+  unsigned *layer_stage;                   /* n_layers */
+  unsigned *exit_stage;                    /* n_exits */
+  unsigned *window;                        /* per stage: micro-batch slots of activations */
+  struct eellm_shadow *shadows;
+  size_t n_shadows;
   char tokenizer[16];                      /* "byte", "gpt2", or "" when unknown */
   double *sumsq;                           /* per tensor: sum of squared gradients */
   starpu_data_handle_t *sumsq_h;
@@ -59,5 +75,9 @@ struct eellm_model {
 /* Tensor naming follows GPT-2 / Hugging Face (`transformer.h.{i}.attn.c_attn.weight`, ...);
  * exits are `exits.{k}.…` with k the exit's index in the spec. */
 int eellm_model_find(const struct eellm_model *m, const char *name);
+/* Whether this process holds tensor i (always, without MPI). */
+int eellm_model_owns(const struct eellm_model *m, size_t i);
+/* The gradient stage `stage` accumulates tensor i's contributions into. */
+starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage);
 
 #endif

@@ -3,14 +3,22 @@
  * Residual stream: resid[0] is the embedding output, resid[k] the output of
  * layer k (1-based); exit e reads resid[layer_e] (an MLP exit reads layer
  * layer_e's post-attention residual). Backward keeps one gradient buffer `dres`
- * per micro-batch and updates it in place, layer by layer, as llm.c does.
+ * per micro-batch and stage and updates it in place, layer by layer, as llm.c
+ * does; entering a stage copies the gradient that arrived from the next one.
  *
  * Each exit's forward and backward are submitted right after the forward of
  * the layer it reads, at a lower priority: they depend on nothing deeper, so
  * the scheduler runs them whenever a worker would otherwise idle. They leave
  * the exit's gradient w.r.t. its input in a buffer of its own, added into
  * `dres` when the backward reaches that layer: the only gradient that crosses
- * a stage boundary stays the ordinary activation gradient (EE-LLM's rule). */
+ * a stage boundary stays the ordinary activation gradient (EE-LLM's rule).
+ *
+ * Pipeline stages: every task runs on the stage that owns the layer or exit it
+ * belongs to (its MPI rank), and every buffer a task writes belongs to that
+ * stage; StarPU-MPI moves what other stages read. Activation buffers are
+ * recycled per stage over `window` micro-batch slots (1F1B's P - s on stage
+ * s), so micro-batch m + window waits for micro-batch m's backward to release
+ * them: activation memory stays flat however many micro-batches a step has. */
 #include "graph/step.h"
 
 #include <stdio.h>
@@ -18,89 +26,104 @@
 #include <string.h>
 
 #include "codelets/codelets.h"
+#include "runtime/mpi.h"
 
 enum { PRIO_EXIT = 0, PRIO_FORWARD = 1, PRIO_BACKWARD = 2 };
 
-/* Loss statistics (sum, count) of every exit of every micro-batch since the last wait. */
-struct eellm_step {
-  size_t n_micro, cap_micro;
-  double **stats;                   /* per micro-batch: n_exits x (sum, count) */
-  starpu_data_handle_t **stats_h;   /* per micro-batch: n_exits handles */
-  float *ones;                      /* default loss mask */
-  starpu_data_handle_t *owned;      /* handles to unregister at the end of the micro-batch */
-  size_t n_owned, cap_owned;
-  /* Activation buffers kept across steps, per mode (forward only, training) and
-   * micro-batch slot: reused, they cost neither allocation nor page faults. */
-  struct act_pool *pools[2];
-  size_t n_pools[2];
-  double *loss;                     /* n_exits: result of the last wait */
-};
-
-/* The activations one micro-batch slot used, in the order it asked for them. */
+/* The buffers one (mode, stage, slot) used, in the order it asked for them. */
 struct act_pool {
   starpu_data_handle_t *h;
-  size_t *cols;
+  size_t *key;                      /* columns of a float matrix, or ~elements of a 4-byte vector */
   size_t n, cap, next;
+};
+
+struct eellm_step {
+  size_t n_micro;                   /* micro-batches submitted since the last wait */
+  /* Loss statistics (sum, count) per micro-batch index and exit, kept across steps. */
+  double **stats;
+  starpu_data_handle_t **stats_h;
+  size_t n_stats;
+  float *ones;                      /* the default loss mask */
+  /* Buffers kept across steps per mode (forward only, training), stage and
+   * slot: reused, they cost neither allocation nor page faults, and their
+   * number bounds the memory of a pipeline. */
+  struct act_pool *pools[2];        /* [stage * max_window + slot] */
+  size_t max_window;
+  double *loss;                     /* n_exits: result of the last wait */
 };
 
 /* What one micro-batch's submission needs at hand. */
 struct micro {
   struct eellm_model *m;
-  struct act_pool *pool;
+  int backward;
   size_t n_rows;                    /* B * T */
+  int index;                        /* micro-batch index since the last wait */
+  unsigned stage;                   /* stage of the tasks being submitted */
+  struct act_pool **entered;        /* per stage: its pool for this micro-batch, once entered */
   starpu_data_handle_t tokens, targets, mask;
-  int index;
 };
 
-static starpu_data_handle_t own(struct micro *mb, starpu_data_handle_t h) {
-  struct eellm_step *s = mb->m->step;
-  if (s->n_owned == s->cap_owned) {
-    s->cap_owned = s->cap_owned ? 2 * s->cap_owned : 256;
-    s->owned = realloc(s->owned, s->cap_owned * sizeof *s->owned);
-    if (!s->owned) abort();
+static struct eellm_step *step_of(struct eellm_model *m) {
+  if (!m->step) {
+    m->step = calloc(1, sizeof *m->step);
+    if (!m->step) abort();
+    for (unsigned st = 0; st < m->pp; st++)
+      if (m->window[st] > m->step->max_window) m->step->max_window = m->window[st];
+    for (int mode = 0; mode < 2; mode++) {
+      m->step->pools[mode] = calloc(m->pp * m->step->max_window, sizeof *m->step->pools[mode]);
+      if (!m->step->pools[mode]) abort();
+    }
   }
-  s->owned[s->n_owned++] = h;
-  return h;
+  return m->step;
 }
 
-/* An activation [rows, cols]: the slot's buffer at this point of the sequence
- * when it has that shape, else a new one, allocated by StarPU on first write. */
-static starpu_data_handle_t act(struct micro *mb, size_t cols) {
-  struct act_pool *p = mb->pool;
-  if (p->next < p->n && p->cols[p->next] == cols) return p->h[p->next++];
+/* Makes `stage` the one whose tasks and buffers come next. */
+static void enter(struct micro *mb, unsigned stage) {
+  mb->stage = stage;
+  if (mb->entered[stage]) return;
+  struct eellm_step *s = mb->m->step;
+  size_t slot = (size_t)mb->index % mb->m->window[stage];
+  struct act_pool *p = &s->pools[mb->backward][stage * s->max_window + slot];
+  p->next = 0;
+  mb->entered[stage] = p;
+}
+
+/* The current stage's buffer at this point of its sequence when it has this
+ * shape, else a new one (owned by the stage, allocated by StarPU on first write). */
+static starpu_data_handle_t pooled(struct micro *mb, size_t key) {
+  struct act_pool *p = mb->entered[mb->stage];
+  if (p->next < p->n && p->key[p->next] == key) return p->h[p->next++];
   if (p->next == p->cap) {
     p->cap = p->cap ? 2 * p->cap : 256;
     p->h = realloc(p->h, p->cap * sizeof *p->h);
-    p->cols = realloc(p->cols, p->cap * sizeof *p->cols);
-    if (!p->h || !p->cols) abort();
+    p->key = realloc(p->key, p->cap * sizeof *p->key);
+    if (!p->h || !p->key) abort();
   }
   if (p->next < p->n) starpu_data_unregister_submit(p->h[p->next]);
   else p->n++;
-  starpu_matrix_data_register(&p->h[p->next], -1, 0, cols, cols, mb->n_rows, sizeof(float));
-  p->cols[p->next] = cols;
+  starpu_data_handle_t *h = &p->h[p->next];
+  if ((long)key >= 0)
+    starpu_matrix_data_register(h, -1, 0, key, key, mb->n_rows, sizeof(float));
+  else
+    starpu_vector_data_register(h, -1, 0, ~key, 4);
+  eellm_mpi_register(*h, (int)mb->stage);
+  p->key[p->next] = key;
   return p->h[p->next++];
 }
 
-static struct act_pool *pool_of(struct eellm_step *s, int backward, size_t slot) {
-  if (slot >= s->n_pools[backward]) {
-    s->pools[backward] = realloc(s->pools[backward], (slot + 1) * sizeof *s->pools[backward]);
-    if (!s->pools[backward]) abort();
-    memset(s->pools[backward] + s->n_pools[backward], 0,
-           (slot + 1 - s->n_pools[backward]) * sizeof *s->pools[backward]);
-    s->n_pools[backward] = slot + 1;
-  }
-  struct act_pool *p = &s->pools[backward][slot];
-  p->next = 0;
-  return p;
-}
+/* An activation [B * T, cols] of the current stage. */
+static starpu_data_handle_t act(struct micro *mb, size_t cols) { return pooled(mb, cols); }
 
-static void free_pools(struct eellm_step *s) {
+/* A vector of B * T 4-byte values (token ids, mask) of the current stage. */
+static starpu_data_handle_t input(struct micro *mb) { return pooled(mb, ~mb->n_rows); }
+
+static void free_pools(struct eellm_model *m, struct eellm_step *s) {
   for (int mode = 0; mode < 2; mode++) {
-    for (size_t i = 0; i < s->n_pools[mode]; i++) {
+    for (size_t i = 0; i < m->pp * s->max_window; i++) {
       struct act_pool *p = &s->pools[mode][i];
       for (size_t j = 0; j < p->n; j++) starpu_data_unregister(p->h[j]);
       free(p->h);
-      free(p->cols);
+      free(p->key);
     }
     free(s->pools[mode]);
   }
@@ -111,12 +134,13 @@ static starpu_data_handle_t param(const struct micro *mb, int i) {
 }
 
 static starpu_data_handle_t grad(const struct micro *mb, int i) {
-  return i < 0 || mb->m->tensors[i].frozen ? NULL : mb->m->tensors[i].grad;
+  return eellm_model_grad_on(mb->m, i, mb->stage);
 }
 
 static struct eellm_task_info info(const struct micro *mb, enum eellm_task_kind kind, int prio,
                                    int layer) {
-  struct eellm_task_info i = {.priority = prio, .kind = kind, .micro = mb->index, .layer = layer};
+  struct eellm_task_info i = {.priority = prio, .node = (int)mb->stage, .kind = kind,
+                              .micro = mb->index, .layer = layer};
   return i;
 }
 
@@ -263,14 +287,16 @@ static void head_forward_backward(struct micro *mb, const struct head *h, starpu
 }
 
 /* Exit k on resid[layer] (or, for MLP exits, on the layer's post-attention
- * residual r): forward, loss and backward down to its input; returns the
- * buffer holding the gradient w.r.t. that input, or NULL if the exit's loss
- * weight is 0. */
+ * residual r), on the exit's stage: forward, loss and backward down to its
+ * input; returns the buffer holding the gradient w.r.t. that input, or NULL if
+ * the exit's loss weight is 0. */
 static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_data_handle_t x,
                                         starpu_data_handle_t r, float loss_scale,
                                         starpu_data_handle_t stats) {
   const struct eellm_model *m = mb->m;
   const struct eellm_exit_params *e = &m->exits[k];
+  unsigned caller_stage = mb->stage;
+  enter(mb, m->exit_stage[k]);
   struct eellm_task_info ti = info(mb, EELLM_KIND_EXIT, PRIO_EXIT, 1000 + (int)k);
   struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_EXIT, 1000 + (int)k);
   struct head h = {e->lnf_w, e->lnf_b, e->head_w, e->temperature, loss_scale, stats};
@@ -280,20 +306,23 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
     struct mlp_acts a;
     mlp_forward(mb, &e->block, r, &a, &ti);
     head_forward_backward(mb, &h, a.out, dx, &ti, &loss_ti);
-    if (!dx) return NULL;
-    scratch_init(mb, &g);
-    mlp_backward(mb, &e->block, &a, r, dx, &g, &ti);
+    if (dx) {
+      scratch_init(mb, &g);
+      mlp_backward(mb, &e->block, &a, r, dx, &g, &ti);
+    }
   } else if (e->structure == EELLM__EXIT__STRUCTURE__BLOCK) {
     struct layer_acts a;
     layer_forward(mb, &e->block, x, &a, &ti);
     head_forward_backward(mb, &h, a.mlp.out, dx, &ti, &loss_ti);
-    if (!dx) return NULL;
-    scratch_init(mb, &g);
-    mlp_backward(mb, &e->block, &a.mlp, a.r, dx, &g, &ti);
-    attention_backward(mb, &e->block, &a, x, dx, &g, &ti);
+    if (dx) {
+      scratch_init(mb, &g);
+      mlp_backward(mb, &e->block, &a.mlp, a.r, dx, &g, &ti);
+      attention_backward(mb, &e->block, &a, x, dx, &g, &ti);
+    }
   } else {
     head_forward_backward(mb, &h, x, dx, &ti, &loss_ti);
   }
+  enter(mb, caller_stage);
   return dx;
 }
 
@@ -315,45 +344,28 @@ static int check_tokens(const struct eellm_model *m, const struct eellm_batch *b
   return 0;
 }
 
-static struct eellm_step *step_of(struct eellm_model *m) {
-  if (!m->step) {
-    m->step = calloc(1, sizeof *m->step);
-    if (!m->step) abort();
-  }
-  return m->step;
-}
-
-/* Registers this micro-batch's loss-statistics buffers (sum, count per exit). */
-static starpu_data_handle_t *new_stats(struct eellm_model *m) {
-  struct eellm_step *s = step_of(m);
-  unsigned n_exits = eellm_n_exits(m);
-  if (s->n_micro == s->cap_micro) {
-    s->cap_micro = s->cap_micro ? 2 * s->cap_micro : 8;
-    s->stats = realloc(s->stats, s->cap_micro * sizeof *s->stats);
-    s->stats_h = realloc(s->stats_h, s->cap_micro * sizeof *s->stats_h);
-    if (!s->stats || !s->stats_h) abort();
-  }
-  double *slots = calloc(2 * n_exits, sizeof *slots);
-  starpu_data_handle_t *h = malloc(n_exits * sizeof *h);
-  if (!slots || !h) abort();
-  for (unsigned k = 0; k < n_exits; k++)
-    starpu_vector_data_register(&h[k], STARPU_MAIN_RAM, (uintptr_t)(slots + 2 * k), 2,
-                                sizeof(double));
-  s->stats[s->n_micro] = slots;
-  s->stats_h[s->n_micro] = h;
-  s->n_micro++;
-  return h;
-}
-
-/* Unregisters and frees the loss statistics of every micro-batch. */
-static void drop_stats(struct eellm_model *m) {
+/* Loss-statistics buffers (sum, count per exit) of micro-batch `index`, each
+ * owned by its exit's stage; registered once, reused every step. */
+static starpu_data_handle_t *stats_of(struct eellm_model *m, size_t index) {
   struct eellm_step *s = m->step;
-  for (size_t mi = 0; mi < s->n_micro; mi++) {
-    for (unsigned k = 0; k < eellm_n_exits(m); k++) starpu_data_unregister(s->stats_h[mi][k]);
-    free(s->stats_h[mi]);
-    free(s->stats[mi]);
+  unsigned n_exits = eellm_n_exits(m);
+  if (index == s->n_stats) {
+    s->stats = realloc(s->stats, (index + 1) * sizeof *s->stats);
+    s->stats_h = realloc(s->stats_h, (index + 1) * sizeof *s->stats_h);
+    if (!s->stats || !s->stats_h) abort();
+    double *slots = calloc(2 * n_exits, sizeof *slots);
+    starpu_data_handle_t *h = malloc(n_exits * sizeof *h);
+    if (!slots || !h) abort();
+    for (unsigned k = 0; k < n_exits; k++) {
+      starpu_vector_data_register(&h[k], STARPU_MAIN_RAM, (uintptr_t)(slots + 2 * k), 2,
+                                  sizeof(double));
+      eellm_mpi_register(h[k], (int)(k + 1 < n_exits ? m->exit_stage[k] : m->pp - 1));
+    }
+    s->stats[index] = slots;
+    s->stats_h[index] = h;
+    s->n_stats++;
   }
-  s->n_micro = 0;
+  return s->stats_h[index];
 }
 
 static float exit_weight(const struct eellm_model *m, const float *weights, unsigned k) {
@@ -361,45 +373,52 @@ static float exit_weight(const struct eellm_model *m, const float *weights, unsi
   return k < m->spec->n_exits ? m->spec->exits[k]->loss_weight : 1.0f;
 }
 
-static starpu_data_handle_t input_vector(struct micro *mb, const void *data, size_t elem) {
-  starpu_data_handle_t h;
-  starpu_vector_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)data, mb->n_rows, elem);
-  return own(mb, h);
+/* Token ids, targets and mask enter the graph on stage 0, carried by tasks. */
+static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
+  struct eellm_step *s = mb->m->step;
+  size_t bytes = mb->n_rows * 4;
+  if (!batch->mask && !s->ones) {
+    s->ones = malloc(bytes);
+    if (!s->ones) abort();
+    for (size_t i = 0; i < mb->n_rows; i++) s->ones[i] = 1;
+  }
+  enter(mb, 0);
+  struct eellm_task_info ti = info(mb, EELLM_KIND_OTHER, PRIO_FORWARD, -1);
+  mb->tokens = input(mb);
+  mb->targets = input(mb);
+  mb->mask = input(mb);
+  eellm_insert_load(mb->tokens, batch->tokens, bytes, &ti);
+  eellm_insert_load(mb->targets, batch->targets, bytes, &ti);
+  eellm_insert_load(mb->mask, batch->mask ? batch->mask : s->ones, bytes, &ti);
 }
 
 /* Forward of one micro-batch, and its backward when `backward` is set. */
 static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const float *exit_weights,
                         float grad_scale, int backward, char *err, size_t errlen) {
-  struct micro mb = {.m = m, .n_rows = (size_t)m->micro_batch * m->seq_len};
+  struct micro mb = {.m = m, .backward = backward, .n_rows = (size_t)m->micro_batch * m->seq_len};
   if (check_tokens(m, batch, mb.n_rows, err, errlen) != 0) return -1;
   struct eellm_step *s = step_of(m);
-  mb.index = (int)s->n_micro;
-  mb.pool = pool_of(s, backward, s->n_micro);
-  starpu_data_handle_t *stats = new_stats(m);
-  if (!batch->mask && !s->ones) {
-    s->ones = malloc(mb.n_rows * sizeof *s->ones);
-    if (!s->ones) abort();
-    for (size_t i = 0; i < mb.n_rows; i++) s->ones[i] = 1;
-  }
-  mb.tokens = input_vector(&mb, batch->tokens, sizeof(int32_t));
-  mb.targets = input_vector(&mb, batch->targets, sizeof(int32_t));
-  mb.mask = input_vector(&mb, batch->mask ? batch->mask : s->ones, sizeof(float));
+  mb.index = (int)s->n_micro++;
+  mb.entered = calloc(m->pp, sizeof *mb.entered);
+  starpu_data_handle_t *stats = stats_of(m, (size_t)mb.index);
+  load_inputs(&mb, batch);
 
   const Eellm__Model *spec = m->spec;
   unsigned n_layers = spec->n_layers, n_exits = spec->n_exits;
   size_t d = spec->d_model;
-  struct eellm_task_info fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
   starpu_data_handle_t *resid = calloc(n_layers + 1, sizeof *resid);
   struct layer_acts *acts = calloc(n_layers, sizeof *acts);
   starpu_data_handle_t *exit_dx = calloc(n_exits + 1, sizeof *exit_dx);
-  if (!resid || !acts || !exit_dx) abort();
+  if (!mb.entered || !resid || !acts || !exit_dx) abort();
 
+  struct eellm_task_info fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
   resid[0] = act(&mb, d);
   eellm_insert_embed_fwd(mb.tokens, param(&mb, m->wte), param(&mb, m->wpe), resid[0], m->seq_len,
                          &fwd);
   unsigned next_exit = 0;
   for (unsigned i = 0; i < n_layers; i++) {
-    fwd.layer = (int)i;
+    enter(&mb, m->layer_stage[i]);
+    fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
     layer_forward(&mb, &m->layers[i], resid[i], &acts[i], &fwd);
     resid[i + 1] = acts[i].mlp.out;
     for (; next_exit < n_exits && m->exits[m->exit_order[next_exit]].layer == i + 1; next_exit++) {
@@ -410,38 +429,47 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
     }
   }
 
-  struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
+  /* The final head on the last stage; a frozen backbone (EE-Tuning) needs its loss only. */
+  enter(&mb, m->pp - 1);
+  fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)n_layers);
   struct eellm_task_info loss_ti = info(&mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
-  /* A frozen backbone (EE-Tuning) needs the final loss for reporting only. */
   int backbone_backward = backward && !m->backbone_frozen;
   float final_scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
   struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits]};
-  starpu_data_handle_t dres = act(&mb, d);
+  starpu_data_handle_t dres = backbone_backward ? act(&mb, d) : NULL;
   head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &loss_ti);
-  if (!backbone_backward) goto done;
-  if (final.loss_scale == 0) eellm_insert_zero(dres, &bwd);
-  struct grad_scratch g;
-  scratch_init(&mb, &g);
-  for (unsigned i = n_layers; i-- > 0;) {
-    bwd.layer = (int)i;
-    for (unsigned k = 0; k < n_exits; k++)
-      if (exit_dx[k] && m->exits[k].layer == i + 1 &&
-          m->exits[k].structure != EELLM__EXIT__STRUCTURE__MLP)
-        eellm_insert_axpy(dres, exit_dx[k], 1.0f, &bwd);
-    mlp_backward(&mb, &m->layers[i], &acts[i].mlp, acts[i].r, dres, &g, &bwd);
-    for (unsigned k = 0; k < n_exits; k++)
-      if (exit_dx[k] && m->exits[k].layer == i + 1 &&
-          m->exits[k].structure == EELLM__EXIT__STRUCTURE__MLP)
-        eellm_insert_axpy(dres, exit_dx[k], 1.0f, &bwd);
-    attention_backward(&mb, &m->layers[i], &acts[i], resid[i], dres, &g, &bwd);
+  if (backbone_backward) {
+    struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
+    if (final.loss_scale == 0) eellm_insert_zero(dres, &bwd);
+    struct grad_scratch g;
+    scratch_init(&mb, &g);
+    for (unsigned i = n_layers; i-- > 0;) {
+      if (m->layer_stage[i] != mb.stage) {
+        /* The gradient arriving from the next stage: the only one that crosses. */
+        starpu_data_handle_t from_next = dres;
+        enter(&mb, m->layer_stage[i]);
+        bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
+        dres = act(&mb, d);
+        eellm_insert_copy(dres, from_next, &bwd);
+        scratch_init(&mb, &g);
+      }
+      bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
+      for (unsigned k = 0; k < n_exits; k++)
+        if (exit_dx[k] && m->exits[k].layer == i + 1 &&
+            m->exits[k].structure != EELLM__EXIT__STRUCTURE__MLP)
+          eellm_insert_axpy(dres, exit_dx[k], 1.0f, &bwd);
+      mlp_backward(&mb, &m->layers[i], &acts[i].mlp, acts[i].r, dres, &g, &bwd);
+      for (unsigned k = 0; k < n_exits; k++)
+        if (exit_dx[k] && m->exits[k].layer == i + 1 &&
+            m->exits[k].structure == EELLM__EXIT__STRUCTURE__MLP)
+          eellm_insert_axpy(dres, exit_dx[k], 1.0f, &bwd);
+      attention_backward(&mb, &m->layers[i], &acts[i], resid[i], dres, &g, &bwd);
+    }
+    bwd.layer = -1;
+    eellm_insert_embed_bwd(mb.tokens, dres, grad(&mb, m->wte), grad(&mb, m->wpe), m->seq_len,
+                           &bwd);
   }
-  bwd.layer = -1;
-  eellm_insert_embed_bwd(mb.tokens, dres, grad(&mb, m->wte), grad(&mb, m->wpe), m->seq_len, &bwd);
-
-done:
-  /* The input vectors go once their last task has run. */
-  for (size_t i = 0; i < s->n_owned; i++) starpu_data_unregister_submit(s->owned[i]);
-  s->n_owned = 0;
+  free(mb.entered);
   free(resid);
   free(acts);
   free(exit_dx);
@@ -462,8 +490,16 @@ int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *
 void eellm_submit_zero_grads(eellm_model *m) {
   struct eellm_task_info ti = {.priority = PRIO_BACKWARD, .kind = EELLM_KIND_OTHER, .micro = -1,
                                .layer = -1};
-  for (size_t i = 0; i < m->n_tensors; i++)
-    if (!m->tensors[i].frozen) eellm_insert_zero(m->tensors[i].grad, &ti);
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    if (m->tensors[i].frozen) continue;
+    ti.node = (int)m->tensors[i].owner;
+    eellm_insert_zero(m->tensors[i].grad, &ti);
+  }
+  for (size_t i = 0; i < m->n_shadows; i++) {
+    if (m->tensors[m->shadows[i].tensor].frozen) continue;
+    ti.node = (int)m->shadows[i].stage;
+    eellm_insert_zero(m->shadows[i].grad, &ti);
+  }
 }
 
 unsigned eellm_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }
@@ -472,29 +508,31 @@ unsigned eellm_exit_layer(const eellm_model *m, unsigned k) {
   return k < m->spec->n_exits ? m->exits[k].layer : m->spec->n_layers;
 }
 
+/* Each stage reads the losses of its own exits; a sum over ranks gives rank 0 all of them. */
 void eellm_wait(eellm_model *m) {
-  starpu_task_wait_for_all();
+  eellm_mpi_wait();
   struct eellm_step *s = step_of(m);
   unsigned n_exits = eellm_n_exits(m);
   free(s->loss);
   s->loss = calloc(n_exits, sizeof *s->loss);
   if (!s->loss) abort();
-  for (size_t mi = 0; mi < s->n_micro; mi++)
-    for (unsigned k = 0; k < n_exits; k++) starpu_data_acquire(s->stats_h[mi][k], STARPU_R);
   for (unsigned k = 0; k < n_exits; k++) {
+    unsigned owner = k + 1 < n_exits ? m->exit_stage[k] : m->pp - 1;
+    if (eellm_mpi_active() && owner != (unsigned)eellm_rank()) continue;
     size_t counted = 0;
     for (size_t mi = 0; mi < s->n_micro; mi++) {
+      starpu_data_acquire(s->stats_h[mi][k], STARPU_R);
       const double *st = s->stats[mi] + 2 * k;
       if (st[1] > 0) {
         s->loss[k] += st[0] / st[1];
         counted++;
       }
+      starpu_data_release(s->stats_h[mi][k]);
     }
     if (counted) s->loss[k] /= counted;
   }
-  for (size_t mi = 0; mi < s->n_micro; mi++)
-    for (unsigned k = 0; k < n_exits; k++) starpu_data_release(s->stats_h[mi][k]);
-  drop_stats(m);
+  eellm_mpi_sum(s->loss, (int)n_exits);
+  s->n_micro = 0;
 }
 
 double eellm_exit_loss(const eellm_model *m, unsigned k) {
@@ -504,12 +542,15 @@ double eellm_exit_loss(const eellm_model *m, unsigned k) {
 void eellm_step_free(struct eellm_model *m) {
   struct eellm_step *s = m->step;
   if (!s) return;
-  drop_stats(m);
-  free_pools(s);
+  for (size_t i = 0; i < s->n_stats; i++) {
+    for (unsigned k = 0; k < eellm_n_exits(m); k++) starpu_data_unregister(s->stats_h[i][k]);
+    free(s->stats_h[i]);
+    free(s->stats[i]);
+  }
+  free_pools(m, s);
   free(s->stats);
   free(s->stats_h);
   free(s->ones);
-  free(s->owned);
   free(s->loss);
   free(s);
   m->step = NULL;

@@ -31,22 +31,41 @@ double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step) {
   return s->init + (exit->loss_weight - s->init) * f;
 }
 
+/* Gradients of tied heads accumulated on other stages join their owner's. */
+static void reduce_shadows(eellm_model *m) {
+  struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_COLLECTIVE,
+                               .micro = -1, .layer = -1};
+  for (size_t i = 0; i < m->n_shadows; i++) {
+    const struct eellm_tensor *t = &m->tensors[m->shadows[i].tensor];
+    if (t->frozen) continue;
+    ti.node = (int)t->owner;
+    eellm_insert_axpy(t->grad, m->shadows[i].grad, 1.0f, &ti);
+  }
+}
+
 void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr) {
   struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_OPTIMIZER,
                                .micro = -1, .layer = -1};
+  reduce_shadows(m);
   starpu_data_handle_t *sumsqs = malloc(m->n_tensors * sizeof *sumsqs);
   if (!sumsqs) abort();
   int n = 0;
   for (size_t i = 0; i < m->n_tensors; i++) {
     if (m->tensors[i].frozen) continue;
+    ti.node = (int)m->tensors[i].owner;
     eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
     sumsqs[n++] = m->sumsq_h[i];
   }
+  /* Rank 0 gathers every stage's squared norms; every stage reads the factor back. */
+  ti.node = 0;
+  ti.kind = EELLM_KIND_COLLECTIVE;
   eellm_insert_clip_scale(sumsqs, n, m->clip_h, opt->grad_clip, &ti);
+  ti.kind = EELLM_KIND_OPTIMIZER;
   free(sumsqs);
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
     if (t->frozen) continue;
+    ti.node = (int)t->owner;
     struct eellm_adamw_step hp = {.lr = (float)lr, .beta1 = opt->beta1, .beta2 = opt->beta2,
                                   .eps = opt->eps,
                                   .weight_decay = t->decay ? opt->weight_decay : 0,
@@ -55,6 +74,7 @@ void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned st
   }
 }
 
+/* Rank 0's figure: it owns the clip factor. */
 double eellm_grad_norm(const eellm_model *m) {
   starpu_data_acquire(m->clip_h, STARPU_R);
   double norm = m->clip[0];

@@ -15,9 +15,18 @@ extern "C" {
 
 /* ---- runtime ----------------------------------------------------------- */
 /* Starts StarPU (scheduler lws unless STARPU_SCHED is set) with single-threaded
- * BLAS inside tasks. Returns 0, or -1 after printing why. */
+ * BLAS inside tasks; StarPU-MPI when eellm_mpi_init ran first. Returns 0, or
+ * -1 after printing why. Stopping also finalises MPI. */
 int eellm_runtime_start(void);
 void eellm_runtime_stop(void);
+/* Brings MPI up (MPI_THREAD_MULTIPLE) for a run of one rank per pipeline
+ * stage; then eellm_runtime_start starts StarPU-MPI. 0 or -1. */
+int eellm_mpi_init(void);
+/* Whether the process was started by mpirun (so eellm_mpi_init is wanted). */
+int eellm_launched_by_mpirun(void);
+/* This process's rank and the number of ranks (0 and 1 without MPI). */
+int eellm_rank(void);
+int eellm_nranks(void);
 
 /* ---- specs --------------------------------------------------------------- */
 /* Reads a model spec in protobuf text format (.txtpb) or binary (.pb) and
@@ -64,6 +73,13 @@ typedef struct eellm_model eellm_model;
  * micro-batches of `micro_batch` sequences of `seq_len` tokens. */
 eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch,
                                 unsigned seq_len, char *err, size_t errlen);
+/* The same, split into pp pipeline stages (stage s on MPI rank s under
+ * eellm_mpi_init; pp must then equal the rank count): stage_layers gives
+ * each stage's layer count, or NULL for a split balanced by FLOPs. */
+eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, unsigned micro_batch,
+                                          unsigned seq_len, unsigned pp,
+                                          const uint32_t *stage_layers, size_t n_stage_layers,
+                                          char *err, size_t errlen);
 void eellm_model_destroy(eellm_model *m);
 /* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
@@ -84,7 +100,8 @@ void eellm_model_tensor_shape(const eellm_model *m, size_t i, size_t *rows, size
 float *eellm_model_tensor_data(eellm_model *m, size_t i);
 float *eellm_model_tensor_grad(eellm_model *m, size_t i);
 size_t eellm_model_n_params(const eellm_model *m);
-/* Waits for submitted tasks and makes host copies of parameters and gradients current. */
+/* Waits for submitted tasks and makes host copies of parameters and gradients
+ * current (under MPI: on rank 0, for every stage's tensors; collective). */
 void eellm_model_sync(eellm_model *m);
 
 /* Checkpoints: safetensors with the binary spec in __metadata__, written atomically.

@@ -8,6 +8,7 @@
 
 #include "graph/model.h"
 #include "runtime/base64.h"
+#include "runtime/mpi.h"
 #include "runtime/safetensors.h"
 
 static void tensor_entry(eellm_model *m, size_t i, struct eellm_st_tensor *out) {
@@ -34,9 +35,8 @@ static char *packed_spec_base64(const Eellm__Model *spec) {
 
 /* Weights, and with a training state the AdamW moments as optimizer.m.<name>
  * and optimizer.v.<name>, plus step and seed in the metadata. */
-int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
-                          char *err, size_t errlen) {
-  eellm_model_sync(m);
+static int write_checkpoint(eellm_model *m, const char *path, const struct eellm_train_state *state,
+                            char *err, size_t errlen) {
   size_t per_copy = m->n_tensors, n = state ? 3 * per_copy : per_copy;
   struct eellm_st_tensor *entries = calloc(n, sizeof *entries);
   char (*names)[EELLM_NAME_MAX + 16] = calloc(n, sizeof *names);
@@ -87,6 +87,21 @@ out:
   free(names);
   free(spec);
   return ret;
+}
+
+/* Under MPI every rank calls this; rank 0 gathers every stage's tensors and
+ * writes the file, and every rank returns its result. */
+int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
+                          char *err, size_t errlen) {
+  eellm_model_sync(m);
+  for (size_t i = 0; state && i < m->n_tensors; i++) {
+    eellm_mpi_gather(m->tensors[i].m);
+    eellm_mpi_gather(m->tensors[i].v);
+  }
+  int ret = eellm_rank() == 0 ? write_checkpoint(m, path, state, err, errlen) : 0;
+  int failed = eellm_mpi_max(ret != 0);
+  if (failed && ret == 0) snprintf(err, errlen, "%s: rank 0 could not write the checkpoint", path);
+  return failed ? -1 : 0;
 }
 
 int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen) {
@@ -188,6 +203,7 @@ int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_s
     starpu_task_wait_for_all();
     for (size_t i = 0; i < m->n_tensors; i++) {
       const struct eellm_tensor *t = &m->tensors[i];
+      if (!eellm_model_owns(m, i)) continue;
       copy_in(t->param, m->params + t->offset, found[i]->data, t->numel);
       if (!state) continue;
       copy_in(t->m, m->adam_m + t->offset, found[m->n_tensors + i]->data, t->numel);

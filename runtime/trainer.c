@@ -13,6 +13,7 @@
 
 #include "eellm.h"
 #include "runtime/dataloader.h"
+#include "runtime/mpi.h"
 #include "runtime/specio.h"
 #include "runtime/tokenizer.h"
 #include "runtime/tokens.h"
@@ -46,10 +47,14 @@ struct run {
 };
 
 static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One line on stderr. Under MPI every rank meets the same bad input, so rank 0
+ * alone reports it; runtime failures are reported by the rank they hit. */
 static int fail(int status, const char *fmt, ...) {
+  if (eellm_rank() != 0 && status != 1) return status;
   va_list ap;
   va_start(ap, fmt);
   fputs("eellm train: ", stderr);
+  if (eellm_rank() != 0) fprintf(stderr, "rank %d: ", eellm_rank());
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
@@ -114,7 +119,25 @@ static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const cha
   return differs ? -1 : 0;
 }
 
-static int setup(struct run *r, struct eellm_train_state *state) {
+/* Ranks the training spec's parallelism needs, checked against the ranks there are. */
+static int check_ranks(const struct run *r) {
+  const Eellm__Parallelism *par = r->train->parallelism;
+  unsigned pp = par ? par->pp : 1, tp = par ? par->tp : 1, dp = par ? par->dp : 1;
+  if (tp > 1 || dp > 1)
+    return fail(2, "%s: tensor and data parallelism (tp %u, dp %u) are not implemented yet; "
+                   "use pp alone",
+                r->o->train_path, tp, dp);
+  if (pp == (unsigned)eellm_nranks()) return 0;
+  if (!eellm_mpi_active())
+    return fail(2, "%s: parallelism.pp %u needs %u ranks: start it with mpirun -np %u "
+                   "(scripts/eellm-mpirun)",
+                r->o->train_path, pp, pp, pp);
+  return fail(2, "%s: parallelism.pp %u needs %u ranks, mpirun started %d", r->o->train_path, pp,
+              pp, eellm_nranks());
+}
+
+/* Everything that needs no other rank: specs, data, the run directory (rank 0). */
+static int setup_inputs(struct run *r) {
   const struct eellm_train_options *o = r->o;
   char err[8192]; /* room for paths of up to 4 KiB */
   snprintf(r->ckpt, sizeof r->ckpt, "%s/checkpoint.safetensors", o->out_dir);
@@ -122,11 +145,8 @@ static int setup(struct run *r, struct eellm_train_state *state) {
   if (!(r->spec = load_model_spec(r, err, sizeof err))) return fail(2, "%s", err);
   if (!(r->train = eellm_train_spec_load(o->train_path, r->spec, err, sizeof err)))
     return fail(2, "%s", err);
-  const Eellm__Parallelism *par = r->train->parallelism;
-  if (par && (par->pp > 1 || par->tp > 1 || par->dp > 1))
-    return fail(2, "%s: pp, tp and dp above 1 need a multi-rank run, which this build of eellm "
-                   "train does not do yet",
-                o->train_path);
+  int status = check_ranks(r);
+  if (status) return status;
   r->seq_len = r->train->seq_len ? r->train->seq_len : r->spec->context_length;
   r->n_micro = r->train->micro_batches;
   r->micro_batch = r->train->global_batch / r->n_micro;
@@ -135,7 +155,7 @@ static int setup(struct run *r, struct eellm_train_state *state) {
     return fail(2, "%s", err);
   if (o->val_path && !(r->val = open_tokens(o->val_path, r->spec, r->seq_len, err, sizeof err)))
     return fail(2, "%s", err);
-  if (ensure_out_dir(o->out_dir) != 0)
+  if (eellm_rank() == 0 && ensure_out_dir(o->out_dir) != 0)
     return fail(2, "%s: cannot create or write the output directory (%s)", o->out_dir,
                 strerror(errno));
   int have_ckpt = access(r->ckpt, F_OK) == 0;
@@ -148,33 +168,41 @@ static int setup(struct run *r, struct eellm_train_state *state) {
     return fail(2, "%s", err);
   if (o->init_path && check_same_spec(o->init_path, r->spec, spec_name, err, sizeof err) != 0)
     return fail(2, "%s", err);
-
-  if (eellm_runtime_start() != 0) return 1;
-  if (!(r->model = eellm_model_create(r->spec, r->micro_batch, r->seq_len, err, sizeof err)))
-    return fail(1, "%s", err);
-  state->seed = r->train->seed;
-  state->step = 0;
-  if (o->resume) {
-    if (eellm_checkpoint_load(r->model, r->ckpt, state, err, sizeof err) != 0)
-      return fail(2, "%s", err);
-  } else if (o->init_path) {
-    if (eellm_model_load(r->model, o->init_path, err, sizeof err) != 0) return fail(2, "%s", err);
-  } else {
-    eellm_model_init(r->model, r->train->seed);
-  }
-  eellm_model_set_tokenizer(r->model, eellm_tokenizer_name(r->data->info.tokenizer));
-  if (o->tune_exits) {
-    if (r->spec->n_exits == 0) return fail(2, "--tune-exits: the model has no exits to tune");
-    eellm_model_freeze_backbone(r->model);
-  }
-  r->n_exits = eellm_n_exits(r->model);
+  if (o->tune_exits && r->spec->n_exits == 0)
+    return fail(2, "--tune-exits: the model has no exits to tune");
+  r->n_exits = r->spec->n_exits + 1;
   unsigned buffers = r->n_micro > r->train->eval_batches ? r->n_micro : r->train->eval_batches;
   size_t rows = (size_t)buffers * r->micro_batch * r->seq_len;
   r->tokens = malloc(rows * sizeof *r->tokens);
   r->targets = malloc(rows * sizeof *r->targets);
   r->weights = malloc(r->n_exits * sizeof *r->weights);
   if (!r->tokens || !r->targets || !r->weights) return fail(1, "out of memory");
-  r->tty = isatty(STDOUT_FILENO);
+  r->tty = isatty(STDOUT_FILENO) && !eellm_mpi_active(); /* mpirun relays lines, not redraws */
+  return 0;
+}
+
+/* StarPU (-MPI), the model's data on every stage, and its weights. */
+static int setup_model(struct run *r, struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  const Eellm__Parallelism *par = r->train->parallelism;
+  char err[8192];
+  if (eellm_runtime_start() != 0) return 1;
+  r->model = eellm_model_create_pipelined(r->spec, r->micro_batch, r->seq_len, par ? par->pp : 1,
+                                          par ? par->stage_layers : NULL,
+                                          par ? par->n_stage_layers : 0, err, sizeof err);
+  if (!r->model) return fail(1, "%s", err);
+  state->seed = r->train->seed;
+  state->step = 0;
+  int status = 0;
+  if (o->resume)
+    status = eellm_checkpoint_load(r->model, r->ckpt, state, err, sizeof err);
+  else if (o->init_path)
+    status = eellm_model_load(r->model, o->init_path, err, sizeof err);
+  else
+    eellm_model_init(r->model, r->train->seed);
+  if (status != 0) return fail(2, "%s", err);
+  eellm_model_set_tokenizer(r->model, eellm_tokenizer_name(r->data->info.tokenizer));
+  if (o->tune_exits) eellm_model_freeze_backbone(r->model);
   return 0;
 }
 
@@ -356,8 +384,11 @@ static int loop(struct run *r, struct eellm_train_state *state) {
     for (unsigned k = 0; k < r->n_exits; k++) train[k] = eellm_exit_loss(r->model, k);
     for (unsigned k = 0; k < r->n_exits; k++)
       if (!isfinite(train[k])) {
-        status = fail(1, "exit %u's loss is %g at step %u; stopping without a checkpoint", k,
-                      train[k], step);
+        /* Every rank sees the summed losses: rank 0 speaks for all. */
+        status = eellm_rank() ? 1
+                              : fail(1, "exit %u's loss is %g at step %u; stopping without a "
+                                        "checkpoint",
+                                     k, train[k], step);
         break;
       }
     if (status) break;
@@ -366,20 +397,28 @@ static int loop(struct run *r, struct eellm_train_state *state) {
     if (eval && (status = validate(r, val))) break;
     double elapsed = now_s() - started;
     double eta = elapsed / (step - first + 1) * (r->steps - step);
-    log_metrics(r, step, lr, train, eval ? val : NULL, eellm_grad_norm(r->model),
-                tokens_per_step / dt, elapsed);
-    progress(r, step, lr, train, tokens_per_step / dt, eta);
-    if (eval) print_validation(r, step, val);
+    if (eellm_rank() == 0) {
+      log_metrics(r, step, lr, train, eval ? val : NULL, eellm_grad_norm(r->model),
+                  tokens_per_step / dt, elapsed);
+      progress(r, step, lr, train, tokens_per_step / dt, eta);
+      if (eval) print_validation(r, step, val);
+    }
     state->step = step;
+    int stop = eellm_mpi_max(interrupted); /* every rank stops after the same step */
     int due = (r->train->checkpoint_interval && step % r->train->checkpoint_interval == 0) ||
-              step == r->steps || interrupted;
+              step == r->steps || stop;
     if (due && (status = save(r, state))) break;
-    if (interrupted) {
-      printf("%sinterrupted after step %u: checkpoint %s written; --resume continues\n",
-             r->tty ? "\n" : "", step, r->ckpt);
+    if (stop) {
+      if (eellm_rank() == 0)
+        printf("%sinterrupted after step %u: checkpoint %s written; --resume continues\n",
+               r->tty ? "\n" : "", step, r->ckpt);
       break;
     }
   }
+  /* A run resumed after its last step has nothing to train: it reports where it stands. */
+  if (first > r->steps && r->val && status == 0 && (status = validate(r, val)) == 0 &&
+      eellm_rank() == 0)
+    print_validation(r, r->steps, val);
   free(train);
   free(val);
   return status;
@@ -387,10 +426,8 @@ static int loop(struct run *r, struct eellm_train_state *state) {
 
 static void cleanup(struct run *r) {
   if (r->metrics_out) fclose(r->metrics_out);
-  if (r->model) {
-    eellm_model_destroy(r->model);
-    eellm_runtime_stop();
-  }
+  eellm_model_destroy(r->model);
+  eellm_runtime_stop();
   if (r->data) eellm_tokens_close(r->data);
   if (r->val) eellm_tokens_close(r->val);
   eellm_spec_free(r->train);
@@ -400,20 +437,29 @@ static void cleanup(struct run *r) {
   free(r->weights);
 }
 
+/* Rank 0's files: metrics (truncated to the checkpoint when resuming) and the spec. */
+static int open_outputs(struct run *r, const struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  if (eellm_rank() != 0) return 0;
+  if (o->resume && truncate_metrics(r->metrics, state->step) != 0)
+    return fail(1, "%s: cannot rewrite (%s)", r->metrics, strerror(errno));
+  if (!(r->metrics_out = fopen(r->metrics, o->resume ? "a" : "w")))
+    return fail(2, "%s: cannot write (%s)", r->metrics, strerror(errno));
+  char err[8192], spec_copy[4200];
+  snprintf(spec_copy, sizeof spec_copy, "%s/model.txtpb", o->out_dir);
+  if (eellm_spec_write_text(spec_copy, &r->spec->base, err, sizeof err) != 0)
+    return fail(1, "%s", err);
+  return 0;
+}
+
 int eellm_train_run(const struct eellm_train_options *o) {
   struct run r = {.o = o};
   struct eellm_train_state state = {0};
-  int status = setup(&r, &state);
-  if (status == 0 && o->resume && truncate_metrics(r.metrics, state.step) != 0)
-    status = fail(1, "%s: cannot rewrite (%s)", r.metrics, strerror(errno));
-  if (status == 0 && !(r.metrics_out = fopen(r.metrics, o->resume ? "a" : "w")))
-    status = fail(2, "%s: cannot write (%s)", r.metrics, strerror(errno));
-  if (status == 0) {
-    char err[1024], spec_copy[4200];
-    snprintf(spec_copy, sizeof spec_copy, "%s/model.txtpb", o->out_dir);
-    if (eellm_spec_write_text(spec_copy, &r.spec->base, err, sizeof err) != 0)
-      status = fail(1, "%s", err);
-  }
+  if (eellm_launched_by_mpirun() && eellm_mpi_init() != 0) return 1;
+  /* Ranks agree before and after each collective phase, so none waits alone. */
+  int status = eellm_mpi_max(setup_inputs(&r));
+  if (status == 0) status = eellm_mpi_max(setup_model(&r, &state));
+  if (status == 0) status = eellm_mpi_max(open_outputs(&r, &state));
   if (status == 0) {
     interrupted = 0;
     struct sigaction sa = {.sa_handler = on_interrupt};
@@ -421,7 +467,7 @@ int eellm_train_run(const struct eellm_train_options *o) {
     sigaction(SIGTERM, &sa, NULL);
     /* Past a file-size limit a write then fails with EFBIG, cleanly, instead of killing us. */
     signal(SIGXFSZ, SIG_IGN);
-    describe(&r, state.step);
+    if (eellm_rank() == 0) describe(&r, state.step);
     status = loop(&r, &state);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

@@ -1,0 +1,29 @@
+/* eellm under MPI: one StarPU-MPI process per pipeline stage. Every rank
+ * submits the same task flow; data ownership decides where tasks run and what
+ * StarPU-MPI transfers. Without MPI every function here is the single-process
+ * identity (rank 0 of 1). */
+#ifndef EELLM_RUNTIME_MPI_H
+#define EELLM_RUNTIME_MPI_H
+
+#include <mpi.h>
+#include <starpu.h>
+
+/* Whether eellm runs under StarPU-MPI (eellm_runtime_start_mpi succeeded). */
+int eellm_mpi_active(void);
+/* The communicator StarPU-MPI uses for tasks and data. */
+MPI_Comm eellm_mpi_comm(void);
+/* Gives h an MPI identity (a tag, the same on every rank because every rank
+ * registers in the same order) and its owner. No-op without MPI. */
+void eellm_mpi_register(starpu_data_handle_t h, int owner);
+/* Brings h to rank 0 (collective: every rank calls it in the same order). */
+void eellm_mpi_gather(starpu_data_handle_t h);
+/* Waits for every task and transfer (and, under MPI, for every rank). */
+void eellm_mpi_wait(void);
+/* The same, then drops StarPU-MPI's cached copies: before unregistering data. */
+void eellm_mpi_quiesce(void);
+/* Host-side reductions over all ranks, for figures outside the task graph
+ * (loss reports, stop flags). Identities without MPI. */
+void eellm_mpi_sum(double *values, int n);
+int eellm_mpi_max(int value);
+
+#endif
