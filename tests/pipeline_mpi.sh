@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Pipeline parallelism over MPI ranks (mpirun --oversubscribe on loopback):
+# P = 2 and P = 4 reproduce the single-process run's per-exit losses over the
+# same steps, seed, data and micro-batches (relative error <= 1e-5); a wrong
+# rank count fails fast; checkpoints move between pipelined and single-process
+# runs both ways.
+set -u
+build=${1:-build}
+eellm="$build/eellm"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+check() { if eval "$2"; then pass; else fail "$1"; fi; }
+
+model=tests/specs/pipe.txtpb
+mkdir "$tmp/corpus"
+for d in 1 2 3; do
+  for i in $(seq 1 80); do echo "pipeline stage $d passes activation $i forward and gradient $i back."; done > "$tmp/corpus/doc$d.txt"
+done
+"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
+for p in 1 2 4; do
+  { cat tests/specs/pipe.train.txtpb; echo "parallelism { pp: $p }"; } > "$tmp/pp$p.txtpb"
+done
+train() { "$eellm" train --model $model --data "$tmp/train.bin" "$@"; }
+mpi() { timeout 300 scripts/eellm-mpirun "$@"; }
+
+# close A B: the per-exit losses of two runs agree to 1e-5 relative, step by step.
+close() {
+  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'EOT'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert [x["step"] for x in a] == [x["step"] for x in b], "different steps"
+worst = max(abs(x - y) / abs(y) for la, lb in zip(a, b) for x, y in zip(la["loss"], lb["loss"]))
+print(f"max relative loss difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+EOT
+}
+
+train --train "$tmp/pp1.txtpb" --out "$tmp/single" --steps 3 > /dev/null 2>&1
+check "single-process run" '[ $? -eq 0 ]'
+for p in 2 4; do
+  mpi $p "$eellm" train --model $model --data "$tmp/train.bin" --train "$tmp/pp$p.txtpb" --out "$tmp/pp$p" --steps 3 > "$tmp/pp$p.log" 2>&1
+  check "P=$p run exits 0" '[ $? -eq 0 ]'
+  close "$tmp/single" "$tmp/pp$p" > "$tmp/close$p" 2>&1
+  check "P=$p losses equal the single process's ($(cat "$tmp/close$p"))" '[ $? -eq 0 ]'
+done
+
+# A wrong rank count: a clear error from rank 0, every rank out within seconds.
+start=$(date +%s)
+mpi 3 "$eellm" train --model $model --data "$tmp/train.bin" --train "$tmp/pp2.txtpb" --out "$tmp/wrong" > "$tmp/wrong.log" 2>&1
+status=$?
+took=$(( $(date +%s) - start ))
+check "wrong rank count fails (status $status)" '[ $status -ne 0 ] && [ $status -ne 124 ]'
+check "wrong rank count fails within seconds ($took s)" '[ $took -lt 30 ]'
+check "wrong rank count says so once" '[ "$(grep -c "parallelism.pp 2 needs 2 ranks, mpirun started 3" "$tmp/wrong.log")" -eq 1 ]'
+train --train "$tmp/pp2.txtpb" --out "$tmp/nompi" > "$tmp/nompi.log" 2>&1
+check "pp 2 without mpirun says how to start it" '[ $? -eq 2 ] && grep -q "start it with mpirun -np 2" "$tmp/nompi.log"'
+
+# Checkpoints cross over: pipelined -> single process, and back.
+train --train "$tmp/pp1.txtpb" --out "$tmp/single5" > /dev/null 2>&1
+cp -r "$tmp/pp2" "$tmp/from-pp2"
+train --train "$tmp/pp1.txtpb" --out "$tmp/from-pp2" --resume > /dev/null 2>&1
+check "P=2 checkpoint resumed in one process" '[ $? -eq 0 ]'
+close "$tmp/single5" "$tmp/from-pp2" > "$tmp/close-a" 2>&1
+check "and its losses continue the single-process run ($(cat "$tmp/close-a"))" '[ $? -eq 0 ]'
+cp -r "$tmp/single" "$tmp/from-single"
+mpi 4 "$eellm" train --model $model --data "$tmp/train.bin" --train "$tmp/pp4.txtpb" --out "$tmp/from-single" --resume > /dev/null 2>&1
+check "single-process checkpoint resumed on 4 ranks" '[ $? -eq 0 ]'
+close "$tmp/single5" "$tmp/from-single" > "$tmp/close-b" 2>&1
+check "and its losses continue the single-process run ($(cat "$tmp/close-b"))" '[ $? -eq 0 ]'
+
+echo "pipeline_mpi: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
