@@ -27,6 +27,10 @@ int eellm_launched_by_mpirun(void);
 /* This process's rank and the number of ranks (0 and 1 without MPI). */
 int eellm_rank(void);
 int eellm_nranks(void);
+/* Host-side reductions over all ranks (collective), for figures outside the
+ * task graph: loss reports, stop flags, benchmarks. Identities without MPI. */
+void eellm_mpi_sum(double *values, int n);
+int eellm_mpi_max(int value);
 
 /* ---- specs --------------------------------------------------------------- */
 /* Reads a model spec in protobuf text format (.txtpb) or binary (.pb) and

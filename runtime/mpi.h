@@ -8,6 +8,8 @@
 #include <mpi.h>
 #include <starpu.h>
 
+#include "eellm.h"
+
 /* Whether eellm runs under StarPU-MPI (eellm_runtime_start_mpi succeeded). */
 int eellm_mpi_active(void);
 /* The communicator StarPU-MPI uses for tasks and data. */
@@ -21,9 +23,5 @@ void eellm_mpi_gather(starpu_data_handle_t h);
 void eellm_mpi_wait(void);
 /* The same, then drops StarPU-MPI's cached copies: before unregistering data. */
 void eellm_mpi_quiesce(void);
-/* Host-side reductions over all ranks, for figures outside the task graph
- * (loss reports, stop flags). Identities without MPI. */
-void eellm_mpi_sum(double *values, int n);
-int eellm_mpi_max(int value);
 
 #endif
