@@ -17,8 +17,7 @@ build: deps $(BUILD)/Makefile
 	@cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	$(BUILD)/eellm model examples/default.txtpb
-	$(BUILD)/example_submit examples/default.txtpb
+	BUILD=$(BUILD) scripts/run-default
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2
