@@ -41,12 +41,15 @@ EOT
 }
 
 train --train "$tmp/pp1.txtpb" --out "$tmp/single" --steps 3 > /dev/null 2>&1
-check "single-process run" '[ $? -eq 0 ]'
+status=$?
+check "single-process run" '[ $status -eq 0 ]'
 for p in 2 4; do
   mpi $p "$eellm" train --model $model --data "$tmp/train.bin" --train "$tmp/pp$p.txtpb" --out "$tmp/pp$p" --steps 3 > "$tmp/pp$p.log" 2>&1
-  check "P=$p run exits 0" '[ $? -eq 0 ]'
+  status=$?
+  check "P=$p run exits 0" '[ $status -eq 0 ]'
   close "$tmp/single" "$tmp/pp$p" > "$tmp/close$p" 2>&1
-  check "P=$p losses equal the single process's ($(cat "$tmp/close$p"))" '[ $? -eq 0 ]'
+  status=$?
+  check "P=$p losses equal the single process's ($(cat "$tmp/close$p"))" '[ $status -eq 0 ]'
 done
 
 # A wrong rank count: a clear error from rank 0, every rank out within seconds.
@@ -58,20 +61,25 @@ check "wrong rank count fails (status $status)" '[ $status -ne 0 ] && [ $status 
 check "wrong rank count fails within seconds ($took s)" '[ $took -lt 30 ]'
 check "wrong rank count says so once" '[ "$(grep -c "parallelism.pp 2 needs 2 ranks, mpirun started 3" "$tmp/wrong.log")" -eq 1 ]'
 train --train "$tmp/pp2.txtpb" --out "$tmp/nompi" > "$tmp/nompi.log" 2>&1
-check "pp 2 without mpirun says how to start it" '[ $? -eq 2 ] && grep -q "start it with mpirun -np 2" "$tmp/nompi.log"'
+status=$?
+check "pp 2 without mpirun says how to start it" '[ $status -eq 2 ] && grep -q "start it with mpirun -np 2" "$tmp/nompi.log"'
 
 # Checkpoints cross over: pipelined -> single process, and back.
 train --train "$tmp/pp1.txtpb" --out "$tmp/single5" > /dev/null 2>&1
 cp -r "$tmp/pp2" "$tmp/from-pp2"
 train --train "$tmp/pp1.txtpb" --out "$tmp/from-pp2" --resume > /dev/null 2>&1
-check "P=2 checkpoint resumed in one process" '[ $? -eq 0 ]'
+status=$?
+check "P=2 checkpoint resumed in one process" '[ $status -eq 0 ]'
 close "$tmp/single5" "$tmp/from-pp2" > "$tmp/close-a" 2>&1
-check "and its losses continue the single-process run ($(cat "$tmp/close-a"))" '[ $? -eq 0 ]'
+status=$?
+check "and its losses continue the single-process run ($(cat "$tmp/close-a"))" '[ $status -eq 0 ]'
 cp -r "$tmp/single" "$tmp/from-single"
 mpi 4 "$eellm" train --model $model --data "$tmp/train.bin" --train "$tmp/pp4.txtpb" --out "$tmp/from-single" --resume > /dev/null 2>&1
-check "single-process checkpoint resumed on 4 ranks" '[ $? -eq 0 ]'
+status=$?
+check "single-process checkpoint resumed on 4 ranks" '[ $status -eq 0 ]'
 close "$tmp/single5" "$tmp/from-single" > "$tmp/close-b" 2>&1
-check "and its losses continue the single-process run ($(cat "$tmp/close-b"))" '[ $? -eq 0 ]'
+status=$?
+check "and its losses continue the single-process run ($(cat "$tmp/close-b"))" '[ $status -eq 0 ]'
 
 echo "pipeline_mpi: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -433,6 +433,26 @@ static void test_axpy(void) {
   check("axpy: vector", dst_v, want_v, len, FWD_RTOL, FWD_ATOL);
 }
 
+static void test_copy(void) {
+  size_t rows = 5, cols = 7;
+  float *dst = random_floats(rows * cols, -1, 1), *src = random_floats(rows * cols, -1, 1);
+  double *want = tu_to_f64(src, rows * cols);
+  /* dst dense, src padded: the two strides differ */
+  eellm_insert_copy(matrix(dst, rows, cols, 0), matrix(src, rows, cols, 1), NULL);
+  run_tasks();
+  check("copy: dense matrix = padded matrix", dst, want, rows * cols, 0, 0);
+}
+
+static void test_load(void) {
+  size_t len = 11;
+  float *t = random_floats(len, -1, 1), *data = random_floats(len, -1, 1);
+  double *want = tu_to_f64(data, len);
+  eellm_insert_load(tu_vector(t, len), data, len * sizeof *data, NULL);
+  for (size_t i = 0; i < len; i++) data[i] = -7; /* the task carries its own copy */
+  run_tasks();
+  check("load: vector from the task's bytes", t, want, len, 0, 0);
+}
+
 int main(void) {
   tu_start();
   tu_seed(7);
@@ -481,5 +501,7 @@ int main(void) {
 
   test_zero();
   test_axpy();
+  test_copy();
+  test_load();
   return tu_finish();
 }

@@ -30,7 +30,8 @@ losses() { sed 's/.*"loss": \(\[[^]]*\]\).*/\1/' "$1/metrics.jsonl"; }
 
 # The uninterrupted run.
 run --out "$tmp/full" > "$tmp/full.log" 2>&1
-check "full run exits 0" '[ $? -eq 0 ]'
+status=$?
+check "full run exits 0" '[ $status -eq 0 ]'
 check "8 metric lines" '[ "$(wc -l < "$tmp/full/metrics.jsonl")" -eq 8 ]'
 check "validation lines" 'grep -q "^validation at step 8" "$tmp/full.log"'
 first=$(head -1 "$tmp/full/metrics.jsonl" | sed 's/.*"loss": \[[^]]*, \([0-9.]*\)\].*/\1/')
@@ -40,7 +41,8 @@ check "final-head loss falls ($first -> $last)" 'awk -v a="$first" -v b="$last" 
 # Stopped at step 5 (checkpoint at 3), resumed: the same losses, bit for bit.
 run --out "$tmp/split" --steps 5 > /dev/null 2>&1
 run --out "$tmp/split" --resume > "$tmp/resume.log" 2>&1
-check "resume exits 0" '[ $? -eq 0 ]'
+status=$?
+check "resume exits 0" '[ $status -eq 0 ]'
 check "resume says where it starts" 'grep -q "resuming .* at step 6" "$tmp/resume.log"'
 check "resumed losses equal the uninterrupted run" 'cmp -s <(losses "$tmp/full") <(losses "$tmp/split")'
 
@@ -76,7 +78,8 @@ check "no temporary file left" '[ -z "$(ls "$tmp/split-fsize" | grep -v "^checkp
 "$eellm" convert add-exits --ckpt "$tmp/full/checkpoint.safetensors" --exits 3 --structure norm --init copy --out "$tmp/grown.safetensors" > /dev/null
 check "add-exits writes a checkpoint" '[ -s "$tmp/grown.safetensors" ]'
 "$eellm" train --init "$tmp/grown.safetensors" --train $train --data "$tmp/train.bin" --out "$tmp/tuned" --tune-exits --steps 3 > "$tmp/tune.log" 2>&1
-check "tune-exits run exits 0" '[ $? -eq 0 ]'
+status=$?
+check "tune-exits run exits 0" '[ $status -eq 0 ]'
 /usr/bin/python3 - "$tmp/grown.safetensors" "$tmp/tuned/checkpoint.safetensors" > "$tmp/tune.check" 2>&1 <<'EOT'
 import sys
 sys.path.insert(0, "tests")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `cmake --install` gives a usable library: headers, libeellm, a pkg-config file
+# and the command; a program built against the installed files alone (the C API
+# example) compiles, links and runs.
+set -u
+build=${1:-build}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+check() { if eval "$2"; then passed=$((passed + 1)); else echo "FAIL $1"; failed=$((failed + 1)); fi; }
+
+cmake --install "$build" --prefix "$tmp/prefix" > "$tmp/install.log" 2>&1
+status=$?
+check "cmake --install" '[ $status -eq 0 ]'
+pcdir=$(dirname "$(find "$tmp/prefix" -name eellm.pc)")
+libdir=$(dirname "$pcdir")
+check "pkg-config file installed" '[ -f "$pcdir/eellm.pc" ]'
+check "command installed" '[ -x "$tmp/prefix/bin/eellm" ]'
+check "headers installed" '[ -f "$tmp/prefix/include/eellm/eellm.h" ] && [ -f "$tmp/prefix/include/eellm/model.pb-c.h" ]'
+export PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+# shellcheck disable=SC2046
+cc -Wall -Wextra -o "$tmp/submit" examples/submit.c $(pkg-config --cflags --libs eellm) > "$tmp/cc.log" 2>&1
+status=$?
+check "example builds against the installed library ($(head -c 300 "$tmp/cc.log"))" '[ $status -eq 0 ]'
+LD_LIBRARY_PATH="$libdir" STARPU_SILENT=1 "$tmp/submit" examples/default.txtpb > "$tmp/run.log" 2>&1
+status=$?
+check "and runs" '[ $status -eq 0 ] && grep -q "final" "$tmp/run.log"'
+"$tmp/prefix/bin/eellm" --help > /dev/null 2>&1
+status=$?
+check "installed command runs" '[ $status -eq 0 ]'
+echo "install: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
