@@ -1,7 +1,9 @@
 /* Atomic output files: the content goes to a temporary file in the target's
- * directory, which commit flushes, fsyncs and renames over the target. A reader,
- * or a run that fails half-way, never sees a partial file, and a failed run leaves
- * the old file in place. */
+ * directory, which commit flushes, fsyncs and renames over the target, then
+ * fsyncs the directory. A reader, or a run that fails half-way, never sees a
+ * partial file, and a failed run leaves the old file in place. The temporary
+ * file, PATH.tmp.<pid>.<n>, is created exclusively, so writers in one process or
+ * several never share one, and it is removed on every failure. */
 #ifndef EELLM_RUNTIME_OUTFILE_H
 #define EELLM_RUNTIME_OUTFILE_H
 
@@ -14,12 +16,16 @@ struct eellm_outfile {
   char *tmp;  /* the temporary file */
 };
 
-/* Creates the temporary file. 0, or -1 with "PATH: why" in err. */
+/* Creates the temporary file. 0, or -1 with "PATH: why" in err (when err is not
+ * NULL) and the cause in errno, for callers that word their own message. */
 int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err, size_t errlen);
-/* Flushes, fsyncs and renames over the target; on failure removes the temporary
- * file. Either way f is closed. 0, or -1 with "PATH: why" in err. */
+/* Flushes, fsyncs and renames over the target, then fsyncs its directory. A
+ * stream whose error flag is set (a write failed) is not committed. On failure
+ * before the rename the temporary file is removed and the target is untouched.
+ * Either way f is closed. 0, or -1 as for open. */
 int eellm_outfile_commit(struct eellm_outfile *f, char *err, size_t errlen);
-/* Removes the temporary file and closes f; the target is untouched. */
+/* Removes the temporary file and closes f (nothing, for a zeroed or released
+ * f); the target is untouched and errno keeps its value. */
 void eellm_outfile_abort(struct eellm_outfile *f);
 
 #endif

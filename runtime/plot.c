@@ -5,7 +5,6 @@
 #include "runtime/plot.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <math.h>
@@ -13,7 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "runtime/outfile.h"
 
 static void set_error(char *err, size_t errlen, const char *fmt, ...) {
   va_list ap;
@@ -555,30 +555,15 @@ static void draw(FILE *out, struct plot *p) {
   fputs("</svg>\n", out);
 }
 
-/* Draws into path.tmp.<pid>, syncs it and renames it over path. */
+/* Draws into an atomic output file; errors read "PATH: cannot write (why)". */
 static int write_svg(const char *path, struct plot *p, char *err, size_t errlen) {
-  size_t tmp_size = strlen(path) + 32;
-  char *tmp = malloc(tmp_size);
-  if (!tmp) {
-    set_error(err, errlen, "%s: out of memory", path);
-    return -1;
-  }
-  snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
-  int ok = out != NULL;
-  if (!out && fd >= 0) close(fd);
+  struct eellm_outfile out;
+  int ok = eellm_outfile_open(&out, path, NULL, 0) == 0;
   if (ok) {
-    draw(out, p);
-    ok = !ferror(out) && fflush(out) == 0 && fsync(fileno(out)) == 0;
-    if (fclose(out) != 0) ok = 0;
+    draw(out.fp, p);
+    ok = eellm_outfile_commit(&out, NULL, 0) == 0;
   }
-  if (ok && rename(tmp, path) != 0) ok = 0;
-  if (!ok) {
-    set_error(err, errlen, "%s: cannot write (%s)", path, strerror(errno));
-    if (fd >= 0) unlink(tmp);
-  }
-  free(tmp);
+  if (!ok) set_error(err, errlen, "%s: cannot write (%s)", path, strerror(errno));
   return ok ? 0 : -1;
 }
 

@@ -3,17 +3,15 @@
 #include "runtime/safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
+
+#include "runtime/outfile.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian and this code does not byte-swap"
@@ -213,83 +211,22 @@ static char *serialize_header(const json_t *header, size_t *len) {
   return padded;
 }
 
-/* Creates path.tmp.<pid>.<n> exclusively (mode 0666 less the umask); its name goes to *tmp. */
-static int create_temp(const char *path, char **tmp) {
-  static atomic_uint counter;
-  size_t len = strlen(path) + 64;
-  *tmp = malloc(len);
-  if (!*tmp) return -1;
-  for (int attempt = 0; attempt < 1000; attempt++) {
-    snprintf(*tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&counter, 1));
-    int fd = open(*tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0 || errno != EEXIST) return fd;
-  }
-  return -1;
-}
-
 static int write_all(FILE *fp, const void *bytes, size_t n) {
   return n == 0 || fwrite(bytes, 1, n, fp) == n;
 }
 
-/* Writes the file's bytes to fd (which it closes) and syncs them; 0 or -1 with errno. */
-static int write_contents(int fd, const char *header, size_t header_len,
-                          const struct eellm_st_tensor *tensors, size_t n) {
-  FILE *fp = fdopen(fd, "wb");
-  if (!fp) {
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return -1;
-  }
-  unsigned char len_le[8];
-  for (int k = 0; k < 8; k++) len_le[k] = (unsigned char)((uint64_t)header_len >> (8 * k));
-  int ok = write_all(fp, len_le, sizeof len_le) && write_all(fp, header, header_len);
-  for (size_t i = 0; ok && i < n; i++) ok = write_all(fp, tensors[i].data, tensors[i].nbytes);
-  ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
-  int saved = errno;
-  if (fclose(fp) != 0 && ok) {
-    ok = 0;
-    saved = errno;
-  }
-  errno = saved;
-  return ok ? 0 : -1;
-}
-
-static int fsync_parent_dir(const char *path) {
-  char *copy = strdup(path);
-  if (!copy) return -1;
-  int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int rc = fd < 0 ? -1 : fsync(fd);
-  int saved = errno;
-  if (fd >= 0) close(fd);
-  free(copy);
-  errno = saved;
-  return rc;
-}
-
-/* Writes the header and data to a fresh temp file and renames it over path. */
+/* Writes the length, header and data through an atomic output file; a failed
+ * write stops the loop and makes commit fail with its cause. */
 static int write_atomically(const char *path, const char *header, size_t header_len,
                             const struct eellm_st_tensor *tensors, size_t n, char *err,
                             size_t errlen) {
-  char *tmp = NULL;
-  int fd = create_temp(path, &tmp);
-  if (fd < 0) {
-    set_error(err, errlen, path, "cannot create a temporary file next to it: %s", strerror(errno));
-    free(tmp);
-    return -1;
-  }
-  if (write_contents(fd, header, header_len, tensors, n) != 0 || rename(tmp, path) != 0) {
-    set_error(err, errlen, path, "writing it through %s failed: %s", tmp, strerror(errno));
-    unlink(tmp);
-    free(tmp);
-    return -1;
-  }
-  free(tmp);
-  if (fsync_parent_dir(path) != 0) {
-    set_error(err, errlen, path, "written, but syncing its directory failed: %s", strerror(errno));
-    return -1;
-  }
-  return 0;
+  struct eellm_outfile out;
+  if (eellm_outfile_open(&out, path, err, errlen) != 0) return -1;
+  unsigned char len_le[8];
+  for (int k = 0; k < 8; k++) len_le[k] = (unsigned char)((uint64_t)header_len >> (8 * k));
+  int ok = write_all(out.fp, len_le, sizeof len_le) && write_all(out.fp, header, header_len);
+  for (size_t i = 0; ok && i < n; i++) ok = write_all(out.fp, tensors[i].data, tensors[i].nbytes);
+  return eellm_outfile_commit(&out, err, errlen);
 }
 
 int eellm_st_write(const char *path, const struct eellm_st_tensor *tensors, size_t n,

@@ -2,12 +2,11 @@
 #include "runtime/specio.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "model.pb-c.h"
+#include "runtime/outfile.h"
 #include "train.pb-c.h"
 
 /* eellm's spec messages and the schema file of each, for text headers. */
@@ -167,45 +166,19 @@ static int write_text_body(FILE *out, const ProtobufCMessage *msg) {
   return eellm_textpb_print(out, msg);
 }
 
-/* Makes a rename in path's directory durable; best effort (not every filesystem can). */
-static void sync_directory(const char *path) {
-  const char *slash = strrchr(path, '/');
-  char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
-  if (!dir) return;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    fsync(fd);
-    close(fd);
-  }
-  free(dir);
-}
-
+/* Writes msg through an atomic output file; errors read "PATH: why". */
 static int write_atomically(const char *path, int (*write_body)(FILE *, const ProtobufCMessage *),
                             const ProtobufCMessage *msg, char *err, size_t errlen) {
-  size_t tmp_size = strlen(path) + 32;
-  char *tmp = malloc(tmp_size);
-  if (!tmp) {
-    set_error(err, errlen, path, "out of memory");
-    return -1;
+  struct eellm_outfile out;
+  errno = 0;
+  int ok = eellm_outfile_open(&out, path, NULL, 0) == 0;
+  if (ok && write_body(out.fp, msg) != 0) {
+    ok = 0;
+    eellm_outfile_abort(&out);
+  } else if (ok) {
+    ok = eellm_outfile_commit(&out, NULL, 0) == 0;
   }
-  snprintf(tmp, tmp_size, "%s.tmp%ld", path, (long)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
-  int ok = out != NULL;
-  if (!out && fd >= 0) close(fd);
-  if (ok) {
-    errno = 0;
-    ok = write_body(out, msg) == 0 && fflush(out) == 0 && fsync(fileno(out)) == 0;
-    if (fclose(out) != 0) ok = 0;
-  }
-  if (ok && rename(tmp, path) != 0) ok = 0;
-  if (!ok) {
-    set_error(err, errlen, path, errno ? strerror(errno) : "write failed");
-    if (fd >= 0) unlink(tmp);
-  } else {
-    sync_directory(path);
-  }
-  free(tmp);
+  if (!ok) set_error(err, errlen, path, errno ? strerror(errno) : "write failed");
   return ok ? 0 : -1;
 }
 
