@@ -29,6 +29,7 @@ asan: deps
 	# runs, so their leaks have no module to suppress by: keep hwloc's out (tests
 	# do not need them) and Open MPI's loaded.
 	cd $(ASAN_BUILD) && HWLOC_PLUGINS_PATH=/nonexistent OMPI_MCA_mca_base_component_disable_dlclose=1 \
+	  PMIX_MCA_mca_base_component_disable_dlclose=1 \
 	  ASAN_OPTIONS=detect_leaks=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp ctest --output-on-failure
 

@@ -19,7 +19,10 @@ check "command installed" '[ -x "$tmp/prefix/bin/eellm" ]'
 check "headers installed" '[ -f "$tmp/prefix/include/eellm/eellm.h" ] && [ -f "$tmp/prefix/include/eellm/model.pb-c.h" ]'
 export PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 # shellcheck disable=SC2046
-cc -Wall -Wextra -o "$tmp/submit" examples/submit.c $(pkg-config --cflags --libs eellm) > "$tmp/cc.log" 2>&1
+# A sanitized library (make asan) needs sanitized programs.
+sanitize=()
+nm -D "$libdir/libeellm.so" 2>/dev/null | grep -q __asan_ && sanitize=(-fsanitize=address,undefined)
+cc -Wall -Wextra "${sanitize[@]}" -o "$tmp/submit" examples/submit.c $(pkg-config --cflags --libs eellm) > "$tmp/cc.log" 2>&1
 status=$?
 check "example builds against the installed library ($(head -c 300 "$tmp/cc.log"))" '[ $status -eq 0 ]'
 LD_LIBRARY_PATH="$libdir" STARPU_SILENT=1 "$tmp/submit" examples/default.txtpb > "$tmp/run.log" 2>&1
