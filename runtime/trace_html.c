@@ -17,6 +17,8 @@ static const char style[] =
     "#controls button { min-width: 34px; padding: 2px 8px; }\n"
     ".legend { display: inline-flex; align-items: center; gap: 4px; margin-right: 8px; }\n"
     ".swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; }\n"
+    ".hatch { background: repeating-linear-gradient(135deg, #fff 0 3px, #e39a9a 3px 4px); "
+    "border: 1px solid #e39a9a; box-sizing: border-box; }\n"
     "#view-range { color: #555; margin-left: 8px; }\n"
     "#gantt-wrap { position: relative; border: 1px solid #ccc; }\n"
     "#gantt { display: block; width: 100%; cursor: grab; }\n"
@@ -53,13 +55,13 @@ static const char capture_js[] =
     "})();\n";
 
 /* The Gantt chart: rows (rank, worker), bars coloured by kind, step windows on
- * top, each row's step spans shaded (idle inside them is bubble), critical
+ * top, each row's step spans hatched (idle inside them is bubble), critical
  * path underlined; wheel zooms at the cursor, drag pans, hover shows a task. */
 static const char gantt_js[] =
     "'use strict';\n"
     "(function () {\n"
     "  const data = JSON.parse(document.getElementById('trace-data').textContent);\n"
-    "  const LABEL_W = 150, ROW_H = 22, BAR_H = 16, AXIS_H = 24, STEP_H = 16;\n"
+    "  const LABEL_W = 150, ROW_H = 26, BAR_H = 18, AXIS_H = 24, STEP_H = 16;\n"
     "  const T = { row: 0, start: 1, dur: 2, kind: 3, name: 4, step: 5, micro: 6, layer: 7, exit: 8, submit: 9, path: 10 };\n"
     "  const canvas = document.getElementById('gantt');\n"
     "  const tip = document.getElementById('tip');\n"
@@ -75,6 +77,19 @@ static const char gantt_js[] =
     "  const pad = (hi - lo) * 0.01 || 1;\n"
     "  const full = [lo - pad, hi + pad];\n"
     "  let view = full.slice();\n"
+    "  const bubble = (() => {\n"
+    "    const tile = document.createElement('canvas');\n"
+    "    tile.width = tile.height = 6;\n"
+    "    const g = tile.getContext('2d');\n"
+    "    g.fillStyle = '#fff';\n"
+    "    g.fillRect(0, 0, 6, 6);\n"
+    "    g.strokeStyle = '#e39a9a';\n"
+    "    g.beginPath();\n"
+    "    g.moveTo(0, 6);\n"
+    "    g.lineTo(6, 0);\n"
+    "    g.stroke();\n"
+    "    return ctx.createPattern(tile, 'repeat');\n"
+    "  })();\n"
     "  /* Each row's span of each step: between them, an idle worker is in a bubble. */\n"
     "  const spans = byRow.map(tasks => {\n"
     "    const s = new Map();\n"
@@ -135,7 +150,7 @@ static const char gantt_js[] =
     "    const y = rowTop(r);\n"
     "    ctx.fillStyle = r % 2 ? '#fafafa' : '#f2f2f2';\n"
     "    ctx.fillRect(LABEL_W, y, w - LABEL_W, ROW_H);\n"
-    "    ctx.fillStyle = '#fff1c1'; /* the row's step spans: gaps inside them are bubbles */\n"
+    "    ctx.fillStyle = bubble; /* the row's step spans: gaps inside them are bubbles */\n"
     "    for (const [a, b] of spans[r]) {\n"
     "      const x0 = Math.max(LABEL_W, xOf(a)), x1 = Math.min(w, xOf(b));\n"
     "      if (x1 > x0) ctx.fillRect(x0, y + 1, x1 - x0, ROW_H - 2);\n"
@@ -343,7 +358,7 @@ static void worker_table(FILE *out, const struct eellm_trace *t, const struct ee
     fprintf(out, "</td><td>%.1f%%</td><td>%.1f%%</td><td>%.1f%%</td><td>%.2f</td><td>",
             busy, 100 - busy, bubble, s->busy[r] / 1000);
     bar(out, busy, "#4e79a7");
-    bar(out, bubble, "#f2c14e");
+    bar(out, bubble, "#e39a9a");
     bar(out, 100 - busy - bubble, "#ddd");
     fputs("</td></tr>\n", out);
   }
@@ -397,8 +412,8 @@ static const char definitions[] =
     "only (validation and other tasks outside a step are drawn, not counted).</dd>\n"
     "<dt>busy</dt><dd>Time a worker ran tasks, as a fraction of the steps' windows. "
     "idle = 1 &minus; busy.</dd>\n"
-    "<dt>bubble</dt><dd>Idle time between a worker's first and last task of a step (shaded "
-    "yellow in the chart): the worker had started the step and had work left, but waited. The "
+    "<dt>bubble</dt><dd>Idle time between a worker's first and last task of a step (hatched "
+    "in the chart): the worker had started the step and had work left, but waited. The "
     "rest of idle is before its first or after its last task of the step (fill, drain, "
     "submission).</dd>\n"
     "<dt>critical path</dt><dd>StarPU does not report the dependencies of inserted tasks, so "
@@ -425,7 +440,8 @@ static void controls(FILE *out) {
     fprintf(out, "<span class=\"legend\"><span class=\"swatch\" style=\"background:%s\"></span>"
                  "%s</span>",
             eellm_trace_kind_color(k), eellm_trace_kind_name(k));
-  fputs("<span id=\"view-range\"></span></div>\n"
+  fputs("<span class=\"legend\"><span class=\"swatch hatch\"></span>bubble</span>"
+        "<span id=\"view-range\"></span></div>\n"
         "<div id=\"gantt-wrap\"><canvas id=\"gantt\"></canvas><div id=\"tip\"></div></div>\n",
         out);
 }
