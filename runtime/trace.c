@@ -13,7 +13,7 @@
 #include "runtime/outfile.h"
 #include "runtime/trace_impl.h"
 
-enum { INITIAL_EVENTS = 1 << 14 }; /* per worker; buffers double when full */
+enum { INITIAL_EVENTS = 1 << 14 }; /* preallocated per worker; buffers double when full */
 
 /* One writer per buffer; aligned so that workers do not share cache lines. */
 struct buffer {
@@ -143,6 +143,14 @@ void eellm_trace_set_clock_offset(double offset_us) { trace.offset_us = offset_u
 
 /* ---- start and stop ------------------------------------------------------- */
 
+static void release(void) {
+  for (int w = 0; trace.buffers && w <= trace.n_workers; w++) free(trace.buffers[w].events);
+  free(trace.buffers);
+  free(trace.path);
+  trace.buffers = NULL;
+  trace.path = NULL;
+}
+
 /* Creating (and dropping) the temporary file now reports an unwritable path
  * before the run, not after it. */
 static int check_writable(const char *path, char *err, size_t errlen) {
@@ -161,24 +169,27 @@ int eellm_trace_start(const char *path, enum eellm_trace_format format, int rank
   char file[4096];
   eellm_trace_rank_path(path, rank, n_ranks, file, sizeof file);
   if (check_writable(file, err, errlen) != 0) return -1;
-  int n_workers = (int)starpu_worker_get_count();
-  trace.buffers = calloc(n_workers + 1, sizeof *trace.buffers);
+  trace.n_workers = (int)starpu_worker_get_count();
+  trace.buffers = calloc((size_t)trace.n_workers + 1, sizeof *trace.buffers);
   trace.path = strdup(file);
-  if (!trace.buffers || !trace.path) {
-    free(trace.buffers);
-    free(trace.path);
-    trace.buffers = NULL;
+  int allocated = trace.buffers && trace.path;
+  for (int w = 0; allocated && w < trace.n_workers; w++) {
+    trace.buffers[w].events = malloc(INITIAL_EVENTS * sizeof *trace.buffers[w].events);
+    trace.buffers[w].cap = INITIAL_EVENTS;
+    allocated = trace.buffers[w].events != NULL;
+  }
+  if (!allocated) {
+    release();
     snprintf(err, errlen, "%s: out of memory", path);
     return -1;
   }
   trace.format = format;
   trace.rank = rank;
   trace.n_ranks = n_ranks;
-  trace.n_workers = n_workers;
   trace.offset_us = 0;
   trace.previous_profiling = starpu_profiling_status_set(STARPU_PROFILING_ENABLE);
   struct starpu_profiling_worker_info unused;
-  for (int w = 0; w < n_workers; w++) starpu_profiling_worker_get_info(w, &unused); /* resets */
+  for (int w = 0; w < trace.n_workers; w++) starpu_profiling_worker_get_info(w, &unused); /* resets */
   trace.origin_us = starpu_timing_now();
   atomic_store(&trace.step, -1);
   atomic_store(&trace.recording, 1);
@@ -235,14 +246,6 @@ static int write_file(const struct trace_content *c, char *err, size_t errlen) {
     return -1;
   }
   return eellm_outfile_commit(&f, err, errlen);
-}
-
-static void release(void) {
-  for (int w = 0; w <= trace.n_workers; w++) free(trace.buffers[w].events);
-  free(trace.buffers);
-  free(trace.path);
-  trace.buffers = NULL;
-  trace.path = NULL;
 }
 
 long eellm_trace_stop(char *err, size_t errlen) {

@@ -42,9 +42,13 @@ static const char capture_js[] =
     "  s.dataset.bars = String(bars);\n"
     "  s.dataset.errors = String(window.eellmErrors.length);\n"
     "  s.textContent = 'rendered ' + bars + ' task bars, ' + window.eellmErrors.length +\n"
-    "    ' console errors' + (window.eellmErrors.length ? ': ' + window.eellmErrors.join(' | ') : '');\n"
+    "    ' console errors' +\n"
+    "    (window.eellmErrors.length ? ': ' + window.eellmErrors.join(' | ') : '');\n"
     "};\n"
-    "window.addEventListener('error', e => { window.eellmErrors.push(String(e.message)); window.eellmStatus(); });\n"
+    "window.addEventListener('error', e => {\n"
+    "  window.eellmErrors.push(String(e.message));\n"
+    "  window.eellmStatus();\n"
+    "});\n"
     "(function () {\n"
     "  const original = console.error;\n"
     "  console.error = function (...args) {\n"
@@ -62,7 +66,8 @@ static const char gantt_js[] =
     "(function () {\n"
     "  const data = JSON.parse(document.getElementById('trace-data').textContent);\n"
     "  const LABEL_W = 150, ROW_H = 26, BAR_H = 18, AXIS_H = 24, STEP_H = 16;\n"
-    "  const T = { row: 0, start: 1, dur: 2, kind: 3, name: 4, step: 5, micro: 6, layer: 7, exit: 8, submit: 9, path: 10 };\n"
+    "  const T = { row: 0, start: 1, dur: 2, kind: 3, name: 4, step: 5, micro: 6, layer: 7,\n"
+    "              exit: 8, submit: 9, path: 10 };\n"
     "  const canvas = document.getElementById('gantt');\n"
     "  const tip = document.getElementById('tip');\n"
     "  const ctx = canvas.getContext('2d');\n"
@@ -125,6 +130,7 @@ static const char gantt_js[] =
     "    ctx.textAlign = 'center';\n"
     "    for (let t = Math.ceil(view[0] / step) * step; t <= view[1]; t += step) {\n"
     "      const x = xOf(t);\n"
+    "      if (x < LABEL_W + 20) continue; /* its label would run under the row labels */\n"
     "      ctx.beginPath();\n"
     "      ctx.moveTo(x, STEP_H + AXIS_H - 6);\n"
     "      ctx.lineTo(x, canvas.clientHeight);\n"
@@ -178,7 +184,8 @@ static const char gantt_js[] =
     "    ctx.fillStyle = '#222';\n"
     "    ctx.font = '12px sans-serif';\n"
     "    ctx.textAlign = 'left';\n"
-    "    data.rows.forEach(([rank, worker], r) => ctx.fillText(rank + ' · ' + worker, 6, rowTop(r) + 15));\n"
+    "    data.rows.forEach(([rank, worker], r) =>\n"
+    "      ctx.fillText(rank + ' · ' + worker, 6, rowTop(r) + 15));\n"
     "  }\n"
     "\n"
     "  function draw() {\n"
@@ -196,7 +203,8 @@ static const char gantt_js[] =
     "    drawLabels();\n"
     "    window.eellmBars = drawn;\n"
     "    document.getElementById('view-range').textContent =\n"
-    "      (view[0] / 1000).toFixed(3) + ' – ' + (view[1] / 1000).toFixed(3) + ' ms, ' + drawn + ' tasks drawn';\n"
+    "      (view[0] / 1000).toFixed(3) + ' – ' + (view[1] / 1000).toFixed(3) + ' ms, ' +\n"
+    "      drawn + ' tasks drawn';\n"
     "  }\n"
     "\n"
     "  function zoom(factor, atX) {\n"
@@ -230,7 +238,8 @@ static const char gantt_js[] =
     "\n"
     "  function describe(t) {\n"
     "    const [rank, worker] = data.rows[t[T.row]];\n"
-    "    const where = t[T.exit] >= 0 ? 'exit ' + t[T.exit] : t[T.layer] >= 0 ? 'layer ' + t[T.layer] : '–';\n"
+    "    const where = t[T.exit] >= 0 ? 'exit ' + t[T.exit]\n"
+    "      : t[T.layer] >= 0 ? 'layer ' + t[T.layer] : '–';\n"
     "    const lines = [\n"
     "      ['task', data.names[t[T.name]]], ['kind', data.kinds[t[T.kind]]],\n"
     "      ['step', t[T.step] >= 0 ? t[T.step] : 'outside the steps'],\n"
@@ -253,7 +262,9 @@ static const char gantt_js[] =
     "    ev.preventDefault();\n"
     "    zoom(Math.exp(ev.deltaY * 0.002), ev.offsetX);\n"
     "  }, { passive: false });\n"
-    "  canvas.addEventListener('mousedown', ev => { drag = { x: ev.clientX, view: view.slice() }; });\n"
+    "  canvas.addEventListener('mousedown', ev => {\n"
+    "    drag = { x: ev.clientX, view: view.slice() };\n"
+    "  });\n"
     "  window.addEventListener('mouseup', () => { drag = null; });\n"
     "  window.addEventListener('mousemove', ev => {\n"
     "    if (!drag) return;\n"
@@ -347,7 +358,8 @@ static void bar(FILE *out, double percent, const char *color) {
           color);
 }
 
-static void worker_table(FILE *out, const struct eellm_trace *t, const struct eellm_trace_stats *s) {
+static void worker_table(FILE *out, const struct eellm_trace *t,
+                         const struct eellm_trace_stats *s) {
   fputs("<h2>Workers</h2>\n<table><tr><th>worker</th><th>busy</th><th>idle</th><th>bubble</th>"
         "<th>busy ms</th><th>busy | bubble | other idle</th></tr>\n",
         out);
@@ -449,7 +461,8 @@ static void controls(FILE *out) {
 int eellm_trace_write_html(FILE *out, const struct eellm_trace *t,
                            const struct eellm_trace_stats *s, const char *title) {
   int ranks = t->n_rows ? t->rows[t->n_rows - 1].rank + 1 : 0;
-  fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>eellm trace: ",
+  fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<title>eellm trace: ",
         out);
   html_text(out, title);
   fprintf(out, "</title>\n<style>\n%s</style>\n<script>\n%s</script>\n</head>\n<body>\n", style,

@@ -69,7 +69,8 @@ static int read_task(struct loader *l, json_t *ev, int row) {
       .row = row, .name = intern_name(l, name ? name : "task"),
       .kind = k < 0 ? EELLM_KIND_OTHER : k, .step = int_arg(args, "step"),
       .micro = int_arg(args, "micro"), .layer = int_arg(args, "layer"),
-      .exit = int_arg(args, "exit"), .submit = json_is_number(submit) ? json_number_value(submit) : ts,
+      .exit = int_arg(args, "exit"),
+      .submit = json_is_number(submit) ? json_number_value(submit) : ts,
       .start = ts, .end = ts + dur};
   if (task.name < 0) return -1;
   struct eellm_trace *t = l->t;
