@@ -213,6 +213,7 @@ static struct trace_event *gather(size_t *n_events, size_t *lost) {
   if (!all) return NULL;
   size_t at = 0;
   for (int w = 0; w <= trace.n_workers; w++) {
+    if (!trace.buffers[w].n) continue; /* the shared buffer may have no array */
     memcpy(all + at, trace.buffers[w].events, trace.buffers[w].n * sizeof *all);
     at += trace.buffers[w].n;
   }
