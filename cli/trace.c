@@ -144,14 +144,16 @@ int cmd_trace(int argc, char **argv) {
     fprintf(stderr, "eellm trace: %s\n", err);
     return 2;
   }
+  char what[4200]; /* names the trace in titles */
+  snprintf(what, sizeof what, n_files > 1 ? "%s and %d more" : "%s", files[0], n_files - 1);
   struct eellm_trace_stats s;
   int status = 1;
   if (eellm_trace_analyze(&t, &s) != 0) {
     fprintf(stderr, "eellm trace: out of memory\n");
   } else {
     status = 0;
-    if (summary) print_summary(files[0], &t, &s);
-    else status = write_report(out, &t, &s, files[0]);
+    if (summary) print_summary(what, &t, &s);
+    else status = write_report(out, &t, &s, what);
     eellm_trace_stats_free(&s);
   }
   eellm_trace_free(&t);

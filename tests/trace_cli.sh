@@ -4,7 +4,8 @@
 # micro-batches and layers; the Paje version passes pajeng's pj_dump; the HTML
 # report draws every task in headless Chromium without a console error and
 # makes a screenshot; the summary prints its tables; Ctrl-C still writes the
-# trace; bad --trace arguments get one line and status 2.
+# trace; two pipeline ranks write a file each, read together; bad --trace
+# arguments get one line and status 2.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -123,6 +124,21 @@ done_steps=$(wc -l < "$tmp/long/metrics.jsonl")
 check "SIGINT exits 0 (got $status)" '[ $status -eq 0 ]'
 last=$(/usr/bin/python3 -c 'import json, sys; print(max(e["args"]["step"] for e in json.load(open(sys.argv[1]))["traceEvents"] if e["ph"] == "X"))' "$tmp/int.json" 2>&1)
 check "trace written on SIGINT, up to the last step done ($last of $done_steps)" '[ "$last" = "$done_steps" ]'
+
+# Two pipeline stages on two MPI ranks: a file per rank, read together.
+{ grep -v '^steps:' $train; echo "parallelism { pp: 2 }"; } > "$tmp/pp2.train.txtpb"
+env -u STARPU_NCPU EELLM_STARPU_HOME="$tmp/starpu" timeout 300 scripts/eellm-mpirun 2 "$eellm" train --model $model \
+  --train "$tmp/pp2.train.txtpb" --data "$tmp/train.bin" --out "$tmp/pp" --steps 2 --trace "$tmp/pp.json" > "$tmp/pp.log" 2>&1
+check "2-rank traced run exits 0 ($(tail -2 "$tmp/pp.log" | tr '\n' ' '))" '[ $? -eq 0 ]'
+rank_tasks=$(sed -n 's/^trace: \([0-9]*\) tasks in .*pp\.rank[01]\.json$/\1/p' "$tmp/pp.log" | paste -sd+ | bc)
+"$eellm" trace summary "$tmp/pp.rank0.json" "$tmp/pp.rank1.json" > "$tmp/pp.summary" 2>&1
+check "both ranks' files read together: 2 ranks, $rank_tasks tasks ($(head -1 "$tmp/pp.summary"))" 'grep -q ": 2 ranks, 2 workers, 2 steps, $rank_tasks tasks" "$tmp/pp.summary"'
+check "each rank's tasks carry its rank" '/usr/bin/python3 -c "
+import json, sys
+for r in (0, 1):
+    t = json.load(open(sys.argv[1] + f\".rank{r}.json\"))
+    assert {e[\"pid\"] for e in t[\"traceEvents\"]} == {r} and t[\"otherData\"][\"rank\"] == r
+" "$tmp/pp"'
 
 # Bad arguments: one line, status 2.
 expect_error() {
