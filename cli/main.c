@@ -13,6 +13,7 @@ static const struct {
     {"train", cmd_train, "train an early-exit model on a token file (checkpoints, resume, EE-Tuning)"},
     {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
     {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
+    {"trace", cmd_trace, "figures and an HTML Gantt report from task traces (train --trace)"},
     {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
     {"detokenize", cmd_detokenize, "write the text of a token file"},
 };

@@ -9,6 +9,7 @@
 static const char train_usage[] =
     "usage: eellm train --model M.txtpb --train T.txtpb --data train.bin [--val val.bin]\n"
     "                   --out runs/NAME [--resume] [--init CKPT] [--tune-exits] [--steps N]\n"
+    "                   [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
     "Trains the model: each iteration submits every micro-batch's forward and backward\n"
     "(exit heads and losses included) and the optimizer as StarPU tasks, then waits once.\n"
@@ -25,6 +26,10 @@ static const char train_usage[] =
     "                 (for example the output of 'eellm convert add-exits')\n"
     "  --tune-exits   freeze the backbone and train only the exits (EE-Tuning)\n"
     "  --steps N      stop after step N instead of the training spec's steps\n"
+    "  --trace FILE   record every task (kind, micro-batch, layer, worker, times) into\n"
+    "                 FILE, written at the end or on Ctrl-C; see 'eellm trace'\n"
+    "  --trace-format chrome (default: Chrome Trace Event JSON, for Perfetto and\n"
+    "                 'eellm trace') or paje (ViTE, pajeng)\n"
     "\n"
     "Ctrl-C writes a checkpoint and exits; --resume continues. Exit status: 0 done or\n"
     "interrupted cleanly, 1 runtime failure, 2 bad input (one line on stderr).\n";
@@ -36,6 +41,7 @@ int cmd_train(int argc, char **argv) {
       {"out", required_argument, 0, 'o'},   {"init", required_argument, 0, 'i'},
       {"steps", required_argument, 0, 's'}, {"resume", no_argument, 0, 'r'},
       {"tune-exits", no_argument, 0, 'e'},  {"help", no_argument, 0, 'h'},
+      {"trace", required_argument, 0, 'T'}, {"trace-format", required_argument, 0, 'F'},
       {0, 0, 0, 0}};
   struct eellm_train_options o = {0};
   int opt;
@@ -50,6 +56,13 @@ int cmd_train(int argc, char **argv) {
       case 'i': o.init_path = optarg; break;
       case 'r': o.resume = 1; break;
       case 'e': o.tune_exits = 1; break;
+      case 'T': o.trace_path = optarg; break;
+      case 'F':
+        if (eellm_trace_format_parse(optarg, &o.trace_format) != 0) {
+          fprintf(stderr, "eellm train: --trace-format wants chrome or paje, got '%s'\n", optarg);
+          return 2;
+        }
+        break;
       case 's': {
         unsigned long steps = strtoul(optarg, &end, 10);
         if (*end || steps < 1 || steps > 1000000000ul) {

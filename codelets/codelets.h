@@ -26,7 +26,9 @@ enum eellm_task_kind {
   EELLM_KIND_LOSS,
   EELLM_KIND_OPTIMIZER,
   EELLM_KIND_COLLECTIVE,
+  EELLM_KIND_TRANSFER, /* data moved between ranks (StarPU-MPI), for traces */
   EELLM_KIND_OTHER,
+  EELLM_N_KINDS
 };
 
 struct eellm_task_info {

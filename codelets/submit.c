@@ -8,6 +8,7 @@
 
 #include "eellm.h"
 #include "runtime/mpi.h"
+#include "runtime/trace.h"
 
 const struct eellm_task_info eellm_task_default = {
     .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
@@ -27,15 +28,20 @@ void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, 
     }
     if (args_size) memcpy(args_copy, args, args_size); /* args may be NULL when empty */
   }
+  /* NULL (no callback) unless a trace records a task that runs here. */
+  void *trace = runs_here ? eellm_trace_task_arg(info) : NULL;
+  void (*traced)(void *) = trace ? eellm_trace_task_done : NULL;
   int ret = eellm_mpi_active()
                 ? starpu_mpi_task_insert(eellm_mpi_comm(), cl, STARPU_DATA_MODE_ARRAY, buffers, n,
                                          STARPU_EXECUTE_ON_NODE, info->node,
                                          STARPU_CL_ARGS, args_copy, runs_here ? args_size : 0,
                                          STARPU_PRIORITY, info->priority,
+                                         STARPU_CALLBACK_WITH_ARG, traced, trace,
                                          STARPU_NAME, cl->name, 0)
                 : starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
                                      STARPU_CL_ARGS, args_copy, args_size,
                                      STARPU_PRIORITY, info->priority,
+                                     STARPU_CALLBACK_WITH_ARG, traced, trace,
                                      STARPU_NAME, cl->name, 0);
   if (ret != 0) {
     fprintf(stderr, "eellm: StarPU refused task %s (error %d)\n", cl->name, ret);

@@ -222,6 +222,7 @@ static int train_step(struct run *r, unsigned step, double lr) {
   for (unsigned k = 0; k < r->n_exits; k++)
     r->weights[k] = k < r->spec->n_exits ? eellm_exit_weight_at(r->spec->exits[k], step) : 1.0f;
   struct eellm_loader l = loader_of(r, r->data);
+  eellm_trace_set_step((int)step);
   eellm_submit_zero_grads(r->model);
   for (unsigned mi = 0; mi < r->n_micro; mi++) {
     int32_t *tokens = r->tokens + mi * micro_rows(r), *targets = r->targets + mi * micro_rows(r);
@@ -234,6 +235,7 @@ static int train_step(struct run *r, unsigned step, double lr) {
   eellm_submit_optimizer(r->model, r->train->optimizer ? r->train->optimizer
                                                        : &(Eellm__AdamW)EELLM__ADAM_W__INIT,
                          step, lr);
+  eellm_trace_set_step(-1);
   eellm_wait(r->model);
   return 0;
 }
@@ -424,6 +426,26 @@ static int loop(struct run *r, struct eellm_train_state *state) {
   return status;
 }
 
+/* The loop, with every task recorded into --trace if given (also when Ctrl-C
+ * ends the run). Ranks start recording together, after a barrier: each one's
+ * times count from there. Each rank writes its own file. */
+static int loop_traced(struct run *r, struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  if (!o->trace_path) return loop(r, state);
+  char err[8192];
+  eellm_mpi_max(0); /* the barrier */
+  int failed = eellm_trace_start(o->trace_path, o->trace_format, eellm_rank(), eellm_nranks(),
+                                 err, sizeof err) != 0;
+  if (eellm_mpi_max(failed)) return failed ? fail(2, "--trace %s", err) : 2;
+  int status = loop(r, state);
+  long traced = eellm_trace_stop(err, sizeof err);
+  if (traced < 0) return fail(1, "--trace %s", err);
+  char file[4200];
+  eellm_trace_rank_path(o->trace_path, eellm_rank(), eellm_nranks(), file, sizeof file);
+  printf("trace: %ld tasks in %s\n", traced, file);
+  return status;
+}
+
 static void cleanup(struct run *r) {
   if (r->metrics_out) fclose(r->metrics_out);
   eellm_model_destroy(r->model);
@@ -468,7 +490,7 @@ int eellm_train_run(const struct eellm_train_options *o) {
     /* Past a file-size limit a write then fails with EFBIG, cleanly, instead of killing us. */
     signal(SIGXFSZ, SIG_IGN);
     if (eellm_rank() == 0) describe(&r, state.step);
-    status = loop(&r, &state);
+    status = loop_traced(&r, &state);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
   }

@@ -4,6 +4,8 @@
 #ifndef EELLM_RUNTIME_TRAINER_H
 #define EELLM_RUNTIME_TRAINER_H
 
+#include "runtime/trace.h"
+
 struct eellm_train_options {
   const char *model_path;  /* model spec; NULL: the spec of --init or of the run's checkpoint */
   const char *train_path;  /* training spec */
@@ -14,6 +16,8 @@ struct eellm_train_options {
   int resume;              /* continue from out_dir/checkpoint.safetensors */
   int tune_exits;          /* freeze the backbone, train the exits only (EE-Tuning) */
   unsigned steps;          /* overrides the training spec's steps when non-zero */
+  const char *trace_path;  /* record every task of the run into this file, or NULL */
+  enum eellm_trace_format trace_format;
 };
 
 /* Returns the process exit status: 0 done (or interrupted with a checkpoint
