@@ -254,9 +254,11 @@ struct head {
   starpu_data_handle_t stats;   /* loss sum and count out */
 };
 
-/* Loss of head h on x [N, D]; its gradient w.r.t. x goes to dx (overwritten). */
+/* Loss of head h on x [N, D]; its gradient w.r.t. x goes to dx (overwritten).
+ * ti tags the forward tasks, bwd_ti the backward ones, loss_ti the losses. */
 static void head_forward_backward(struct micro *mb, const struct head *h, starpu_data_handle_t x,
                                   starpu_data_handle_t dx, const struct eellm_task_info *ti,
+                                  const struct eellm_task_info *bwd_ti,
                                   const struct eellm_task_info *loss_ti) {
   const struct eellm_model *m = mb->m;
   size_t d = m->spec->d_model, v = m->spec->vocab_size;
@@ -276,14 +278,14 @@ static void head_forward_backward(struct micro *mb, const struct head *h, starpu
                         h->temperature, loss_ti);
   if (h->norm_w < 0) {
     eellm_insert_linear_bwd(y, param(mb, h->head_w), dlogits, dx, grad(mb, h->head_w), NULL, 1, 0,
-                            ti);
+                            bwd_ti);
     return;
   }
   starpu_data_handle_t dy = act(mb, d);
   eellm_insert_linear_bwd(y, param(mb, h->head_w), dlogits, dy, grad(mb, h->head_w), NULL, 1, 0,
-                          ti);
+                          bwd_ti);
   eellm_insert_norm_bwd(x, param(mb, h->norm_w), stats, dy, dx, grad(mb, h->norm_w),
-                        grad(mb, h->norm_b), norm_kind(m), 0, ti);
+                        grad(mb, h->norm_b), norm_kind(m), 0, bwd_ti);
 }
 
 /* Exit k on resid[layer] (or, for MLP exits, on the layer's post-attention
@@ -305,7 +307,7 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
   if (e->structure == EELLM__EXIT__STRUCTURE__MLP) {
     struct mlp_acts a;
     mlp_forward(mb, &e->block, r, &a, &ti);
-    head_forward_backward(mb, &h, a.out, dx, &ti, &loss_ti);
+    head_forward_backward(mb, &h, a.out, dx, &ti, &ti, &loss_ti);
     if (dx) {
       scratch_init(mb, &g);
       mlp_backward(mb, &e->block, &a, r, dx, &g, &ti);
@@ -313,14 +315,14 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
   } else if (e->structure == EELLM__EXIT__STRUCTURE__BLOCK) {
     struct layer_acts a;
     layer_forward(mb, &e->block, x, &a, &ti);
-    head_forward_backward(mb, &h, a.mlp.out, dx, &ti, &loss_ti);
+    head_forward_backward(mb, &h, a.mlp.out, dx, &ti, &ti, &loss_ti);
     if (dx) {
       scratch_init(mb, &g);
       mlp_backward(mb, &e->block, &a.mlp, a.r, dx, &g, &ti);
       attention_backward(mb, &e->block, &a, x, dx, &g, &ti);
     }
   } else {
-    head_forward_backward(mb, &h, x, dx, &ti, &loss_ti);
+    head_forward_backward(mb, &h, x, dx, &ti, &ti, &loss_ti);
   }
   enter(mb, caller_stage);
   return dx;
@@ -437,9 +439,9 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   float final_scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
   struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits]};
   starpu_data_handle_t dres = backbone_backward ? act(&mb, d) : NULL;
-  head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &loss_ti);
+  struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
+  head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &bwd, &loss_ti);
   if (backbone_backward) {
-    struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
     if (final.loss_scale == 0) eellm_insert_zero(dres, &bwd);
     struct grad_scratch g;
     scratch_init(&mb, &g);
