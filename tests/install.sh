@@ -4,10 +4,7 @@
 # example) compiles, links and runs.
 set -u
 build=${1:-build}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-check() { if eval "$2"; then passed=$((passed + 1)); else echo "FAIL $1"; failed=$((failed + 1)); fi; }
+. "$(dirname "$0")/lib.sh"
 
 cmake --install "$build" --prefix "$tmp/prefix" > "$tmp/install.log" 2>&1
 status=$?
@@ -31,5 +28,4 @@ check "and runs" '[ $status -eq 0 ] && grep -q "final" "$tmp/run.log"'
 "$tmp/prefix/bin/eellm" --help > /dev/null 2>&1
 status=$?
 check "installed command runs" '[ $status -eq 0 ]'
-echo "install: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish install

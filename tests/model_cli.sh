@@ -5,11 +5,7 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+. "$(dirname "$0")/lib.sh"
 
 for spec in examples/*.txtpb; do
   grep -q 'proto-message: eellm.Model' "$spec" || continue
@@ -78,5 +74,4 @@ expect_error "truncated binary" "truncated\.pb: .*(truncated|malformed)" "$tmp/t
 expect_error "missing file" "nosuch\.txtpb" "$tmp/nosuch.txtpb"
 expect_error "train spec given as model" "declares proto-message eellm.Train" examples/default.train.txtpb
 
-echo "model_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish model_cli

@@ -7,13 +7,8 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { if eval "$2"; then pass; else fail "$1"; fi; }
 
 model=tests/specs/pipe.txtpb
 mkdir "$tmp/corpus"
@@ -81,5 +76,4 @@ close "$tmp/single5" "$tmp/from-single" > "$tmp/close-b" 2>&1
 status=$?
 check "and its losses continue the single-process run ($(cat "$tmp/close-b"))" '[ $status -eq 0 ]'
 
-echo "pipeline_mpi: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish pipeline_mpi

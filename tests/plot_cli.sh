@@ -9,16 +9,7 @@ set -u
 build=${1:-build}
 eellm="$build/eellm"
 py=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { # check NAME COMMAND...: passes when the command succeeds
-  local name=$1
-  shift
-  if "$@"; then pass; else fail "$name"; fi
-}
+. "$(dirname "$0")/lib.sh"
 
 # metrics STEPS VAL_EVERY SPIKE: 3 exits, loss falling from ~10 (SPIKE=1) or
 # flat-ish (SPIKE=0), validation every VAL_EVERY steps, deterministic noise.
@@ -90,7 +81,8 @@ metrics 200 50 1 > "$tmp/all"
 } > "$run/metrics.jsonl"
 
 "$eellm" plot "$run" > "$tmp/stdout" 2> "$tmp/stderr"
-check "plot exits 0" test $? -eq 0
+status=$?
+check "plot exits 0" test $status -eq 0
 check "writes RUN/loss.svg" test -s "$run/loss.svg"
 check "no temp file left" test "$(ls "$run")" = "$(printf 'loss.svg\nmetrics.jsonl')"
 check "well-formed XML" "$py" -c "import xml.dom.minidom,sys; xml.dom.minidom.parse(sys.argv[1])" "$run/loss.svg"
@@ -128,7 +120,8 @@ check "spec label final" grep -qx "legend: final (layer 6) = 2.941" "$tmp/facts"
 
 # ---- --labels: escaped, invalid UTF-8 replaced, -o elsewhere
 "$eellm" plot "$run" -o "$tmp/custom.svg" --labels $'a<b & "c",d\xff>,final \xc3\xbc' > /dev/null 2>&1
-check "custom labels: status 0" test $? -eq 0
+status=$?
+check "custom labels: status 0" test $status -eq 0
 svg_facts "$tmp/custom.svg" > "$tmp/facts" || fail "custom labels: well-formed"
 check "custom label with markup" has "$tmp/facts" 'legend: a<b & "c" = 3.491'
 check "custom label with a bad byte" has "$tmp/facts" $'legend: d\xef\xbf\xbd> = 3.191'
@@ -174,17 +167,19 @@ expect_error "missing metrics.jsonl" "empty/metrics.jsonl: cannot read \(No such
 mkdir "$tmp/garbage"
 printf 'not json\n' > "$tmp/garbage/metrics.jsonl"
 "$eellm" plot "$tmp/garbage" > /dev/null 2> "$tmp/stderr"
-check "only garbage: status 2" test $? -eq 2
+status=$?
+check "only garbage: status 2" test $status -eq 2
 check "only garbage: warning and error" grep -q 'garbage/metrics.jsonl: no valid metrics line' "$tmp/stderr"
 expect_error "unwritable output" "nodir/x.svg: cannot write \(No such file" "$flat" -o "$tmp/nodir/x.svg"
 expect_error "output is a directory" "cannot write \(Is a directory\)" "$flat" -o "$tmp/empty"
 check "no temp file left after a failed write" test -z "$(ls "$tmp" | grep '\.tmp\.')"
 expect_error "label count" "2 labels given for 3 exits" "$flat" --labels "a,b"
 "$eellm" plot > /dev/null 2>&1
-check "no run dir: status 2" test $? -eq 2
+status=$?
+check "no run dir: status 2" test $status -eq 2
 "$eellm" plot --help > "$tmp/help"
-check "--help: status 0" test $? -eq 0
+status=$?
+check "--help: status 0" test $status -eq 0
 check "--help: usage" grep -q '^usage: eellm plot RUN_DIR' "$tmp/help"
 
-echo "plot_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish plot_cli

@@ -6,16 +6,7 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { # check NAME COMMAND...: passes when the command succeeds
-  local name=$1
-  shift
-  if "$@"; then pass; else fail "$name"; fi
-}
+. "$(dirname "$0")/lib.sh"
 
 scripts/fetch-tokenizer || fail "scripts/fetch-tokenizer"
 
@@ -124,5 +115,4 @@ expect_error "detokenize into a missing directory" "nodir/out\.txt: cannot creat
   "$eellm" detokenize "$tmp/byte.bin" -o "$tmp/nodir/out.txt"
 check "no temporary files left" test -z "$(find "$tmp" -name '.*.??????')"
 
-echo "tokenize_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish tokenize_cli

@@ -9,13 +9,8 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { if eval "$2"; then pass; else fail "$1"; fi; }
 
 model=tests/specs/tiny.txtpb
 train=tests/specs/tiny.train.txtpb
@@ -28,7 +23,8 @@ run() { "$eellm" train --model $model --train $train --data "$tmp/train.bin" --v
 
 # Two steps, then validation (tasks outside the steps).
 run --out "$tmp/run" --trace "$tmp/trace.json" > "$tmp/train.log" 2>&1
-check "traced run exits 0" '[ $? -eq 0 ]'
+status=$?
+check "traced run exits 0" '[ $status -eq 0 ]'
 tasks=$(sed -n 's/^trace: \([0-9]*\) tasks in .*/\1/p' "$tmp/train.log")
 check "the run says how many tasks it traced ($tasks)" '[ -n "$tasks" ] && [ "$tasks" -gt 0 ]'
 
@@ -85,9 +81,11 @@ check "trace JSON: every task with sane fields ($(head -3 "$tmp/json.check" | tr
 
 # Paje: the same run's tasks, valid for pajeng.
 run --out "$tmp/run-paje" --trace "$tmp/trace.paje" --trace-format paje > "$tmp/paje.log" 2>&1
-check "paje run exits 0" '[ $? -eq 0 ]'
+status=$?
+check "paje run exits 0" '[ $status -eq 0 ]'
 pj_dump "$tmp/trace.paje" > "$tmp/paje.dump" 2> "$tmp/paje.err"
-check "pj_dump accepts the Paje trace ($(head -c 200 "$tmp/paje.err"))" '[ $? -eq 0 ] && [ ! -s "$tmp/paje.err" ]'
+status=$?
+check "pj_dump accepts the Paje trace ($(head -c 200 "$tmp/paje.err"))" '[ $status -eq 0 ] && [ ! -s "$tmp/paje.err" ]'
 states=$(grep -c '^State, ' "$tmp/paje.dump")
 check "pj_dump: one state per task ($states, $tasks)" '[ "$states" -eq "$tasks" ]'
 check "pj_dump: a rank and its workers" 'grep -q "^Container, 0, Rank, .*rank 0$" "$tmp/paje.dump" && grep -q "^Container, rank 0, Worker, .*CPU 0$" "$tmp/paje.dump"'
@@ -105,7 +103,8 @@ check "screenshot is a PNG" '[ "$(head -c 8 "$tmp/report.png" | od -An -tx1 | tr
 
 # The summary.
 "$eellm" trace summary "$tmp/trace.json" > "$tmp/summary.txt"
-check "summary exits 0" '[ $? -eq 0 ]'
+status=$?
+check "summary exits 0" '[ $status -eq 0 ]'
 check "summary counts the tasks" 'grep -q "^trace .*: 1 rank, 2 workers, 2 steps, $tasks tasks" "$tmp/summary.txt"'
 check "summary tables" 'grep -q "^rank 0 CPU 0 " "$tmp/summary.txt" && grep -q "^backward " "$tmp/summary.txt" && grep -q "^critical path: " "$tmp/summary.txt" && grep -q "^exit work: .* hidden" "$tmp/summary.txt"'
 
@@ -129,7 +128,8 @@ check "trace written on SIGINT, up to the last step done ($last of $done_steps)"
 { grep -v '^steps:' $train; echo "parallelism { pp: 2 }"; } > "$tmp/pp2.train.txtpb"
 env -u STARPU_NCPU EELLM_STARPU_HOME="$tmp/starpu" timeout 300 scripts/eellm-mpirun 2 "$eellm" train --model $model \
   --train "$tmp/pp2.train.txtpb" --data "$tmp/train.bin" --out "$tmp/pp" --steps 2 --trace "$tmp/pp.json" > "$tmp/pp.log" 2>&1
-check "2-rank traced run exits 0 ($(tail -2 "$tmp/pp.log" | tr '\n' ' '))" '[ $? -eq 0 ]'
+status=$?
+check "2-rank traced run exits 0 ($(tail -2 "$tmp/pp.log" | tr '\n' ' '))" '[ $status -eq 0 ]'
 rank_tasks=$(sed -n 's/^trace: \([0-9]*\) tasks in .*pp\.rank[01]\.json$/\1/p' "$tmp/pp.log" | paste -sd+ | bc)
 "$eellm" trace summary "$tmp/pp.rank0.json" "$tmp/pp.rank1.json" > "$tmp/pp.summary" 2>&1
 check "both ranks' files read together: 2 ranks, $rank_tasks tasks ($(head -1 "$tmp/pp.summary"))" 'grep -q ": 2 ranks, 2 workers, 2 steps, $rank_tasks tasks" "$tmp/pp.summary"'
@@ -153,7 +153,7 @@ expect_error "unknown --trace-format" "trace-format wants chrome or paje" run --
 expect_error "unwritable --trace" "/proc/eellm/t.json" run --out "$tmp/x2" --trace /proc/eellm/t.json
 expect_error "summary of a missing file" "nope\.json" "$eellm" trace summary "$tmp/nope.json"
 "$eellm" trace report "$tmp/trace.json" > /dev/null 2>&1
-check "report without -o: status 2" '[ $? -eq 2 ]'
+status=$?
+check "report without -o: status 2" '[ $status -eq 2 ]'
 
-echo "trace_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish trace_cli

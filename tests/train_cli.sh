@@ -7,13 +7,8 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { if eval "$2"; then pass; else fail "$1"; fi; }
 
 model=tests/specs/tiny.txtpb
 train=tests/specs/tiny.train.txtpb
@@ -121,5 +116,4 @@ expect_error "existing run without --resume" "already holds a run" --model $mode
 check "nothing overwritten" 'cmp -s "$tmp/full/checkpoint.safetensors" "$tmp/full-ckpt-copy"'
 expect_error "unwritable --out" "/proc/eellm: cannot create" --model $model --train $train --data "$tmp/train.bin" --out /proc/eellm
 
-echo "train_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish train_cli

@@ -1,0 +1,20 @@
+# Shared by the scripted tests (sourced): a scratch directory removed at exit,
+# pass/fail counters, and the closing "NAME: N passed, N failed" line.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+# check NAME EXPRESSION (one argument, evaluated) or check NAME COMMAND ARGS...:
+# passes when it succeeds. Capture a command's status in a variable first:
+# $? is gone by the time check runs.
+check() {
+  local name=$1
+  shift
+  if { [ $# -eq 1 ] && eval "$1"; } || { [ $# -gt 1 ] && "$@"; }; then pass; else fail "$name"; fi
+}
+# finish NAME: the closing line; the script's status.
+finish() {
+  echo "$1: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
