@@ -164,4 +164,50 @@ void eellm_insert_adamw(starpu_data_handle_t param, starpu_data_handle_t grad,
                         starpu_data_handle_t clip, const struct eellm_adamw_step *hp,
                         const struct eellm_task_info *info);
 
+/* ---- kvcache.c: generation with key/value caches ------------------------ */
+/* tokens [N] int32, positions [N] int32, wte [V, D], wpe [C, D] or NULL (RoPE
+ * models), out [N, D] (W): row n = wte[tokens[n]] (+ wpe[positions[n]]). */
+void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t positions,
+                           starpu_data_handle_t wte, starpu_data_handle_t wpe,
+                           starpu_data_handle_t out, const struct eellm_task_info *info);
+/* Causal attention of new rows over a key/value cache. qkv [N, 3D] as for
+ * eellm_insert_attention_fwd; positions [N] and slots [N] int32 say where each row
+ * is; cache [S * capacity, 2D] (RW): sequence slot s owns rows s * capacity ..
+ * s * capacity + capacity - 1, row s * capacity + p holding position p's key
+ * (RoPE-rotated at p when rope != 0) | value, heads laid out as in qkv. Every new
+ * row's key and value are stored first; then row n attends to its slot's rows at
+ * positions 0..positions[n], which must all be stored by then; out [N, D] (W). */
+void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_t positions,
+                                   starpu_data_handle_t slots, starpu_data_handle_t cache,
+                                   starpu_data_handle_t out, unsigned capacity, unsigned n_heads,
+                                   int rope, float rope_theta, const struct eellm_task_info *info);
+/* src [N, D], index [M] int32, dst [M, D] (W): dst row m = src row index[m]. */
+void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t index,
+                              starpu_data_handle_t dst, const struct eellm_task_info *info);
+
+/* ---- sample.c: the next token and the confidence of an exit ------------- */
+/* One row's outcome: `confidence` is of softmax(logits / exit_temperature): its
+ * largest probability, or with entropy_rule 1 - entropy / log(V). `token` is the
+ * argmax (greedy) or drawn from softmax(logits / (exit_temperature * temperature))
+ * restricted to the top_k most likely tokens (0: all) and then to the smallest
+ * set, most likely first, whose probability reaches top_p (>= 1 or <= 0: all),
+ * renormalised; `logprob` is the token's log-probability under the distribution
+ * it was drawn from (greedy: softmax(logits / exit_temperature)). */
+struct eellm_token_choice {
+  int32_t token;
+  float confidence, logprob, unused;
+};
+struct eellm_sampling {
+  float exit_temperature;
+  int entropy_rule;
+  float temperature; /* 0: greedy */
+  unsigned top_k;
+  float top_p;
+};
+/* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
+ * greedy), choices [M] (W): a vector of struct eellm_token_choice. */
+void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
+                             starpu_data_handle_t choices, const struct eellm_sampling *sampling,
+                             const struct eellm_task_info *info);
+
 #endif

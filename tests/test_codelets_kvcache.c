@@ -1,0 +1,370 @@
+/* Generation codelets (kvcache.c, sample.c) as real StarPU tasks against
+ * double-precision references: embedding at explicit positions, row gathering,
+ * attention of new rows over a key/value cache (the cache after the task and
+ * the output), the cached attention fed a sequence piece by piece against the
+ * training attention on the whole sequence, and the next-token choice
+ * (confidence by both rules, greedy, and sampling with temperature, top-k and
+ * top-p for given uniforms). No gradients: these ops only run forward. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codelets/codelets.h"
+#include "testutil.h"
+
+#define RTOL 1e-5
+#define ATOL 1e-6
+
+/* tu_check after printing the worst absolute error. */
+static void check(const char *what, const float *got, const double *want, size_t n, double rtol,
+                  double atol) {
+  double worst = 0;
+  for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)got[i] - want[i]));
+  printf("  %-62s max abs err %.2e\n", what, worst);
+  tu_check(what, got, want, n, rtol, atol);
+}
+
+static float *random_floats(size_t n, double lo, double hi) {
+  float *x = tu_alloc(n);
+  tu_fill(x, n, lo, hi);
+  return x;
+}
+
+/* A [rows, cols] matrix stored with ld = cols + pad; the padding holds NaN, which
+ * a kernel must neither read into results nor overwrite with anything else. */
+static float *padded(size_t rows, size_t cols, size_t pad, double lo, double hi) {
+  float *x = tu_alloc(rows * (cols + pad));
+  for (size_t r = 0; r < rows; r++)
+    for (size_t c = 0; c < cols + pad; c++)
+      x[r * (cols + pad) + c] = c < cols ? (float)tu_uniform(lo, hi) : NAN;
+  return x;
+}
+
+static float *unpad(const float *x, size_t rows, size_t cols, size_t ld) {
+  float *y = tu_alloc(rows * cols);
+  for (size_t r = 0; r < rows; r++) memcpy(y + r * cols, x + r * ld, cols * sizeof *y);
+  return y;
+}
+
+static int padding_is_nan(const float *x, size_t rows, size_t cols, size_t ld) {
+  for (size_t r = 0; r < rows; r++)
+    for (size_t c = cols; c < ld; c++)
+      if (!isnan(x[r * ld + c])) return 0;
+  return 1;
+}
+
+/* ---- embedding at positions ---------------------------------------------- */
+
+static void test_embed_at(int with_wpe) {
+  size_t N = 7, V = 37, D = 12, C = 9, pad = 3;
+  int32_t tokens[7], positions[7] = {4, 0, 8, 3, 3, 1, 7};
+  for (size_t n = 0; n < N; n++) tokens[n] = (int32_t)tu_uniform(0, (double)V);
+  float *wte = random_floats(V * D, -1, 1), *wpe = random_floats(C * D, -1, 1);
+  float *out = padded(N, D, pad, -1, 1);
+  eellm_insert_embed_at(tu_vector_i32(tokens, N), tu_vector_i32(positions, N), tu_matrix(wte, V, D),
+                        with_wpe ? tu_matrix(wpe, C, D) : NULL, tu_matrix_ld(out, N, D, D + pad),
+                        NULL);
+  tu_sync_all();
+  double *want = tu_alloc_f64(N * D);
+  for (size_t n = 0; n < N; n++)
+    for (size_t d = 0; d < D; d++)
+      want[n * D + d] = (double)wte[tokens[n] * D + d] +
+                        (with_wpe ? (double)wpe[positions[n] * D + d] : 0.0);
+  check(with_wpe ? "embed_at N=7 V=37 D=12 with wpe, padded out" : "embed_at without wpe (RoPE)",
+        unpad(out, N, D, D + pad), want, N * D, RTOL, ATOL);
+  tu_ok(padding_is_nan(out, N, D, D + pad), "embed_at leaves the padding alone");
+}
+
+/* ---- row gathering ----------------------------------------------------- */
+
+static void test_gather_rows(void) {
+  size_t N = 7, M = 5, D = 13, pad = 2;
+  int32_t index[5] = {6, 0, 3, 3, 1};
+  float *src = padded(N, D, pad, -1, 1), *dst = padded(M, D, pad, -1, 1);
+  eellm_insert_gather_rows(tu_matrix_ld(src, N, D, D + pad), tu_vector_i32(index, M),
+                           tu_matrix_ld(dst, M, D, D + pad), NULL);
+  tu_sync_all();
+  double *want = tu_alloc_f64(M * D);
+  for (size_t m = 0; m < M; m++)
+    for (size_t d = 0; d < D; d++) want[m * D + d] = src[index[m] * (D + pad) + d];
+  check("gather_rows M=5 of N=7 (a repeated row), padded", unpad(dst, M, D, D + pad), want, M * D,
+        0, 0);
+  tu_ok(padding_is_nan(dst, M, D, D + pad), "gather_rows leaves the padding alone");
+}
+
+/* ---- attention over the cache ------------------------------------------- */
+
+struct cache_case {
+  size_t H, D;
+  int rope;
+};
+
+/* Hugging Face rotate-half RoPE of one head vector at position pos, in place. */
+static void ref_rope(double *x, size_t pos, size_t hd, double theta) {
+  size_t half = hd / 2;
+  for (size_t i = 0; i < half; i++) {
+    double angle = (double)pos * pow(theta, -2.0 * (double)i / (double)hd);
+    double x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * cos(angle) - x2 * sin(angle);
+    x[i + half] = x2 * cos(angle) + x1 * sin(angle);
+  }
+}
+
+/* cache [S * C, 2D] (double, dense) after storing row n of qkv [N, ld_qkv]. */
+static void ref_store(double *cache, const float *qkv, size_t ld_qkv, size_t n, size_t slot,
+                      size_t pos, size_t C, const struct cache_case *c, double theta) {
+  size_t hd = c->D / c->H;
+  double *row = cache + (slot * C + pos) * 2 * c->D;
+  for (size_t i = 0; i < 2 * c->D; i++) row[i] = qkv[n * ld_qkv + c->D + i];
+  if (c->rope)
+    for (size_t h = 0; h < c->H; h++) ref_rope(row + h * hd, pos, hd, theta);
+}
+
+/* out row [D] of a query (row n of qkv) at position pos over the slot's cache rows 0..pos. */
+static void ref_attend(const double *cache, const float *qkv, size_t ld_qkv, size_t n, size_t slot,
+                       size_t pos, size_t C, const struct cache_case *c, double theta,
+                       double *out) {
+  size_t hd = c->D / c->H;
+  double q[64], scores[64];
+  for (size_t h = 0; h < c->H; h++) {
+    for (size_t i = 0; i < hd; i++) q[i] = qkv[n * ld_qkv + h * hd + i];
+    if (c->rope) ref_rope(q, pos, hd, theta);
+    double max = -INFINITY, sum = 0;
+    for (size_t j = 0; j <= pos; j++) {
+      const double *k = cache + (slot * C + j) * 2 * c->D + h * hd;
+      double dot = 0;
+      for (size_t i = 0; i < hd; i++) dot += q[i] * k[i];
+      scores[j] = dot / sqrt((double)hd);
+      max = fmax(max, scores[j]);
+    }
+    for (size_t j = 0; j <= pos; j++) sum += exp(scores[j] - max);
+    for (size_t i = 0; i < hd; i++) {
+      double acc = 0;
+      for (size_t j = 0; j <= pos; j++)
+        acc += exp(scores[j] - max) / sum * cache[(slot * C + j) * 2 * c->D + c->D + h * hd + i];
+      out[h * hd + i] = acc;
+    }
+  }
+}
+
+/* Three slots of capacity 9 holding earlier positions; seven new rows: a block
+ * of three in slot 2, one row in slot 0, a prefill of two in slot 1, and slot 0's
+ * next position apart from its first block. */
+static void test_attention_cached(const struct cache_case *c) {
+  enum { S = 3, C = 9, N = 7 };
+  int32_t slots[N] = {2, 2, 2, 0, 1, 1, 0}, positions[N] = {3, 4, 5, 6, 0, 1, 7};
+  size_t D = c->D, pad_qkv = 3, pad_cache = 2, pad_out = 1;
+  size_t ld_qkv = 3 * D + pad_qkv, ld_cache = 2 * D + pad_cache, ld_out = D + pad_out;
+  float theta = 100.0f;
+  float *qkv = padded(N, 3 * D, pad_qkv, -1.5, 1.5);
+  float *cache = padded(S * C, 2 * D, pad_cache, -1.5, 1.5), *out = padded(N, D, pad_out, 0, 1);
+  double *ref_cache = tu_to_f64(unpad(cache, S * C, 2 * D, ld_cache), S * C * 2 * D);
+  eellm_insert_attention_cached(tu_matrix_ld(qkv, N, 3 * D, ld_qkv), tu_vector_i32(positions, N),
+                                tu_vector_i32(slots, N), tu_matrix_ld(cache, S * C, 2 * D, ld_cache),
+                                tu_matrix_ld(out, N, D, ld_out), C, (unsigned)c->H, c->rope, theta,
+                                NULL);
+  tu_sync_all();
+
+  for (size_t n = 0; n < N; n++)
+    ref_store(ref_cache, qkv, ld_qkv, n, (size_t)slots[n], (size_t)positions[n], C, c, theta);
+  double *ref_out = tu_alloc_f64(N * D);
+  for (size_t n = 0; n < N; n++)
+    ref_attend(ref_cache, qkv, ld_qkv, n, (size_t)slots[n], (size_t)positions[n], C, c, theta,
+               ref_out + n * D);
+  char what[128];
+  snprintf(what, sizeof what, "attention_cached H=%zu D=%zu rope %d: cache", c->H, D, c->rope);
+  check(what, unpad(cache, S * C, 2 * D, ld_cache), ref_cache, S * C * 2 * D, RTOL, ATOL);
+  snprintf(what, sizeof what, "attention_cached H=%zu D=%zu rope %d: out", c->H, D, c->rope);
+  check(what, unpad(out, N, D, ld_out), ref_out, N * D, RTOL, ATOL);
+  tu_ok(padding_is_nan(cache, S * C, 2 * D, ld_cache) && padding_is_nan(out, N, D, ld_out),
+        "attention_cached leaves the padding alone");
+}
+
+/* One sequence of T rows: the training attention on all of it, against the cached
+ * attention fed a prefill of 4 rows and then one row per task (slot 1 of 2). */
+static void test_cached_matches_training(int rope) {
+  enum { T = 7, H = 2, D = 12, C = 8, PREFILL = 4 };
+  float theta = 10000.0f;
+  float *qkv = random_floats(T * 3 * D, -1.5, 1.5), *out_full = tu_alloc(T * D);
+  float *lse = tu_alloc(T * H), *cache = tu_alloc(2 * C * 2 * D), *out_cached = tu_alloc(T * D);
+  eellm_insert_attention_fwd(tu_matrix(qkv, T, 3 * D), tu_matrix(out_full, T, D),
+                             tu_matrix(lse, T, H), T, H, rope, theta, NULL);
+  starpu_data_handle_t h_cache = tu_matrix(cache, 2 * C, 2 * D);
+  static int32_t positions[T], slots[T];
+  for (size_t t = 0; t < T; t++) {
+    positions[t] = (int32_t)t;
+    slots[t] = 1;
+  }
+  for (size_t first = 0; first < T;) {
+    size_t rows = first == 0 ? PREFILL : 1;
+    eellm_insert_attention_cached(tu_matrix(qkv + first * 3 * D, rows, 3 * D),
+                                  tu_vector_i32(positions + first, rows),
+                                  tu_vector_i32(slots + first, rows), h_cache,
+                                  tu_matrix(out_cached + first * D, rows, D), C, H, rope, theta,
+                                  NULL);
+    first += rows;
+  }
+  tu_sync_all();
+  check(rope ? "cached, piece by piece == training attention (RoPE)"
+             : "cached, piece by piece == training attention",
+        out_cached, tu_to_f64(out_full, T * D), T * D, RTOL, ATOL);
+}
+
+/* ---- next token ------------------------------------------------------------ */
+
+struct pick_case {
+  const char *name;
+  struct eellm_sampling s;
+};
+
+struct ref_choice {
+  int token;
+  double confidence, logprob;
+};
+
+static const double *sort_logits;
+
+/* Larger logits first, ties by id. */
+static int ref_desc(const void *a, const void *b) {
+  int i = *(const int *)a, j = *(const int *)b;
+  if (sort_logits[i] != sort_logits[j]) return sort_logits[i] > sort_logits[j] ? -1 : 1;
+  return i - j;
+}
+
+/* The documented rule, in double: confidence of softmax(z / T_exit); the token
+ * greedy, or the first (in id order, or by decreasing logit when top-k / top-p
+ * restrict) whose cumulative renormalised probability exceeds u. */
+static struct ref_choice ref_pick(const double *z, int V, const struct eellm_sampling *s,
+                                  double u) {
+  double p[64], max = z[0], sum = 0, entropy = 0;
+  int best = 0, order[64];
+  for (int j = 1; j < V; j++)
+    if (z[j] > z[best]) best = j;
+  max = z[best];
+  for (int j = 0; j < V; j++) sum += exp((z[j] - max) / s->exit_temperature);
+  for (int j = 0; j < V; j++) {
+    p[j] = exp((z[j] - max) / s->exit_temperature) / sum;
+    entropy -= p[j] * log(p[j]);
+  }
+  struct ref_choice r = {best, s->entropy_rule ? 1 - entropy / log(V) : p[best], log(p[best])};
+  if (s->temperature == 0) return r;
+  double q[64], total = 0;
+  for (int j = 0; j < V; j++) q[j] = exp((z[j] - max) / (s->exit_temperature * s->temperature));
+  for (int j = 0; j < V; j++) order[j] = j;
+  int kept = V, restricted = (s->top_k > 0 && (int)s->top_k < V) || (s->top_p > 0 && s->top_p < 1);
+  if (restricted) {
+    sort_logits = z;
+    qsort(order, (size_t)V, sizeof *order, ref_desc);
+  }
+  if (s->top_k > 0 && (int)s->top_k < V) kept = (int)s->top_k;
+  for (int j = 0; j < kept; j++) total += q[order[j]];
+  if (s->top_p > 0 && s->top_p < 1) {
+    double mass = 0;
+    int nucleus = 0;
+    while (nucleus < kept && mass / total < s->top_p) mass += q[order[nucleus++]];
+    kept = nucleus;
+    total = mass;
+  }
+  double acc = 0;
+  r.token = order[kept - 1];
+  for (int j = 0; j < kept; j++) {
+    acc += q[order[j]] / total;
+    if (acc > u) {
+      r.token = order[j];
+      break;
+    }
+  }
+  r.logprob = log(q[r.token] / total);
+  return r;
+}
+
+static void test_next_token(const struct pick_case *c, size_t M, int V) {
+  float *logits = padded(M, (size_t)V, 2, -3, 3), *uniforms = random_floats(M, 0, 1);
+  struct eellm_token_choice *choices = calloc(M, sizeof *choices);
+  if (!choices) exit(1);
+  starpu_data_handle_t h_choices;
+  starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, M, sizeof *choices);
+  int sampling = c->s.temperature > 0;
+  eellm_insert_next_token(tu_matrix_ld(logits, M, (size_t)V, (size_t)V + 2),
+                          sampling ? tu_vector(uniforms, M) : NULL, h_choices, &c->s, NULL);
+  starpu_data_unregister(h_choices);
+  tu_sync_all();
+
+  int tokens_equal = 1;
+  float *got = tu_alloc(2 * M);
+  double *want = tu_alloc_f64(2 * M);
+  for (size_t m = 0; m < M; m++) {
+    double z[64];
+    for (int j = 0; j < V; j++) z[j] = logits[m * ((size_t)V + 2) + (size_t)j];
+    struct ref_choice r = ref_pick(z, V, &c->s, uniforms[m]);
+    tokens_equal &= choices[m].token == r.token;
+    got[2 * m] = choices[m].confidence;
+    got[2 * m + 1] = choices[m].logprob;
+    want[2 * m] = r.confidence;
+    want[2 * m + 1] = r.logprob;
+  }
+  char what[160];
+  snprintf(what, sizeof what, "%s: tokens", c->name);
+  tu_ok(tokens_equal, what);
+  snprintf(what, sizeof what, "%s: confidence, logprob", c->name);
+  check(what, got, want, 2 * M, RTOL, ATOL);
+  free(choices);
+}
+
+/* Many draws from one row: the sampled frequencies follow the restricted distribution. */
+static void test_sampling_frequencies(void) {
+  enum { V = 6, DRAWS = 4000 };
+  static float logits[DRAWS * V], uniforms[DRAWS];
+  static const float row[V] = {1.0f, 2.0f, 0.5f, 1.8f, -1.0f, 1.2f};
+  for (size_t m = 0; m < DRAWS; m++) {
+    memcpy(logits + m * V, row, sizeof row);
+    uniforms[m] = (float)tu_uniform(0, 1);
+  }
+  struct eellm_sampling s = {.exit_temperature = 1, .temperature = 1, .top_k = 3, .top_p = 1};
+  struct eellm_token_choice *choices = calloc(DRAWS, sizeof *choices);
+  if (!choices) exit(1);
+  starpu_data_handle_t h_choices;
+  starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, DRAWS,
+                              sizeof *choices);
+  eellm_insert_next_token(tu_matrix(logits, DRAWS, V), tu_vector(uniforms, DRAWS), h_choices, &s,
+                          NULL);
+  starpu_data_unregister(h_choices);
+  tu_sync_all();
+  double count[V] = {0}, e1 = exp(2.0), e3 = exp(1.8), e5 = exp(1.2), total = e1 + e3 + e5;
+  for (size_t m = 0; m < DRAWS; m++) count[choices[m].token] += 1.0 / DRAWS;
+  double want[V] = {0, e1 / total, 0, e3 / total, 0, e5 / total};
+  float freq[V];
+  for (int j = 0; j < V; j++) freq[j] = (float)count[j];
+  /* 4000 draws: a standard deviation of at most 0.008 per frequency. */
+  check("top-k 3 sampling frequencies (4000 draws)", freq, want, V, 0, 0.03);
+  free(choices);
+}
+
+int main(void) {
+  tu_start();
+  tu_seed(11);
+  test_embed_at(1);
+  test_embed_at(0);
+  test_gather_rows();
+  static const struct cache_case cache_cases[] = {{2, 12, 0}, {2, 12, 1}, {1, 8, 1}, {3, 18, 0}};
+  for (size_t i = 0; i < sizeof cache_cases / sizeof cache_cases[0]; i++)
+    test_attention_cached(&cache_cases[i]);
+  test_cached_matches_training(0);
+  test_cached_matches_training(1);
+
+  static const struct pick_case pick_cases[] = {
+      {"greedy, maxprob, exit temperature 0.7", {0.7f, 0, 0, 0, 1}},
+      {"greedy, entropy rule", {1, 1, 0, 0, 1}},
+      {"sampling T=0.8", {1, 0, 0.8f, 0, 1}},
+      {"sampling top-k 5, exit temperature 1.5", {1.5f, 0, 1, 5, 1}},
+      {"sampling top-p 0.6", {1, 0, 1.3f, 0, 0.6f}},
+      {"sampling top-k 10 top-p 0.9, entropy", {1, 1, 0.7f, 10, 0.9f}},
+  };
+  for (size_t i = 0; i < sizeof pick_cases / sizeof pick_cases[0]; i++) {
+    test_next_token(&pick_cases[i], 5, 37);
+    test_next_token(&pick_cases[i], 1, 2);
+  }
+  test_sampling_frequencies();
+  return tu_finish();
+}
