@@ -50,6 +50,7 @@ struct eellm_step {
   struct act_pool *pools[2];        /* [stage * max_window + slot] */
   size_t max_window;
   double *loss;                     /* n_exits: result of the last wait */
+  starpu_data_handle_t *logits;     /* n_exits: the latest micro-batch's logits */
 };
 
 /* What one micro-batch's submission needs at hand. */
@@ -252,6 +253,7 @@ struct head {
   int norm_w, norm_b, head_w;
   float temperature, loss_scale; /* loss_scale 0: forward only */
   starpu_data_handle_t stats;   /* loss sum and count out */
+  starpu_data_handle_t *logits; /* where to keep the logits' handle */
 };
 
 /* Loss of head h on x [N, D]; its gradient w.r.t. x goes to dx (overwritten).
@@ -271,6 +273,7 @@ static void head_forward_backward(struct micro *mb, const struct head *h, starpu
   }
   starpu_data_handle_t logits = act(mb, v);
   eellm_insert_linear_fwd(y, param(mb, h->head_w), NULL, NULL, logits, 1, ti);
+  *h->logits = logits;
   eellm_insert_xent_fwd(logits, mb->targets, mb->mask, h->stats, h->temperature, loss_ti);
   if (h->loss_scale == 0) return;
   starpu_data_handle_t dlogits = act(mb, v);
@@ -301,7 +304,8 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
   enter(mb, m->exit_stage[k]);
   struct eellm_task_info ti = info(mb, EELLM_KIND_EXIT, PRIO_EXIT, 1000 + (int)k);
   struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_EXIT, 1000 + (int)k);
-  struct head h = {e->lnf_w, e->lnf_b, e->head_w, e->temperature, loss_scale, stats};
+  struct head h = {e->lnf_w, e->lnf_b, e->head_w, e->temperature, loss_scale, stats,
+                   &m->step->logits[k]};
   starpu_data_handle_t dx = loss_scale != 0 ? act(mb, m->spec->d_model) : NULL;
   struct grad_scratch g;
   if (e->structure == EELLM__EXIT__STRUCTURE__MLP) {
@@ -403,6 +407,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   mb.index = (int)s->n_micro++;
   mb.entered = calloc(m->pp, sizeof *mb.entered);
   starpu_data_handle_t *stats = stats_of(m, (size_t)mb.index);
+  if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
   load_inputs(&mb, batch);
 
   const Eellm__Model *spec = m->spec;
@@ -437,7 +442,8 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   struct eellm_task_info loss_ti = info(&mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
   int backbone_backward = backward && !m->backbone_frozen;
   float final_scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
-  struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits]};
+  struct head final = {m->lnf_w, m->lnf_b, m->head_w, 1.0f, final_scale, stats[n_exits],
+                       &s->logits[n_exits]};
   starpu_data_handle_t dres = backbone_backward ? act(&mb, d) : NULL;
   struct eellm_task_info bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
   head_forward_backward(&mb, &final, resid[n_layers], dres, &fwd, &bwd, &loss_ti);
@@ -541,6 +547,20 @@ double eellm_exit_loss(const eellm_model *m, unsigned k) {
   return m->step && m->step->loss && k < eellm_n_exits(m) ? m->step->loss[k] : 0.0;
 }
 
+int eellm_exit_logits(eellm_model *m, unsigned k, float *out) {
+  if (!m->step || !m->step->logits || k >= eellm_n_exits(m) || !m->step->logits[k] ||
+      eellm_mpi_active())
+    return -1;
+  starpu_data_handle_t h = m->step->logits[k];
+  starpu_data_acquire(h, STARPU_R);
+  const float *logits = (const float *)starpu_matrix_get_local_ptr(h);
+  size_t ld = starpu_matrix_get_local_ld(h), cols = starpu_matrix_get_nx(h);
+  for (size_t r = 0; r < starpu_matrix_get_ny(h); r++)
+    memcpy(out + r * cols, logits + r * ld, cols * sizeof *out);
+  starpu_data_release(h);
+  return 0;
+}
+
 void eellm_step_free(struct eellm_model *m) {
   struct eellm_step *s = m->step;
   if (!s) return;
@@ -554,6 +574,7 @@ void eellm_step_free(struct eellm_model *m) {
   free(s->stats_h);
   free(s->ones);
   free(s->loss);
+  free(s->logits);
   free(s);
   m->step = NULL;
 }

@@ -158,6 +158,10 @@ int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *
  * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
 void eellm_wait(eellm_model *m);
 double eellm_exit_loss(const eellm_model *m, unsigned k);
+/* Copies exit k's logits [micro_batch * seq_len, vocab_size] (before the exit's
+ * temperature) of the latest micro-batch submitted before the last eellm_wait
+ * into out. Returns 0, or -1 when there is none (or under MPI). */
+int eellm_exit_logits(eellm_model *m, unsigned k, float *out);
 
 /* ---- optimizer and schedules ------------------------------------------- */
 /* Learning rate at step (1-based) under the training spec's schedule. */

@@ -40,6 +40,9 @@ struct eellm_gen_options {
   /* Called for every generated token as soon as it is known (streaming); may be NULL. */
   void (*on_token)(void *ctx, size_t sequence, uint16_t token, unsigned exit_layer, float logprob);
   void *ctx;
+  /* Added after the first contract: */
+  unsigned stages;              /* PIPELINE: stages (0 = split at the exits; 2 without exits) */
+  int keep_logits;              /* fill eellm_gen_sequence.logits (tests, analysis) */
 };
 
 /* What one prompt produced. */
@@ -48,6 +51,7 @@ struct eellm_gen_sequence {
   unsigned *exit_layers;        /* layer of the exit that produced each token (n_layers: final) */
   float *logprobs;              /* log-probability of each token under the distribution it was drawn from */
   size_t n;
+  float *logits;                /* with keep_logits: n x vocab, each token's exit's logits; else NULL */
 };
 
 struct eellm_generator;
@@ -68,5 +72,27 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
                    const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
                    struct eellm_gen_sequence *out, char *err, size_t errlen);
 void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
+
+/* Added after the first contract.
+ *
+ * A sequence ends after max_tokens tokens, after the end-of-text token (kept as
+ * its last token) when stop_at_eot, or when prompt and tokens fill the context.
+ * top_p <= 0 also means off. Sampling draws one uniform number per token from a
+ * stream per sequence, seeded by seed and the sequence's index in the batch.
+ * Greedy tokens' logprob is under softmax(logits / exit temperature).
+ *
+ * The model's layers, its exits' layers (1-based, ascending; returns how many;
+ * layers may be NULL), and the stage split PIPELINE uses for `stages` (0: the
+ * default): returns the number of stages P and fills stage_layers[0..P-1] (room
+ * for n_layers entries), or 0 when stages is out of 1..n_layers. */
+unsigned eellm_generator_n_layers(const struct eellm_generator *g);
+size_t eellm_generator_exit_layers(const struct eellm_generator *g, unsigned *layers);
+unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages,
+                                unsigned *stage_layers);
+/* After eellm_generate: copies the cache rows of positions first .. first +
+ * count - 1 of sequence `sequence` at layer `layer` (1-based) into kv [count, 2 *
+ * d_model] (key, RoPE-rotated for RoPE models, | value). 0, or -1 on bad arguments. */
+int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
+                               size_t first, size_t count, float *kv);
 
 #endif

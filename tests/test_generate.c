@@ -1,0 +1,463 @@
+/* Early-exit generation (runtime/generate.h) on two tiny models, one GPT-style
+ * with an exit of every structure, one Llama-style (RoPE, RMSNorm, SwiGLU):
+ * - exits off: greedy tokens equal the training forward's (no cache) on the
+ *   growing sequence, logits within 1e-4, for both methods;
+ * - exits on: KV recomputation equals a reference that runs the whole sequence
+ *   through the training forward at every step and takes the first allowed exit
+ *   whose confidence passes (max-prob and entropy rules, all exits or a subset):
+ *   same tokens, same exits, logits within 1e-4;
+ * - pipeline: the same tokens and exits as recomputation, and complete caches:
+ *   every layer's keys and values of every fed position equal a prefill's;
+ * - batches of prompts of different lengths give what each prompt gives alone;
+ * - sampling is reproducible; the context, max_tokens and end-of-text end
+ *   sequences; bad requests get an error. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "eellm.h"
+#include "runtime/generate.h"
+#include "testutil.h"
+
+#define MAX_BATCH 3
+#define LOGIT_ATOL 1e-4
+
+struct fixture {
+  const char *name;
+  char ckpt[256];
+  eellm_model *ref;  /* reference: one sequence of the whole context */
+  struct eellm_generator *gen;
+  unsigned V, C, L, n_exits; /* n_exits counts the final head */
+  int32_t *tokens, *targets;
+  float *logits;     /* [C, V] of one exit */
+};
+
+static char tmpdir[] = "/tmp/eellm-test-generate-XXXXXX";
+
+static void fixture_open(struct fixture *f, const char *spec_path, uint64_t seed) {
+  char err[512];
+  Eellm__Model *spec = eellm_model_spec_load(spec_path, err, sizeof err);
+  if (!spec) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  f->V = spec->vocab_size;
+  f->C = spec->context_length;
+  f->L = spec->n_layers;
+  f->ref = eellm_model_create(spec, 1, f->C, err, sizeof err);
+  eellm_spec_free(spec);
+  if (!f->ref) exit(1);
+  f->name = eellm_model_spec(f->ref)->name;
+  f->n_exits = eellm_n_exits(f->ref);
+  eellm_model_init(f->ref, seed);
+  eellm_model_set_tokenizer(f->ref, "byte");
+  snprintf(f->ckpt, sizeof f->ckpt, "%s/%s.safetensors", tmpdir, f->name);
+  if (eellm_model_save(f->ref, f->ckpt, err, sizeof err) != 0 ||
+      !(f->gen = eellm_generator_open(f->ckpt, NULL, MAX_BATCH, err, sizeof err))) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  f->tokens = calloc(f->C, sizeof *f->tokens);
+  f->targets = calloc(f->C, sizeof *f->targets);
+  f->logits = calloc((size_t)f->C * f->V, sizeof *f->logits);
+  if (!f->tokens || !f->targets || !f->logits) exit(1);
+}
+
+static void fixture_close(struct fixture *f) {
+  eellm_generator_close(f->gen);
+  eellm_model_destroy(f->ref);
+  unlink(f->ckpt);
+  free(f->tokens);
+  free(f->targets);
+  free(f->logits);
+}
+
+static struct eellm_gen_options greedy(float threshold) {
+  return (struct eellm_gen_options){.max_tokens = 16, .use_early_exit = 1, .threshold = threshold,
+                                    .top_p = 1, .stop_at_eot = 1, .keep_logits = 1};
+}
+
+static void generate(struct fixture *f, const uint16_t *const *prompts, const size_t *lens,
+                     size_t n, const struct eellm_gen_options *o, struct eellm_gen_sequence *out) {
+  char err[512];
+  if (eellm_generate(f->gen, prompts, lens, n, o, out, err, sizeof err) != 0) {
+    fprintf(stderr, "eellm_generate: %s\n", err);
+    exit(1);
+  }
+}
+
+static void generate_one(struct fixture *f, const uint16_t *prompt, size_t len,
+                         const struct eellm_gen_options *o, struct eellm_gen_sequence *out) {
+  generate(f, &prompt, &len, 1, o, out);
+}
+
+static size_t text_prompt(const char *text, uint16_t *ids) {
+  size_t n = strlen(text);
+  for (size_t i = 0; i < n; i++) ids[i] = (unsigned char)text[i];
+  return n;
+}
+
+/* ---- the reference: no cache, the whole sequence at every step ---------------- */
+
+/* Exit k's logits at position len - 1 of tokens[0..len-1] (into f->logits row
+ * len - 1), by the training forward on the sequence padded to the context:
+ * causal attention keeps the padding out of earlier positions. */
+static const float *ref_logits(struct fixture *f, const uint16_t *tokens, size_t len, unsigned k) {
+  char err[256];
+  for (size_t t = 0; t < f->C; t++) f->tokens[t] = t < len ? tokens[t] : 0;
+  struct eellm_batch batch = {f->tokens, f->targets, NULL};
+  if (eellm_submit_forward(f->ref, &batch, err, sizeof err) != 0) exit(1);
+  eellm_wait(f->ref);
+  if (eellm_exit_logits(f->ref, k, f->logits) != 0) exit(1);
+  return f->logits + (len - 1) * f->V;
+}
+
+static double confidence(const float *z, unsigned V, double temperature, int entropy_rule) {
+  double max = z[0], sum = 0, entropy = 0;
+  for (unsigned j = 1; j < V; j++) max = fmax(max, z[j]);
+  for (unsigned j = 0; j < V; j++) sum += exp((z[j] - max) / temperature);
+  for (unsigned j = 0; j < V; j++) {
+    double p = exp((z[j] - max) / temperature) / sum;
+    entropy -= p > 0 ? p * log(p) : 0;
+  }
+  return entropy_rule ? 1 - entropy / log(V) : 1 / sum;
+}
+
+static unsigned argmax(const float *z, unsigned V) {
+  unsigned best = 0;
+  for (unsigned j = 1; j < V; j++)
+    if (z[j] > z[best]) best = j;
+  return best;
+}
+
+static int exit_allowed(const struct fixture *f, const struct eellm_gen_options *o, unsigned k) {
+  if (!o->use_early_exit || o->threshold >= 1) return 0;
+  if (!o->n_exit_layers) return 1;
+  for (size_t i = 0; i < o->n_exit_layers; i++)
+    if (o->exit_layers[i] == eellm_exit_layer(f->ref, k)) return 1;
+  return 0;
+}
+
+/* The exit the reference takes for the token after tokens[0..len-1] (exits are
+ * in layer order in the test specs); its logits are left in *logits. */
+static unsigned ref_decide(struct fixture *f, const uint16_t *tokens, size_t len,
+                           const struct eellm_gen_options *o, const float **logits,
+                           double *margin) {
+  const Eellm__Model *spec = eellm_model_spec(f->ref);
+  for (unsigned k = 0; k + 1 < f->n_exits; k++) {
+    if (!exit_allowed(f, o, k)) continue;
+    *logits = ref_logits(f, tokens, len, k);
+    double conf = confidence(*logits, f->V, spec->exits[k]->temperature, o->rule == EELLM_EXIT_ENTROPY);
+    *margin = fmin(*margin, fabs(conf - o->threshold));
+    if (conf >= o->threshold) return k;
+  }
+  *logits = ref_logits(f, tokens, len, f->n_exits - 1);
+  return f->n_exits - 1;
+}
+
+struct exit_counts {
+  size_t early, final;
+};
+
+/* Replays s against the reference; returns how many tokens left early and at the end. */
+static struct exit_counts check_reference(struct fixture *f, const char *what,
+                                          const uint16_t *prompt, size_t plen,
+                                          const struct eellm_gen_options *o,
+                                          const struct eellm_gen_sequence *s) {
+  uint16_t seq[256];
+  memcpy(seq, prompt, plen * sizeof *seq);
+  struct exit_counts counts = {0, 0};
+  int tokens_equal = 1, exits_equal = 1;
+  double worst = 0, margin = INFINITY;
+  for (size_t i = 0; i < s->n; i++) {
+    const float *z;
+    unsigned k = ref_decide(f, seq, plen + i, o, &z, &margin);
+    tokens_equal &= s->tokens[i] == argmax(z, f->V);
+    exits_equal &= s->exit_layers[i] == eellm_exit_layer(f->ref, k);
+    for (unsigned j = 0; j < f->V; j++) worst = fmax(worst, fabs(s->logits[i * f->V + j] - z[j]));
+    if (k + 1 < f->n_exits) counts.early++;
+    else counts.final++;
+    seq[plen + i] = s->tokens[i];
+  }
+  char label[256], layers[64] = "";
+  for (unsigned l = 1, used = 0; l <= f->L; l++) {
+    size_t at = 0;
+    for (size_t i = 0; i < s->n; i++) at += s->exit_layers[i] == l;
+    if (at) used += snprintf(layers + used, sizeof layers - used, " %u:%zu", l, at);
+  }
+  printf("  %-52s exit layer:count%-14s logits err %.1e, margin %.1e\n", what, layers, worst,
+         margin);
+  snprintf(label, sizeof label, "%s: tokens equal the reference's", what);
+  tu_ok(tokens_equal && s->n > 0, label);
+  snprintf(label, sizeof label, "%s: exits equal the reference's", what);
+  tu_ok(exits_equal, label);
+  snprintf(label, sizeof label, "%s: logits within %g", what, LOGIT_ATOL);
+  tu_ok(worst <= LOGIT_ATOL, label);
+  snprintf(label, sizeof label, "%s: no confidence within 1e-4 of the threshold", what);
+  tu_ok(margin > 1e-4, label);
+  return counts;
+}
+
+static int same_output(const struct eellm_gen_sequence *a, const struct eellm_gen_sequence *b,
+                       double logprob_tol) {
+  if (a->n != b->n) return 0;
+  for (size_t i = 0; i < a->n; i++)
+    if (a->tokens[i] != b->tokens[i] || a->exit_layers[i] != b->exit_layers[i] ||
+        fabs(a->logprobs[i] - b->logprobs[i]) > logprob_tol)
+      return 0;
+  return 1;
+}
+
+/* ---- the checks ------------------------------------------------------------------------ */
+
+/* The caches of sequence `slot` at every layer, positions 0..n-1, equal those a
+ * prefill of the same tokens writes. */
+static void check_cache_complete(struct fixture *f, const char *what, size_t slot,
+                                 const uint16_t *tokens, size_t n) {
+  size_t width = 2 * (size_t)eellm_model_spec(f->ref)->d_model, per_layer = n * width;
+  float *after = tu_alloc(f->L * per_layer), *prefill = tu_alloc(f->L * per_layer);
+  for (unsigned l = 1; l <= f->L; l++)
+    eellm_generator_read_cache(f->gen, slot, l, 0, n, after + (l - 1) * per_layer);
+  struct eellm_gen_options o = greedy(1);
+  o.max_tokens = 1;
+  struct eellm_gen_sequence s;
+  generate_one(f, tokens, n, &o, &s);
+  eellm_gen_sequence_free(&s);
+  for (unsigned l = 1; l <= f->L; l++)
+    eellm_generator_read_cache(f->gen, 0, l, 0, n, prefill + (l - 1) * per_layer);
+  double worst = 0;
+  for (size_t i = 0; i < f->L * per_layer; i++) worst = fmax(worst, fabs(after[i] - prefill[i]));
+  char label[256];
+  printf("  %-52s cache: %2zu positions x %u layers, max err %.1e\n", what, n, f->L, worst);
+  snprintf(label, sizeof label, "%s: caches complete (every layer equals a prefill)", what);
+  tu_check(label, after, tu_to_f64(prefill, f->L * per_layer), f->L * per_layer, 1e-5, 1e-5);
+}
+
+static void test_exits_off(struct fixture *f) {
+  uint16_t prompt[32];
+  size_t plen = text_prompt("Hello", prompt);
+  struct eellm_gen_options o = greedy(1);
+  struct eellm_gen_sequence rec, pipe;
+  generate_one(f, prompt, plen, &o, &rec);
+  char what[128];
+  snprintf(what, sizeof what, "%s exits off, recompute", f->name);
+  struct exit_counts c = check_reference(f, what, prompt, plen, &o, &rec);
+  tu_ok(c.early == 0, "exits off: every token from the final head");
+  o.method = EELLM_GEN_PIPELINE;
+  generate_one(f, prompt, plen, &o, &pipe);
+  snprintf(what, sizeof what, "%s exits off, pipeline", f->name);
+  check_reference(f, what, prompt, plen, &o, &pipe);
+  eellm_gen_sequence_free(&rec);
+  eellm_gen_sequence_free(&pipe);
+}
+
+/* Recompute against the reference, then pipeline against recompute and its caches. */
+static void test_exits_on(struct fixture *f, float threshold, enum eellm_exit_rule rule,
+                          const unsigned *layers, size_t n_layers, const char *prompt_text) {
+  uint16_t prompt[32], all[64];
+  size_t plen = text_prompt(prompt_text, prompt);
+  struct eellm_gen_options o = greedy(threshold);
+  o.rule = rule;
+  o.exit_layers = layers;
+  o.n_exit_layers = n_layers;
+  o.max_tokens = 20;
+  char what[160];
+  snprintf(what, sizeof what, "%s %s >= %.2f%s, recompute", f->name,
+           rule == EELLM_EXIT_ENTROPY ? "entropy" : "maxprob", (double)threshold,
+           n_layers ? " (some exits)" : "");
+  struct eellm_gen_sequence rec, pipe;
+  generate_one(f, prompt, plen, &o, &rec);
+  struct exit_counts c = check_reference(f, what, prompt, plen, &o, &rec);
+  snprintf(what, sizeof what, "%s >= %.2f: tokens leave early and at the end", f->name,
+           (double)threshold);
+  tu_ok(c.early > 0 && c.final > 0, what);
+
+  o.method = EELLM_GEN_PIPELINE;
+  generate_one(f, prompt, plen, &o, &pipe);
+  snprintf(what, sizeof what, "%s >= %.2f: pipeline gives recompute's tokens and exits", f->name,
+           (double)threshold);
+  tu_ok(same_output(&rec, &pipe, 1e-5), what);
+  memcpy(all, prompt, plen * sizeof *all);
+  memcpy(all + plen, pipe.tokens, pipe.n * sizeof *all);
+  snprintf(what, sizeof what, "%s >= %.2f, pipeline", f->name, (double)threshold);
+  check_cache_complete(f, what, 0, all, plen + pipe.n - 1);
+  eellm_gen_sequence_free(&rec);
+  eellm_gen_sequence_free(&pipe);
+}
+
+/* Three prompts of different lengths in one batch, against each alone. */
+static void test_batch(struct fixture *f, enum eellm_gen_method method, float threshold) {
+  static const char *texts[MAX_BATCH] = {"The", "United States", "Fellow citizens of"};
+  uint16_t ids[MAX_BATCH][32];
+  const uint16_t *prompts[MAX_BATCH];
+  size_t lens[MAX_BATCH];
+  for (size_t s = 0; s < MAX_BATCH; s++) {
+    lens[s] = text_prompt(texts[s], ids[s]);
+    prompts[s] = ids[s];
+  }
+  struct eellm_gen_options o = greedy(threshold);
+  o.method = method;
+  o.max_tokens = 12;
+  struct eellm_gen_sequence batch[MAX_BATCH], alone;
+  generate(f, prompts, lens, MAX_BATCH, &o, batch);
+  char what[160];
+  if (method == EELLM_GEN_PIPELINE) {
+    uint16_t all[64];
+    memcpy(all, prompts[2], lens[2] * sizeof *all);
+    memcpy(all + lens[2], batch[2].tokens, batch[2].n * sizeof *all);
+    snprintf(what, sizeof what, "%s batch, pipeline, third sequence", f->name);
+    check_cache_complete(f, what, 2, all, lens[2] + batch[2].n - 1);
+  }
+  int equal = 1;
+  size_t early = 0;
+  for (size_t s = 0; s < MAX_BATCH; s++) {
+    generate_one(f, prompts[s], lens[s], &o, &alone);
+    equal &= same_output(&batch[s], &alone, 1e-5);
+    for (size_t i = 0; i < alone.n; i++) early += alone.exit_layers[i] < f->L;
+    eellm_gen_sequence_free(&alone);
+  }
+  snprintf(what, sizeof what, "%s %s >= %.2f: a batch of 3 prompts = each alone (%zu early)",
+           f->name, method == EELLM_GEN_PIPELINE ? "pipeline" : "recompute", (double)threshold,
+           early);
+  printf("  %s\n", what);
+  tu_ok(equal, what);
+  for (size_t s = 0; s < MAX_BATCH; s++) eellm_gen_sequence_free(&batch[s]);
+}
+
+static void test_sampling(struct fixture *f) {
+  uint16_t prompt[32];
+  size_t plen = text_prompt("Once", prompt);
+  struct eellm_gen_options o = greedy(0.5f);
+  o.temperature = 0.9f;
+  o.top_k = 40;
+  o.top_p = 0.95f;
+  o.seed = 5;
+  struct eellm_gen_sequence a, b, c;
+  generate_one(f, prompt, plen, &o, &a);
+  o.method = EELLM_GEN_PIPELINE;
+  generate_one(f, prompt, plen, &o, &b);
+  o.seed = 6;
+  generate_one(f, prompt, plen, &o, &c);
+  int logprobs_ok = 1;
+  for (size_t i = 0; i < a.n; i++) logprobs_ok &= a.logprobs[i] <= 0 && a.logprobs[i] > -50;
+  tu_ok(same_output(&a, &b, 1e-5), "sampling: the same seed gives the same tokens (both methods)");
+  tu_ok(!same_output(&a, &c, 1e-5), "sampling: another seed gives other tokens");
+  tu_ok(logprobs_ok, "sampling: log-probabilities in (-50, 0]");
+  eellm_gen_sequence_free(&a);
+  eellm_gen_sequence_free(&b);
+  eellm_gen_sequence_free(&c);
+}
+
+static void test_limits_and_errors(struct fixture *f) {
+  uint16_t prompt[40] = {0};
+  struct eellm_gen_options o = greedy(0.5f);
+  struct eellm_gen_sequence s[MAX_BATCH + 1];
+  char err[256];
+  o.max_tokens = 10;
+  generate_one(f, prompt, f->C - 2, &o, &s[0]);
+  tu_ok(s[0].n == 2, "a sequence ends when the context is full");
+  eellm_gen_sequence_free(&s[0]);
+  o.max_tokens = 0;
+  generate_one(f, prompt, 3, &o, &s[0]);
+  tu_ok(s[0].n == 0, "max_tokens 0 generates nothing");
+  eellm_gen_sequence_free(&s[0]);
+
+  const uint16_t *prompts[MAX_BATCH + 1] = {prompt, prompt, prompt, prompt};
+  size_t lens[MAX_BATCH + 1] = {3, 3, 3, 3}, too_long = f->C + 1, empty = 0;
+  o = greedy(0.5f);
+  const uint16_t *one = prompt;
+  tu_ok(eellm_generate(f->gen, &one, &too_long, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "context"),
+        "a prompt longer than the context is refused");
+  tu_ok(eellm_generate(f->gen, &one, &empty, 1, &o, s, err, sizeof err) == -1,
+        "an empty prompt is refused");
+  tu_ok(eellm_generate(f->gen, prompts, lens, MAX_BATCH + 1, &o, s, err, sizeof err) == -1,
+        "more prompts than the generator's batch are refused");
+  unsigned bad_layer = f->L + 1;
+  o.exit_layers = &bad_layer;
+  o.n_exit_layers = 1;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "exit layer"),
+        "an exit layer the model lacks is refused");
+  o = greedy(0);
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
+        "threshold 0 is refused");
+  o = greedy(0.5f);
+  o.top_p = 1.5f;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
+        "top_p 1.5 is refused");
+  prompt[0] = (uint16_t)f->V;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
+        "a token id outside the vocabulary is refused");
+}
+
+/* A final head that always prefers end-of-text: ln_f's gain 0 and its bias
+ * pointing at wte's end-of-text row. */
+static void test_end_of_text(struct fixture *f) {
+  eellm_model_sync(f->ref);
+  float *gain = NULL, *bias = NULL, *wte = NULL;
+  unsigned d = eellm_model_spec(f->ref)->d_model;
+  for (size_t i = 0; i < eellm_model_n_tensors(f->ref); i++) {
+    const char *name = eellm_model_tensor_name(f->ref, i);
+    if (strcmp(name, "transformer.ln_f.weight") == 0) gain = eellm_model_tensor_data(f->ref, i);
+    if (strcmp(name, "transformer.ln_f.bias") == 0) bias = eellm_model_tensor_data(f->ref, i);
+    if (strcmp(name, "transformer.wte.weight") == 0) wte = eellm_model_tensor_data(f->ref, i);
+  }
+  for (unsigned j = 0; j < d; j++) {
+    gain[j] = 0;
+    bias[j] = (j % 3) - 1.0f;
+    wte[256 * d + j] = 10 * bias[j];
+  }
+  char path[300], err[256];
+  snprintf(path, sizeof path, "%s/eot.safetensors", tmpdir);
+  struct eellm_generator *g = NULL;
+  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
+      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  uint16_t prompt[2] = {'a', 'b'};
+  const uint16_t *one = prompt;
+  size_t len = 2;
+  struct eellm_gen_options o = greedy(1);
+  struct eellm_gen_sequence s;
+  eellm_generate(g, &one, &len, 1, &o, &s, err, sizeof err);
+  tu_ok(s.n == 1 && s.tokens[0] == 256, "a sequence ends at the end-of-text token, kept last");
+  eellm_gen_sequence_free(&s);
+  o.stop_at_eot = 0;
+  o.max_tokens = 4;
+  eellm_generate(g, &one, &len, 1, &o, &s, err, sizeof err);
+  tu_ok(s.n == 4, "without stop_at_eot it goes on");
+  eellm_gen_sequence_free(&s);
+  eellm_generator_close(g);
+  unlink(path);
+}
+
+int main(void) {
+  tu_start();
+  if (!mkdtemp(tmpdir)) return 1;
+  struct fixture gpt = {0}, llama = {0};
+  fixture_open(&gpt, "tests/specs/gen_gpt.txtpb", 3);
+  test_exits_off(&gpt);
+  test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
+  test_exits_on(&gpt, 0.92f, EELLM_EXIT_ENTROPY, NULL, 0, "In the year");
+  static const unsigned some[] = {2, 3};
+  test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, some, 2, "We hold");
+  test_batch(&gpt, EELLM_GEN_RECOMPUTE, 0.8f);
+  test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
+  test_sampling(&gpt);
+  test_limits_and_errors(&gpt);
+  test_end_of_text(&gpt);
+  fixture_close(&gpt);
+
+  fixture_open(&llama, "tests/specs/gen_llama.txtpb", 4);
+  test_exits_off(&llama);
+  test_exits_on(&llama, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
+  test_batch(&llama, EELLM_GEN_RECOMPUTE, 0.8f);
+  test_batch(&llama, EELLM_GEN_PIPELINE, 0.8f);
+  fixture_close(&llama);
+  rmdir(tmpdir);
+  return tu_finish();
+}
