@@ -184,6 +184,11 @@ void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_
 /* src [N, D], index [M] int32, dst [M, D] (W): dst row m = src row index[m]. */
 void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t index,
                               starpu_data_handle_t dst, const struct eellm_task_info *info);
+/* v [N] (W) = the N elements (of v's element size) at data, copied into the
+ * task's argument at submission: the caller writes an input without waiting for
+ * the tasks still reading v's previous content. */
+void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
+                             const struct eellm_task_info *info);
 
 /* ---- sample.c: the next token and the confidence of an exit ------------- */
 /* One row's outcome: `confidence` is of softmax(logits / exit_temperature): its

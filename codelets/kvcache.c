@@ -1,6 +1,7 @@
 /* The ops of generation with key/value caches: embedding at explicit positions,
  * causal attention of new rows over a per-sequence cache (RoPE at absolute
- * positions, the rotate-half convention of attention.c), and row gathering. */
+ * positions, the rotate-half convention of attention.c), row gathering, and
+ * setting a small input vector from the task's argument. */
 #include "codelets.h"
 
 #include <cblas.h>
@@ -226,12 +227,23 @@ static void gather_rows_cpu(void *buffers[], void *cl_arg) {
   }
 }
 
+/* ---- vector set -------------------------------------------------------------- */
+
+/* v [N] (W) = cl_arg's N elements. */
+static void vector_set_cpu(void *buffers[], void *cl_arg) {
+  memcpy((void *)STARPU_VECTOR_GET_PTR(buffers[0]), cl_arg,
+         STARPU_VECTOR_GET_NX(buffers[0]) * STARPU_VECTOR_GET_ELEMSIZE(buffers[0]));
+}
+
 static struct starpu_perfmodel embed_at_model = {.type = STARPU_HISTORY_BASED,
                                                  .symbol = "eellm_embed_at"};
 static struct starpu_perfmodel attention_cached_model = {.type = STARPU_HISTORY_BASED,
                                                          .symbol = "eellm_attention_cached"};
 static struct starpu_perfmodel gather_rows_model = {.type = STARPU_HISTORY_BASED,
                                                     .symbol = "eellm_gather_rows"};
+
+static struct starpu_perfmodel vector_set_model = {.type = STARPU_HISTORY_BASED,
+                                                   .symbol = "eellm_vector_set"};
 
 static struct starpu_codelet embed_at_cl = {.cpu_funcs = {embed_at_cpu},
                                             .cpu_funcs_name = {"embed_at_cpu"},
@@ -248,6 +260,12 @@ static struct starpu_codelet gather_rows_cl = {.cpu_funcs = {gather_rows_cpu},
                                                .nbuffers = STARPU_VARIABLE_NBUFFERS,
                                                .model = &gather_rows_model,
                                                .name = "gather_rows"};
+
+static struct starpu_codelet vector_set_cl = {.cpu_funcs = {vector_set_cpu},
+                                              .cpu_funcs_name = {"vector_set_cpu"},
+                                              .nbuffers = STARPU_VARIABLE_NBUFFERS,
+                                              .model = &vector_set_model,
+                                              .name = "vector_set"};
 
 void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t positions,
                            starpu_data_handle_t wte, starpu_data_handle_t wpe,
@@ -297,4 +315,11 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
                               starpu_data_handle_t dst, const struct eellm_task_info *info) {
   struct starpu_data_descr buffers[] = {{src, STARPU_R}, {index, STARPU_R}, {dst, STARPU_W}};
   eellm_submit(&gather_rows_cl, buffers, 3, NULL, 0, info);
+}
+
+void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
+                             const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[] = {{v, STARPU_W}};
+  eellm_submit(&vector_set_cl, buffers, 1, data,
+               starpu_vector_get_nx(v) * starpu_vector_get_elemsize(v), info);
 }

@@ -1,5 +1,6 @@
 /* Generation codelets (kvcache.c, sample.c) as real StarPU tasks against
  * double-precision references: embedding at explicit positions, row gathering,
+ * setting an input vector (ordered with its readers),
  * attention of new rows over a key/value cache (the cache after the task and
  * the output), the cached attention fed a sequence piece by piece against the
  * training attention on the whole sequence, and the next-token choice
@@ -91,6 +92,23 @@ static void test_gather_rows(void) {
   check("gather_rows M=5 of N=7 (a repeated row), padded", unpad(dst, M, D, D + pad), want, M * D,
         0, 0);
   tu_ok(padding_is_nan(dst, M, D, D + pad), "gather_rows leaves the padding alone");
+}
+
+/* ---- vector set ------------------------------------------------------------ */
+
+/* Two sets in a row on one vector, the first one read by a task in between:
+ * each reader sees the content set before it. */
+static void test_vector_set(void) {
+  int32_t first[3] = {2, 0, 1}, second[3] = {1, 1, 2}, v[3] = {-1, -1, -1};
+  float *src = random_floats(3 * 4, -1, 1), *dst = tu_alloc(3 * 4);
+  starpu_data_handle_t h_v = tu_vector_i32(v, 3);
+  eellm_insert_vector_set(h_v, first, NULL);
+  eellm_insert_gather_rows(tu_matrix(src, 3, 4), h_v, tu_matrix(dst, 3, 4), NULL);
+  eellm_insert_vector_set(h_v, second, NULL);
+  tu_sync_all();
+  int ok = memcmp(v, second, sizeof v) == 0;
+  for (size_t r = 0; r < 3; r++) ok &= memcmp(dst + r * 4, src + first[r] * 4, 4 * sizeof *dst) == 0;
+  tu_ok(ok, "vector_set: readers see the content set before them, the vector the last one");
 }
 
 /* ---- attention over the cache ------------------------------------------- */
@@ -347,6 +365,7 @@ int main(void) {
   test_embed_at(1);
   test_embed_at(0);
   test_gather_rows();
+  test_vector_set();
   static const struct cache_case cache_cases[] = {{2, 12, 0}, {2, 12, 1}, {1, 8, 1}, {3, 18, 0}};
   for (size_t i = 0; i < sizeof cache_cases / sizeof cache_cases[0]; i++)
     test_attention_cached(&cache_cases[i]);
