@@ -65,6 +65,8 @@ struct call {
   struct sequence *seqs;
   size_t n_seqs;
   unsigned char *allowed;        /* per layer: its exit may fire */
+  unsigned *points, n_points;    /* where decisions fall: the spec exits that may fire, in
+                                    layer order, then the final head (n_exits) */
   unsigned *stage_of;            /* per layer (PIPELINE; 0 under RECOMPUTE) */
   int prio_decide;               /* above every catch-up priority */
   /* The step under way. */
@@ -73,6 +75,7 @@ struct call {
   struct flow f;
   size_t *undecided, n_und;      /* sequences without their token yet */
   unsigned layer;                /* the next layer to submit */
+  unsigned next_point;           /* index into points */
   struct head head;              /* whose choices are awaited */
   starpu_data_handle_t logits, choices;
   void **kept;                   /* host scratch, freed at the step's end */

@@ -308,6 +308,7 @@ static int begin_step(struct call *c) {
                         param(c, c->m->wte), param(c, c->m->wpe), f->x, &ti);
   draw_uniforms(c);
   c->layer = 0;
+  c->next_point = 0;
   c->in_step = 1;
   return 1;
 }
@@ -327,23 +328,27 @@ static void end_step(struct call *c) {
   c->in_step = 0;
 }
 
-/* Submits tasks up to the next decision: returns 1 with a head submitted,
- * 0 when every sequence has finished. */
+static void submit_layers_to(struct call *c, unsigned layer, int prio) {
+  for (; c->layer < layer; c->layer++) submit_layer(c, c->layer, prio);
+}
+
+static unsigned point_layer(const struct call *c, unsigned point) {
+  unsigned exit = c->points[point];
+  return exit == c->m->spec->n_exits ? c->m->spec->n_layers : c->m->exits[exit].layer;
+}
+
+/* Submits tasks up to the next decision: returns 1 with a head submitted, 0
+ * when every sequence has finished. PIPELINE goes on to the layers up to the
+ * following decision: every row needs them whatever this decision is. */
 static int submit_until_decision(struct call *c) {
-  unsigned n_layers = c->m->spec->n_layers;
   for (;;) {
     if (!c->in_step && !begin_step(c)) return 0;
-    while (c->layer < n_layers && c->n_und > 0) {
-      unsigned l = c->layer++;
-      submit_layer(c, l, c->prio_decide);
-      int k = c->g->exit_at[l];
-      if (k >= 0 && c->allowed[l]) {
-        submit_head(c, (unsigned)k);
-        return 1;
-      }
-    }
     if (c->n_und > 0) {
-      submit_head(c, c->m->spec->n_exits);
+      unsigned point = c->next_point++;
+      submit_layers_to(c, point_layer(c, point), c->prio_decide);
+      submit_head(c, c->points[point]);
+      if (c->o->method == EELLM_GEN_PIPELINE && c->next_point < c->n_points)
+        submit_layers_to(c, point_layer(c, c->next_point), c->prio_decide);
       return 1;
     }
     end_step(c);

@@ -244,6 +244,15 @@ static void end_call(struct call *c) {
   free(c->allowed);
   free(c->stage_of);
   free(c->undecided);
+  free(c->points);
+}
+
+/* Where decisions fall: the exits that may fire, in layer order, then the final head. */
+static void decision_points(struct call *c) {
+  c->n_points = 0;
+  for (unsigned l = 0; l < c->g->n_layers; l++)
+    if (c->allowed[l]) c->points[c->n_points++] = (unsigned)c->g->exit_at[l];
+  c->points[c->n_points++] = c->m->spec->n_exits;
 }
 
 /* PIPELINE: each layer's stage, and a decision priority above the stages'. */
@@ -268,13 +277,15 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   c.stage_of = calloc(g->n_layers, sizeof *c.stage_of);
   c.seqs = calloc(n ? n : 1, sizeof *c.seqs);
   c.undecided = calloc(n ? n : 1, sizeof *c.undecided);
-  if (!c.allowed || !c.stage_of || !c.seqs || !c.undecided) abort();
+  c.points = calloc(g->n_layers + 1, sizeof *c.points);
+  if (!c.allowed || !c.stage_of || !c.seqs || !c.undecided || !c.points) abort();
   if (check_options(&c, o, err, errlen) != 0 || allowed_exits(&c, err, errlen) != 0 ||
       check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
     end_call(&c);
     return -1;
   }
   assign_stages(&c);
+  decision_points(&c);
   for (size_t s = 0; s < n; s++) start_sequence(&c, s, prompts[s], prompt_lens[s], &out[s]);
   gen_run(&c);
   end_call(&c);

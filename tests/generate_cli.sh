@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# eellm generate end to end on a tiny model trained for a few steps: a run
+# directory or a checkpoint file, the exits table and summary, streaming gives
+# the same text, several prompts (flags or a file) form one batch, both methods
+# agree, sampling is reproducible, and bad input gets one line and status 2.
+set -u
+build=${1:-build}
+eellm="$build/eellm"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+check() { if eval "$2"; then pass; else fail "$1"; fi; }
+
+mkdir "$tmp/corpus"
+for i in $(seq 1 80); do echo "the quick brown fox jumps over the lazy dog number $i."; done > "$tmp/corpus/doc.txt"
+"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
+# A high learning rate: after 80 steps the exits are confident on some tokens.
+cat > "$tmp/train.txtpb" <<EOT
+optimizer { lr: 1e-2 weight_decay: 0.0 grad_clip: 1.0 }
+lr_schedule { kind: COSINE warmup_steps: 5 min_lr: 1e-3 }
+global_batch: 8
+micro_batches: 1
+seq_len: 32
+seed: 7
+steps: 80
+eval_interval: 1000
+eval_batches: 1
+checkpoint_interval: 1000
+EOT
+"$eellm" train --model tests/specs/tiny.txtpb --train "$tmp/train.txtpb" --data "$tmp/train.bin" \
+  --out "$tmp/run" > /dev/null 2>&1
+check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
+
+gen() { "$eellm" generate --ckpt "$tmp/run" "$@"; }
+
+gen --prompt "the quick" --max-tokens 12 > "$tmp/plain" 2> "$tmp/err"
+check "generate exits 0, nothing on stderr" '[ $? -eq 0 ] && [ ! -s "$tmp/err" ]'
+check "the text starts with the prompt" 'head -c 9 "$tmp/plain" | grep -qx "the quick"'
+check "12 tokens (bytes) follow the prompt" '[ "$(head -c -1 "$tmp/plain" | wc -c)" -ge 9 ]'
+"$eellm" generate --ckpt "$tmp/run/checkpoint.safetensors" --prompt "the quick" --max-tokens 12 > "$tmp/file"
+check "--ckpt takes the checkpoint file too" 'cmp -s "$tmp/plain" "$tmp/file"'
+gen --prompt "the quick" --max-tokens 12 --stream > "$tmp/stream"
+check "--stream prints the same text" 'cmp -s "$tmp/plain" "$tmp/stream"'
+
+gen --prompt "the lazy" --max-tokens 16 --threshold 0.5 --show-exits > "$tmp/exits"
+check "--show-exits: a table of tokens" 'grep -q "^  token  exit layer  logprob  text" "$tmp/exits" && [ "$(grep -c "^ *[0-9]\+ \+[0-9]" "$tmp/exits")" -eq 16 ]'
+check "--show-exits: tokens per exit, some early" 'grep -Eq "^tokens per exit: layer [12] [0-9]+ \([0-9.]+%\).* layer 3 \(final\)" "$tmp/exits"'
+check "--show-exits: mean exit layer and tokens/s" 'grep -Eq "^mean exit layer [0-9.]+ of 3; 16 tokens in [0-9.]+ s: [0-9.]+ tokens/s" "$tmp/exits"'
+gen --prompt "the lazy" --max-tokens 16 --threshold 0.5 --method pipeline --show-exits > "$tmp/pipe"
+check "pipeline: the same tokens and exits as recompute" 'cmp -s <(grep -v "^mean" "$tmp/exits") <(grep -v "^mean" "$tmp/pipe")'
+gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --stages 3 > /dev/null
+check "--stages 3" '[ $? -eq 0 ]'
+gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --exit-rule entropy --exit-layers 2 --show-exits > "$tmp/entropy"
+check "--exit-rule entropy --exit-layers 2: no token from layer 1" '[ $? -eq 0 ] && ! grep -q "^ *[0-9]\+ \+1 " "$tmp/entropy"'
+
+gen --prompt "the quick" --prompt "number 7" --max-tokens 10 --threshold 0.4 > "$tmp/two"
+check "two prompts: two sections" 'grep -q "^==> prompt 1 <==" "$tmp/two" && grep -q "^==> prompt 2 <==" "$tmp/two"'
+printf 'the quick\n\nnumber 7\n' > "$tmp/prompts.txt"
+gen --prompt-file "$tmp/prompts.txt" --max-tokens 10 --threshold 0.4 > "$tmp/two-file"
+check "--prompt-file: one prompt per non-empty line" 'cmp -s "$tmp/two" "$tmp/two-file"'
+gen --prompt "number 7" --max-tokens 10 --threshold 0.4 > "$tmp/second"
+check "a prompt in a batch gives what it gives alone" 'cmp -s <(sed -n "/^==> prompt 2 <==/,\$p" "$tmp/two" | tail -n +2) "$tmp/second"'
+gen --prompt "the quick" --prompt "number 7" --max-tokens 4 --stream > "$tmp/two-stream"
+check "--stream with two prompts tags tokens" 'grep -q "^\[1\] " "$tmp/two-stream" && grep -q "^\[2\] " "$tmp/two-stream"'
+
+gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --seed 3 > "$tmp/s1"
+gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --seed 3 > "$tmp/s2"
+check "sampling with a seed is reproducible" '[ -s "$tmp/s1" ] && cmp -s "$tmp/s1" "$tmp/s2"'
+
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  "$eellm" generate "$@" > /dev/null 2> "$tmp/err"
+  local status=$?
+  if [ $status -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -Eq -- "$pattern" "$tmp/err"; then pass
+  else fail "$name: status $status, stderr: $(cat "$tmp/err")"; fi
+}
+expect_error "no --ckpt" "--ckpt is required" --prompt x
+expect_error "no prompt" "no prompt" --ckpt "$tmp/run"
+expect_error "missing checkpoint" "nothing\.safetensors" --ckpt "$tmp/nothing.safetensors" --prompt x
+expect_error "threshold 0" "--threshold" --ckpt "$tmp/run" --prompt x --threshold 0
+expect_error "threshold 1.5" "--threshold" --ckpt "$tmp/run" --prompt x --threshold 1.5
+expect_error "unknown method" "--method" --ckpt "$tmp/run" --prompt x --method fast
+expect_error "exit layer without an exit" "exit layer 7" --ckpt "$tmp/run" --prompt x --threshold 0.5 --exit-layers 7
+expect_error "too many stages" "stages" --ckpt "$tmp/run" --prompt x --method pipeline --stages 9
+expect_error "prompt longer than the context" "context" --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
+expect_error "missing prompt file" "prompts-none" --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
+"$eellm" generate --help > "$tmp/help"
+check "--help exits 0 and describes the options" '[ $? -eq 0 ] && grep -q -- "--exit-layers" "$tmp/help"'
+
+echo "generate_cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
