@@ -205,6 +205,20 @@ static void print_summary(const struct eellm_gen_sequence *seqs, size_t n, unsig
   free(per_layer);
 }
 
+static void print_stages(struct eellm_generator *g, unsigned stages) {
+  unsigned *layers = calloc(eellm_generator_n_layers(g), sizeof *layers);
+  if (!layers) return;
+  unsigned n = eellm_generator_stages(g, stages, layers), first = 1;
+  printf("pipeline stages:");
+  for (unsigned s = 0; s < n; first += layers[s++]) {
+    printf("%s layer", s ? " |" : "");
+    if (layers[s] > 1) printf("s %u-%u", first, first + layers[s] - 1);
+    else printf(" %u", first);
+  }
+  putchar('\n');
+  free(layers);
+}
+
 /* ---- the command ----------------------------------------------------------------- */
 
 struct cli {
@@ -341,6 +355,7 @@ static void print_results(struct cli *a, struct printer *pr, struct eellm_genera
     if (a->show_exits) print_exit_table(pr, &out[s], n_layers);
   }
   if (a->show_exits) print_summary(out, a->prompts.n, n_layers, seconds);
+  if (a->show_exits && a->o.method == EELLM_GEN_PIPELINE) print_stages(g, a->o.stages);
   free(exits);
 }
 

@@ -196,8 +196,11 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
  * argmax (greedy) or drawn from softmax(logits / (exit_temperature * temperature))
  * restricted to the top_k most likely tokens (0: all) and then to the smallest
  * set, most likely first, whose probability reaches top_p (>= 1 or <= 0: all),
- * renormalised; `logprob` is the token's log-probability under the distribution
- * it was drawn from (greedy: softmax(logits / exit_temperature)). */
+ * renormalised: the first token, in id order (in order of decreasing logit, ties
+ * by id, when top-k or top-p restrict), at which the cumulative probability
+ * exceeds the row's uniform number. `logprob` is the token's log-probability
+ * under the distribution it was drawn from (greedy: softmax(logits /
+ * exit_temperature)). */
 struct eellm_token_choice {
   int32_t token;
   float confidence, logprob, unused;

@@ -80,6 +80,9 @@ void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
  * top_p <= 0 also means off. Sampling draws one uniform number per token from a
  * stream per sequence, seeded by seed and the sequence's index in the batch.
  * Greedy tokens' logprob is under softmax(logits / exit temperature).
+ * eellm_generate returns once every sequence has finished; in between, on_token
+ * runs on a StarPU worker thread (the one that brought the exit's decision),
+ * one call at a time, in the order of the tokens: it should be quick.
  *
  * The model's layers, its exits' layers (1-based, ascending; returns how many;
  * layers may be NULL), and the stage split PIPELINE uses for `stages` (0: the
