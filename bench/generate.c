@@ -73,50 +73,89 @@ static void judge(struct judge *j, const uint16_t *prompt, size_t plen,
   }
 }
 
-struct config {
-  enum eellm_gen_method method;
-  float threshold;
+static const float thresholds[] = {1.0f, 0.9f, 0.8f, 0.6f, 0.4f, 0.2f};
+enum {
+  N_THRESHOLDS = sizeof thresholds / sizeof thresholds[0],
+  N_CONFIGS = 2 * N_THRESHOLDS /* recompute, then pipeline */
 };
 
 struct result {
-  double seconds, layer_sum, same;
+  double seconds[N_PROMPTS]; /* best of the runs */
+  double layer_sum, same;
   size_t tokens;
   struct quality q;
 };
 
-/* Generates from every prompt under config c; best time of `repeats`. */
-static void run(struct eellm_generator *g, struct judge *j, const struct config *c,
-                unsigned max_tokens, int repeats, struct eellm_ids *ids,
-                struct eellm_gen_sequence *full, struct result *r) {
-  struct eellm_gen_options o = {.max_tokens = max_tokens, .use_early_exit = 1,
-                                .threshold = c->threshold, .method = c->method, .top_p = 1};
+static struct eellm_gen_options options_of(size_t config, unsigned max_tokens) {
+  return (struct eellm_gen_options){.max_tokens = max_tokens,
+                                    .use_early_exit = 1,
+                                    .threshold = thresholds[config % N_THRESHOLDS],
+                                    .method = (enum eellm_gen_method)(config / N_THRESHOLDS),
+                                    .top_p = 1};
+}
+
+/* The first run of a config on a prompt: the text's quality, its exits, and
+ * how much of it is the threshold-1 text of the same method (full, the first
+ * config of each method, kept). */
+static void account(struct judge *j, const struct eellm_ids *prompt,
+                    struct eellm_gen_sequence *out, struct eellm_gen_sequence *full,
+                    struct result *r) {
+  int first = !full->tokens;
+  if (first) *full = *out;
+  judge(j, prompt->v, prompt->n, out, &r->q);
+  for (size_t i = 0; i < out->n; i++) {
+    r->layer_sum += out->exit_layers[i];
+    r->same += i < full->n && full->tokens[i] == out->tokens[i];
+  }
+  r->tokens += out->n;
+  if (!first) eellm_gen_sequence_free(out);
+}
+
+/* Runs every config on every prompt, `repeats` rounds interleaved, so that the
+ * load of a shared machine spreads over all configs; each (config, prompt)
+ * keeps its best time. */
+static void measure(struct eellm_generator *g, struct judge *j, unsigned max_tokens, int repeats,
+                    const struct eellm_ids *ids, struct result *results) {
+  struct eellm_gen_sequence full[2][N_PROMPTS] = {{{0}}};
   char err[256];
-  memset(r, 0, sizeof *r);
-  r->seconds = INFINITY;
-  for (int rep = 0; rep < repeats; rep++) {
-    struct eellm_gen_sequence out[N_PROMPTS];
-    double start = now_s();
-    for (size_t p = 0; p < N_PROMPTS; p++) {
-      const uint16_t *prompt = ids[p].v;
-      if (eellm_generate(g, &prompt, &ids[p].n, 1, &o, &out[p], err, sizeof err) != 0) {
-        fprintf(stderr, "bench_generate: %s\n", err);
-        exit(1);
-      }
-    }
-    r->seconds = fmin(r->seconds, now_s() - start);
-    for (size_t p = 0; p < N_PROMPTS; p++) {
-      int first = !full[p].tokens; /* threshold 1: the full model's own greedy text */
-      if (first) full[p] = out[p];
-      if (rep == repeats - 1) {
-        judge(j, ids[p].v, ids[p].n, &out[p], &r->q);
-        for (size_t i = 0; i < out[p].n; i++) {
-          r->layer_sum += out[p].exit_layers[i];
-          r->same += i < full[p].n && full[p].tokens[i] == out[p].tokens[i];
+  for (size_t c = 0; c < N_CONFIGS; c++)
+    for (size_t p = 0; p < N_PROMPTS; p++) results[c].seconds[p] = INFINITY;
+  for (int rep = 0; rep < repeats; rep++)
+    for (size_t c = 0; c < N_CONFIGS; c++) {
+      struct eellm_gen_options o = options_of(c, max_tokens);
+      for (size_t p = 0; p < N_PROMPTS; p++) {
+        const uint16_t *prompt = ids[p].v;
+        struct eellm_gen_sequence out;
+        double start = now_s();
+        if (eellm_generate(g, &prompt, &ids[p].n, 1, &o, &out, err, sizeof err) != 0) {
+          fprintf(stderr, "bench_generate: %s\n", err);
+          exit(1);
         }
-        r->tokens += out[p].n;
+        results[c].seconds[p] = fmin(results[c].seconds[p], now_s() - start);
+        if (rep == 0) account(j, &ids[p], &out, &full[c / N_THRESHOLDS][p], &results[c]);
+        else eellm_gen_sequence_free(&out);
       }
-      if (!first) eellm_gen_sequence_free(&out[p]);
     }
+  for (size_t p = 0; p < N_PROMPTS; p++) {
+    eellm_gen_sequence_free(&full[0][p]);
+    eellm_gen_sequence_free(&full[1][p]);
+  }
+}
+
+static void print_table(const struct result *results) {
+  printf("%-9s %5s %9s %8s %10s %10s %12s %11s\n", "method", "thr", "tokens/s", "speedup",
+         "mean exit", "agreement", "perplexity", "same as 1.0");
+  double base = 0;
+  for (size_t c = 0; c < N_CONFIGS; c++) {
+    const struct result *r = &results[c];
+    double seconds = 0;
+    for (size_t p = 0; p < N_PROMPTS; p++) seconds += r->seconds[p];
+    double rate = r->tokens / seconds;
+    if (c % N_THRESHOLDS == 0) base = rate;
+    printf("%-9s %5.2f %9.1f %7.2fx %10.2f %9.1f%% %12.3f %10.1f%%\n",
+           c / N_THRESHOLDS ? "pipeline" : "recompute", (double)thresholds[c % N_THRESHOLDS], rate,
+           rate / base, r->layer_sum / r->tokens, 100.0 * r->q.agree / r->q.tokens,
+           exp(r->q.nll / r->q.tokens), 100.0 * r->same / r->tokens);
   }
 }
 
@@ -130,7 +169,7 @@ int main(int argc, char **argv) {
   snprintf(path, sizeof path, stat(argv[1], &st) == 0 && S_ISDIR(st.st_mode)
                                   ? "%s/checkpoint.safetensors" : "%s", argv[1]);
   unsigned max_tokens = argc > 2 ? (unsigned)atoi(argv[2]) : 64;
-  int repeats = argc > 3 ? atoi(argv[3]) : 2;
+  int repeats = argc > 3 ? atoi(argv[3]) : 5;
   if (eellm_runtime_start() != 0) return 1;
   struct eellm_generator *g = eellm_generator_open(path, NULL, 1, err, sizeof err);
   Eellm__Model *spec = g ? eellm_checkpoint_spec(path, err, sizeof err) : NULL;
@@ -149,34 +188,19 @@ int main(int argc, char **argv) {
   for (size_t p = 0; p < N_PROMPTS; p++)
     eellm_tokenizer_encode(eellm_generator_tokenizer(g), prompts[p], strlen(prompts[p]), &ids[p]);
 
-  static const float thresholds[] = {1.0f, 0.9f, 0.8f, 0.6f, 0.4f, 0.2f};
   size_t n_exits = eellm_generator_exit_layers(g, NULL);
+  unsigned *layers = calloc(n_exits + 1, sizeof *layers);
+  eellm_generator_exit_layers(g, layers);
   printf("%s: %u layers, exits at", path, spec->n_layers);
-  unsigned layers[64];
-  eellm_generator_exit_layers(g, n_exits <= 64 ? layers : NULL);
-  for (size_t i = 0; i < n_exits && i < 64; i++) printf(" %u", layers[i]);
-  printf("; %d prompts, greedy, up to %u tokens each, best of %d\n\n", N_PROMPTS, max_tokens,
-         repeats);
-  printf("%-9s %5s %9s %8s %10s %10s %12s %11s\n", "method", "thr", "tokens/s", "speedup",
-         "mean exit", "agreement", "perplexity", "same as 1.0");
-  for (int method = 0; method < 2; method++) {
-    struct eellm_gen_sequence full[N_PROMPTS] = {{0}};
-    double base = 0;
-    for (size_t t = 0; t < sizeof thresholds / sizeof thresholds[0]; t++) {
-      struct config c = {(enum eellm_gen_method)method, thresholds[t]};
-      struct result r;
-      run(g, &j, &c, max_tokens, repeats, ids, full, &r);
-      double rate = r.tokens / r.seconds;
-      if (t == 0) base = rate;
-      printf("%-9s %5.2f %9.1f %7.2fx %10.2f %9.1f%% %12.3f %10.1f%%\n",
-             method ? "pipeline" : "recompute", (double)thresholds[t], rate, rate / base,
-             r.layer_sum / r.tokens, 100.0 * r.q.agree / r.q.tokens, exp(r.q.nll / r.q.tokens),
-             100.0 * r.same / r.tokens);
-      fflush(stdout);
-    }
-    for (size_t p = 0; p < N_PROMPTS; p++) eellm_gen_sequence_free(&full[p]);
-  }
+  for (size_t i = 0; i < n_exits; i++) printf(" %u", layers[i]);
+  printf("; %d prompts one at a time, greedy, up to %u tokens each; best of %d runs\n\n",
+         N_PROMPTS, max_tokens, repeats);
+  static struct result results[N_CONFIGS];
+  measure(g, &j, max_tokens, repeats, ids, results);
+  print_table(results);
+
   for (size_t p = 0; p < N_PROMPTS; p++) free(ids[p].v);
+  free(layers);
   free(j.tokens);
   free(j.targets);
   free(j.logits);
