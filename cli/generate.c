@@ -254,7 +254,8 @@ static int parse_args(int argc, char **argv, struct cli *a) {
     switch (opt) {
       case 'c': a->ckpt = optarg; break;
       case 'p':
-        if (add_prompt(&a->prompts, optarg, strlen(optarg)) != 0) return fail("out of memory", NULL);
+        if (add_prompt(&a->prompts, optarg, strlen(optarg)) != 0)
+          return fail("out of memory", NULL);
         break;
       case 'f': a->prompt_file = optarg; break;
       case 'n':
@@ -365,7 +366,8 @@ static int run(struct cli *a) {
   if (eellm_runtime_start() != 0) return 1;
   int status = 2;
   size_t n = a->prompts.n;
-  struct eellm_generator *g = eellm_generator_open(path, a->tokenizer_dir, (unsigned)n, err, sizeof err);
+  struct eellm_generator *g =
+      eellm_generator_open(path, a->tokenizer_dir, (unsigned)n, err, sizeof err);
   struct eellm_ids *ids = calloc(n, sizeof *ids);
   const uint16_t **prompts = calloc(n, sizeof *prompts);
   size_t *lens = calloc(n, sizeof *lens);

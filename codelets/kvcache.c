@@ -306,7 +306,8 @@ void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_
   check_cache_shapes(qkv, cache, capacity, n_heads, rope);
   struct attention_cached_args args = {capacity, n_heads, rope, rope_theta};
   struct starpu_data_descr buffers[] = {
-      {qkv, STARPU_R}, {positions, STARPU_R}, {slots, STARPU_R}, {cache, STARPU_RW}, {out, STARPU_W},
+      {qkv, STARPU_R},    {positions, STARPU_R}, {slots, STARPU_R},
+      {cache, STARPU_RW}, {out, STARPU_W},
   };
   eellm_submit(&attention_cached_cl, buffers, 5, &args, sizeof args, info);
 }

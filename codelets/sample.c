@@ -96,7 +96,8 @@ static void next_token_cpu(void *buffers[], void *cl_arg) {
   size_t V = STARPU_MATRIX_GET_NX(buffers[b++]);
   const float *uniforms = args->has_uniforms ? (const float *)STARPU_VECTOR_GET_PTR(buffers[b++])
                                              : NULL;
-  struct eellm_token_choice *choices = (struct eellm_token_choice *)STARPU_VECTOR_GET_PTR(buffers[b]);
+  struct eellm_token_choice *choices =
+      (struct eellm_token_choice *)STARPU_VECTOR_GET_PTR(buffers[b]);
 
   struct ranked *order = NULL;
   if (uniforms) {

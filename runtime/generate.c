@@ -170,7 +170,7 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
     return -1;
   }
   if (!(o->temperature >= 0 && isfinite(o->temperature)) || !(o->top_p >= 0 && o->top_p <= 1)) {
-    snprintf(err, errlen, "temperature %g or top_p %g out of range (temperature >= 0, top_p in [0, 1])",
+    snprintf(err, errlen, "temperature %g (want >= 0) or top_p %g (want 0..1) out of range",
              (double)o->temperature, (double)o->top_p);
     return -1;
   }
@@ -186,7 +186,8 @@ static int allowed_exits(struct call *c, char *err, size_t errlen) {
   const struct eellm_gen_options *o = c->o;
   unsigned n_layers = c->g->n_layers;
   int on = o->use_early_exit && o->threshold < 1;
-  for (unsigned l = 0; l < n_layers; l++) c->allowed[l] = on && !o->n_exit_layers && c->g->exit_at[l] >= 0;
+  for (unsigned l = 0; l < n_layers; l++)
+    c->allowed[l] = on && !o->n_exit_layers && c->g->exit_at[l] >= 0;
   for (size_t i = 0; i < o->n_exit_layers; i++) {
     unsigned layer = o->exit_layers[i];
     if (layer < 1 || layer > n_layers || (c->g->exit_at[layer - 1] < 0 && layer != n_layers)) {
@@ -231,7 +232,6 @@ static void start_sequence(struct call *c, size_t s, const uint16_t *prompt, siz
   q->done = n_max == 0;
   q->rng = c->o->seed * 0x2545f4914f6cdd1dull + s;
   q->out = out;
-  memset(out, 0, sizeof *out);
   out->tokens = gen_xmalloc(n_max * sizeof *out->tokens);
   out->exit_layers = gen_xmalloc(n_max * sizeof *out->exit_layers);
   out->logprobs = gen_xmalloc(n_max * sizeof *out->logprobs);

@@ -51,7 +51,7 @@ struct eellm_gen_sequence {
   unsigned *exit_layers;        /* layer of the exit that produced each token (n_layers: final) */
   float *logprobs;              /* log-probability of each token under the distribution it was drawn from */
   size_t n;
-  float *logits;                /* with keep_logits: n x vocab, each token's exit's logits; else NULL */
+  float *logits;                /* keep_logits: n x vocab, each token's exit's logits; else NULL */
 };
 
 struct eellm_generator;

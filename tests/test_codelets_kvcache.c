@@ -107,7 +107,8 @@ static void test_vector_set(void) {
   eellm_insert_vector_set(h_v, second, NULL);
   tu_sync_all();
   int ok = memcmp(v, second, sizeof v) == 0;
-  for (size_t r = 0; r < 3; r++) ok &= memcmp(dst + r * 4, src + first[r] * 4, 4 * sizeof *dst) == 0;
+  for (size_t r = 0; r < 3; r++)
+    ok &= memcmp(dst + r * 4, src + first[r] * 4, 4 * sizeof *dst) == 0;
   tu_ok(ok, "vector_set: readers see the content set before them, the vector the last one");
 }
 
@@ -178,10 +179,10 @@ static void test_attention_cached(const struct cache_case *c) {
   float *qkv = padded(N, 3 * D, pad_qkv, -1.5, 1.5);
   float *cache = padded(S * C, 2 * D, pad_cache, -1.5, 1.5), *out = padded(N, D, pad_out, 0, 1);
   double *ref_cache = tu_to_f64(unpad(cache, S * C, 2 * D, ld_cache), S * C * 2 * D);
-  eellm_insert_attention_cached(tu_matrix_ld(qkv, N, 3 * D, ld_qkv), tu_vector_i32(positions, N),
-                                tu_vector_i32(slots, N), tu_matrix_ld(cache, S * C, 2 * D, ld_cache),
-                                tu_matrix_ld(out, N, D, ld_out), C, (unsigned)c->H, c->rope, theta,
-                                NULL);
+  eellm_insert_attention_cached(
+      tu_matrix_ld(qkv, N, 3 * D, ld_qkv), tu_vector_i32(positions, N), tu_vector_i32(slots, N),
+      tu_matrix_ld(cache, S * C, 2 * D, ld_cache), tu_matrix_ld(out, N, D, ld_out), C,
+      (unsigned)c->H, c->rope, theta, NULL);
   tu_sync_all();
 
   for (size_t n = 0; n < N; n++)

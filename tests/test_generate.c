@@ -149,7 +149,8 @@ static unsigned ref_decide(struct fixture *f, const uint16_t *tokens, size_t len
   for (unsigned k = 0; k + 1 < f->n_exits; k++) {
     if (!exit_allowed(f, o, k)) continue;
     *logits = ref_logits(f, tokens, len, k);
-    double conf = confidence(*logits, f->V, spec->exits[k]->temperature, o->rule == EELLM_EXIT_ENTROPY);
+    double conf = confidence(*logits, f->V, spec->exits[k]->temperature,
+                             o->rule == EELLM_EXIT_ENTROPY);
     *margin = fmin(*margin, fabs(conf - o->threshold));
     if (conf >= o->threshold) return k;
   }
