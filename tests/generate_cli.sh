@@ -50,7 +50,8 @@ check "--show-exits: a table of tokens" 'grep -q "^  token  exit layer  logprob 
 check "--show-exits: tokens per exit, some early" 'grep -Eq "^tokens per exit: layer [12] [0-9]+ \([0-9.]+%\).* layer 3 \(final\)" "$tmp/exits"'
 check "--show-exits: mean exit layer and tokens/s" 'grep -Eq "^mean exit layer [0-9.]+ of 3; 16 tokens in [0-9.]+ s: [0-9.]+ tokens/s" "$tmp/exits"'
 gen --prompt "the lazy" --max-tokens 16 --threshold 0.5 --method pipeline --show-exits > "$tmp/pipe"
-check "pipeline: the same tokens and exits as recompute" 'cmp -s <(grep -v "^mean" "$tmp/exits") <(grep -v "^mean" "$tmp/pipe")'
+check "pipeline: the same tokens and exits as recompute" 'cmp -s <(grep -v "^mean" "$tmp/exits") <(grep -v "^mean\|^pipeline stages" "$tmp/pipe")'
+check "pipeline: stages split at the exits" 'grep -qx "pipeline stages: layer 1 | layer 2 | layer 3" "$tmp/pipe"'
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --stages 3 > /dev/null
 check "--stages 3" '[ $? -eq 0 ]'
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --exit-rule entropy --exit-layers 2 --show-exits > "$tmp/entropy"
