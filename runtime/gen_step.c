@@ -12,11 +12,12 @@
  * - RECOMPUTE drops the decided sequences' rows: deeper layers never see them
  *   in this step, and the next step starts again from the first position the
  *   deepest layer lacks, recomputing the shallow layers' keys and values;
- * - PIPELINE keeps every row going through every layer; once all sequences
- *   have decided, the rest of the step is submitted at lower priorities and the
- *   next step right after it: each layer's task of the next step waits (RW on
- *   that layer's cache) only for the same layer of this one, so the next token
- *   runs through the first stages while the later ones fill their caches.
+ * - PIPELINE keeps every row going through every layer, so the layers up to
+ *   the next decision go in before this one is known; once all sequences have
+ *   decided, the rest of the step is submitted at lower priorities and the next
+ *   step right after it: each layer's task of the next step waits (RW on that
+ *   layer's cache) only for the same layer of this one, so the next token runs
+ *   through the first stages while the later ones fill their caches.
  *   Stage s's tasks touch stage s's weights and caches alone, so each stage can
  *   later live on its own rank; within one process the stages rank the
  *   catch-up work: the shallower a stage, the sooner the next token needs its
