@@ -250,8 +250,14 @@ static void test_exits_off(struct fixture *f) {
   generate_one(f, prompt, plen, &o, &pipe);
   snprintf(what, sizeof what, "%s exits off, pipeline", f->name);
   check_reference(f, what, prompt, plen, &o, &pipe);
+  struct eellm_gen_sequence off;
+  o = greedy(0.05f);
+  o.use_early_exit = 0;
+  generate_one(f, prompt, plen, &o, &off);
+  tu_ok(same_output(&rec, &off, 1e-5), "use_early_exit 0: the threshold is ignored");
   eellm_gen_sequence_free(&rec);
   eellm_gen_sequence_free(&pipe);
+  eellm_gen_sequence_free(&off);
 }
 
 /* Recompute against the reference, then pipeline against recompute and its caches. */
