@@ -188,7 +188,7 @@ static struct exit_counts check_reference(struct fixture *f, const char *what,
     for (size_t i = 0; i < s->n; i++) at += s->exit_layers[i] == l;
     if (at) used += snprintf(layers + used, sizeof layers - used, " %u:%zu", l, at);
   }
-  printf("  %-52s exit layer:count%-14s logits err %.1e, margin %.1e\n", what, layers, worst,
+  printf("  %-52s exits (layer:count)%-20s logits err %.1e, margin %.1e\n", what, layers, worst,
          margin);
   snprintf(label, sizeof label, "%s: tokens equal the reference's", what);
   tu_ok(tokens_equal && s->n > 0, label);
