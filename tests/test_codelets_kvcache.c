@@ -1,11 +1,11 @@
 /* Generation codelets (kvcache.c, sample.c) as real StarPU tasks against
  * double-precision references: embedding at explicit positions, row gathering,
- * setting an input vector (ordered with its readers),
- * attention of new rows over a key/value cache (the cache after the task and
- * the output), the cached attention fed a sequence piece by piece against the
- * training attention on the whole sequence, and the next-token choice
- * (confidence by both rules, greedy, and sampling with temperature, top-k and
- * top-p for given uniforms). No gradients: these ops only run forward. */
+ * setting an input vector (ordered with its readers), attention of new rows
+ * over a key/value cache (the cache after the task and the output), the cached
+ * attention fed a sequence piece by piece against the training attention on the
+ * whole sequence, and the next-token choice (confidence by both rules, greedy,
+ * and sampling with temperature, top-k and top-p for given uniforms, plus the
+ * frequencies of many draws). No gradients: these ops only run forward. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
