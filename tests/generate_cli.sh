@@ -6,13 +6,8 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { if eval "$2"; then pass; else fail "$1"; fi; }
 
 mkdir "$tmp/corpus"
 for i in $(seq 1 80); do echo "the quick brown fox jumps over the lazy dog number $i."; done > "$tmp/corpus/doc.txt"
@@ -37,7 +32,8 @@ check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
 gen() { "$eellm" generate --ckpt "$tmp/run" "$@"; }
 
 gen --prompt "the quick" --max-tokens 12 > "$tmp/plain" 2> "$tmp/err"
-check "generate exits 0, nothing on stderr" '[ $? -eq 0 ] && [ ! -s "$tmp/err" ]'
+status=$?
+check "generate exits 0, nothing on stderr" '[ $status -eq 0 ] && [ ! -s "$tmp/err" ]'
 check "the text starts with the prompt" 'head -c 9 "$tmp/plain" | grep -qx "the quick"'
 check "12 tokens (bytes) follow the prompt" '[ "$(head -c -1 "$tmp/plain" | wc -c)" -ge 9 ]'
 "$eellm" generate --ckpt "$tmp/run/checkpoint.safetensors" --prompt "the quick" --max-tokens 12 > "$tmp/file"
@@ -53,9 +49,11 @@ gen --prompt "the lazy" --max-tokens 16 --threshold 0.5 --method pipeline --show
 check "pipeline: the same tokens and exits as recompute" 'cmp -s <(grep -v "^mean" "$tmp/exits") <(grep -v "^mean\|^pipeline stages" "$tmp/pipe")'
 check "pipeline: stages split at the exits" 'grep -qx "pipeline stages: layer 1 | layer 2 | layer 3" "$tmp/pipe"'
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --stages 3 > /dev/null
-check "--stages 3" '[ $? -eq 0 ]'
+status=$?
+check "--stages 3" '[ $status -eq 0 ]'
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --exit-rule entropy --exit-layers 2 --show-exits > "$tmp/entropy"
-check "--exit-rule entropy --exit-layers 2: no token from layer 1" '[ $? -eq 0 ] && ! grep -q "^ *[0-9]\+ \+1 " "$tmp/entropy"'
+status=$?
+check "--exit-rule entropy --exit-layers 2: no token from layer 1" '[ $status -eq 0 ] && ! grep -q "^ *[0-9]\+ \+1 " "$tmp/entropy"'
 
 gen --prompt "the quick" --prompt "number 7" --max-tokens 10 --threshold 0.4 > "$tmp/two"
 check "two prompts: two sections" 'grep -q "^==> prompt 1 <==" "$tmp/two" && grep -q "^==> prompt 2 <==" "$tmp/two"'
@@ -90,7 +88,7 @@ expect_error "too many stages" "stages" --ckpt "$tmp/run" --prompt x --method pi
 expect_error "prompt longer than the context" "context" --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
 expect_error "missing prompt file" "prompts-none" --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
 "$eellm" generate --help > "$tmp/help"
-check "--help exits 0 and describes the options" '[ $? -eq 0 ] && grep -q -- "--exit-layers" "$tmp/help"'
+status=$?
+check "--help exits 0 and describes the options" '[ $status -eq 0 ] && grep -q -- "--exit-layers" "$tmp/help"'
 
-echo "generate_cli: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish generate_cli
