@@ -15,6 +15,7 @@ static const struct {
     {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
     {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
     {"detokenize", cmd_detokenize, "write the text of a token file"},
+    {"serve", cmd_serve, "serve early-exit generation over HTTP (EE-LLM's API)"},
 };
 
 static void usage(FILE *out) {
