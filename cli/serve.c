@@ -37,7 +37,8 @@ static const char serve_usage[] =
     "  tokens_to_generate  integer from 1 to the context (default 64)\n"
     "  use_early_exit      true or false (default false)\n"
     "  early_exit_thres    number in (0, 1] (default 1: every token goes through the final head)\n"
-    "  exit_layers         list of the model's exit layers that may fire (default []: all)\n"
+    "  exit_layers         list of the model's exit layers that may fire (default []: all;\n"
+    "                      the final layer may be listed too)\n"
     "  temperature         number in [0, 100] (default 1; 0: greedy)\n"
     "  top_k               integer >= 0 (default 0: off)\n"
     "  top_p               number in (0, 1] (default 1: off)\n"
@@ -165,6 +166,7 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
                                   .port = o->port,
                                   .max_batch = o->max_batch,
                                   .tokenizer_dir = o->tokenizer_dir,
+                                  .n_layers = spec->n_layers,
                                   .exits = exits,
                                   .n_exits = exits ? spec->n_exits : 0,
                                   .rule = o->rule,

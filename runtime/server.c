@@ -416,7 +416,8 @@ static struct eellm_server *server_create(struct eellm_generator *g,
     return NULL;
   }
   s->gen = g;
-  s->model = (struct eellm_api_model){eellm_generator_context(g), c->exits, c->n_exits};
+  s->model = (struct eellm_api_model){eellm_generator_context(g), c->n_layers, c->exits,
+                                      c->n_exits};
   s->rule = c->rule;
   s->method = c->method;
   s->max_batch = c->max_batch;

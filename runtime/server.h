@@ -25,7 +25,8 @@ struct eellm_server_config {
   unsigned port;              /* 0: any free port (see eellm_server_port) */
   unsigned max_batch;         /* prompts per eellm_generate call, as the generator was opened */
   const char *tokenizer_dir;  /* for the gpt2 tokenizer; NULL: the default */
-  const unsigned *exits;      /* the model's exit layers, ascending */
+  unsigned n_layers;          /* the model's */
+  const unsigned *exits;      /* its exit layers, ascending */
   size_t n_exits;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;

@@ -132,19 +132,20 @@ static int compare_unsigned(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* The exit layers, ascending without repeats; each must have an exit. */
+/* The exit layers, ascending without repeats; each must have an exit or be the last. */
 static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
                             struct eellm_api_request *r) {
   json_t *list = json_object_get(rd->body, "exit_layers");
   if (!list) return 0;
-  char layers[96] = "none", want[160];
+  char layers[96] = "", want[160];
   for (size_t k = 0, at = 0; k < m->n_exits && at < sizeof layers; k++)
-    at += (size_t)snprintf(layers + at, sizeof layers - at, "%s%u", k ? ", " : "", m->exits[k]);
+    at += (size_t)snprintf(layers + at, sizeof layers - at, "%u, ", m->exits[k]);
   if (!json_is_array(list)) {
-    snprintf(want, sizeof want, "a list of layers with an exit (the model's: %s)", layers);
+    snprintf(want, sizeof want, "a list of layers with an exit (the model's: %s%u)", layers,
+             m->n_layers);
     return field_error(rd, "exit_layers", list, want);
   }
-  snprintf(want, sizeof want, "a layer with an exit (the model's: %s)", layers);
+  snprintf(want, sizeof want, "a layer with an exit (the model's: %s%u)", layers, m->n_layers);
   size_t n = json_array_size(list);
   if (n && !(r->exit_layers = malloc(n * sizeof *r->exit_layers))) {
     snprintf(rd->err, rd->errlen, "out of memory");
@@ -152,14 +153,15 @@ static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
   }
   for (size_t i = 0; i < n; i++) {
     json_t *v = json_array_get(list, i);
+    json_int_t layer = json_integer_value(v);
     size_t k = 0;
-    while (json_is_integer(v) && k < m->n_exits && json_integer_value(v) != m->exits[k]) k++;
-    if (!json_is_integer(v) || k == m->n_exits) {
+    while (k < m->n_exits && layer != m->exits[k]) k++;
+    if (!json_is_integer(v) || (k == m->n_exits && layer != m->n_layers)) {
       char field[48];
       snprintf(field, sizeof field, "exit_layers[%zu]", i);
       return field_error(rd, field, v, want);
     }
-    r->exit_layers[i] = m->exits[k];
+    r->exit_layers[i] = (unsigned)layer;
   }
   if (n) qsort(r->exit_layers, n, sizeof *r->exit_layers, compare_unsigned);
   size_t kept = 0;

@@ -5,7 +5,8 @@
  *   tokens_to_generate  integer from 1 to the context, default 64
  *   use_early_exit      boolean, default false
  *   early_exit_thres    number in (0, 1], default 1 (1: every token goes through the final head)
- *   exit_layers         list of the model's exit layers allowed to fire, default [] (all)
+ *   exit_layers         list of the model's exit layers allowed to fire, default [] (all);
+ *                       the final layer may be listed too (the final head always may)
  *   temperature         number in [0, 100], default 1 (0: greedy)
  *   top_k               integer >= 0, default 0 (off)
  *   top_p               number in (0, 1], default 1 (off)
@@ -37,6 +38,7 @@ struct eellm_tokenizer;
 /* What a request is checked against. */
 struct eellm_api_model {
   unsigned context;           /* tokens */
+  unsigned n_layers;
   const unsigned *exits;      /* the layers that have an exit, ascending */
   size_t n_exits;
 };

@@ -104,8 +104,10 @@ check "defaults: 200 (got $status), no logprobs" '[ "$status" = 200 ] && answer_
 # A threshold below 1/vocabulary: every token leaves at the first exit allowed.
 status=$(put exit-any '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "temperature": 0}')
 check "early exit at layer 1 (got $status)" '[ "$status" = 200 ] && answer_ok exit-any "[\"the\"]" 6 0 1'
-status=$(put exit-2 '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "exit_layers": [2], "temperature": 0}')
+status=$(put exit-2 '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "exit_layers": [3, 2], "temperature": 0}')
 check "early exit at layer 2 only (got $status)" '[ "$status" = 200 ] && answer_ok exit-2 "[\"the\"]" 6 0 2'
+status=$(put exit-final '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "exit_layers": [3], "temperature": 0}')
+check "exit_layers [3]: the final head only (got $status)" '[ "$status" = 200 ] && answer_ok exit-final "[\"the\"]" 6 0 3'
 status=$(put exit-off '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": false, "early_exit_thres": 0.001, "temperature": 0}')
 check "use_early_exit false is read as false (got $status)" '[ "$status" = 200 ] && answer_ok exit-off "[\"the\"]" 6 0 3'
 # Sampling with a seed is reproducible.
@@ -166,7 +168,8 @@ bad temperature 400 "'temperature'" '{"prompts": ["a"], "temperature": -0.5}'
 bad seed 400 "'random_seed'" '{"prompts": ["a"], "random_seed": -1}'
 bad early-exit-int 400 "'use_early_exit'" '{"prompts": ["a"], "use_early_exit": 1}'
 bad logprobs-string 400 "'logprobs'" '{"prompts": ["a"], "logprobs": "yes"}'
-bad exit-layer 400 "'exit_layers[0]'" '{"prompts": ["a"], "exit_layers": [3]}'
+bad exit-layer 400 "'exit_layers[1]'" '{"prompts": ["a"], "exit_layers": [3, 4]}'
+bad exit-layer-zero 400 "'exit_layers[0]'" '{"prompts": ["a"], "exit_layers": [0]}'
 bad exit-layers-int 400 "'exit_layers'" '{"prompts": ["a"], "exit_layers": 1}'
 bad unknown-field 400 "unknown field 'add_BOS'" '{"prompts": ["a"], "add_BOS": true}'
 bad duplicate-field 400 "duplicate" '{"prompts": ["a"], "prompts": ["b"]}'
