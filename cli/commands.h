@@ -11,5 +11,6 @@ int cmd_plot(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const struct {
     {"trace", cmd_trace, "figures and an HTML Gantt report from task traces (train --trace)"},
     {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
     {"detokenize", cmd_detokenize, "write the text of a token file"},
+    {"serve", cmd_serve, "serve early-exit generation over HTTP (EE-LLM's API)"},
 };
 
 static void usage(FILE *out) {

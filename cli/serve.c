@@ -1,0 +1,227 @@
+/* eellm serve: EE-LLM's text generation API over HTTP. */
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/commands.h"
+#include "eellm.h"
+#include "runtime/generate.h"
+#include "runtime/server.h"
+
+static const char serve_usage[] =
+    "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"
+    "                   [--tokenizer-dir DIR] [--method recompute|pipeline]\n"
+    "                   [--exit-rule maxprob|entropy]\n"
+    "\n"
+    "Serves early-exit generation over HTTP with EE-LLM's API: PUT /api with a JSON\n"
+    "body, answered in JSON. Stops cleanly on SIGINT or SIGTERM (a second one kills).\n"
+    "\n"
+    "  --ckpt RUN           a run directory (its checkpoint.safetensors) or a checkpoint\n"
+    "  --host ADDR          address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
+    "  --port N             port (default 5000; 0 picks a free one, printed at start)\n"
+    "  --max-batch N        prompts per generator call (default 8): the prompts of\n"
+    "                       concurrent requests with equal options share calls\n"
+    "  --tokenizer-dir DIR  where gpt2's encoder.json and vocab.bpe are (default\n"
+    "                       $EELLM_TOKENIZER_DIR, else data/gpt2)\n"
+    "  --method M           recompute (KV recomputation, default) or pipeline\n"
+    "  --exit-rule R        maxprob (a token exits when its top probability reaches the\n"
+    "                       threshold, EE-LLM's rule; default) or entropy (1 - entropy /\n"
+    "                       log(vocabulary) reaches it)\n"
+    "\n"
+    "Request fields (all but prompts optional):\n"
+    "  prompts             list of non-empty strings (at most 1024)\n"
+    "  tokens_to_generate  integer from 1 to the context (default 64)\n"
+    "  use_early_exit      true or false (default false)\n"
+    "  early_exit_thres    number in (0, 1] (default 1: every token goes through the final head)\n"
+    "  exit_layers         list of the model's exit layers that may fire (default []: all;\n"
+    "                      the final layer may be listed too)\n"
+    "  temperature         number in [0, 100] (default 1; 0: greedy)\n"
+    "  top_k               integer >= 0 (default 0: off)\n"
+    "  top_p               number in (0, 1] (default 1: off)\n"
+    "  random_seed         integer >= 0 (default: the server picks one)\n"
+    "  logprobs            true or false (default false)\n"
+    "Answer, a list per prompt: text (prompt + generated text), segments (each token of\n"
+    "prompt and generation as text), tokens (their ids), exit_layers (for each generated\n"
+    "token, the layer of the exit that produced it), logprobs (each generated token's\n"
+    "log-probability, when asked). Generation stops early after the end-of-text token\n"
+    "(kept) or when the context is full; a prompt must leave room for one token.\n"
+    "Bad requests get a 4xx status and {\"error\": \"...\"}; bodies are limited to 1 MiB.\n"
+    "\n"
+    "  curl -X PUT http://127.0.0.1:5000/api -d '{\"prompts\": [\"Hello\"], \"tokens_to_generate\": 16}'\n"
+    "\n"
+    "Exit status: 0 stopped by a signal, 1 runtime failure (address in use, ...), 2 bad\n"
+    "usage or bad checkpoint (one line on stderr).\n";
+
+struct serve_options {
+  const char *ckpt, *host, *tokenizer_dir;
+  unsigned port, max_batch;
+  enum eellm_exit_rule rule;
+  enum eellm_gen_method method;
+};
+
+/* An integer option in [min, max]; -1 after a message. */
+static int parse_unsigned(const char *name, const char *text, unsigned long min,
+                          unsigned long max, unsigned *out) {
+  char *end;
+  unsigned long value = strtoul(text, &end, 10);
+  if (!*text || *end || text[0] == '-' || value < min || value > max) {
+    fprintf(stderr, "eellm serve: %s wants an integer from %lu to %lu, got '%s'\n", name, min,
+            max, text);
+    return -1;
+  }
+  *out = (unsigned)value;
+  return 0;
+}
+
+/* 0, 1 for --help, or 2 after a message. */
+static int parse_options(int argc, char **argv, struct serve_options *o) {
+  static const struct option options[] = {
+      {"ckpt", required_argument, 0, 'c'},          {"host", required_argument, 0, 'H'},
+      {"port", required_argument, 0, 'p'},          {"max-batch", required_argument, 0, 'b'},
+      {"tokenizer-dir", required_argument, 0, 't'}, {"method", required_argument, 0, 'm'},
+      {"exit-rule", required_argument, 0, 'r'},     {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  *o = (struct serve_options){.host = "127.0.0.1", .port = 5000, .max_batch = 8};
+  int opt;
+  while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    switch (opt) {
+      case 'c': o->ckpt = optarg; break;
+      case 'H': o->host = optarg; break;
+      case 't': o->tokenizer_dir = optarg; break;
+      case 'p':
+        if (parse_unsigned("--port", optarg, 0, 65535, &o->port)) return 2;
+        break;
+      case 'b':
+        if (parse_unsigned("--max-batch", optarg, 1, 1024, &o->max_batch)) return 2;
+        break;
+      case 'm':
+        if (strcmp(optarg, "recompute") != 0 && strcmp(optarg, "pipeline") != 0) {
+          fprintf(stderr, "eellm serve: --method is recompute or pipeline, not '%s'\n", optarg);
+          return 2;
+        }
+        o->method = optarg[0] == 'p' ? EELLM_GEN_PIPELINE : EELLM_GEN_RECOMPUTE;
+        break;
+      case 'r':
+        if (strcmp(optarg, "maxprob") != 0 && strcmp(optarg, "entropy") != 0) {
+          fprintf(stderr, "eellm serve: --exit-rule is maxprob or entropy, not '%s'\n", optarg);
+          return 2;
+        }
+        o->rule = optarg[0] == 'e' ? EELLM_EXIT_ENTROPY : EELLM_EXIT_MAXPROB;
+        break;
+      case 'h': fputs(serve_usage, stdout); return 1;
+      default: fputs(serve_usage, stderr); return 2;
+    }
+  }
+  if (optind != argc || !o->ckpt) {
+    if (!o->ckpt) fprintf(stderr, "eellm serve: --ckpt is required\n");
+    fputs(serve_usage, stderr);
+    return 2;
+  }
+  return 0;
+}
+
+/* The checkpoint file: path itself, or a run directory's checkpoint.safetensors (malloc'd). */
+static char *checkpoint_path(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return strdup(path);
+  size_t n = strlen(path) + sizeof "/checkpoint.safetensors";
+  char *file = malloc(n);
+  if (file) snprintf(file, n, "%s/checkpoint.safetensors", path);
+  return file;
+}
+
+static int compare_unsigned(const void *a, const void *b) {
+  unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+  return (x > y) - (x < y);
+}
+
+/* The layers with an exit, ascending (malloc'd; NULL when there is none). */
+static unsigned *exit_layers(const Eellm__Model *spec) {
+  unsigned *layers = spec->n_exits ? malloc(spec->n_exits * sizeof *layers) : NULL;
+  for (size_t k = 0; layers && k < spec->n_exits; k++) layers[k] = spec->exits[k]->layer;
+  if (layers) qsort(layers, spec->n_exits, sizeof *layers, compare_unsigned);
+  return layers;
+}
+
+/* Waits for SIGINT or SIGTERM (blocked in every thread), then lets a second one kill. */
+static void wait_for_stop(const sigset_t *stop) {
+  int signal_number;
+  sigwait(stop, &signal_number);
+  fprintf(stderr, "eellm serve: %s: stopping after the running generation\n",
+          strsignal(signal_number));
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  pthread_sigmask(SIG_UNBLOCK, stop, NULL);
+}
+
+/* Serves until a signal; 0, or 1 when the server cannot start. */
+static int serve(struct eellm_generator *g, const struct serve_options *o,
+                 const Eellm__Model *spec, const sigset_t *stop) {
+  unsigned *exits = exit_layers(spec);
+  struct eellm_server_config c = {.host = o->host,
+                                  .port = o->port,
+                                  .max_batch = o->max_batch,
+                                  .tokenizer_dir = o->tokenizer_dir,
+                                  .n_layers = spec->n_layers,
+                                  .exits = exits,
+                                  .n_exits = exits ? spec->n_exits : 0,
+                                  .rule = o->rule,
+                                  .method = o->method};
+  char err[512];
+  struct eellm_server *s = eellm_server_start(g, &c, err, sizeof err);
+  if (!s) {
+    fprintf(stderr, "eellm serve: %s\n", err);
+    free(exits);
+    return 1;
+  }
+  const char *open = strchr(o->host, ':') ? "[" : "", *close = *open ? "]" : "";
+  printf("eellm serve: %s on http://%s%s%s:%u/api (context %u, max batch %u)\n", spec->name,
+         open, o->host, close, eellm_server_port(s), eellm_generator_context(g), o->max_batch);
+  fflush(stdout);
+  wait_for_stop(stop);
+  eellm_server_stop(s);
+  free(exits);
+  return 0;
+}
+
+int cmd_serve(int argc, char **argv) {
+  struct serve_options o;
+  int rc = parse_options(argc, argv, &o);
+  if (rc) return rc == 1 ? 0 : rc;
+  char *ckpt = checkpoint_path(o.ckpt);
+  char err[512];
+  Eellm__Model *spec = ckpt ? eellm_checkpoint_spec(ckpt, err, sizeof err) : NULL;
+  if (!spec) {
+    fprintf(stderr, "eellm serve: %s\n", ckpt ? err : "out of memory");
+    free(ckpt);
+    return 2;
+  }
+  /* Blocked before any thread starts, so that every thread inherits the mask and the
+   * signals reach sigwait; a client gone mid-answer must not kill the server. */
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  rc = 1;
+  if (eellm_runtime_start() == 0) {
+    struct eellm_generator *g = eellm_generator_open(ckpt, o.tokenizer_dir, o.max_batch, err,
+                                                     sizeof err);
+    if (g) {
+      rc = serve(g, &o, spec, &stop);
+      eellm_generator_close(g);
+    } else {
+      fprintf(stderr, "eellm serve: %s\n", err);
+      rc = 2;
+    }
+    eellm_runtime_stop();
+  }
+  eellm_spec_free(spec);
+  free(ckpt);
+  return rc;
+}

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# eellm serve end to end, with curl on 127.0.0.1, on a tiny model trained for two
+# steps: valid requests are answered with consistent fields and lengths, early-exit
+# options reach the generator, concurrent requests are all answered, every kind of
+# bad request gets its 4xx and a JSON error at once (even while a long generation
+# runs) and leaves the server running, and SIGTERM stops it cleanly (exit 0).
+set -u
+build=${1:-build}
+eellm="$build/eellm"
+tmp=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill -KILL "$server" 2> /dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+check() { if eval "$2"; then pass; else fail "$1"; fi; }
+finish() {
+  echo "serve_cli: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+  exit
+}
+
+# The tiny model (3 layers, exits after layers 1 and 2, context 32, byte tokenizer).
+mkdir "$tmp/corpus"
+for d in 1 2 3; do
+  for i in $(seq 1 40); do echo "the quick brown fox $d jumps over the lazy dog number $i."; done > "$tmp/corpus/doc$d.txt"
+done
+"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
+"$eellm" train --model tests/specs/tiny.txtpb --train tests/specs/tiny.train.txtpb \
+  --data "$tmp/train.bin" --steps 2 --out "$tmp/run" > /dev/null 2>&1
+check "a two-step checkpoint" '[ -s "$tmp/run/checkpoint.safetensors" ]'
+
+"$eellm" serve --ckpt "$tmp/run" --host 127.0.0.1 --port 0 --max-batch 4 > "$tmp/out" 2> "$tmp/log" &
+server=$!
+port=""
+for _ in $(seq 1 200); do
+  port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/api.*|\1|p' "$tmp/out")
+  [ -n "$port" ] || ! kill -0 $server 2> /dev/null && break
+  sleep 0.05
+done
+check "the server says where it listens" '[ -n "$port" ]'
+[ -n "$port" ] || { cat "$tmp/log"; finish; }
+url=http://127.0.0.1:$port/api
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url")" = 405 ] && break
+  sleep 0.1
+done
+
+# put NAME BODY [CURL ARGS]: sends the body, the answer in $tmp/NAME.json; prints the status.
+put() {
+  local name=$1 body=$2
+  shift 2
+  curl -s --max-time 120 -o "$tmp/$name.json" -w '%{http_code}' -X PUT "$url" \
+    -H 'Content-Type: application/json' --data-binary "$body" "$@"
+}
+
+# answer_ok NAME PROMPTS_JSON MAX_TOKENS LOGPROBS [EXIT_LAYER]: the answer's fields and
+# lengths (byte tokenizer: a prompt's tokens are its bytes), and, when given, the exit
+# every generated token must have used.
+answer_ok() {
+  local name=$1
+  shift
+  /usr/bin/python3 - "$tmp/$name.json" "$@" > "$tmp/$name.check" 2>&1 << 'EOT'
+import json, math, sys
+a = json.load(open(sys.argv[1]))
+prompts, max_tokens, logprobs = json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+exit_layer = int(sys.argv[5]) if len(sys.argv) > 5 else None
+fields = {"text", "segments", "tokens", "exit_layers"} | ({"logprobs"} if logprobs else set())
+assert set(a) == fields, sorted(a)
+assert all(len(a[f]) == len(prompts) for f in fields), "one entry per prompt"
+for i, p in enumerate(prompts):
+    ids, gen = a["tokens"][i], len(a["exit_layers"][i])
+    assert 1 <= gen <= max_tokens, f"prompt {i}: {gen} tokens generated"
+    assert ids[:len(p)] == list(p.encode()) and len(ids) == len(p) + gen, f"prompt {i}: tokens {ids}"
+    assert all(0 <= t < 257 for t in ids), ids
+    assert 256 not in ids[len(p):-1], "generation went on after the end-of-text token"
+    assert len(a["segments"][i]) == len(ids) and a["segments"][i][:len(p)] == list(p)
+    assert a["text"][i].startswith(p)
+    if all(t < 128 or t == 256 for t in ids):
+        assert a["text"][i] == "".join(a["segments"][i]), "text is prompt + generated text"
+    assert all(1 <= e <= 3 for e in a["exit_layers"][i]), a["exit_layers"][i]
+    if exit_layer is not None:
+        assert set(a["exit_layers"][i]) == {exit_layer}, a["exit_layers"][i]
+    if logprobs:
+        lp = a["logprobs"][i]
+        assert len(lp) == gen and all(isinstance(x, float) and x <= 0 and math.isfinite(x) for x in lp), lp
+print("ok")
+EOT
+  grep -q '^ok' "$tmp/$name.check" || { cat "$tmp/$name.check"; return 1; }
+}
+
+# A valid request: greedy, through the final head (threshold 1).
+status=$(put valid '{"prompts": ["the quick", "lazy dog"], "tokens_to_generate": 8, "use_early_exit": true, "early_exit_thres": 1, "temperature": 0, "logprobs": true}')
+check "valid request: 200 (got $status)" '[ "$status" = 200 ]'
+check "valid request: fields and lengths" 'answer_ok valid "[\"the quick\", \"lazy dog\"]" 8 1 3'
+status=$(put defaults '{"prompts": ["fox"]}')
+# 64 tokens by default, but generation stops when the context (32) is full.
+check "defaults: 200 (got $status), no logprobs" '[ "$status" = 200 ] && answer_ok defaults "[\"fox\"]" 29 0'
+# A threshold below 1/vocabulary: every token leaves at the first exit allowed.
+status=$(put exit-any '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "temperature": 0}')
+check "early exit at layer 1 (got $status)" '[ "$status" = 200 ] && answer_ok exit-any "[\"the\"]" 6 0 1'
+status=$(put exit-2 '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "exit_layers": [3, 2], "temperature": 0}')
+check "early exit at layer 2 only (got $status)" '[ "$status" = 200 ] && answer_ok exit-2 "[\"the\"]" 6 0 2'
+status=$(put exit-final '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": true, "early_exit_thres": 0.001, "exit_layers": [3], "temperature": 0}')
+check "exit_layers [3]: the final head only (got $status)" '[ "$status" = 200 ] && answer_ok exit-final "[\"the\"]" 6 0 3'
+status=$(put exit-off '{"prompts": ["the"], "tokens_to_generate": 6, "use_early_exit": false, "early_exit_thres": 0.001, "temperature": 0}')
+check "use_early_exit false is read as false (got $status)" '[ "$status" = 200 ] && answer_ok exit-off "[\"the\"]" 6 0 3'
+# Sampling with a seed is reproducible.
+sampled='{"prompts": ["dog", "fox"], "tokens_to_generate": 10, "temperature": 1.5, "top_k": 50, "top_p": 0.9, "random_seed": 42}'
+put seeded-a "$sampled" > /dev/null
+put seeded-b "$sampled" > /dev/null
+check "sampled answers fields and lengths" 'answer_ok seeded-a "[\"dog\", \"fox\"]" 10 0'
+check "the same seed gives the same answer" 'cmp -s "$tmp/seeded-a.json" "$tmp/seeded-b.json"'
+
+# Concurrent requests (more prompts than --max-batch): every one is answered.
+pids=()
+for i in 1 2 3 4 5 6; do
+  put "concurrent$i" "{\"prompts\": [\"number $i\", \"fox $i\"], \"tokens_to_generate\": 5, \"temperature\": 0}" > "$tmp/concurrent$i.status" &
+  pids+=($!)
+done
+wait "${pids[@]}"
+for i in 1 2 3 4 5 6; do
+  got=$(cat "$tmp/concurrent$i.status")
+  check "concurrent request $i: 200 (got $got)" \
+    "[ '$got' = 200 ] && answer_ok concurrent$i '[\"number $i\", \"fox $i\"]' 5 0"
+done
+
+# bad NAME STATUS PATTERN BODY [CURL ARGS]: that status, a JSON error containing the
+# pattern, and the server still running.
+bad() {
+  local name=$1 want=$2 pattern=$3 body=$4
+  shift 4
+  local got
+  got=$(put "$name" "$body" "$@")
+  if [ "$got" = "$want" ] &&
+    /usr/bin/python3 -c 'import json, sys; e = json.load(open(sys.argv[1]))["error"]; assert sys.argv[2] in e, e' \
+      "$tmp/$name.json" "$pattern" 2> "$tmp/$name.err" &&
+    kill -0 $server 2> /dev/null; then
+    pass
+  else
+    fail "$name: status $got, answer $(head -c 300 "$tmp/$name.json"), $(tail -1 "$tmp/$name.err")"
+  fi
+}
+bad malformed 400 "malformed JSON" '{"prompts": ["a"'
+bad not-object 400 "JSON object" '["a"]'
+bad empty-body 400 "malformed JSON" ''
+bad no-prompts 400 "'prompts' is missing" '{"tokens_to_generate": 4}'
+bad prompts-string 400 "'prompts'" '{"prompts": "a"}'
+bad prompts-empty 400 "'prompts'" '{"prompts": []}'
+bad prompt-number 400 "'prompts[1]'" '{"prompts": ["a", 3]}'
+bad prompt-empty 400 "'prompts[0]'" '{"prompts": [""]}'
+bad tokens-negative 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_to_generate": -3}'
+bad tokens-string 400 'not "5"' '{"prompts": ["a"], "tokens_to_generate": "5"}'
+bad tokens-real 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_to_generate": 2.5}'
+bad tokens-over-context 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_to_generate": 33}'
+bad threshold-zero 400 "'early_exit_thres'" '{"prompts": ["a"], "early_exit_thres": 0}'
+bad threshold-over 400 "not 1.5" '{"prompts": ["a"], "early_exit_thres": 1.5}'
+bad threshold-string 400 "'early_exit_thres'" '{"prompts": ["a"], "early_exit_thres": "0.5"}'
+bad top-p-zero 400 "'top_p'" '{"prompts": ["a"], "top_p": 0}'
+bad top-p-over 400 "'top_p'" '{"prompts": ["a"], "top_p": 1.01}'
+bad top-k-negative 400 "'top_k'" '{"prompts": ["a"], "top_k": -1}'
+bad temperature 400 "'temperature'" '{"prompts": ["a"], "temperature": -0.5}'
+bad seed 400 "'random_seed'" '{"prompts": ["a"], "random_seed": -1}'
+bad early-exit-int 400 "'use_early_exit'" '{"prompts": ["a"], "use_early_exit": 1}'
+bad logprobs-string 400 "'logprobs'" '{"prompts": ["a"], "logprobs": "yes"}'
+bad exit-layer 400 "'exit_layers[1]'" '{"prompts": ["a"], "exit_layers": [3, 4]}'
+bad exit-layer-zero 400 "'exit_layers[0]'" '{"prompts": ["a"], "exit_layers": [0]}'
+bad exit-layers-int 400 "'exit_layers'" '{"prompts": ["a"], "exit_layers": 1}'
+bad unknown-field 400 "unknown field 'add_BOS'" '{"prompts": ["a"], "add_BOS": true}'
+bad duplicate-field 400 "duplicate" '{"prompts": ["a"], "prompts": ["b"]}'
+long_prompt=$(printf 'x%.0s' $(seq 1 40))
+bad prompt-over-context 400 "'prompts[1]' is 40 tokens" "{\"prompts\": [\"a\", \"$long_prompt\"]}"
+head -c 1100000 /dev/zero | tr '\0' ' ' > "$tmp/big.txt"
+bad body-too-large 413 "limit" "@$tmp/big.txt"
+bad body-too-large-chunked 413 "limit" "@$tmp/big.txt" -H 'Transfer-Encoding: chunked'
+got=$(curl -s --max-time 10 -o "$tmp/get.json" -D "$tmp/get.headers" -w '%{http_code}' "$url")
+check "GET /api: 405 with Allow: PUT (got $got)" '[ "$got" = 405 ] && grep -qi "^Allow: PUT" "$tmp/get.headers" && grep -q "\"error\"" "$tmp/get.json"'
+got=$(curl -s --max-time 10 -o "$tmp/path.json" -w '%{http_code}' -X PUT "http://127.0.0.1:$port/nowhere" -d '{}')
+check "PUT /nowhere: 404 (got $got)" '[ "$got" = 404 ] && grep -q "\"error\"" "$tmp/path.json"'
+status=$(put after-bad '{"prompts": ["still"], "tokens_to_generate": 3, "temperature": 0}')
+check "valid request after the bad ones: 200 (got $status)" '[ "$status" = 200 ] && answer_ok after-bad "[\"still\"]" 3 0'
+
+# Long generations: 8 sampled requests with their own seeds, 1024 prompts each,
+# 4 per generator call and never sharing calls. Meanwhile a bad request is answered.
+prompts=$(printf '"x",%.0s' $(seq 1 1023))'"x"'
+long_pids=()
+for i in 1 2 3 4 5 6 7 8; do
+  put "long$i" "{\"prompts\": [$prompts], \"tokens_to_generate\": 31, \"random_seed\": $i}" > "$tmp/long$i.status" &
+  long_pids+=($!)
+done
+sleep 0.3
+status=$(put during-long '{"prompts": ["a"], "top_p": 2}')
+running=0
+for pid in "${long_pids[@]}"; do kill -0 $pid 2> /dev/null && running=$((running + 1)); done
+check "a bad request while long generations run ($running of 8 unanswered): 400 (got $status)" \
+  '[ "$status" = 400 ] && [ $running -gt 0 ]'
+
+# SIGTERM: the running call finishes, the queued requests get 503, the server exits 0.
+kill -TERM $server
+( sleep 60; kill -KILL $server ) > /dev/null 2>&1 &
+watchdog=$!
+wait $server
+status=$?
+kill $watchdog 2> /dev/null
+server=""
+check "SIGTERM: exit status 0 (got $status)" '[ $status -eq 0 ]'
+check "SIGTERM says it stops" 'grep -q "stopping" "$tmp/log"'
+wait "${long_pids[@]}"
+codes="" others=0
+for i in 1 2 3 4 5 6 7 8; do
+  code=$(cat "$tmp/long$i.status")
+  codes="$codes $code"
+  [ "$code" = 200 ] || [ "$code" = 503 ] || others=$((others + 1))
+done
+check "long requests after SIGTERM: 200 or 503, one 503 at least (got$codes)" \
+  '[ $others -eq 0 ] && grep -q "shutting down" "$tmp"/long*.json'
+finish
