@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "eellm.h"
 #include "runtime/generate.h"
+#include "runtime/trace.h"
 #include "runtime/tokenizer.h"
 
 static const char generate_usage[] =
@@ -18,6 +19,7 @@ static const char generate_usage[] =
     "                      [--exit-rule maxprob|entropy] [--method recompute|pipeline]\n"
     "                      [--stages P] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--stream] [--show-exits] [--ignore-eot] [--tokenizer-dir DIR]\n"
+    "                      [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
     "Generates text with early exits: a token leaves at the first allowed exit whose\n"
     "confidence reaches the threshold. Every prompt (each --prompt, or each line of\n"
@@ -43,6 +45,9 @@ static const char generate_usage[] =
     "  --show-exits         a table of each token's exit, and a summary: tokens per exit,\n"
     "                       mean exit layer, tokens/s\n"
     "  --ignore-eot         go on past the end-of-text token\n"
+    "  --trace FILE         record every task (kind, layer, worker, times) into FILE;\n"
+    "                       see 'eellm trace'\n"
+    "  --trace-format F     chrome (default: Chrome Trace Event JSON) or paje\n"
     "  --tokenizer-dir DIR  where gpt2's encoder.json and vocab.bpe are\n"
     "\n"
     "Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input (one line on stderr).\n";
@@ -222,7 +227,8 @@ static void print_stages(struct eellm_generator *g, unsigned stages) {
 /* ---- the command ----------------------------------------------------------------- */
 
 struct cli {
-  const char *ckpt, *prompt_file, *tokenizer_dir;
+  const char *ckpt, *prompt_file, *tokenizer_dir, *trace_path;
+  enum eellm_trace_format trace_format;
   struct prompts prompts;
   struct eellm_gen_options o;
   unsigned *exit_layers;
@@ -245,6 +251,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"seed", required_argument, 0, 's'},        {"stream", no_argument, 0, 'x'},
       {"show-exits", no_argument, 0, 'e'},        {"ignore-eot", no_argument, 0, 'i'},
       {"tokenizer-dir", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
+      {"trace", required_argument, 0, 'R'},       {"trace-format", required_argument, 0, 'F'},
       {0, 0, 0, 0}};
   a->o = (struct eellm_gen_options){.max_tokens = 64, .use_early_exit = 1, .threshold = 1,
                                     .top_p = 1, .stop_at_eot = 1};
@@ -258,6 +265,11 @@ static int parse_args(int argc, char **argv, struct cli *a) {
           return fail("out of memory", NULL);
         break;
       case 'f': a->prompt_file = optarg; break;
+      case 'R': a->trace_path = optarg; break;
+      case 'F':
+        if (eellm_trace_format_parse(optarg, &a->trace_format) != 0)
+          return fail("--trace-format wants chrome or paje, got ", optarg);
+        break;
       case 'n':
         if (parse_number(optarg, 0, 1e9, &v) != 0 || v != (unsigned)v)
           return fail("--max-tokens wants a count, got ", optarg);
@@ -362,6 +374,7 @@ static void print_results(struct cli *a, struct printer *pr, struct eellm_genera
 
 static int run(struct cli *a) {
   char path[4096], err[512];
+  int tracing = 0;
   checkpoint_path(a->ckpt, path, sizeof path);
   if (eellm_runtime_start() != 0) return 1;
   int status = 2;
@@ -378,6 +391,11 @@ static int run(struct cli *a) {
     goto done;
   }
   if (!ids || !prompts || !lens || !out) goto done;
+  if (a->trace_path && eellm_trace_start(a->trace_path, a->trace_format, 0, 1, err, sizeof err)) {
+    fprintf(stderr, "eellm generate: --trace %s\n", err);
+    goto done;
+  }
+  tracing = a->trace_path != NULL;
   pr.tok = eellm_generator_tokenizer(g);
   for (size_t s = 0; s < n; s++) {
     const char *text = a->prompts.text[s];
@@ -397,7 +415,18 @@ static int run(struct cli *a) {
   }
   print_results(a, &pr, g, out, now_s() - start);
   status = 0;
+  if (tracing) {
+    tracing = 0;
+    long traced = eellm_trace_stop(err, sizeof err);
+    if (traced < 0) {
+      fprintf(stderr, "eellm generate: --trace %s\n", err);
+      status = 1;
+    } else {
+      fprintf(stderr, "trace: %ld tasks in %s\n", traced, a->trace_path);
+    }
+  }
 done:
+  if (tracing) eellm_trace_stop(err, sizeof err); /* a failed run's trace, kept for a look */
   for (size_t s = 0; out && s < n; s++) eellm_gen_sequence_free(&out[s]);
   for (size_t s = 0; ids && s < n; s++) free(ids[s].v);
   free(ids);

@@ -87,6 +87,14 @@ expect_error "exit layer without an exit" "exit layer 7" --ckpt "$tmp/run" --pro
 expect_error "too many stages" "stages" --ckpt "$tmp/run" --prompt x --method pipeline --stages 9
 expect_error "prompt longer than the context" "context" --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
 expect_error "missing prompt file" "prompts-none" --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
+# --trace: every task of the generation, readable by eellm trace.
+gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --trace "$tmp/gen.json" > /dev/null 2> "$tmp/trace.err"
+status=$?
+check "generate --trace exits 0" '[ $status -eq 0 ] && grep -q "^trace: [1-9][0-9]* tasks" "$tmp/trace.err"'
+"$eellm" trace summary "$tmp/gen.json" > "$tmp/gen-summary" 2>&1
+status=$?
+check "the generation's trace reads back ($(head -1 "$tmp/gen-summary"))" '[ $status -eq 0 ] && grep -q "^exit " "$tmp/gen-summary"'
+
 "$eellm" generate --help > "$tmp/help"
 status=$?
 check "--help exits 0 and describes the options" '[ $status -eq 0 ] && grep -q -- "--exit-layers" "$tmp/help"'
