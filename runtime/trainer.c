@@ -362,7 +362,10 @@ static void describe(const struct run *r, unsigned start_step) {
   printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", r->o->data_path,
          (size_t)r->data->count, unigram_entropy(r->data),
          r->o->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
-  if (start_step) printf("resuming %s at step %u\n", r->ckpt, start_step + 1);
+  if (start_step >= r->steps)
+    printf("%s has finished its %u steps\n", r->ckpt, r->steps);
+  else if (start_step)
+    printf("resuming %s at step %u\n", r->ckpt, start_step + 1);
   fflush(stdout);
 }
 
