@@ -14,19 +14,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from torch_parity import EarlyExitModel  # noqa: E402
+from torch_parity import EarlyExitModel, model_schema  # noqa: E402
 
 
 def load_text_spec(path):
-    import subprocess
-    import tempfile
-    out = tempfile.mkdtemp()
-    schemas = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schemas")
-    subprocess.run(["protoc", f"--proto_path={schemas}", f"--python_out={out}", "model.proto"],
-                   check=True)
-    sys.path.insert(0, out)
-    import model_pb2
     from google.protobuf import text_format
+    model_pb2 = model_schema()
     spec = model_pb2.Model()
     with open(path) as f:
         text_format.Parse(f.read(), spec)

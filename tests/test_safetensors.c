@@ -2,9 +2,7 @@
  * empty tensors included), every validation error, atomic writes that fail
  * cleanly, a mutation/truncation fuzz loop, and a cross-check against a Python
  * reader and writer (json + struct + numpy). */
-#define _GNU_SOURCE /* nftw */
 #include <dirent.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +18,7 @@
 
 #define PYTHON "/usr/bin/python3"
 
-static char dir[] = "/tmp/eellm_st_XXXXXX";
+static const char *dir;
 static char err[512];
 
 /* dir/name in a rotating static buffer (a few live at once). */
@@ -777,18 +775,10 @@ static void test_python(void) {
   eellm_st_close(f);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st, (void)flag, (void)ftw;
-  return remove(path);
-}
-
 int main(void) {
   tu_start();
   starpu_pause(); /* no tasks here: keep idle workers from spinning on the cores */
-  if (!mkdtemp(dir)) {
-    perror("mkdtemp");
-    return 1;
-  }
+  dir = tu_tempdir();
   test_dtypes();
   test_round_trip();
   test_header_padding();
@@ -799,8 +789,7 @@ int main(void) {
   test_atomic_write();
   test_base64();
   test_python();
-  chmod(in_dir("readonly"), 0755);
-  nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+  chmod(in_dir("readonly"), 0755); /* so that tu_finish can remove it */
   starpu_resume();
   return tu_finish();
 }

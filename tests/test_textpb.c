@@ -351,8 +351,7 @@ static ProtobufCMessage *read_spec(const char *path, const ProtobufCMessageDescr
 }
 
 static void test_spec_files(void) {
-  char dir[] = "/tmp/test_textpb.XXXXXX";
-  if (!tu_ok(mkdtemp(dir) != NULL, "temp dir")) return;
+  const char *dir = tu_tempdir();
   char txt[64], bin[64], sniff_txt[64], sniff_bin[64], bad[64], missing[64];
   snprintf(txt, sizeof txt, "%s/m.txtpb", dir);
   snprintf(bin, sizeof bin, "%s/m.pb", dir);
@@ -416,11 +415,6 @@ static void test_spec_files(void) {
   free_msg(sniffed_txt);
   free_msg(sniffed_bin);
   free_msg(train);
-  unlink(txt);
-  unlink(sniff_txt);
-  unlink(sniff_bin);
-  unlink(bad);
-  rmdir(dir);
 }
 
 /* ---- fuzz --------------------------------------------------------------- */

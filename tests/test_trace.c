@@ -11,7 +11,7 @@
 #include "runtime/trace_stats.h"
 #include "testutil.h"
 
-static char dir[] = "/tmp/eellm-test-trace-XXXXXX";
+static const char *dir;
 
 static int near(double got, double want) { return fabs(got - want) < 1e-6; }
 
@@ -205,22 +205,10 @@ static void test_figures(void) {
         "a JSON file that is not a trace is refused");
 }
 
-static void remove_dir(void) {
-  const char *names[] = {"t.json", "t.rank1.json", "t.paje", "rank0.json", "rank1.json"};
-  char path[256];
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-    unlink(path);
-  }
-  rmdir(dir);
-}
-
 int main(void) {
-  if (!mkdtemp(dir)) return 1;
+  dir = tu_tempdir();
   tu_start();
   test_recording();
   test_figures();
-  int status = tu_finish();
-  remove_dir();
-  return status;
+  return tu_finish();
 }

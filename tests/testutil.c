@@ -1,8 +1,11 @@
+#define _GNU_SOURCE /* nftw */
 #include "testutil.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "eellm.h"
 
@@ -12,6 +15,28 @@ static size_t n_handles;
 static void *allocations[4096];
 static size_t n_allocations;
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static char tempdirs[16][32];
+static size_t n_tempdirs;
+
+const char *tu_tempdir(void) {
+  if (n_tempdirs == sizeof tempdirs / sizeof tempdirs[0]) {
+    fprintf(stderr, "testutil: too many temporary directories\n");
+    exit(1);
+  }
+  char *dir = tempdirs[n_tempdirs];
+  snprintf(dir, sizeof tempdirs[0], "/tmp/eellm-test-XXXXXX");
+  if (!mkdtemp(dir)) {
+    perror("testutil: mkdtemp");
+    exit(1);
+  }
+  n_tempdirs++;
+  return dir;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
 
 void tu_start(void) {
   if (eellm_runtime_start() != 0) exit(1);
@@ -22,6 +47,8 @@ int tu_finish(void) {
   eellm_runtime_stop();
   for (size_t i = 0; i < n_allocations; i++) free(allocations[i]);
   n_allocations = 0;
+  for (size_t i = 0; i < n_tempdirs; i++) nftw(tempdirs[i], remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  n_tempdirs = 0;
   extern const char *__progname;
   printf("%s: %d passed, %d failed\n", __progname, passed, failed);
   return failed ? 1 : 0;

@@ -38,6 +38,9 @@ int tu_check(const char *what, const float *got, const double *want, size_t n,
 /* Records a plain condition. */
 int tu_ok(int cond, const char *what);
 
+/* A fresh directory under /tmp; tu_finish removes it with everything in it. */
+const char *tu_tempdir(void);
+
 /* Central finite difference of f at x[i] in double precision, step h. */
 double tu_fd(double (*f)(void *ctx), void *ctx, double *x, size_t i, double h);
 

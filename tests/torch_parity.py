@@ -42,13 +42,20 @@ def read_safetensors(path):
     return tensors, meta
 
 
-def load_spec(meta):
+def model_schema():
+    """The Python module protoc generates from schemas/model.proto."""
     out = tempfile.mkdtemp()
     schemas = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schemas")
     subprocess.run(["protoc", f"--proto_path={schemas}", f"--python_out={out}", "model.proto"],
                    check=True)
     sys.path.insert(0, out)
     import model_pb2  # noqa: E402 (generated just above)
+    return model_pb2
+
+
+def load_spec(meta):
+    """The model spec stored in a checkpoint's metadata."""
+    model_pb2 = model_schema()
     spec = model_pb2.Model()
     spec.ParseFromString(base64.b64decode(meta["spec"]))
     return spec, model_pb2
