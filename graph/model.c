@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "graph/step.h"
 #include "runtime/mpi.h"
@@ -205,11 +206,17 @@ starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, uns
   abort();
 }
 
+/* A zeroed block of n floats whose pages become resident only when written:
+ * a pipeline stage, or a model that never trains, pays only for what it uses
+ * (the tensors it owns, the gradients it computes). */
 static float *alloc_block(size_t n) {
-  float *p = NULL;
-  if (posix_memalign((void **)&p, 64, (n ? n : 1) * sizeof(float)) != 0) return NULL;
-  memset(p, 0, (n ? n : 1) * sizeof(float));
-  return p;
+  void *p = mmap(NULL, (n ? n : 1) * sizeof(float), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void free_block(float *p, size_t n) {
+  if (p) munmap(p, (n ? n : 1) * sizeof(float));
 }
 
 /* Exits in the order of the layer they read, for submission. */
@@ -332,10 +339,10 @@ void eellm_model_destroy(eellm_model *m) {
   free(m->window);
   free(m->sumsq);
   free(m->sumsq_h);
-  free(m->params);
-  free(m->grads);
-  free(m->adam_m);
-  free(m->adam_v);
+  free_block(m->params, m->n_params);
+  free_block(m->grads, m->n_params);
+  free_block(m->adam_m, m->n_params);
+  free_block(m->adam_v, m->n_params);
   free(m->tensors);
   free(m->layers);
   free(m->exits);
