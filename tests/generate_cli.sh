@@ -69,24 +69,16 @@ gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --se
 gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --seed 3 > "$tmp/s2"
 check "sampling with a seed is reproducible" '[ -s "$tmp/s1" ] && cmp -s "$tmp/s1" "$tmp/s2"'
 
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$eellm" generate "$@" > /dev/null 2> "$tmp/err"
-  local status=$?
-  if [ $status -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -Eq -- "$pattern" "$tmp/err"; then pass
-  else fail "$name: status $status, stderr: $(cat "$tmp/err")"; fi
-}
-expect_error "no --ckpt" "--ckpt is required" --prompt x
-expect_error "no prompt" "no prompt" --ckpt "$tmp/run"
-expect_error "missing checkpoint" "nothing\.safetensors" --ckpt "$tmp/nothing.safetensors" --prompt x
-expect_error "threshold 0" "--threshold" --ckpt "$tmp/run" --prompt x --threshold 0
-expect_error "threshold 1.5" "--threshold" --ckpt "$tmp/run" --prompt x --threshold 1.5
-expect_error "unknown method" "--method" --ckpt "$tmp/run" --prompt x --method fast
-expect_error "exit layer without an exit" "exit layer 7" --ckpt "$tmp/run" --prompt x --threshold 0.5 --exit-layers 7
-expect_error "too many stages" "stages" --ckpt "$tmp/run" --prompt x --method pipeline --stages 9
-expect_error "prompt longer than the context" "context" --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
-expect_error "missing prompt file" "prompts-none" --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
+expect_error "no --ckpt" "--ckpt is required" "$eellm" generate --prompt x
+expect_error "no prompt" "no prompt" "$eellm" generate --ckpt "$tmp/run"
+expect_error "missing checkpoint" "nothing\.safetensors" "$eellm" generate --ckpt "$tmp/nothing.safetensors" --prompt x
+expect_error "threshold 0" "--threshold" "$eellm" generate --ckpt "$tmp/run" --prompt x --threshold 0
+expect_error "threshold 1.5" "--threshold" "$eellm" generate --ckpt "$tmp/run" --prompt x --threshold 1.5
+expect_error "unknown method" "--method" "$eellm" generate --ckpt "$tmp/run" --prompt x --method fast
+expect_error "exit layer without an exit" "exit layer 7" "$eellm" generate --ckpt "$tmp/run" --prompt x --threshold 0.5 --exit-layers 7
+expect_error "too many stages" "stages" "$eellm" generate --ckpt "$tmp/run" --prompt x --method pipeline --stages 9
+expect_error "prompt longer than the context" "context" "$eellm" generate --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
+expect_error "missing prompt file" "prompts-none" "$eellm" generate --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
 # --trace: every task of the generation, readable by eellm trace.
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --trace "$tmp/gen.json" > /dev/null 2> "$tmp/trace.err"
 status=$?

@@ -18,3 +18,17 @@ finish() {
   echo "$1: $passed passed, $failed failed"
   [ "$failed" -eq 0 ]
 }
+# expect_error NAME PATTERN COMMAND...: the command fails cleanly: status 2 and
+# one line on stderr matching PATTERN (grep -E). Its stderr stays in $tmp/stderr.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  "$@" > /dev/null 2> "$tmp/stderr"
+  local status=$?
+  if [ "$status" -eq 2 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] &&
+     grep -Eq -- "$pattern" "$tmp/stderr"; then
+    pass
+  else
+    fail "$name: status $status, stderr: $(cat "$tmp/stderr")"
+  fi
+}

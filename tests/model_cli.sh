@@ -20,20 +20,6 @@ done
 "$eellm" model examples/default.txtpb --pp 3 > "$tmp/out" 2>&1
 if grep -Eq '^  2 +5-6' "$tmp/out"; then pass; else fail "pp 3 split of the default model"; cat "$tmp/out"; fi
 
-# expect_error NAME PATTERN [eellm model args...]: status 2, one line matching PATTERN.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$eellm" model "$@" > "$tmp/stdout" 2> "$tmp/stderr"
-  local status=$?
-  local lines
-  lines=$(wc -l < "$tmp/stderr")
-  if [ "$status" -eq 2 ] && [ "$lines" -eq 1 ] && grep -Eq "$pattern" "$tmp/stderr"; then
-    pass
-  else
-    fail "$name: status $status, stderr: $(cat "$tmp/stderr")"
-  fi
-}
 
 base='vocab_size: 64
 context_length: 32
@@ -43,35 +29,35 @@ n_layers: 4'
 bad() { printf '%s\n%s\n' "$base" "$2" > "$tmp/$1.txtpb"; }
 
 bad unknown 'd_modle: 3'
-expect_error "unknown field" "unknown\.txtpb:6:1: .*unknown field 'd_modle'" "$tmp/unknown.txtpb"
+expect_error "unknown field" "unknown\.txtpb:6:1: .*unknown field 'd_modle'" "$eellm" model "$tmp/unknown.txtpb"
 bad wrongtype 'ffn_size: "four"'
-expect_error "wrong type" "wrongtype\.txtpb:6:11: .*'ffn_size'" "$tmp/wrongtype.txtpb"
+expect_error "wrong type" "wrongtype\.txtpb:6:11: .*'ffn_size'" "$eellm" model "$tmp/wrongtype.txtpb"
 bad exitlayer 'exits { layer: 9 }'
-expect_error "exit layer outside" "exitlayer\.txtpb:6:[0-9]+: field 'exits\[0\]\.layer': value 9 outside 1\.\.4" "$tmp/exitlayer.txtpb"
+expect_error "exit layer outside" "exitlayer\.txtpb:6:[0-9]+: field 'exits\[0\]\.layer': value 9 outside 1\.\.4" "$eellm" model "$tmp/exitlayer.txtpb"
 bad exitzero 'exits { layer: 0 }'
-expect_error "exit layer zero" "exitzero\.txtpb:6:.*'exits\[0\]\.layer': value 0 outside 1\.\.4" "$tmp/exitzero.txtpb"
+expect_error "exit layer zero" "exitzero\.txtpb:6:.*'exits\[0\]\.layer': value 0 outside 1\.\.4" "$eellm" model "$tmp/exitzero.txtpb"
 printf '%s\n' "$base" | sed 's/n_heads: 4/n_heads: 5/' > "$tmp/heads.txtpb"
-expect_error "d_model not divisible" "heads\.txtpb:.*field 'd_model': value 32 is not divisible by n_heads 5" "$tmp/heads.txtpb"
+expect_error "d_model not divisible" "heads\.txtpb:.*field 'd_model': value 32 is not divisible by n_heads 5" "$eellm" model "$tmp/heads.txtpb"
 bad twoexits 'exits { layer: 2 }
 exits { layer: 2 structure: MLP }'
-expect_error "two exits on one layer" "twoexits\.txtpb:7:.*'exits\[1\]\.layer': value 2: exits\[0\] is on that layer too" "$tmp/twoexits.txtpb"
+expect_error "two exits on one layer" "twoexits\.txtpb:7:.*'exits\[1\]\.layer': value 2: exits\[0\] is on that layer too" "$eellm" model "$tmp/twoexits.txtpb"
 bad negweight 'exits { layer: 2 loss_weight: -0.5 }'
-expect_error "negative weight" "negweight\.txtpb:6:.*'exits\[0\]\.loss_weight': value -0.5 is negative" "$tmp/negweight.txtpb"
+expect_error "negative weight" "negweight\.txtpb:6:.*'exits\[0\]\.loss_weight': value -0.5 is negative" "$eellm" model "$tmp/negweight.txtpb"
 bad enum 'norm: LAYERNROM'
-expect_error "bad enum" "enum\.txtpb:6:.*LAYERNROM" "$tmp/enum.txtpb"
+expect_error "bad enum" "enum\.txtpb:6:.*LAYERNROM" "$eellm" model "$tmp/enum.txtpb"
 bad unclosed 'exits { layer: 2'
-expect_error "unclosed brace" "unclosed\.txtpb:" "$tmp/unclosed.txtpb"
+expect_error "unclosed brace" "unclosed\.txtpb:" "$eellm" model "$tmp/unclosed.txtpb"
 
 printf '%s\n' "$base" > "$tmp/good.txtpb"
-expect_error "pp larger than layers" "pp 5 is larger than the 4 layers" "$tmp/good.txtpb" --pp 5
+expect_error "pp larger than layers" "pp 5 is larger than the 4 layers" "$eellm" model "$tmp/good.txtpb" --pp 5
 printf 'parallelism { pp: 6 }\n' > "$tmp/train.txtpb"
-expect_error "train pp larger than layers" "train\.txtpb:1:.*'parallelism\.pp': value 6 outside 1\.\.4" "$tmp/good.txtpb" --train "$tmp/train.txtpb"
+expect_error "train pp larger than layers" "train\.txtpb:1:.*'parallelism\.pp': value 6 outside 1\.\.4" "$eellm" model "$tmp/good.txtpb" --train "$tmp/train.txtpb"
 
 "$eellm" model examples/default.txtpb --encode "$tmp/default.pb" > /dev/null
 size=$(stat -c %s "$tmp/default.pb")
 head -c $((size - 3)) "$tmp/default.pb" > "$tmp/truncated.pb"
-expect_error "truncated binary" "truncated\.pb: .*(truncated|malformed)" "$tmp/truncated.pb"
-expect_error "missing file" "nosuch\.txtpb" "$tmp/nosuch.txtpb"
-expect_error "train spec given as model" "declares proto-message eellm.Train" examples/default.train.txtpb
+expect_error "truncated binary" "truncated\.pb: .*(truncated|malformed)" "$eellm" model "$tmp/truncated.pb"
+expect_error "missing file" "nosuch\.txtpb" "$eellm" model "$tmp/nosuch.txtpb"
+expect_error "train spec given as model" "declares proto-message eellm.Train" "$eellm" model examples/default.train.txtpb
 
 finish model_cli

@@ -149,31 +149,19 @@ check "long: thinned ($raw)" test "${raw% *}" -le 1160 -a "${raw% *}" -ge 500
 check "long: the spike at step 15000 survives" test "${raw#* }" -lt 52
 
 # ---- errors: status 2, one line on stderr
-# expect_error NAME PATTERN [eellm plot args...]
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$eellm" plot "$@" > "$tmp/stdout" 2> "$tmp/stderr"
-  local status=$?
-  if [ "$status" -eq 2 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -Eq "$pattern" "$tmp/stderr"; then
-    pass
-  else
-    fail "$name: status $status, stderr: $(cat "$tmp/stderr")"
-  fi
-}
-expect_error "missing run dir" "nosuch: no such run directory" "$tmp/nosuch"
+expect_error "missing run dir" "nosuch: no such run directory" "$eellm" plot "$tmp/nosuch"
 mkdir "$tmp/empty"
-expect_error "missing metrics.jsonl" "empty/metrics.jsonl: cannot read \(No such file" "$tmp/empty"
+expect_error "missing metrics.jsonl" "empty/metrics.jsonl: cannot read \(No such file" "$eellm" plot "$tmp/empty"
 mkdir "$tmp/garbage"
 printf 'not json\n' > "$tmp/garbage/metrics.jsonl"
 "$eellm" plot "$tmp/garbage" > /dev/null 2> "$tmp/stderr"
 status=$?
 check "only garbage: status 2" test $status -eq 2
 check "only garbage: warning and error" grep -q 'garbage/metrics.jsonl: no valid metrics line' "$tmp/stderr"
-expect_error "unwritable output" "nodir/x.svg: cannot write \(No such file" "$flat" -o "$tmp/nodir/x.svg"
-expect_error "output is a directory" "cannot write \(Is a directory\)" "$flat" -o "$tmp/empty"
+expect_error "unwritable output" "nodir/x.svg: cannot write \(No such file" "$eellm" plot "$flat" -o "$tmp/nodir/x.svg"
+expect_error "output is a directory" "cannot write \(Is a directory\)" "$eellm" plot "$flat" -o "$tmp/empty"
 check "no temp file left after a failed write" test -z "$(ls "$tmp" | grep '\.tmp\.')"
-expect_error "label count" "2 labels given for 3 exits" "$flat" --labels "a,b"
+expect_error "label count" "2 labels given for 3 exits" "$eellm" plot "$flat" --labels "a,b"
 "$eellm" plot > /dev/null 2>&1
 status=$?
 check "no run dir: status 2" test $status -eq 2

@@ -75,43 +75,35 @@ check "inputs keep their order" \
 check "tokenize --help" bash -c "'$eellm' tokenize --help | grep -q '^usage: eellm tokenize'"
 check "detokenize --help" bash -c "'$eellm' detokenize --help | grep -q '^usage: eellm detokenize'"
 
-# expect_error NAME PATTERN COMMAND...: status 2, one line matching PATTERN, and
-# $tmp/keep.bin (an earlier output) unchanged.
+# refused NAME PATTERN COMMAND...: expect_error, and $tmp/keep.bin (an earlier
+# output) unchanged.
 cp "$tmp/byte.bin" "$tmp/keep.bin"
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$@" > "$tmp/stdout" 2> "$tmp/stderr"
-  local status=$?
-  if [ "$status" -eq 2 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -Eq "$pattern" "$tmp/stderr" &&
-     cmp -s "$tmp/keep.bin" "$tmp/byte.bin"; then
-    pass
-  else
-    fail "$name: status $status, stderr: $(cat "$tmp/stderr")"
-  fi
+refused() {
+  expect_error "$@"
+  check "$1: the earlier output is untouched" cmp -s "$tmp/keep.bin" "$tmp/byte.bin"
 }
 t="$eellm tokenize"
-expect_error "missing input" "nosuch\.txt: No such file" $t --tokenizer byte "$corpus" "$tmp/nosuch.txt" -o "$tmp/keep.bin"
+refused "missing input" "nosuch\.txt: No such file" $t --tokenizer byte "$corpus" "$tmp/nosuch.txt" -o "$tmp/keep.bin"
 mkdir "$tmp/hollow" && : > "$tmp/hollow/empty.txt"
-expect_error "empty input" "no text" $t --tokenizer byte "$tmp/hollow" -o "$tmp/keep.bin"
-expect_error "unwritable output" "nodir/out\.bin: cannot create" $t --tokenizer byte "$corpus" -o "$tmp/nodir/out.bin"
-expect_error "unwritable validation output" "nodir/val\.bin: cannot create" \
+refused "empty input" "no text" $t --tokenizer byte "$tmp/hollow" -o "$tmp/keep.bin"
+refused "unwritable output" "nodir/out\.bin: cannot create" $t --tokenizer byte "$corpus" -o "$tmp/nodir/out.bin"
+refused "unwritable validation output" "nodir/val\.bin: cannot create" \
   $t --tokenizer byte "$corpus" -o "$tmp/keep.bin" --val-out "$tmp/nodir/val.bin"
-expect_error "unknown tokenizer" "unknown tokenizer 'bpe'" $t --tokenizer bpe "$corpus" -o "$tmp/keep.bin"
-expect_error "no tokenizer" "needs --tokenizer" $t "$corpus" -o "$tmp/keep.bin"
-expect_error "no output" "needs -o" $t --tokenizer byte "$corpus"
-expect_error "bad fraction" "val-fraction wants a number in \(0, 1\), got '1.5'" \
+refused "unknown tokenizer" "unknown tokenizer 'bpe'" $t --tokenizer bpe "$corpus" -o "$tmp/keep.bin"
+refused "no tokenizer" "needs --tokenizer" $t "$corpus" -o "$tmp/keep.bin"
+refused "no output" "needs -o" $t --tokenizer byte "$corpus"
+refused "bad fraction" "val-fraction wants a number in \(0, 1\), got '1.5'" \
   $t --tokenizer byte "$corpus" -o "$tmp/keep.bin" --val-out "$tmp/v.bin" --val-fraction 1.5
-expect_error "one document cannot be split" "at least 2 documents" \
+refused "one document cannot be split" "at least 2 documents" \
   $t --tokenizer byte "$corpus/a1.txt" -o "$tmp/keep.bin" --val-out "$tmp/v.bin"
-expect_error "missing tokenizer files" "nodir/encoder\.json: cannot open" \
+refused "missing tokenizer files" "nodir/encoder\.json: cannot open" \
   $t --tokenizer gpt2 --tokenizer-dir "$tmp/nodir" "$corpus" -o "$tmp/keep.bin"
-expect_error "EELLM_TOKENIZER_DIR" "envdir/encoder\.json" \
+refused "EELLM_TOKENIZER_DIR" "envdir/encoder\.json" \
   env EELLM_TOKENIZER_DIR="$tmp/envdir" $t --tokenizer gpt2 "$corpus" -o "$tmp/keep.bin"
 head -c 40 "$tmp/byte.bin" > "$tmp/cut.bin"
-expect_error "detokenize a truncated file" "cut\.bin: .*truncated" "$eellm" detokenize "$tmp/cut.bin"
-expect_error "detokenize a missing file" "nosuch\.bin: cannot open" "$eellm" detokenize "$tmp/nosuch.bin"
-expect_error "detokenize into a missing directory" "nodir/out\.txt: cannot create" \
+refused "detokenize a truncated file" "cut\.bin: .*truncated" "$eellm" detokenize "$tmp/cut.bin"
+refused "detokenize a missing file" "nosuch\.bin: cannot open" "$eellm" detokenize "$tmp/nosuch.bin"
+refused "detokenize into a missing directory" "nodir/out\.txt: cannot create" \
   "$eellm" detokenize "$tmp/byte.bin" -o "$tmp/nodir/out.txt"
 check "no temporary files left" test -z "$(find "$tmp" -name '.*.??????')"
 

@@ -141,14 +141,6 @@ for r in (0, 1):
 " "$tmp/pp"'
 
 # Bad arguments: one line, status 2.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$@" > /dev/null 2> "$tmp/err"
-  local status=$?
-  if [ $status -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -Eq "$pattern" "$tmp/err"; then pass
-  else fail "$name: status $status, stderr: $(cat "$tmp/err")"; fi
-}
 expect_error "unknown --trace-format" "trace-format wants chrome or paje" run --out "$tmp/x1" --trace "$tmp/x.json" --trace-format otf2
 expect_error "unwritable --trace" "/proc/eellm/t.json" run --out "$tmp/x2" --trace /proc/eellm/t.json
 expect_error "summary of a missing file" "nope\.json" "$eellm" trace summary "$tmp/nope.json"

@@ -92,28 +92,20 @@ EOT
 check "tune-exits trains exits only; copy init from the final head" 'grep -q "^ok" "$tmp/tune.check"'
 
 # Bad input: one line on stderr, status 2, nothing overwritten.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  "$eellm" train "$@" > /dev/null 2> "$tmp/err"
-  local status=$?
-  if [ $status -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -Eq "$pattern" "$tmp/err"; then pass
-  else fail "$name: status $status, stderr: $(cat "$tmp/err")"; fi
-}
 : > "$tmp/empty.bin"
-expect_error "empty token file" "empty\.bin" --model $model --train $train --data "$tmp/empty.bin" --out "$tmp/x1"
+expect_error "empty token file" "empty\.bin" "$eellm" train --model $model --train $train --data "$tmp/empty.bin" --out "$tmp/x1"
 head -c 100 "$tmp/train.bin" > "$tmp/truncated.bin"
-expect_error "truncated token file" "truncated\.bin" --model $model --train $train --data "$tmp/truncated.bin" --out "$tmp/x2"
+expect_error "truncated token file" "truncated\.bin" "$eellm" train --model $model --train $train --data "$tmp/truncated.bin" --out "$tmp/x2"
 printf 'hi' > "$tmp/short.txt"
 "$eellm" tokenize --tokenizer byte "$tmp/short.txt" -o "$tmp/short.bin" > /dev/null
-expect_error "data shorter than a sequence" "short\.bin: .*shorter than one sequence" --model $model --train $train --data "$tmp/short.bin" --out "$tmp/x3"
+expect_error "data shorter than a sequence" "short\.bin: .*shorter than one sequence" "$eellm" train --model $model --train $train --data "$tmp/short.bin" --out "$tmp/x3"
 sed 's/vocab_size: 257/vocab_size: 200/' $model > "$tmp/small-vocab.txtpb"
-expect_error "token id >= vocab" "train\.bin: .*(vocabulary|vocab)" --model "$tmp/small-vocab.txtpb" --train $train --data "$tmp/train.bin" --out "$tmp/x4"
+expect_error "token id >= vocab" "train\.bin: .*(vocabulary|vocab)" "$eellm" train --model "$tmp/small-vocab.txtpb" --train $train --data "$tmp/train.bin" --out "$tmp/x4"
 sed 's/d_model: 32/d_model: 16/' $model > "$tmp/other.txtpb"
 cp "$tmp/full/checkpoint.safetensors" "$tmp/full-ckpt-copy"
-expect_error "checkpoint spec differs" "differs from .*other\.txtpb in field 'd_model'" --model "$tmp/other.txtpb" --train $train --data "$tmp/train.bin" --out "$tmp/full" --resume
-expect_error "existing run without --resume" "already holds a run" --model $model --train $train --data "$tmp/train.bin" --out "$tmp/full"
+expect_error "checkpoint spec differs" "differs from .*other\.txtpb in field 'd_model'" "$eellm" train --model "$tmp/other.txtpb" --train $train --data "$tmp/train.bin" --out "$tmp/full" --resume
+expect_error "existing run without --resume" "already holds a run" "$eellm" train --model $model --train $train --data "$tmp/train.bin" --out "$tmp/full"
 check "nothing overwritten" 'cmp -s "$tmp/full/checkpoint.safetensors" "$tmp/full-ckpt-copy"'
-expect_error "unwritable --out" "/proc/eellm: cannot create" --model $model --train $train --data "$tmp/train.bin" --out /proc/eellm
+expect_error "unwritable --out" "/proc/eellm: cannot create" "$eellm" train --model $model --train $train --data "$tmp/train.bin" --out /proc/eellm
 
 finish train_cli
