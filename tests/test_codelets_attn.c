@@ -27,23 +27,12 @@ struct attn_ref {
   double *scores;     /* [T] */
 };
 
-/* Hugging Face rotate-half RoPE of one head vector at position pos, in place. */
-static void ref_rope(double *x, size_t pos, size_t hd, double theta) {
-  size_t half = hd / 2;
-  for (size_t i = 0; i < half; i++) {
-    double angle = (double)pos * pow(theta, -2.0 * (double)i / (double)hd);
-    double x1 = x[i], x2 = x[i + half];
-    x[i] = x1 * cos(angle) - x2 * sin(angle);
-    x[i + half] = x2 * cos(angle) + x1 * sin(angle);
-  }
-}
-
 /* Copies one head's q or k (third = 0 or 1) of row n, rotated when RoPE is on. */
 static void ref_head_vec(const struct attn_ref *r, size_t n, size_t third, size_t h, double *x) {
   const struct attn_case *c = r->c;
   size_t hd = c->D / c->H;
   for (size_t i = 0; i < hd; i++) x[i] = r->qkv[n * 3 * c->D + third * c->D + h * hd + i];
-  if (c->rope) ref_rope(x, n % c->T, hd, c->theta);
+  if (c->rope) tu_ref_rope(x, n % c->T, hd, c->theta);
 }
 
 /* One query row t of sequence b, head h: softmax over keys 0..t, out and lse. */

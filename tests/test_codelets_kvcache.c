@@ -119,17 +119,6 @@ struct cache_case {
   int rope;
 };
 
-/* Hugging Face rotate-half RoPE of one head vector at position pos, in place. */
-static void ref_rope(double *x, size_t pos, size_t hd, double theta) {
-  size_t half = hd / 2;
-  for (size_t i = 0; i < half; i++) {
-    double angle = (double)pos * pow(theta, -2.0 * (double)i / (double)hd);
-    double x1 = x[i], x2 = x[i + half];
-    x[i] = x1 * cos(angle) - x2 * sin(angle);
-    x[i + half] = x2 * cos(angle) + x1 * sin(angle);
-  }
-}
-
 /* cache [S * C, 2D] (double, dense) after storing row n of qkv [N, ld_qkv]. */
 static void ref_store(double *cache, const float *qkv, size_t ld_qkv, size_t n, size_t slot,
                       size_t pos, size_t C, const struct cache_case *c, double theta) {
@@ -137,7 +126,7 @@ static void ref_store(double *cache, const float *qkv, size_t ld_qkv, size_t n, 
   double *row = cache + (slot * C + pos) * 2 * c->D;
   for (size_t i = 0; i < 2 * c->D; i++) row[i] = qkv[n * ld_qkv + c->D + i];
   if (c->rope)
-    for (size_t h = 0; h < c->H; h++) ref_rope(row + h * hd, pos, hd, theta);
+    for (size_t h = 0; h < c->H; h++) tu_ref_rope(row + h * hd, pos, hd, theta);
 }
 
 /* out row [D] of a query (row n of qkv) at position pos over the slot's cache rows 0..pos. */
@@ -148,7 +137,7 @@ static void ref_attend(const double *cache, const float *qkv, size_t ld_qkv, siz
   double q[64], scores[64];
   for (size_t h = 0; h < c->H; h++) {
     for (size_t i = 0; i < hd; i++) q[i] = qkv[n * ld_qkv + h * hd + i];
-    if (c->rope) ref_rope(q, pos, hd, theta);
+    if (c->rope) tu_ref_rope(q, pos, hd, theta);
     double max = -INFINITY, sum = 0;
     for (size_t j = 0; j <= pos; j++) {
       const double *k = cache + (slot * C + j) * 2 * c->D + h * hd;

@@ -163,6 +163,16 @@ int tu_ok(int cond, const char *what) {
   return cond;
 }
 
+void tu_ref_rope(double *x, size_t pos, size_t hd, double theta) {
+  size_t half = hd / 2;
+  for (size_t i = 0; i < half; i++) {
+    double angle = (double)pos * pow(theta, -2.0 * (double)i / (double)hd);
+    double x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * cos(angle) - x2 * sin(angle);
+    x[i + half] = x2 * cos(angle) + x1 * sin(angle);
+  }
+}
+
 double tu_fd(double (*f)(void *ctx), void *ctx, double *x, size_t i, double h) {
   double saved = x[i];
   x[i] = saved + h;

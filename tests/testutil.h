@@ -41,6 +41,10 @@ int tu_ok(int cond, const char *what);
 /* A fresh directory under /tmp; tu_finish removes it with everything in it. */
 const char *tu_tempdir(void);
 
+/* Double-precision reference of RoPE (Hugging Face rotate-half: pairs (i, i + hd/2),
+ * angle pos * theta^(-2i/hd)) on one head vector x [hd], in place. */
+void tu_ref_rope(double *x, size_t pos, size_t hd, double theta);
+
 /* Central finite difference of f at x[i] in double precision, step h. */
 double tu_fd(double (*f)(void *ctx), void *ctx, double *x, size_t i, double h);
 
