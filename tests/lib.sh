@@ -32,3 +32,17 @@ expect_error() {
     fail "$name: status $status, stderr: $(cat "$tmp/stderr")"
   fi
 }
+# byte_corpus DOCS LINES [VAL_FRACTION]: a small corpus of repeated sentences,
+# byte-tokenized by $eellm into $tmp/train.bin (and, with a fraction, the last
+# documents into $tmp/val.bin).
+byte_corpus() {
+  mkdir -p "$tmp/corpus"
+  local d i
+  for d in $(seq 1 "$1"); do
+    for i in $(seq 1 "$2"); do echo "the quick brown fox $d jumps over the lazy dog number $i."; done \
+      > "$tmp/corpus/doc$d.txt"
+  done
+  local val=()
+  [ -n "${3:-}" ] && val=(--val-out "$tmp/val.bin" --val-fraction "$3")
+  "$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" "${val[@]}" > /dev/null
+}

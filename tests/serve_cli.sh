@@ -7,7 +7,7 @@
 set -u
 build=${1:-build}
 eellm="$build/eellm"
-tmp=$(mktemp -d)
+. "$(dirname "$0")/lib.sh"
 server=""
 cleanup() {
   [ -n "$server" ] && kill -KILL "$server" 2> /dev/null
@@ -15,22 +15,9 @@ cleanup() {
 }
 trap cleanup EXIT
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { if eval "$2"; then pass; else fail "$1"; fi; }
-finish() {
-  echo "serve_cli: $passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
-  exit
-}
 
 # The tiny model (3 layers, exits after layers 1 and 2, context 32, byte tokenizer).
-mkdir "$tmp/corpus"
-for d in 1 2 3; do
-  for i in $(seq 1 40); do echo "the quick brown fox $d jumps over the lazy dog number $i."; done > "$tmp/corpus/doc$d.txt"
-done
-"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
+byte_corpus 3 40
 "$eellm" train --model tests/specs/tiny.txtpb --train tests/specs/tiny.train.txtpb \
   --data "$tmp/train.bin" --steps 2 --out "$tmp/run" > /dev/null 2>&1
 check "a two-step checkpoint" '[ -s "$tmp/run/checkpoint.safetensors" ]'
@@ -44,7 +31,7 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 check "the server says where it listens" '[ -n "$port" ]'
-[ -n "$port" ] || { cat "$tmp/log"; finish; }
+[ -n "$port" ] || { cat "$tmp/log"; finish serve_cli; exit; }
 url=http://127.0.0.1:$port/api
 for _ in $(seq 1 50); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url")" = 405 ] && break
@@ -219,4 +206,4 @@ for i in 1 2 3 4 5 6 7 8; do
 done
 check "long requests after SIGTERM: 200 or 503, one 503 at least (got$codes)" \
   '[ $others -eq 0 ] && grep -q "shutting down" "$tmp"/long*.json'
-finish
+finish serve_cli

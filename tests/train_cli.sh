@@ -13,11 +13,7 @@ export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
 model=tests/specs/tiny.txtpb
 train=tests/specs/tiny.train.txtpb
 # A small corpus with structure a model can learn: repeated sentences.
-mkdir "$tmp/corpus"
-for d in 1 2 3 4 5 6; do
-  for i in $(seq 1 60); do echo "the quick brown fox $d jumps over the lazy dog number $i."; done > "$tmp/corpus/doc$d.txt"
-done
-"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" --val-out "$tmp/val.bin" --val-fraction 0.2 > /dev/null
+byte_corpus 6 60 0.2
 check "tokenize" '[ -s "$tmp/train.bin" ] && [ -s "$tmp/val.bin" ]'
 
 run() { "$eellm" train --model $model --train $train --data "$tmp/train.bin" --val "$tmp/val.bin" "$@"; }
