@@ -14,8 +14,8 @@
 #include <time.h>
 
 #include "eellm.h"
-#include "runtime/generate.h"
-#include "runtime/tokenizer.h"
+#include "runtime/generate/generate.h"
+#include "runtime/tokenize/tokenizer.h"
 
 static const char *const prompts[] = {
     "Fellow-Citizens of the Senate and House of Representatives: ",

@@ -12,7 +12,7 @@
 
 #include "codelets/codelets.h"
 #include "eellm.h"
-#include "runtime/trace.h"
+#include "runtime/engine/trace.h"
 
 enum { N_VECTORS = 256, VECTOR_LEN = 64 };
 

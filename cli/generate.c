@@ -9,9 +9,9 @@
 
 #include "cli/commands.h"
 #include "eellm.h"
-#include "runtime/generate.h"
-#include "runtime/trace.h"
-#include "runtime/tokenizer.h"
+#include "runtime/generate/generate.h"
+#include "runtime/engine/trace.h"
+#include "runtime/tokenize/tokenizer.h"
 
 static const char generate_usage[] =
     "usage: eellm generate --ckpt RUN_DIR|FILE (--prompt TEXT... | --prompt-file FILE)\n"

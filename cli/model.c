@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "eellm.h"
-#include "runtime/specio.h"
+#include "runtime/io/specio.h"
 
 static const char model_usage[] =
     "usage: eellm model FILE [--pp N | --train TRAIN.txtpb] [--encode OUT.pb] [--decode OUT.txtpb]\n"

@@ -8,7 +8,7 @@
 
 #include "cli/commands.h"
 #include "eellm.h"
-#include "runtime/plot.h"
+#include "runtime/train/plot.h"
 
 static const char plot_usage[] =
     "usage: eellm plot RUN_DIR [-o OUT.svg] [--labels \"layer 2,layer 4,final\"]\n"

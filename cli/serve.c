@@ -9,8 +9,8 @@
 
 #include "cli/commands.h"
 #include "eellm.h"
-#include "runtime/generate.h"
-#include "runtime/server.h"
+#include "runtime/generate/generate.h"
+#include "runtime/serve/server.h"
 
 static const char serve_usage[] =
     "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"

@@ -12,9 +12,9 @@
 #include <time.h>
 
 #include "cli/commands.h"
-#include "runtime/outfile.h"
-#include "runtime/tokenizer.h"
-#include "runtime/tokens.h"
+#include "runtime/io/outfile.h"
+#include "runtime/tokenize/tokenizer.h"
+#include "runtime/io/tokens.h"
 
 static const char tokenize_usage[] =
     "usage: eellm tokenize --tokenizer byte|gpt2 [--tokenizer-dir DIR] INPUT... -o OUT.bin\n"

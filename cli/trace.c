@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "cli/commands.h"
-#include "runtime/outfile.h"
-#include "runtime/trace.h"
-#include "runtime/trace_stats.h"
+#include "runtime/io/outfile.h"
+#include "runtime/engine/trace.h"
+#include "runtime/trace/trace_stats.h"
 
 static const char trace_usage[] =
     "usage: eellm trace summary TRACE.json [TRACE.json ...]\n"

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "cli/commands.h"
-#include "runtime/trainer.h"
+#include "runtime/train/trainer.h"
 
 static const char train_usage[] =
     "usage: eellm train --model M.txtpb --train T.txtpb --data train.bin [--val val.bin]\n"

@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "eellm.h"
-#include "runtime/mpi.h"
-#include "runtime/trace.h"
+#include "runtime/engine/mpi.h"
+#include "runtime/engine/trace.h"
 
 const struct eellm_task_info eellm_task_default = {
     .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};

@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 
 #include "graph/step.h"
-#include "runtime/mpi.h"
+#include "runtime/engine/mpi.h"
 
 struct builder {
   struct eellm_model *m;

@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "codelets/codelets.h"
-#include "runtime/mpi.h"
+#include "runtime/engine/mpi.h"
 
 enum { PRIO_EXIT = 0, PRIO_FORWARD = 1, PRIO_BACKWARD = 2 };
 

@@ -4,7 +4,7 @@
 #include <stdio.h>
 
 #include "eellm.h"
-#include "runtime/specio.h"
+#include "runtime/io/specio.h"
 
 int main(int argc, char **argv) {
   if (argc != 3) {

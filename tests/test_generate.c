@@ -1,4 +1,4 @@
-/* Early-exit generation (runtime/generate.h) on two tiny models, one GPT-style
+/* Early-exit generation (runtime/generate/generate.h) on two tiny models, one GPT-style
  * with an exit of every structure, one Llama-style (RoPE, RMSNorm, SwiGLU):
  * - exits off: greedy tokens equal the training forward's (no cache) on the
  *   growing sequence, logits within 1e-4, for both methods;
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/generate.h"
+#include "runtime/generate/generate.h"
 #include "testutil.h"
 
 #define MAX_BATCH 3

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "testutil.h"
 
 enum { MICRO = 2, BATCH = 2, SEQ = 13 };

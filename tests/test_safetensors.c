@@ -12,8 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "runtime/base64.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/base64.h"
+#include "runtime/io/safetensors.h"
 #include "testutil.h"
 
 #define PYTHON "/usr/bin/python3"

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/specio.h"
+#include "runtime/io/specio.h"
 #include "testutil.h"
 #include "textpb_scalars.pb-c.h"
 

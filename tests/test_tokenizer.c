@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/tokenizer.h"
-#include "runtime/tokens.h"
+#include "runtime/tokenize/tokenizer.h"
+#include "runtime/io/tokens.h"
 
 #define GPT2_DIR "data/gpt2"
 

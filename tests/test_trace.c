@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "runtime/trace.h"
-#include "runtime/trace_stats.h"
+#include "runtime/engine/trace.h"
+#include "runtime/trace/trace_stats.h"
 #include "testutil.h"
 
 static const char *dir;

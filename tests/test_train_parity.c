@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "testutil.h"
 
 enum { STEPS = 3 };

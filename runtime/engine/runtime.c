@@ -1,0 +1,40 @@
+/* StarPU start-up: single-threaded BLAS inside tasks, one CPU worker per core,
+ * a scheduler that honours priorities, no OpenCL devices; StarPU-MPI instead
+ * of plain StarPU once eellm_mpi_init has brought MPI up. */
+#include "eellm.h"
+
+#include <cblas.h>
+#include <starpu.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "runtime/engine/mpi.h"
+
+int eellm_mpi_start_starpu(struct starpu_conf *conf);
+void eellm_mpi_stop(int starpu_started);
+
+static int started;
+
+int eellm_runtime_start(void) {
+  openblas_set_num_threads(1);
+  struct starpu_conf conf;
+  starpu_conf_init(&conf);
+  /* eager ignores priorities; lws honours them and steals locally (Chameleon's CPU choice). */
+  if (!getenv("STARPU_SCHED")) conf.sched_policy_name = "lws";
+  conf.nopencl = 0; /* eellm has no OpenCL kernels */
+  int ret = eellm_mpi_active() ? eellm_mpi_start_starpu(&conf) : starpu_init(&conf);
+  if (ret != 0) {
+    fprintf(stderr, "eellm: starting StarPU failed (%d): no CPU worker available?\n", ret);
+    return -1;
+  }
+  started = 1;
+  return 0;
+}
+
+void eellm_runtime_stop(void) {
+  if (eellm_mpi_active())
+    eellm_mpi_stop(started);
+  else if (started)
+    starpu_shutdown();
+  started = 0;
+}

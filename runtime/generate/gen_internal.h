@@ -1,0 +1,95 @@
+/* What generate.c (the API, the checks, the set-up) and gen_step.c (the tasks
+ * of each step and the exit decisions) share. */
+#ifndef EELLM_RUNTIME_GEN_INTERNAL_H
+#define EELLM_RUNTIME_GEN_INTERNAL_H
+
+#include <pthread.h>
+#include <starpu.h>
+#include <stdint.h>
+
+#include "codelets/codelets.h"
+#include "graph/model.h"
+#include "runtime/generate/gen_pool.h"
+#include "runtime/generate/generate.h"
+
+struct eellm_generator {
+  struct eellm_model *m;
+  struct eellm_tokenizer *tok;
+  unsigned max_batch, context, n_layers;
+  size_t d_model, vocab;
+  int *exit_at;                /* per layer (0-based): the spec exit reading its output, or -1 */
+  size_t n_caches;             /* n_layers, then one per spec exit (BLOCK exits only) */
+  float **cache_mem;           /* [max_batch * context, 2 d_model] each, NULL when unused */
+  starpu_data_handle_t *cache;
+  /* Steps alternate between two pools: a step's handles are free again two
+   * steps later, and reusing them never waits for the previous step's tasks. */
+  struct gen_pool *pools[2];
+};
+
+/* A prompt's state during a call. */
+struct sequence {
+  uint16_t *tokens;  /* prompt, then what was generated: len tokens */
+  size_t len, max_len;
+  size_t through;    /* positions 0 .. through - 1 have keys and values at every layer */
+  int done;
+  uint64_t rng;
+  float uniform;     /* this step's draw */
+  struct eellm_gen_sequence *out;
+};
+
+/* The rows going through the layers together, and their residual streams. */
+struct flow {
+  size_t n;
+  int32_t *positions, *slots;
+  size_t *seq;                   /* the sequence of each row */
+  starpu_data_handle_t positions_h, slots_h;
+  starpu_data_handle_t x;        /* [n, D]: output of the last layer submitted */
+  starpu_data_handle_t r;        /* [n, D]: that layer's post-attention residual */
+  starpu_data_handle_t block;    /* [n, D]: a BLOCK exit's layer output, or NULL */
+};
+
+/* An exit head, or the final head (exit == n_exits). */
+struct head {
+  unsigned exit, layer;
+  Eellm__Exit__Structure structure;
+  const struct eellm_layer_params *block;
+  int norm_w, norm_b, head_w;
+  float temperature;
+};
+
+/* Everything one call of eellm_generate holds. */
+struct call {
+  struct eellm_generator *g;
+  const struct eellm_model *m;
+  const struct eellm_gen_options *o;
+  struct sequence *seqs;
+  size_t n_seqs;
+  unsigned char *allowed;        /* per layer: its exit may fire */
+  unsigned *points, n_points;    /* where decisions fall: the spec exits that may fire, in
+                                    layer order, then the final head (n_exits) */
+  unsigned *stage_of;            /* per layer (PIPELINE; 0 under RECOMPUTE) */
+  int prio_decide;               /* above every catch-up priority */
+  /* The step under way. */
+  int step, in_step;
+  struct gen_pool *pool;         /* its handles */
+  struct flow f;
+  size_t *undecided, n_und;      /* sequences without their token yet */
+  unsigned layer;                /* the next layer to submit */
+  unsigned next_point;           /* index into points */
+  struct head head;              /* whose choices are awaited */
+  starpu_data_handle_t logits, choices;
+  void **kept;                   /* host scratch, freed at the step's end */
+  size_t n_kept, cap_kept;
+  /* The thread that submitted a head and StarPU's callback bringing its
+   * choices meet here; the second to arrive goes on. */
+  pthread_mutex_t lock;
+  pthread_cond_t finished_cv;
+  int arrivals, finished;
+};
+
+void *gen_xmalloc(size_t bytes);
+/* Runs the call's steps; returns once every sequence has finished and every
+ * task has run. */
+void gen_run(struct call *c);
+
+#endif

@@ -1,0 +1,293 @@
+/* Early-exit generation (generate.h): the generator (weights, tokenizer, the
+ * per-layer key/value caches), the checks of a request, and the set-up of a
+ * call; gen_step.c submits the steps. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/generate/gen_internal.h"
+#include "runtime/tokenize/tokenizer.h"
+
+/* ---- the generator ----------------------------------------------------------- */
+
+static int add_cache(struct eellm_generator *g, size_t i) {
+  size_t rows = (size_t)g->max_batch * g->context;
+  g->cache_mem[i] = calloc(rows * 2 * g->d_model, sizeof(float));
+  if (!g->cache_mem[i]) return -1;
+  starpu_matrix_data_register(&g->cache[i], STARPU_MAIN_RAM, (uintptr_t)g->cache_mem[i],
+                              2 * g->d_model, 2 * g->d_model, rows, sizeof(float));
+  return 0;
+}
+
+static int build_caches(struct eellm_generator *g) {
+  const Eellm__Model *spec = g->m->spec;
+  g->n_caches = spec->n_layers + spec->n_exits;
+  g->cache_mem = calloc(g->n_caches, sizeof *g->cache_mem);
+  g->cache = calloc(g->n_caches, sizeof *g->cache);
+  g->exit_at = malloc(spec->n_layers * sizeof *g->exit_at);
+  if (!g->cache_mem || !g->cache || !g->exit_at) return -1;
+  for (unsigned l = 0; l < spec->n_layers; l++) {
+    g->exit_at[l] = -1;
+    if (add_cache(g, l) != 0) return -1;
+  }
+  for (unsigned k = 0; k < spec->n_exits; k++) {
+    g->exit_at[g->m->exits[k].layer - 1] = (int)k;
+    if (g->m->exits[k].structure == EELLM__EXIT__STRUCTURE__BLOCK &&
+        add_cache(g, spec->n_layers + k) != 0)
+      return -1;
+  }
+  return 0;
+}
+
+struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
+                                             unsigned max_batch, char *err, size_t errlen) {
+  if (max_batch < 1) {
+    snprintf(err, errlen, "a batch holds at least one prompt");
+    return NULL;
+  }
+  Eellm__Model *spec = eellm_checkpoint_spec(ckpt, err, errlen);
+  if (!spec) return NULL;
+  struct eellm_generator *g = calloc(1, sizeof *g);
+  if (!g) abort();
+  g->m = eellm_model_create(spec, 1, 1, err, errlen);
+  eellm_spec_free(spec);
+  if (!g->m || eellm_model_load(g->m, ckpt, err, errlen) != 0) goto fail;
+  const char *kind = eellm_model_tokenizer(g->m);
+  if (!kind) {
+    snprintf(err, errlen, "%s: no tokenizer named in the checkpoint's metadata", ckpt);
+    goto fail;
+  }
+  if (!(g->tok = eellm_tokenizer_open(kind, tokenizer_dir, err, errlen))) goto fail;
+  spec = g->m->spec;
+  if (eellm_tokenizer_vocab_size(g->tok) > spec->vocab_size) {
+    snprintf(err, errlen, "%s: tokenizer %s has %u ids, the model only %u", ckpt, kind,
+             eellm_tokenizer_vocab_size(g->tok), spec->vocab_size);
+    goto fail;
+  }
+  g->max_batch = max_batch;
+  g->context = spec->context_length;
+  g->n_layers = spec->n_layers;
+  g->d_model = spec->d_model;
+  g->vocab = spec->vocab_size;
+  g->pools[0] = gen_pool_new();
+  g->pools[1] = gen_pool_new();
+  if (!g->pools[0] || !g->pools[1] || build_caches(g) != 0) {
+    snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
+    goto fail;
+  }
+  return g;
+fail:
+  eellm_generator_close(g);
+  return NULL;
+}
+
+void eellm_generator_close(struct eellm_generator *g) {
+  if (!g) return;
+  starpu_task_wait_for_all();
+  gen_pool_free(g->pools[0]);
+  gen_pool_free(g->pools[1]);
+  for (size_t i = 0; g->cache && i < g->n_caches; i++) {
+    if (g->cache_mem[i]) starpu_data_unregister(g->cache[i]);
+    free(g->cache_mem[i]);
+  }
+  free(g->cache);
+  free(g->cache_mem);
+  free(g->exit_at);
+  eellm_tokenizer_close(g->tok);
+  eellm_model_destroy(g->m);
+  free(g);
+}
+
+unsigned eellm_generator_context(const struct eellm_generator *g) { return g->context; }
+struct eellm_tokenizer *eellm_generator_tokenizer(struct eellm_generator *g) { return g->tok; }
+unsigned eellm_generator_n_layers(const struct eellm_generator *g) { return g->n_layers; }
+
+size_t eellm_generator_exit_layers(const struct eellm_generator *g, unsigned *layers) {
+  size_t n = 0;
+  for (unsigned l = 0; l < g->n_layers; l++)
+    if (g->exit_at[l] >= 0) {
+      if (layers) layers[n] = l + 1;
+      n++;
+    }
+  return n;
+}
+
+unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages,
+                                unsigned *stage_layers) {
+  if (stages > g->n_layers) return 0;
+  if (stages == 0 && eellm_generator_exit_layers(g, NULL) > 0) {
+    unsigned n = 0, first = 0;
+    for (unsigned l = 0; l < g->n_layers; l++)
+      if (g->exit_at[l] >= 0 || l + 1 == g->n_layers) {
+        stage_layers[n++] = l + 1 - first;
+        first = l + 1;
+      }
+    return n;
+  }
+  if (stages == 0) stages = g->n_layers >= 2 ? 2 : 1;
+  eellm_stage_split(g->m->spec, stages, NULL, 0, stage_layers);
+  return stages;
+}
+
+int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
+                               size_t first, size_t count, float *kv) {
+  if (sequence >= g->max_batch || layer < 1 || layer > g->n_layers || first > g->context ||
+      count > g->context - first)
+    return -1;
+  starpu_data_handle_t h = g->cache[layer - 1];
+  size_t width = 2 * g->d_model;
+  starpu_data_acquire(h, STARPU_R);
+  memcpy(kv, g->cache_mem[layer - 1] + (sequence * g->context + first) * width,
+         count * width * sizeof *kv);
+  starpu_data_release(h);
+  return 0;
+}
+
+void eellm_gen_sequence_free(struct eellm_gen_sequence *s) {
+  if (!s) return;
+  free(s->tokens);
+  free(s->exit_layers);
+  free(s->logprobs);
+  free(s->logits);
+  memset(s, 0, sizeof *s);
+}
+
+/* ---- eellm_generate ------------------------------------------------------------------ */
+
+static int check_options(const struct call *c, const struct eellm_gen_options *o, char *err,
+                         size_t errlen) {
+  if (o->use_early_exit && !(o->threshold > 0 && o->threshold <= 1)) {
+    snprintf(err, errlen, "threshold %g outside (0, 1]", (double)o->threshold);
+    return -1;
+  }
+  if (o->rule != EELLM_EXIT_MAXPROB && o->rule != EELLM_EXIT_ENTROPY) {
+    snprintf(err, errlen, "unknown exit rule %d", (int)o->rule);
+    return -1;
+  }
+  if (o->method != EELLM_GEN_RECOMPUTE && o->method != EELLM_GEN_PIPELINE) {
+    snprintf(err, errlen, "unknown generation method %d", (int)o->method);
+    return -1;
+  }
+  if (!(o->temperature >= 0 && isfinite(o->temperature)) || !(o->top_p >= 0 && o->top_p <= 1)) {
+    snprintf(err, errlen, "temperature %g (want >= 0) or top_p %g (want 0..1) out of range",
+             (double)o->temperature, (double)o->top_p);
+    return -1;
+  }
+  if (o->stages > c->g->n_layers) {
+    snprintf(err, errlen, "%u stages for %u layers", o->stages, c->g->n_layers);
+    return -1;
+  }
+  return 0;
+}
+
+/* Which exits may fire: none with exits off, else the listed layers (all when none). */
+static int allowed_exits(struct call *c, char *err, size_t errlen) {
+  const struct eellm_gen_options *o = c->o;
+  unsigned n_layers = c->g->n_layers;
+  int on = o->use_early_exit && o->threshold < 1;
+  for (unsigned l = 0; l < n_layers; l++)
+    c->allowed[l] = on && !o->n_exit_layers && c->g->exit_at[l] >= 0;
+  for (size_t i = 0; i < o->n_exit_layers; i++) {
+    unsigned layer = o->exit_layers[i];
+    if (layer < 1 || layer > n_layers || (c->g->exit_at[layer - 1] < 0 && layer != n_layers)) {
+      snprintf(err, errlen, "exit layer %u: the model has no exit there", layer);
+      return -1;
+    }
+    c->allowed[layer - 1] = on && c->g->exit_at[layer - 1] >= 0;
+  }
+  return 0;
+}
+
+static int check_prompts(const struct eellm_generator *g, const uint16_t *const *prompts,
+                         const size_t *lens, size_t n, char *err, size_t errlen) {
+  if (n > g->max_batch) {
+    snprintf(err, errlen, "%zu prompts: this generator takes at most %u at once", n, g->max_batch);
+    return -1;
+  }
+  for (size_t s = 0; s < n; s++) {
+    if (lens[s] < 1 || lens[s] > g->context) {
+      snprintf(err, errlen, "prompt %zu has %zu tokens: need 1..%u (the context)", s, lens[s],
+               g->context);
+      return -1;
+    }
+    for (size_t i = 0; i < lens[s]; i++)
+      if (prompts[s][i] >= g->vocab) {
+        snprintf(err, errlen, "prompt %zu: token id %u outside the vocabulary (%zu)", s,
+                 (unsigned)prompts[s][i], g->vocab);
+        return -1;
+      }
+  }
+  return 0;
+}
+
+static void start_sequence(struct call *c, size_t s, const uint16_t *prompt, size_t len,
+                           struct eellm_gen_sequence *out) {
+  struct sequence *q = &c->seqs[s];
+  size_t room = c->g->context - len, n_max = c->o->max_tokens < room ? c->o->max_tokens : room;
+  q->tokens = gen_xmalloc((len + n_max) * sizeof *q->tokens);
+  memcpy(q->tokens, prompt, len * sizeof *prompt);
+  q->len = len;
+  q->max_len = len + n_max;
+  q->done = n_max == 0;
+  q->rng = c->o->seed * 0x2545f4914f6cdd1dull + s;
+  q->out = out;
+  out->tokens = gen_xmalloc(n_max * sizeof *out->tokens);
+  out->exit_layers = gen_xmalloc(n_max * sizeof *out->exit_layers);
+  out->logprobs = gen_xmalloc(n_max * sizeof *out->logprobs);
+  if (c->o->keep_logits) out->logits = gen_xmalloc(n_max * c->g->vocab * sizeof *out->logits);
+}
+
+static void end_call(struct call *c) {
+  for (size_t s = 0; s < c->n_seqs; s++) free(c->seqs[s].tokens);
+  free(c->seqs);
+  free(c->allowed);
+  free(c->stage_of);
+  free(c->undecided);
+  free(c->points);
+}
+
+/* Where decisions fall: the exits that may fire, in layer order, then the final head. */
+static void decision_points(struct call *c) {
+  c->n_points = 0;
+  for (unsigned l = 0; l < c->g->n_layers; l++)
+    if (c->allowed[l]) c->points[c->n_points++] = (unsigned)c->g->exit_at[l];
+  c->points[c->n_points++] = c->m->spec->n_exits;
+}
+
+/* PIPELINE: each layer's stage, and a decision priority above the stages'. */
+static void assign_stages(struct call *c) {
+  unsigned stages = 1;
+  if (c->o->method == EELLM_GEN_PIPELINE) {
+    unsigned *stage_layers = gen_xmalloc(c->g->n_layers * sizeof *stage_layers);
+    stages = eellm_generator_stages(c->g, c->o->stages, stage_layers);
+    for (unsigned s = 0, l = 0; s < stages; s++)
+      for (unsigned i = 0; i < stage_layers[s]; i++) c->stage_of[l++] = s;
+    free(stage_layers);
+  }
+  c->prio_decide = (int)stages;
+}
+
+int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
+                   const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
+                   struct eellm_gen_sequence *out, char *err, size_t errlen) {
+  struct call c = {.g = g, .m = g->m, .o = o, .n_seqs = n};
+  for (size_t s = 0; s < n; s++) memset(&out[s], 0, sizeof out[s]);
+  c.allowed = calloc(g->n_layers, 1);
+  c.stage_of = calloc(g->n_layers, sizeof *c.stage_of);
+  c.seqs = calloc(n ? n : 1, sizeof *c.seqs);
+  c.undecided = calloc(n ? n : 1, sizeof *c.undecided);
+  c.points = calloc(g->n_layers + 1, sizeof *c.points);
+  if (!c.allowed || !c.stage_of || !c.seqs || !c.undecided || !c.points) abort();
+  if (check_options(&c, o, err, errlen) != 0 || allowed_exits(&c, err, errlen) != 0 ||
+      check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
+    end_call(&c);
+    return -1;
+  }
+  assign_stages(&c);
+  decision_points(&c);
+  for (size_t s = 0; s < n; s++) start_sequence(&c, s, prompts[s], prompt_lens[s], &out[s]);
+  gen_run(&c);
+  end_call(&c);
+  return 0;
+}

@@ -1,0 +1,239 @@
+/* Model checkpoints as safetensors: every parameter as F32 under its GPT-2 /
+ * Hugging Face name, the binary model spec base64 in __metadata__["spec"].
+ * Written atomically by the safetensors writer; read back only when every
+ * tensor's name, dtype and shape matches the model's spec. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/model.h"
+#include "runtime/io/base64.h"
+#include "runtime/engine/mpi.h"
+#include "runtime/io/safetensors.h"
+
+static void tensor_entry(eellm_model *m, size_t i, struct eellm_st_tensor *out) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  memset(out, 0, sizeof *out);
+  out->name = t->name;
+  out->dtype = EELLM_F32;
+  out->ndim = t->rows ? 2 : 1;
+  out->shape[0] = t->rows ? (int64_t)t->rows : (int64_t)t->cols;
+  out->shape[1] = (int64_t)t->cols;
+  out->data = m->params + t->offset;
+  out->nbytes = t->numel * sizeof(float);
+}
+
+static char *packed_spec_base64(const Eellm__Model *spec) {
+  size_t len = protobuf_c_message_get_packed_size(&spec->base);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf) return NULL;
+  protobuf_c_message_pack(&spec->base, buf);
+  char *text = eellm_base64_encode(buf, len);
+  free(buf);
+  return text;
+}
+
+/* Weights, and with a training state the AdamW moments as optimizer.m.<name>
+ * and optimizer.v.<name>, plus step and seed in the metadata. */
+static int write_checkpoint(eellm_model *m, const char *path, const struct eellm_train_state *state,
+                            char *err, size_t errlen) {
+  size_t per_copy = m->n_tensors, n = state ? 3 * per_copy : per_copy;
+  struct eellm_st_tensor *entries = calloc(n, sizeof *entries);
+  char (*names)[EELLM_NAME_MAX + 16] = calloc(n, sizeof *names);
+  char *spec = packed_spec_base64(m->spec);
+  int ret = -1;
+  if (!entries || !names || !spec) {
+    snprintf(err, errlen, "%s: out of memory writing the checkpoint", path);
+    goto out;
+  }
+  for (size_t i = 0; i < per_copy; i++) {
+    tensor_entry(m, i, &entries[i]);
+    if (!state) continue;
+    const struct eellm_tensor *t = &m->tensors[i];
+    starpu_data_acquire(t->m, STARPU_R);
+    starpu_data_acquire(t->v, STARPU_R);
+    for (int copy = 1; copy <= 2; copy++) {
+      struct eellm_st_tensor *e = &entries[copy * per_copy + i];
+      *e = entries[i];
+      snprintf(names[copy * per_copy + i], sizeof names[0], "optimizer.%c.%s",
+               copy == 1 ? 'm' : 'v', t->name);
+      e->name = names[copy * per_copy + i];
+      e->data = (copy == 1 ? m->adam_m : m->adam_v) + t->offset;
+    }
+  }
+  char step[32], seed[32];
+  snprintf(step, sizeof step, "%u", state ? state->step : 0);
+  snprintf(seed, sizeof seed, "%llu", state ? (unsigned long long)state->seed : 0ull);
+  const char *meta[10] = {"format", "eellm", "spec", spec};
+  size_t n_meta = 2;
+  if (m->tokenizer[0]) {
+    meta[2 * n_meta] = "tokenizer";
+    meta[2 * n_meta++ + 1] = m->tokenizer;
+  }
+  if (state) {
+    meta[2 * n_meta] = "step";
+    meta[2 * n_meta++ + 1] = step;
+    meta[2 * n_meta] = "seed";
+    meta[2 * n_meta++ + 1] = seed;
+  }
+  ret = eellm_st_write(path, entries, n, meta, n_meta, err, errlen);
+  if (state)
+    for (size_t i = 0; i < per_copy; i++) {
+      starpu_data_release(m->tensors[i].m);
+      starpu_data_release(m->tensors[i].v);
+    }
+out:
+  free(entries);
+  free(names);
+  free(spec);
+  return ret;
+}
+
+/* Under MPI every rank calls this; rank 0 gathers every stage's tensors and
+ * writes the file, and every rank returns its result. */
+int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
+                          char *err, size_t errlen) {
+  eellm_model_sync(m);
+  for (size_t i = 0; state && i < m->n_tensors; i++) {
+    eellm_mpi_gather(m->tensors[i].m);
+    eellm_mpi_gather(m->tensors[i].v);
+  }
+  int ret = eellm_rank() == 0 ? write_checkpoint(m, path, state, err, errlen) : 0;
+  int failed = eellm_mpi_max(ret != 0);
+  if (failed && ret == 0) snprintf(err, errlen, "%s: rank 0 could not write the checkpoint", path);
+  return failed ? -1 : 0;
+}
+
+int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen) {
+  return eellm_checkpoint_save(m, path, NULL, err, errlen);
+}
+
+static int shape_matches(const struct eellm_st_tensor *found, const struct eellm_st_tensor *want) {
+  if (found->dtype != want->dtype || found->ndim != want->ndim) return 0;
+  for (int d = 0; d < want->ndim; d++)
+    if (found->shape[d] != want->shape[d]) return 0;
+  return 1;
+}
+
+static void format_shape(const struct eellm_st_tensor *t, char *buf, size_t n) {
+  size_t used = snprintf(buf, n, "%s [", eellm_dtype_name(t->dtype));
+  for (int d = 0; d < t->ndim && used < n; d++)
+    used += snprintf(buf + used, n - used, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+  if (used < n) snprintf(buf + used, n - used, "]");
+}
+
+/* The tensor `name` with the dtype and shape of model tensor i, or NULL with err. */
+static const struct eellm_st_tensor *expect(eellm_model *m, size_t i, const char *name,
+                                            const struct eellm_st_file *f, const char *path,
+                                            char *err, size_t errlen) {
+  struct eellm_st_tensor want;
+  tensor_entry(m, i, &want);
+  const struct eellm_st_tensor *found = eellm_st_find(f, name);
+  if (!found) {
+    snprintf(err, errlen, "%s: tensor '%s' missing", path, name);
+    return NULL;
+  }
+  if (!shape_matches(found, &want)) {
+    char a[64], b[64];
+    format_shape(&want, a, sizeof a);
+    format_shape(found, b, sizeof b);
+    snprintf(err, errlen, "%s: tensor '%s': expected %s, found %s", path, name, a, b);
+    return NULL;
+  }
+  return found;
+}
+
+/* No tensor that the model lacks (optimizer state aside). */
+static int check_extra(eellm_model *m, const struct eellm_st_file *f, const char *path, char *err,
+                       size_t errlen) {
+  for (size_t i = 0; i < eellm_st_count(f); i++) {
+    const char *name = eellm_st_at(f, i)->name;
+    const char *base = strncmp(name, "optimizer.", 10) == 0 && strlen(name) > 12 ? name + 12 : name;
+    if (eellm_model_find(m, base) < 0) {
+      snprintf(err, errlen, "%s: tensor '%s' is not in the model's spec", path, name);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void copy_in(starpu_data_handle_t h, float *dst, const void *src, size_t numel) {
+  starpu_data_acquire(h, STARPU_W);
+  memcpy(dst, src, numel * sizeof(float));
+  starpu_data_release(h);
+}
+
+static int parse_state(const struct eellm_st_file *f, const char *path,
+                       struct eellm_train_state *state, char *err, size_t errlen) {
+  const char *step = eellm_st_meta(f, "step"), *seed = eellm_st_meta(f, "seed");
+  char *end1 = NULL, *end2 = NULL;
+  unsigned long long s = step ? strtoull(step, &end1, 10) : 0;
+  unsigned long long sd = seed ? strtoull(seed, &end2, 10) : 0;
+  if (!step || !seed || *end1 || *end2 || s == 0 || s > 0xffffffffull) {
+    snprintf(err, errlen, "%s: no training state (metadata step and seed); it holds weights only",
+             path);
+    return -1;
+  }
+  state->step = (unsigned)s;
+  state->seed = sd;
+  return 0;
+}
+
+int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_state *state,
+                          char *err, size_t errlen) {
+  struct eellm_st_file *f = eellm_st_open(path, err, errlen);
+  if (!f) return -1;
+  int ret = check_extra(m, f, path, err, errlen);
+  if (ret == 0 && state) ret = parse_state(f, path, state, err, errlen);
+  const struct eellm_st_tensor **found = calloc(3 * m->n_tensors, sizeof *found);
+  if (!found) ret = -1;
+  char name[EELLM_NAME_MAX + 16];
+  for (size_t i = 0; ret == 0 && i < m->n_tensors; i++) {
+    const char *base = m->tensors[i].name;
+    found[i] = expect(m, i, base, f, path, err, errlen);
+    for (int copy = 1; state && copy <= 2 && found[i]; copy++) {
+      snprintf(name, sizeof name, "optimizer.%c.%s", copy == 1 ? 'm' : 'v', base);
+      found[copy * m->n_tensors + i] = expect(m, i, name, f, path, err, errlen);
+      if (!found[copy * m->n_tensors + i]) found[i] = NULL;
+    }
+    if (!found[i]) ret = -1;
+  }
+  if (ret == 0) {
+    eellm_model_set_tokenizer(m, eellm_st_meta(f, "tokenizer"));
+    starpu_task_wait_for_all();
+    for (size_t i = 0; i < m->n_tensors; i++) {
+      const struct eellm_tensor *t = &m->tensors[i];
+      if (!eellm_model_owns(m, i)) continue;
+      copy_in(t->param, m->params + t->offset, found[i]->data, t->numel);
+      if (!state) continue;
+      copy_in(t->m, m->adam_m + t->offset, found[m->n_tensors + i]->data, t->numel);
+      copy_in(t->v, m->adam_v + t->offset, found[2 * m->n_tensors + i]->data, t->numel);
+    }
+  }
+  free(found);
+  eellm_st_close(f);
+  return ret;
+}
+
+int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen) {
+  return eellm_checkpoint_load(m, path, NULL, err, errlen);
+}
+
+Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen) {
+  struct eellm_st_file *f = eellm_st_open(path, err, errlen);
+  if (!f) return NULL;
+  Eellm__Model *spec = NULL;
+  const char *text = eellm_st_meta(f, "spec");
+  size_t len = 0;
+  unsigned char *packed = text ? eellm_base64_decode(text, &len) : NULL;
+  if (packed) spec = eellm__model__unpack(NULL, len, packed);
+  if (!spec)
+    snprintf(err, errlen, "%s: no valid model spec in __metadata__[\"spec\"]", path);
+  else if (eellm_model_spec_check(spec, path, err, errlen) != 0) {
+    eellm_spec_free(spec);
+    spec = NULL;
+  }
+  free(packed);
+  eellm_st_close(f);
+  return spec;
+}

@@ -1,0 +1,26 @@
+/* Reading and writing spec files (eellm.Model, eellm.Train) in text or binary format. */
+#ifndef EELLM_SPECIO_H
+#define EELLM_SPECIO_H
+
+#include "runtime/io/textpb.h"
+
+/* Reads path: text format if it ends in .txtpb/.textproto/.txt or starts with
+ * printable text, binary if .pb/.binpb. Returns NULL with a one-line error
+ * (naming the file) in err: missing file, truncated or malformed binary
+ * ("FILE: truncated or malformed binary eellm.Model"), text errors, or a text
+ * header `# proto-message: X` naming another message than desc. locs (may be
+ * NULL) receives where each field was written; binary files record none. */
+ProtobufCMessage *eellm_spec_read(const char *path, const ProtobufCMessageDescriptor *desc,
+                                  struct eellm_textpb_locs *locs, char *err, size_t errlen);
+
+/* Write binary (protobuf_c_message_pack) or text format, with the
+ * `# proto-file:` / `# proto-message:` header for eellm's messages. Written
+ * atomically: temp file in the same directory, fsync, rename. Return 0, or -1 with err. */
+int eellm_spec_write_binary(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
+int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
+
+/* &eellm__model__descriptor or &eellm__train__descriptor, as named by the
+ * `# proto-message:` header comment of text file path; NULL if it has none. */
+const ProtobufCMessageDescriptor *eellm_spec_message_of(const char *path);
+
+#endif

@@ -1,0 +1,387 @@
+/* eellm serve's JSON API: reading and checking requests, writing answers. */
+#include "runtime/serve/server_api.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/tokenize/tokenizer.h"
+
+static const char *const fields[] = {
+    "prompts",     "tokens_to_generate", "use_early_exit", "early_exit_thres", "exit_layers",
+    "temperature", "top_k",              "top_p",          "random_seed",      "logprobs"};
+
+/* The body being read and where its first error goes. */
+struct reader {
+  json_t *body;
+  char *err;
+  size_t errlen;
+};
+
+/* value as compact JSON, shortened past about 40 characters. */
+static void describe(const json_t *value, char *out, size_t n) {
+  char *s = json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII |
+                                  JSON_REAL_PRECISION(9));
+  if (!s)
+    snprintf(out, n, "?");
+  else if (strlen(s) > 40)
+    snprintf(out, n, "%.37s...", s);
+  else
+    snprintf(out, n, "%s", s);
+  free(s);
+}
+
+static int field_error(struct reader *rd, const char *field, const json_t *value,
+                       const char *want) {
+  char shown[64];
+  describe(value, shown, sizeof shown);
+  snprintf(rd->err, rd->errlen, "'%s' must be %s, not %s", field, want, shown);
+  return -1;
+}
+
+static int check_known_fields(struct reader *rd) {
+  const char *key;
+  json_t *value;
+  json_object_foreach(rd->body, key, value) {
+    size_t i = 0;
+    while (i < sizeof fields / sizeof fields[0] && strcmp(key, fields[i]) != 0) i++;
+    if (i == sizeof fields / sizeof fields[0]) {
+      snprintf(rd->err, rd->errlen,
+               "unknown field '%.60s' (the fields: prompts, tokens_to_generate, "
+               "use_early_exit, early_exit_thres, exit_layers, temperature, top_k, top_p, "
+               "random_seed, logprobs)",
+               key);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Each reader leaves *out alone when the field is absent. */
+static int read_integer(struct reader *rd, const char *field, json_int_t min, json_int_t max,
+                        const char *want, json_int_t *out) {
+  json_t *v = json_object_get(rd->body, field);
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+    return field_error(rd, field, v, want);
+  *out = json_integer_value(v);
+  return 0;
+}
+
+static int read_number(struct reader *rd, const char *field, double low, int low_open,
+                       double high, const char *want, double *out) {
+  json_t *v = json_object_get(rd->body, field);
+  if (!v) return 0;
+  double x = json_number_value(v);
+  if (!json_is_number(v) || x < low || (low_open && x == low) || x > high)
+    return field_error(rd, field, v, want);
+  *out = x;
+  return 0;
+}
+
+static int read_bool(struct reader *rd, const char *field, int *out) {
+  json_t *v = json_object_get(rd->body, field);
+  if (!v) return 0;
+  if (!json_is_boolean(v)) return field_error(rd, field, v, "true or false");
+  *out = json_is_true(v);
+  return 0;
+}
+
+static int read_prompts(struct reader *rd, struct eellm_api_request *r) {
+  json_t *list = json_object_get(rd->body, "prompts");
+  if (!list) {
+    snprintf(rd->err, rd->errlen, "'prompts' is missing: give a list of strings");
+    return -1;
+  }
+  if (!json_is_array(list) || json_array_size(list) == 0 ||
+      json_array_size(list) > EELLM_API_MAX_PROMPTS) {
+    char want[64];
+    snprintf(want, sizeof want, "a list of 1 to %d strings", EELLM_API_MAX_PROMPTS);
+    return field_error(rd, "prompts", list, want);
+  }
+  size_t n = json_array_size(list);
+  r->texts = calloc(n, sizeof *r->texts);
+  r->text_lens = calloc(n, sizeof *r->text_lens);
+  r->ids = calloc(n, sizeof *r->ids);
+  r->lens = calloc(n, sizeof *r->lens);
+  if (!r->texts || !r->text_lens || !r->ids || !r->lens) {
+    snprintf(rd->err, rd->errlen, "out of memory");
+    return -1;
+  }
+  r->n = n;
+  for (size_t i = 0; i < n; i++) {
+    json_t *prompt = json_array_get(list, i);
+    if (!json_is_string(prompt) || json_string_length(prompt) == 0) {
+      char field[48];
+      snprintf(field, sizeof field, "prompts[%zu]", i);
+      return field_error(rd, field, prompt, "a non-empty string");
+    }
+    r->text_lens[i] = json_string_length(prompt);
+    if (!(r->texts[i] = strdup(json_string_value(prompt)))) {
+      snprintf(rd->err, rd->errlen, "out of memory");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int compare_unsigned(const void *a, const void *b) {
+  unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+  return (x > y) - (x < y);
+}
+
+/* The exit layers, ascending without repeats; each must have an exit or be the last. */
+static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
+                            struct eellm_api_request *r) {
+  json_t *list = json_object_get(rd->body, "exit_layers");
+  if (!list) return 0;
+  char layers[96] = "", want[160];
+  for (size_t k = 0, at = 0; k < m->n_exits && at < sizeof layers; k++)
+    at += (size_t)snprintf(layers + at, sizeof layers - at, "%u, ", m->exits[k]);
+  if (!json_is_array(list)) {
+    snprintf(want, sizeof want, "a list of layers with an exit (the model's: %s%u)", layers,
+             m->n_layers);
+    return field_error(rd, "exit_layers", list, want);
+  }
+  snprintf(want, sizeof want, "a layer with an exit (the model's: %s%u)", layers, m->n_layers);
+  size_t n = json_array_size(list);
+  if (n && !(r->exit_layers = malloc(n * sizeof *r->exit_layers))) {
+    snprintf(rd->err, rd->errlen, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *v = json_array_get(list, i);
+    json_int_t layer = json_integer_value(v);
+    size_t k = 0;
+    while (k < m->n_exits && layer != m->exits[k]) k++;
+    if (!json_is_integer(v) || (k == m->n_exits && layer != m->n_layers)) {
+      char field[48];
+      snprintf(field, sizeof field, "exit_layers[%zu]", i);
+      return field_error(rd, field, v, want);
+    }
+    r->exit_layers[i] = (unsigned)layer;
+  }
+  if (n) qsort(r->exit_layers, n, sizeof *r->exit_layers, compare_unsigned);
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++)
+    if (kept == 0 || r->exit_layers[kept - 1] != r->exit_layers[i])
+      r->exit_layers[kept++] = r->exit_layers[i];
+  r->o.exit_layers = r->exit_layers;
+  r->o.n_exit_layers = kept;
+  return 0;
+}
+
+static int read_options(struct reader *rd, const struct eellm_api_model *m,
+                        struct eellm_api_request *r) {
+  json_int_t tokens = 64, top_k = 0, seed = -1;
+  double threshold = 1, temperature = 1, top_p = 1;
+  int use_early_exit = 0, logprobs = 0;
+  char tokens_want[64];
+  snprintf(tokens_want, sizeof tokens_want, "an integer from 1 to %u (the context)", m->context);
+  if (read_integer(rd, "tokens_to_generate", 1, m->context, tokens_want, &tokens) ||
+      read_bool(rd, "use_early_exit", &use_early_exit) ||
+      read_number(rd, "early_exit_thres", 0, 1, 1, "a number in (0, 1]", &threshold) ||
+      read_exit_layers(rd, m, r) ||
+      read_number(rd, "temperature", 0, 0, 100, "a number in [0, 100]", &temperature) ||
+      read_integer(rd, "top_k", 0, UINT32_MAX, "an integer >= 0", &top_k) ||
+      read_number(rd, "top_p", 0, 1, 1, "a number in (0, 1]", &top_p) ||
+      read_integer(rd, "random_seed", 0, INT64_MAX, "an integer >= 0", &seed) ||
+      read_bool(rd, "logprobs", &logprobs))
+    return -1;
+  struct eellm_gen_options *o = &r->o;
+  o->max_tokens = (unsigned)tokens;
+  o->use_early_exit = use_early_exit;
+  o->threshold = (float)threshold;
+  o->temperature = (float)temperature;
+  o->top_k = (unsigned)top_k;
+  o->top_p = (float)top_p;
+  o->seed = seed >= 0 ? (uint64_t)seed : 0;
+  r->seeded = seed >= 0;
+  r->logprobs = logprobs;
+  if (!o->use_early_exit) {
+    o->threshold = 1;
+    o->n_exit_layers = 0;
+  }
+  if (o->temperature == 0) {
+    o->top_k = 0;
+    o->top_p = 1;
+    o->seed = 0;
+    r->seeded = 0;
+  }
+  return 0;
+}
+
+int eellm_api_parse(const char *body, size_t len, const struct eellm_api_model *m,
+                    struct eellm_api_request *r, char *err, size_t errlen) {
+  memset(r, 0, sizeof *r);
+  json_error_t jerr;
+  json_t *json = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!json) {
+    snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
+             jerr.text);
+    return -1;
+  }
+  struct reader rd = {json, err, errlen};
+  int rc = -1;
+  if (!json_is_object(json))
+    snprintf(err, errlen, "the body must be a JSON object");
+  else if (check_known_fields(&rd) == 0 && read_prompts(&rd, r) == 0 &&
+           read_options(&rd, m, r) == 0)
+    rc = 0;
+  json_decref(json);
+  return rc;
+}
+
+int eellm_api_encode(struct eellm_api_request *r, const struct eellm_api_model *m,
+                     struct eellm_tokenizer *tok, char *err, size_t errlen) {
+  for (size_t i = 0; i < r->n; i++) {
+    struct eellm_ids ids = {0};
+    if (eellm_tokenizer_encode(tok, r->texts[i], r->text_lens[i], &ids) != 0) {
+      free(ids.v);
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    r->ids[i] = ids.v;
+    r->lens[i] = ids.n;
+    if (ids.n >= m->context) {
+      snprintf(err, errlen,
+               "'prompts[%zu]' is %zu tokens, leaving no room to generate in the model's "
+               "context of %u",
+               i, ids.n, m->context);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void eellm_api_request_free(struct eellm_api_request *r) {
+  for (size_t i = 0; i < r->n; i++) {
+    free(r->texts[i]);
+    free(r->ids[i]);
+  }
+  free(r->texts);
+  free(r->text_lens);
+  free(r->ids);
+  free(r->lens);
+  free(r->exit_layers);
+  memset(r, 0, sizeof *r);
+}
+
+/* Length of the valid UTF-8 character starting at s (n bytes left), 0 if none does. */
+static size_t utf8_char(const unsigned char *s, size_t n) {
+  size_t len;
+  uint32_t code;
+  if (s[0] < 0x80) return 1;
+  if (s[0] >= 0xC2 && s[0] <= 0xDF) len = 2, code = s[0] & 0x1F;
+  else if (s[0] >= 0xE0 && s[0] <= 0xEF) len = 3, code = s[0] & 0x0F;
+  else if (s[0] >= 0xF0 && s[0] <= 0xF4) len = 4, code = s[0] & 0x07;
+  else return 0;
+  if (n < len) return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    code = code << 6 | (s[i] & 0x3F);
+  }
+  if (len == 3 && (code < 0x800 || (code >= 0xD800 && code <= 0xDFFF))) return 0;
+  if (len == 4 && (code < 0x10000 || code > 0x10FFFF)) return 0;
+  return len;
+}
+
+/* A JSON string of n bytes, each byte that starts no valid UTF-8 character as U+FFFD. */
+static json_t *text_value(const char *s, size_t n) {
+  unsigned char *clean = malloc(3 * n + 1);
+  if (!clean) return NULL;
+  size_t out = 0;
+  for (size_t i = 0; i < n;) {
+    size_t len = utf8_char((const unsigned char *)s + i, n - i);
+    if (len) {
+      memcpy(clean + out, s + i, len);
+      out += len;
+      i += len;
+    } else {
+      memcpy(clean + out, "\xEF\xBF\xBD", 3);
+      out += 3;
+      i++;
+    }
+  }
+  json_t *value = json_stringn((const char *)clean, out);
+  free(clean);
+  return value;
+}
+
+/* The answer's lists, one entry per prompt. */
+struct answer {
+  json_t *text, *segments, *tokens, *exit_layers, *logprobs;
+};
+
+static int add_tokens(json_t *segments, json_t *tokens, const uint16_t *ids, size_t n,
+                      const struct eellm_tokenizer *tok) {
+  for (size_t t = 0; t < n; t++) {
+    struct eellm_bytes piece = {0};
+    int rc = eellm_tokenizer_decode(tok, &ids[t], 1, &piece);
+    rc = rc || json_array_append_new(segments, text_value(piece.v, piece.n)) ||
+         json_array_append_new(tokens, json_integer(ids[t]));
+    free(piece.v);
+    if (rc) return -1;
+  }
+  return 0;
+}
+
+static int add_sequence(struct answer *a, const struct eellm_api_request *r, size_t i,
+                        const struct eellm_gen_sequence *gen, const struct eellm_tokenizer *tok) {
+  struct eellm_bytes text = {0};
+  json_t *segments = json_array(), *tokens = json_array(), *exits = json_array();
+  json_t *logprobs = r->logprobs ? json_array() : NULL;
+  int rc = eellm_tokenizer_decode(tok, gen->tokens, gen->n, &text);
+  if (rc == 0) {
+    char *whole = malloc(r->text_lens[i] + text.n + 1);
+    if (whole) {
+      memcpy(whole, r->texts[i], r->text_lens[i]);
+      memcpy(whole + r->text_lens[i], text.v, text.n);
+    }
+    rc = !whole || json_array_append_new(a->text, text_value(whole, r->text_lens[i] + text.n));
+    free(whole);
+  }
+  free(text.v);
+  rc = rc || add_tokens(segments, tokens, r->ids[i], r->lens[i], tok) ||
+       add_tokens(segments, tokens, gen->tokens, gen->n, tok);
+  for (size_t t = 0; t < gen->n && rc == 0; t++) {
+    rc = json_array_append_new(exits, json_integer(gen->exit_layers[t]));
+    if (logprobs)
+      rc = rc || json_array_append_new(logprobs, isfinite(gen->logprobs[t])
+                                                     ? json_real(gen->logprobs[t])
+                                                     : json_null());
+  }
+  rc = json_array_append_new(a->segments, segments) || rc;
+  rc = json_array_append_new(a->tokens, tokens) || rc;
+  rc = json_array_append_new(a->exit_layers, exits) || rc;
+  if (r->logprobs) rc = json_array_append_new(a->logprobs, logprobs) || rc;
+  return rc ? -1 : 0;
+}
+
+char *eellm_api_answer(const struct eellm_api_request *r, const struct eellm_gen_sequence *out,
+                       const struct eellm_tokenizer *tok) {
+  struct answer a = {json_array(), json_array(), json_array(), json_array(),
+                     r->logprobs ? json_array() : NULL};
+  int rc = 0;
+  for (size_t i = 0; i < r->n && rc == 0; i++) rc = add_sequence(&a, r, i, &out[i], tok);
+  json_t *answer = json_object();
+  rc = json_object_set_new(answer, "text", a.text) || rc;
+  rc = json_object_set_new(answer, "segments", a.segments) || rc;
+  rc = json_object_set_new(answer, "tokens", a.tokens) || rc;
+  rc = json_object_set_new(answer, "exit_layers", a.exit_layers) || rc;
+  if (r->logprobs) rc = json_object_set_new(answer, "logprobs", a.logprobs) || rc;
+  char *json = rc ? NULL : json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(9));
+  json_decref(answer);
+  return json;
+}
+
+char *eellm_api_error(const char *message) {
+  json_t *error = json_object();
+  char *json = NULL;
+  if (json_object_set_new(error, "error", text_value(message, strlen(message))) == 0)
+    json = json_dumps(error, JSON_COMPACT);
+  json_decref(error);
+  return json;
+}

@@ -1,0 +1,502 @@
+#include "runtime/train/trainer.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "eellm.h"
+#include "runtime/train/dataloader.h"
+#include "runtime/engine/mpi.h"
+#include "runtime/io/specio.h"
+#include "runtime/tokenize/tokenizer.h"
+#include "runtime/io/tokens.h"
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Everything one run holds. */
+struct run {
+  const struct eellm_train_options *o;
+  Eellm__Model *spec;
+  Eellm__Train *train;
+  struct eellm_token_file *data, *val;
+  eellm_model *model;
+  unsigned micro_batch, seq_len, n_micro, n_exits, steps;
+  int32_t *tokens, *targets;     /* n_micro (or eval_batches) x micro_batch x seq_len */
+  float *weights;                /* per exit */
+  char ckpt[4096], metrics[4096];
+  FILE *metrics_out;
+  int tty;
+};
+
+static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One line on stderr. Under MPI every rank meets the same bad input, so rank 0
+ * alone reports it; runtime failures are reported by the rank they hit. */
+static int fail(int status, const char *fmt, ...) {
+  if (eellm_rank() != 0 && status != 1) return status;
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("eellm train: ", stderr);
+  if (eellm_rank() != 0) fprintf(stderr, "rank %d: ", eellm_rank());
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return status;
+}
+
+/* ---- set-up ---------------------------------------------------------------- */
+
+static int ensure_out_dir(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s", dir);
+  for (char *p = path + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(path, 0777) != 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(path, 0777) != 0 && errno != EEXIST) return -1;
+  return access(path, W_OK | X_OK);
+}
+
+static struct eellm_token_file *open_tokens(const char *path, const Eellm__Model *spec,
+                                            unsigned seq_len, char *err, size_t errlen) {
+  struct eellm_token_file *f = eellm_tokens_open(path, err, errlen);
+  if (!f) return NULL;
+  if (f->info.vocab_size > spec->vocab_size) {
+    snprintf(err, errlen, "%s: tokenizer vocabulary %u exceeds the model's vocab_size %u", path,
+             f->info.vocab_size, spec->vocab_size);
+  } else if ((size_t)f->count < (size_t)seq_len + 1) {
+    snprintf(err, errlen, "%s: %zu tokens, shorter than one sequence of %u tokens plus its target",
+             path, (size_t)f->count, seq_len);
+  } else {
+    return f;
+  }
+  eellm_tokens_close(f);
+  return NULL;
+}
+
+/* The model spec: --model, else the one stored in --init or in the run's checkpoint. */
+static Eellm__Model *load_model_spec(struct run *r, char *err, size_t errlen) {
+  const struct eellm_train_options *o = r->o;
+  if (o->model_path) return eellm_model_spec_load(o->model_path, err, errlen);
+  const char *from = o->init_path ? o->init_path : o->resume ? r->ckpt : NULL;
+  if (!from) {
+    snprintf(err, errlen, "--model is required unless --init or --resume gives a checkpoint");
+    return NULL;
+  }
+  return eellm_checkpoint_spec(from, err, errlen);
+}
+
+/* A checkpoint must hold exactly the spec being trained. */
+static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const char *spec_name,
+                           char *err, size_t errlen) {
+  Eellm__Model *stored = eellm_checkpoint_spec(ckpt, err, errlen);
+  if (!stored) return -1;
+  char field[256];
+  int differs = eellm_spec_diff(&stored->base, &spec->base, field, sizeof field);
+  if (differs)
+    snprintf(err, errlen, "%s: its model spec differs from %s in field '%s'", ckpt, spec_name,
+             field);
+  eellm_spec_free(stored);
+  return differs ? -1 : 0;
+}
+
+/* Ranks the training spec's parallelism needs, checked against the ranks there are. */
+static int check_ranks(const struct run *r) {
+  const Eellm__Parallelism *par = r->train->parallelism;
+  unsigned pp = par ? par->pp : 1, tp = par ? par->tp : 1, dp = par ? par->dp : 1;
+  if (tp > 1 || dp > 1)
+    return fail(2, "%s: tensor and data parallelism (tp %u, dp %u) are not implemented yet; "
+                   "use pp alone",
+                r->o->train_path, tp, dp);
+  if (pp == (unsigned)eellm_nranks()) return 0;
+  if (!eellm_mpi_active())
+    return fail(2, "%s: parallelism.pp %u needs %u ranks: start it with mpirun -np %u "
+                   "(scripts/eellm-mpirun)",
+                r->o->train_path, pp, pp, pp);
+  return fail(2, "%s: parallelism.pp %u needs %u ranks, mpirun started %d", r->o->train_path, pp,
+              pp, eellm_nranks());
+}
+
+/* Everything that needs no other rank: specs, data, the run directory (rank 0). */
+static int setup_inputs(struct run *r) {
+  const struct eellm_train_options *o = r->o;
+  char err[8192]; /* room for paths of up to 4 KiB */
+  snprintf(r->ckpt, sizeof r->ckpt, "%s/checkpoint.safetensors", o->out_dir);
+  snprintf(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", o->out_dir);
+  if (!(r->spec = load_model_spec(r, err, sizeof err))) return fail(2, "%s", err);
+  if (!(r->train = eellm_train_spec_load(o->train_path, r->spec, err, sizeof err)))
+    return fail(2, "%s", err);
+  int status = check_ranks(r);
+  if (status) return status;
+  r->seq_len = r->train->seq_len ? r->train->seq_len : r->spec->context_length;
+  r->n_micro = r->train->micro_batches;
+  r->micro_batch = r->train->global_batch / r->n_micro;
+  r->steps = o->steps ? o->steps : r->train->steps;
+  if (!(r->data = open_tokens(o->data_path, r->spec, r->seq_len, err, sizeof err)))
+    return fail(2, "%s", err);
+  if (o->val_path && !(r->val = open_tokens(o->val_path, r->spec, r->seq_len, err, sizeof err)))
+    return fail(2, "%s", err);
+  if (eellm_rank() == 0 && ensure_out_dir(o->out_dir) != 0)
+    return fail(2, "%s: cannot create or write the output directory (%s)", o->out_dir,
+                strerror(errno));
+  int have_ckpt = access(r->ckpt, F_OK) == 0;
+  if (o->resume && !have_ckpt) return fail(2, "%s: no checkpoint to resume from", r->ckpt);
+  if (!o->resume && have_ckpt)
+    return fail(2, "%s already holds a run (%s); pass --resume to continue it or choose another --out",
+                o->out_dir, r->ckpt);
+  const char *spec_name = o->model_path ? o->model_path : "the checkpoint";
+  if (o->resume && check_same_spec(r->ckpt, r->spec, spec_name, err, sizeof err) != 0)
+    return fail(2, "%s", err);
+  if (o->init_path && check_same_spec(o->init_path, r->spec, spec_name, err, sizeof err) != 0)
+    return fail(2, "%s", err);
+  if (o->tune_exits && r->spec->n_exits == 0)
+    return fail(2, "--tune-exits: the model has no exits to tune");
+  r->n_exits = r->spec->n_exits + 1;
+  unsigned buffers = r->n_micro > r->train->eval_batches ? r->n_micro : r->train->eval_batches;
+  size_t rows = (size_t)buffers * r->micro_batch * r->seq_len;
+  r->tokens = malloc(rows * sizeof *r->tokens);
+  r->targets = malloc(rows * sizeof *r->targets);
+  r->weights = malloc(r->n_exits * sizeof *r->weights);
+  if (!r->tokens || !r->targets || !r->weights) return fail(1, "out of memory");
+  r->tty = isatty(STDOUT_FILENO) && !eellm_mpi_active(); /* mpirun relays lines, not redraws */
+  return 0;
+}
+
+/* StarPU (-MPI), the model's data on every stage, and its weights. */
+static int setup_model(struct run *r, struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  const Eellm__Parallelism *par = r->train->parallelism;
+  char err[8192];
+  if (eellm_runtime_start() != 0) return 1;
+  r->model = eellm_model_create_pipelined(r->spec, r->micro_batch, r->seq_len, par ? par->pp : 1,
+                                          par ? par->stage_layers : NULL,
+                                          par ? par->n_stage_layers : 0, err, sizeof err);
+  if (!r->model) return fail(1, "%s", err);
+  state->seed = r->train->seed;
+  state->step = 0;
+  int status = 0;
+  if (o->resume)
+    status = eellm_checkpoint_load(r->model, r->ckpt, state, err, sizeof err);
+  else if (o->init_path)
+    status = eellm_model_load(r->model, o->init_path, err, sizeof err);
+  else
+    eellm_model_init(r->model, r->train->seed);
+  if (status != 0) return fail(2, "%s", err);
+  eellm_model_set_tokenizer(r->model, eellm_tokenizer_name(r->data->info.tokenizer));
+  if (o->tune_exits) eellm_model_freeze_backbone(r->model);
+  return 0;
+}
+
+/* ---- one step ------------------------------------------------------------- */
+
+static size_t micro_rows(const struct run *r) { return (size_t)r->micro_batch * r->seq_len; }
+
+static struct eellm_loader loader_of(const struct run *r, const struct eellm_token_file *f) {
+  struct eellm_loader l = {f->tokens, (size_t)f->count, r->train->seed,
+                           r->micro_batch, r->seq_len};
+  return l;
+}
+
+/* Submits the whole iteration (micro-batches, optimizer) and waits once. */
+static int train_step(struct run *r, unsigned step, double lr) {
+  char err[512];
+  for (unsigned k = 0; k < r->n_exits; k++)
+    r->weights[k] = k < r->spec->n_exits ? eellm_exit_weight_at(r->spec->exits[k], step) : 1.0f;
+  struct eellm_loader l = loader_of(r, r->data);
+  eellm_trace_set_step((int)step);
+  eellm_submit_zero_grads(r->model);
+  for (unsigned mi = 0; mi < r->n_micro; mi++) {
+    int32_t *tokens = r->tokens + mi * micro_rows(r), *targets = r->targets + mi * micro_rows(r);
+    eellm_loader_train(&l, step, mi, tokens, targets);
+    struct eellm_batch b = {tokens, targets, NULL};
+    if (eellm_submit_forward_backward(r->model, &b, r->weights, 1.0f / r->n_micro, err,
+                                      sizeof err) != 0)
+      return fail(2, "%s: %s", r->o->data_path, err);
+  }
+  eellm_submit_optimizer(r->model, r->train->optimizer ? r->train->optimizer
+                                                       : &(Eellm__AdamW)EELLM__ADAM_W__INIT,
+                         step, lr);
+  eellm_trace_set_step(-1);
+  eellm_wait(r->model);
+  return 0;
+}
+
+/* Mean loss of every exit over eval_batches validation batches (forward only). */
+static int validate(struct run *r, double *losses) {
+  char err[512];
+  struct eellm_loader l = loader_of(r, r->val);
+  unsigned count = r->train->eval_batches ? r->train->eval_batches : 1;
+  for (unsigned i = 0; i < count; i++) {
+    int32_t *tokens = r->tokens + i * micro_rows(r), *targets = r->targets + i * micro_rows(r);
+    eellm_loader_eval(&l, i, count, tokens, targets);
+    struct eellm_batch b = {tokens, targets, NULL};
+    if (eellm_submit_forward(r->model, &b, err, sizeof err) != 0)
+      return fail(2, "%s: %s", r->o->val_path, err);
+  }
+  eellm_wait(r->model);
+  for (unsigned k = 0; k < r->n_exits; k++) losses[k] = eellm_exit_loss(r->model, k);
+  return 0;
+}
+
+/* ---- reporting ------------------------------------------------------------ */
+
+static void json_losses(FILE *out, const char *key, const double *losses, unsigned n) {
+  fprintf(out, ", \"%s\": [", key);
+  for (unsigned k = 0; k < n; k++) fprintf(out, "%s%.6f", k ? ", " : "", losses[k]);
+  fputc(']', out);
+}
+
+static void log_metrics(struct run *r, unsigned step, double lr, const double *train,
+                        const double *val, double grad_norm, double tokens_per_s, double elapsed) {
+  FILE *out = r->metrics_out;
+  fprintf(out, "{\"step\": %u, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f, "
+               "\"elapsed_s\": %.3f",
+          step, lr, grad_norm, tokens_per_s, elapsed);
+  json_losses(out, "loss", train, r->n_exits);
+  fprintf(out, ", \"exit_weights\": [");
+  for (unsigned k = 0; k < r->n_exits; k++) fprintf(out, "%s%.4f", k ? ", " : "", r->weights[k]);
+  fputc(']', out);
+  if (val) json_losses(out, "val_loss", val, r->n_exits);
+  fputs("}\n", out);
+  fflush(out);
+}
+
+static void format_duration(double s, char *buf, size_t n) {
+  if (s >= 3600)
+    snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  else
+    snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+}
+
+/* One progress line: redrawn in place on a terminal, plain lines otherwise. */
+static void progress(const struct run *r, unsigned step, double lr, const double *losses,
+                     double tokens_per_s, double eta_s) {
+  int last = step == r->steps;
+  if (!r->tty && !last && step % (r->steps / 50 ? r->steps / 50 : 1) != 0) return;
+  char eta[32];
+  format_duration(eta_s, eta, sizeof eta);
+  printf("%sstep %u/%u | %.0f tok/s | loss", r->tty ? "\r\033[K" : "", step, r->steps,
+         tokens_per_s);
+  for (unsigned k = 0; k < r->n_exits; k++)
+    printf(" %s%u:%.3f", k + 1 == r->n_exits ? "final L" : "L", eellm_exit_layer(r->model, k),
+           losses[k]);
+  printf(" | lr %.2e | ETA %s", lr, eta);
+  if (!r->tty || last) putchar('\n');
+  fflush(stdout);
+}
+
+static void print_validation(const struct run *r, unsigned step, const double *val) {
+  printf("%svalidation at step %u (nats/token):", r->tty ? "\r\033[K" : "", step);
+  for (unsigned k = 0; k < r->n_exits; k++)
+    printf("%s %s %u %.4f", k ? " |" : "", k + 1 == r->n_exits ? "final, layer" : "exit, layer",
+           eellm_exit_layer(r->model, k), val[k]);
+  putchar('\n');
+  fflush(stdout);
+}
+
+/* Entropy of the token frequencies, the loss of a model that ignores context. */
+static double unigram_entropy(const struct eellm_token_file *f) {
+  size_t n = (size_t)f->count, vocab = f->info.vocab_size;
+  const uint16_t *t = f->tokens;
+  size_t *counts = calloc(vocab ? vocab : 1, sizeof *counts);
+  if (!counts) return NAN;
+  for (size_t i = 0; i < n; i++) counts[t[i]]++;
+  double h = 0;
+  for (size_t v = 0; v < vocab; v++)
+    if (counts[v]) h -= (double)counts[v] / n * log((double)counts[v] / n);
+  free(counts);
+  return h;
+}
+
+/* ---- the run -------------------------------------------------------------- */
+
+/* A resumed run drops the metrics of steps after its checkpoint: they are redone. */
+static int truncate_metrics(const char *path, unsigned last_step) {
+  FILE *in = fopen(path, "r");
+  if (!in) return 0;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  if (!out) {
+    fclose(in);
+    return -1;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  while (getline(&line, &cap, in) > 0) {
+    unsigned step;
+    if (sscanf(line, "{\"step\": %u", &step) == 1 && step <= last_step) fputs(line, out);
+  }
+  free(line);
+  fclose(in);
+  int ok = fflush(out) == 0 && fsync(fileno(out)) == 0;
+  ok = fclose(out) == 0 && ok;
+  return ok && rename(tmp, path) == 0 ? 0 : -1;
+}
+
+static void describe(const struct run *r, unsigned start_step) {
+  printf("eellm train: %s, %zu parameters, %u exits; %u steps of %u sequences x %u tokens "
+         "(%u micro-batches)\n",
+         r->spec->name && *r->spec->name ? r->spec->name : "model",
+         eellm_model_n_params(r->model), r->n_exits - 1, r->steps, r->train->global_batch,
+         r->seq_len, r->n_micro);
+  printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", r->o->data_path,
+         (size_t)r->data->count, unigram_entropy(r->data),
+         r->o->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
+  if (start_step >= r->steps)
+    printf("%s has finished its %u steps\n", r->ckpt, r->steps);
+  else if (start_step)
+    printf("resuming %s at step %u\n", r->ckpt, start_step + 1);
+  fflush(stdout);
+}
+
+static int save(struct run *r, const struct eellm_train_state *state) {
+  char err[8192]; /* room for paths of up to 4 KiB */
+  if (eellm_checkpoint_save(r->model, r->ckpt, state, err, sizeof err) != 0)
+    return fail(1, "%s", err);
+  return 0;
+}
+
+static int loop(struct run *r, struct eellm_train_state *state) {
+  double *train = calloc(r->n_exits, sizeof *train), *val = calloc(r->n_exits, sizeof *val);
+  if (!train || !val) return fail(1, "out of memory");
+  int status = 0;
+  double started = now_s(), tokens_per_step = (double)r->train->global_batch * r->seq_len;
+  unsigned first = state->step + 1;
+  for (unsigned step = first; step <= r->steps && !status; step++) {
+    double t0 = now_s(), lr = eellm_lr_at(r->train, step);
+    if ((status = train_step(r, step, lr))) break;
+    double dt = now_s() - t0;
+    for (unsigned k = 0; k < r->n_exits; k++) train[k] = eellm_exit_loss(r->model, k);
+    for (unsigned k = 0; k < r->n_exits; k++)
+      if (!isfinite(train[k])) {
+        /* Every rank sees the summed losses: rank 0 speaks for all. */
+        status = eellm_rank() ? 1
+                              : fail(1, "exit %u's loss is %g at step %u; stopping without a "
+                                        "checkpoint",
+                                     k, train[k], step);
+        break;
+      }
+    if (status) break;
+    int eval = r->val && ((r->train->eval_interval && step % r->train->eval_interval == 0) ||
+                          step == r->steps);
+    if (eval && (status = validate(r, val))) break;
+    double elapsed = now_s() - started;
+    double eta = elapsed / (step - first + 1) * (r->steps - step);
+    if (eellm_rank() == 0) {
+      log_metrics(r, step, lr, train, eval ? val : NULL, eellm_grad_norm(r->model),
+                  tokens_per_step / dt, elapsed);
+      progress(r, step, lr, train, tokens_per_step / dt, eta);
+      if (eval) print_validation(r, step, val);
+    }
+    state->step = step;
+    int stop = eellm_mpi_max(interrupted); /* every rank stops after the same step */
+    int due = (r->train->checkpoint_interval && step % r->train->checkpoint_interval == 0) ||
+              step == r->steps || stop;
+    if (due && (status = save(r, state))) break;
+    if (stop) {
+      if (eellm_rank() == 0)
+        printf("%sinterrupted after step %u: checkpoint %s written; --resume continues\n",
+               r->tty ? "\n" : "", step, r->ckpt);
+      break;
+    }
+  }
+  /* A run resumed after its last step has nothing to train: it reports where it stands. */
+  if (first > r->steps && r->val && status == 0 && (status = validate(r, val)) == 0 &&
+      eellm_rank() == 0)
+    print_validation(r, r->steps, val);
+  free(train);
+  free(val);
+  return status;
+}
+
+/* The loop, with every task recorded into --trace if given (also when Ctrl-C
+ * ends the run). Ranks start recording together, after a barrier: each one's
+ * times count from there. Each rank writes its own file. */
+static int loop_traced(struct run *r, struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  if (!o->trace_path) return loop(r, state);
+  char err[8192];
+  eellm_mpi_max(0); /* the barrier */
+  int failed = eellm_trace_start(o->trace_path, o->trace_format, eellm_rank(), eellm_nranks(),
+                                 err, sizeof err) != 0;
+  if (eellm_mpi_max(failed)) return failed ? fail(2, "--trace %s", err) : 2;
+  int status = loop(r, state);
+  long traced = eellm_trace_stop(err, sizeof err);
+  if (traced < 0) return fail(1, "--trace %s", err);
+  char file[4200];
+  eellm_trace_rank_path(o->trace_path, eellm_rank(), eellm_nranks(), file, sizeof file);
+  printf("trace: %ld tasks in %s\n", traced, file);
+  return status;
+}
+
+static void cleanup(struct run *r) {
+  if (r->metrics_out) fclose(r->metrics_out);
+  eellm_model_destroy(r->model);
+  eellm_runtime_stop();
+  if (r->data) eellm_tokens_close(r->data);
+  if (r->val) eellm_tokens_close(r->val);
+  eellm_spec_free(r->train);
+  eellm_spec_free(r->spec);
+  free(r->tokens);
+  free(r->targets);
+  free(r->weights);
+}
+
+/* Rank 0's files: metrics (truncated to the checkpoint when resuming) and the spec. */
+static int open_outputs(struct run *r, const struct eellm_train_state *state) {
+  const struct eellm_train_options *o = r->o;
+  if (eellm_rank() != 0) return 0;
+  if (o->resume && truncate_metrics(r->metrics, state->step) != 0)
+    return fail(1, "%s: cannot rewrite (%s)", r->metrics, strerror(errno));
+  if (!(r->metrics_out = fopen(r->metrics, o->resume ? "a" : "w")))
+    return fail(2, "%s: cannot write (%s)", r->metrics, strerror(errno));
+  char err[8192], spec_copy[4200];
+  snprintf(spec_copy, sizeof spec_copy, "%s/model.txtpb", o->out_dir);
+  if (eellm_spec_write_text(spec_copy, &r->spec->base, err, sizeof err) != 0)
+    return fail(1, "%s", err);
+  return 0;
+}
+
+int eellm_train_run(const struct eellm_train_options *o) {
+  struct run r = {.o = o};
+  struct eellm_train_state state = {0};
+  if (eellm_launched_by_mpirun() && eellm_mpi_init() != 0) return 1;
+  /* Ranks agree before and after each collective phase, so none waits alone. */
+  int status = eellm_mpi_max(setup_inputs(&r));
+  if (status == 0) status = eellm_mpi_max(setup_model(&r, &state));
+  if (status == 0) status = eellm_mpi_max(open_outputs(&r, &state));
+  if (status == 0) {
+    interrupted = 0;
+    struct sigaction sa = {.sa_handler = on_interrupt};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    /* Past a file-size limit a write then fails with EFBIG, cleanly, instead of killing us. */
+    signal(SIGXFSZ, SIG_IGN);
+    if (eellm_rank() == 0) describe(&r, state.step);
+    status = loop_traced(&r, &state);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+  }
+  cleanup(&r);
+  return status;
+}
