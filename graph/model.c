@@ -11,6 +11,8 @@
 
 #include "graph/step.h"
 #include "runtime/engine/mpi.h"
+#include "runtime/engine/splitmix.h"
+#include "runtime/io/specio.h"
 
 struct builder {
   struct eellm_model *m;
@@ -116,22 +118,23 @@ static void build_table(struct eellm_model *m) {
   for (unsigned i = 0; i < s->n_layers; i++) {
     char prefix[32];
     snprintf(prefix, sizeof prefix, "transformer.h.%u.", i);
-    b.stage = m->layer_stage[i];
+    b.stage = m->place.layer_stage[i];
     add_layer(&b, prefix, &m->layers[i]);
   }
-  b.stage = m->pp - 1;
+  b.stage = eellm_exit_stage(&m->place, s->n_exits);
   add_norm(&b, "transformer.", "ln_f.", &m->lnf_w, &m->lnf_b);
   m->head_w = s->tie_embeddings ? m->wte
                                 : add_tensor(&b, "", "lm_head.weight", s->vocab_size, s->d_model, 1);
   for (unsigned k = 0; k < s->n_exits; k++) {
-    b.stage = m->exit_stage[k];
+    b.stage = eellm_exit_stage(&m->place, k);
     add_exit(&b, k);
   }
 }
 
-/* A handle of t's shape over block (NULL: memory StarPU allocates), owned by `owner`. */
-static starpu_data_handle_t register_tensor(const struct eellm_tensor *t, float *block,
-                                            unsigned owner) {
+/* A handle of t's shape over block (NULL: memory StarPU allocates), owned by `stage`. */
+static starpu_data_handle_t register_tensor(const struct eellm_model *m,
+                                            const struct eellm_tensor *t, float *block,
+                                            unsigned stage) {
   starpu_data_handle_t h;
   int home = block ? STARPU_MAIN_RAM : -1;
   uintptr_t ptr = block ? (uintptr_t)(block + t->offset) : 0;
@@ -139,48 +142,18 @@ static starpu_data_handle_t register_tensor(const struct eellm_tensor *t, float 
     starpu_matrix_data_register(&h, home, ptr, t->cols, t->cols, t->rows, sizeof(float));
   else
     starpu_vector_data_register(&h, home, ptr, t->cols, sizeof(float));
-  eellm_mpi_register(h, (int)owner);
+  eellm_mpi_register(h, eellm_stage_rank(&m->place, stage));
   return h;
-}
-
-/* Stages: layers split as the spec (or FLOP balance) says; an exit goes with the
- * layer it reads (POST) or the next one (PRE). Activation windows: 1F1B's
- * P - s micro-batches on stage s; one process keeps two micro-batches apart so
- * two workers can overlap them. */
-static int place_stages(struct eellm_model *m, unsigned pp, const uint32_t *stage_layers,
-                        size_t n_stage_layers) {
-  const Eellm__Model *s = m->spec;
-  unsigned *split = calloc(pp, sizeof *split);
-  m->layer_stage = calloc(s->n_layers, sizeof *m->layer_stage);
-  m->exit_stage = calloc(s->n_exits + 1, sizeof *m->exit_stage);
-  m->window = calloc(pp, sizeof *m->window);
-  if (!split || !m->layer_stage || !m->exit_stage || !m->window) {
-    free(split);
-    return -1;
-  }
-  m->pp = pp;
-  eellm_stage_split(s, pp, stage_layers, n_stage_layers, split);
-  for (unsigned st = 0, i = 0; st < pp; st++)
-    for (unsigned j = 0; j < split[st]; j++) m->layer_stage[i++] = st;
-  for (unsigned k = 0; k < s->n_exits; k++) {
-    const Eellm__Exit *e = s->exits[k];
-    unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer : e->layer - 1;
-    m->exit_stage[k] = m->layer_stage[owner];
-  }
-  for (unsigned st = 0; st < pp; st++) m->window[st] = pp > 1 ? pp - st : 2;
-  free(split);
-  return 0;
 }
 
 /* Head weights read on stages that do not own them get a gradient there. */
 static void add_shadows(struct eellm_model *m) {
-  unsigned last = m->pp - 1;
   size_t cap = m->spec->n_exits + 1;
   m->shadows = calloc(cap, sizeof *m->shadows);
   if (!m->shadows) abort();
   for (unsigned k = 0; k <= m->spec->n_exits; k++) {
     int head = k < m->spec->n_exits ? m->exits[k].head_w : m->head_w;
-    unsigned stage = k < m->spec->n_exits ? m->exit_stage[k] : last;
+    unsigned stage = eellm_exit_stage(&m->place, k);
     if (m->tensors[head].owner == stage) continue;
     int known = 0;
     for (size_t i = 0; i < m->n_shadows; i++)
@@ -189,12 +162,12 @@ static void add_shadows(struct eellm_model *m) {
     struct eellm_shadow *sh = &m->shadows[m->n_shadows++];
     sh->tensor = head;
     sh->stage = stage;
-    sh->grad = register_tensor(&m->tensors[head], NULL, stage);
+    sh->grad = register_tensor(m, &m->tensors[head], NULL, stage);
   }
 }
 
 int eellm_model_owns(const struct eellm_model *m, size_t i) {
-  return !eellm_mpi_active() || m->tensors[i].owner == (unsigned)eellm_rank();
+  return !eellm_mpi_active() || eellm_stage_rank(&m->place, m->tensors[i].owner) == eellm_rank();
 }
 
 starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage) {
@@ -233,10 +206,9 @@ static void sort_exits(struct eellm_model *m) {
 }
 
 static Eellm__Model *copy_spec(const Eellm__Model *spec) {
-  size_t len = protobuf_c_message_get_packed_size(&spec->base);
-  uint8_t *buf = malloc(len ? len : 1);
+  size_t len;
+  uint8_t *buf = eellm_spec_pack(&spec->base, &len);
   if (!buf) return NULL;
-  protobuf_c_message_pack(&spec->base, buf);
   Eellm__Model *copy = eellm__model__unpack(NULL, len, buf);
   free(buf);
   return copy;
@@ -270,21 +242,21 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
     eellm_model_destroy(m);
     return NULL;
   }
-  if (pp < 1 || pp > spec->n_layers || (eellm_mpi_active() && pp != (unsigned)eellm_nranks())) {
-    snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
-             eellm_nranks());
+  struct eellm_layout layout = {.pp = pp, .tp = 1, .dp = 1};
+  if (eellm_placement_init(&m->place, spec, layout, stage_layers, n_stage_layers,
+                           eellm_mpi_active() ? eellm_nranks() : 0, eellm_rank(), err,
+                           errlen) != 0) {
     eellm_model_destroy(m);
     return NULL;
   }
   m->micro_batch = micro_batch;
   m->seq_len = seq_len;
   m->d_ffn = eellm_ffn_size(spec);
-  m->fc_out = spec->activation == EELLM__MODEL__ACTIVATION__SWIGLU ? 2 * m->d_ffn : m->d_ffn;
+  m->fc_out = eellm_fc_out(spec);
   m->layers = calloc(spec->n_layers, sizeof *m->layers);
   m->exits = calloc(spec->n_exits + 1, sizeof *m->exits);
   m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
   if (!m->layers || !m->exits || !m->exit_order) goto oom;
-  if (place_stages(m, pp, stage_layers, n_stage_layers) != 0) goto oom;
   build_table(m);
   sort_exits(m);
   m->params = alloc_block(m->n_params);
@@ -294,10 +266,10 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   if (!m->params || !m->grads || !m->adam_m || !m->adam_v) goto oom;
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
-    t->param = register_tensor(t, m->params, t->owner);
-    t->grad = register_tensor(t, m->grads, t->owner);
-    t->m = register_tensor(t, m->adam_m, t->owner);
-    t->v = register_tensor(t, m->adam_v, t->owner);
+    t->param = register_tensor(m, t, m->params, t->owner);
+    t->grad = register_tensor(m, t, m->grads, t->owner);
+    t->m = register_tensor(m, t, m->adam_m, t->owner);
+    t->v = register_tensor(m, t, m->adam_v, t->owner);
   }
   add_shadows(m);
   m->sumsq = calloc(m->n_tensors, sizeof *m->sumsq);
@@ -306,10 +278,10 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   for (size_t i = 0; i < m->n_tensors; i++) {
     starpu_vector_data_register(&m->sumsq_h[i], STARPU_MAIN_RAM, (uintptr_t)&m->sumsq[i], 1,
                                 sizeof(double));
-    eellm_mpi_register(m->sumsq_h[i], (int)m->tensors[i].owner);
+    eellm_mpi_register(m->sumsq_h[i], eellm_stage_rank(&m->place, m->tensors[i].owner));
   }
   starpu_vector_data_register(&m->clip_h, STARPU_MAIN_RAM, (uintptr_t)m->clip, 2, sizeof(float));
-  eellm_mpi_register(m->clip_h, 0);
+  eellm_mpi_register(m->clip_h, eellm_root_rank());
   return m;
 oom:
   snprintf(err, errlen, "out of memory building the model (%zu parameters)", m->n_params);
@@ -334,9 +306,7 @@ void eellm_model_destroy(eellm_model *m) {
   if (m->clip_h) starpu_data_unregister(m->clip_h);
   for (size_t i = 0; i < m->n_shadows; i++) starpu_data_unregister(m->shadows[i].grad);
   free(m->shadows);
-  free(m->layer_stage);
-  free(m->exit_stage);
-  free(m->window);
+  eellm_placement_free(&m->place);
   free(m->sumsq);
   free(m->sumsq_h);
   free_block(m->params, m->n_params);
@@ -357,11 +327,7 @@ struct normal_rng {
 };
 
 static double uniform01(struct normal_rng *r) {
-  uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return ((z >> 11) + 0.5) / 9007199254740992.0;
+  return ((eellm_splitmix64_next(&r->state) >> 11) + 0.5) / 9007199254740992.0;
 }
 
 static double normal(struct normal_rng *r) {
@@ -380,7 +346,7 @@ void eellm_model_init(eellm_model *m, uint64_t seed) {
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
     /* A stream per tensor: the same weights whichever stage draws them. */
-    struct normal_rng rng = {(seed * 0x2545f4914f6cdd1dull + 1) ^ (i * 0x9e3779b97f4a7c15ull)};
+    struct normal_rng rng = {(seed * 0x2545f4914f6cdd1dull + 1) ^ (i * EELLM_SPLITMIX64_GAMMA)};
     if (!eellm_model_owns(m, i)) continue;
     starpu_data_acquire(t->param, STARPU_W);
     float *p = m->params + t->offset;
@@ -424,10 +390,10 @@ float *eellm_model_tensor_grad(eellm_model *m, size_t i) { return m->grads + m->
 void eellm_model_sync(eellm_model *m) {
   starpu_task_wait_for_all();
   for (size_t i = 0; i < m->n_tensors; i++) {
-    eellm_mpi_gather(m->tensors[i].param);
-    eellm_mpi_gather(m->tensors[i].grad);
+    eellm_mpi_gather(m->tensors[i].param, eellm_root_rank());
+    eellm_mpi_gather(m->tensors[i].grad, eellm_root_rank());
   }
-  if (eellm_rank() != 0) return;
+  if (eellm_rank() != eellm_root_rank()) return;
   for (size_t i = 0; i < m->n_tensors; i++) {
     starpu_data_acquire(m->tensors[i].param, STARPU_R);
     starpu_data_release(m->tensors[i].param);

@@ -6,6 +6,7 @@
 #include <starpu.h>
 
 #include "eellm.h"
+#include "graph/placement.h"
 
 #define EELLM_NAME_MAX 96
 
@@ -16,9 +17,12 @@ struct eellm_tensor {
   size_t numel;
   int decay;          /* AdamW weight decay applies (matrices) */
   int frozen;         /* no gradient, no update (EE-Tuning's backbone) */
-  unsigned owner;     /* pipeline stage (MPI rank) that holds and updates it */
+  unsigned owner;     /* pipeline stage that holds and updates it (placement.h gives its rank) */
   starpu_data_handle_t param, grad, m, v;
 };
+
+/* Columns of c_fc: d_ffn, or 2 * d_ffn for SwiGLU (gate and up side by side). */
+unsigned eellm_fc_out(const Eellm__Model *spec);
 
 /* Indices into the tensor table; -1 where the spec has no such tensor. */
 struct eellm_layer_params {
@@ -59,10 +63,7 @@ struct eellm_model {
   unsigned *exit_order;                    /* exits sorted by layer */
   struct eellm_step *step;                 /* micro-batches submitted since the last wait */
   int backbone_frozen;
-  unsigned pp;                             /* pipeline stages (1: one process) */
-  unsigned *layer_stage;                   /* n_layers */
-  unsigned *exit_stage;                    /* n_exits */
-  unsigned *window;                        /* per stage: micro-batch slots of activations */
+  struct eellm_placement place;            /* stages of layers and exits, their ranks */
   struct eellm_shadow *shadows;
   size_t n_shadows;
   char tokenizer[16];                      /* "byte", "gpt2", or "" when unknown */

@@ -3,10 +3,11 @@
 #include <stdlib.h>
 
 #include "eellm.h"
+#include "graph/model.h"
+#include "graph/placement.h"
 
-/* Columns of c_fc: SwiGLU packs gate and up side by side. */
-static double fc_out(const Eellm__Model *m) {
-  double f = eellm_ffn_size(m);
+unsigned eellm_fc_out(const Eellm__Model *m) {
+  unsigned f = eellm_ffn_size(m);
   return m->activation == EELLM__MODEL__ACTIVATION__SWIGLU ? 2 * f : f;
 }
 
@@ -21,7 +22,7 @@ static double linear_params(const Eellm__Model *m, double in, double out) {
 
 static double mlp_params(const Eellm__Model *m) {
   double d = m->d_model;
-  return norm_params(m) + linear_params(m, d, fc_out(m)) + linear_params(m, eellm_ffn_size(m), d);
+  return norm_params(m) + linear_params(m, d, eellm_fc_out(m)) + linear_params(m, eellm_ffn_size(m), d);
 }
 
 double eellm_layer_params(const Eellm__Model *m) {
@@ -41,7 +42,7 @@ double eellm_exit_params(const Eellm__Model *m, unsigned k) {
 }
 
 static double mlp_flops(const Eellm__Model *m) {
-  return 2.0 * m->d_model * fc_out(m) + 2.0 * eellm_ffn_size(m) * m->d_model;
+  return 2.0 * m->d_model * eellm_fc_out(m) + 2.0 * eellm_ffn_size(m) * m->d_model;
 }
 
 double eellm_layer_flops(const Eellm__Model *m, unsigned seq_len) {
@@ -83,9 +84,7 @@ void eellm_costs(const Eellm__Model *m, struct eellm_costs *out) {
 static double stage_unit_cost(const Eellm__Model *m, unsigned i) {
   double cost = eellm_layer_flops(m, m->context_length);
   for (unsigned k = 0; k < m->n_exits; k++) {
-    const Eellm__Exit *e = m->exits[k];
-    unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer : e->layer - 1;
-    if (owner == i) cost += eellm_exit_flops(m, k, m->context_length);
+    if (eellm_exit_home_layer(m->exits[k]) == i) cost += eellm_exit_flops(m, k, m->context_length);
   }
   if (i == m->n_layers - 1) cost += head_flops(m);
   return cost;

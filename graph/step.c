@@ -68,10 +68,10 @@ static struct eellm_step *step_of(struct eellm_model *m) {
   if (!m->step) {
     m->step = calloc(1, sizeof *m->step);
     if (!m->step) abort();
-    for (unsigned st = 0; st < m->pp; st++)
-      if (m->window[st] > m->step->max_window) m->step->max_window = m->window[st];
+    for (unsigned st = 0; st < m->place.layout.pp; st++)
+      if (m->place.window[st] > m->step->max_window) m->step->max_window = m->place.window[st];
     for (int mode = 0; mode < 2; mode++) {
-      m->step->pools[mode] = calloc(m->pp * m->step->max_window, sizeof *m->step->pools[mode]);
+      m->step->pools[mode] = calloc(m->place.layout.pp * m->step->max_window, sizeof *m->step->pools[mode]);
       if (!m->step->pools[mode]) abort();
     }
   }
@@ -83,7 +83,7 @@ static void enter(struct micro *mb, unsigned stage) {
   mb->stage = stage;
   if (mb->entered[stage]) return;
   struct eellm_step *s = mb->m->step;
-  size_t slot = (size_t)mb->index % mb->m->window[stage];
+  size_t slot = (size_t)mb->index % mb->m->place.window[stage];
   struct act_pool *p = &s->pools[mb->backward][stage * s->max_window + slot];
   p->next = 0;
   mb->entered[stage] = p;
@@ -107,7 +107,7 @@ static starpu_data_handle_t pooled(struct micro *mb, size_t key) {
     starpu_matrix_data_register(h, -1, 0, key, key, mb->n_rows, sizeof(float));
   else
     starpu_vector_data_register(h, -1, 0, ~key, 4);
-  eellm_mpi_register(*h, (int)mb->stage);
+  eellm_mpi_register(*h, eellm_stage_rank(&mb->m->place, mb->stage));
   p->key[p->next] = key;
   return p->h[p->next++];
 }
@@ -120,7 +120,7 @@ static starpu_data_handle_t input(struct micro *mb) { return pooled(mb, ~mb->n_r
 
 static void free_pools(struct eellm_model *m, struct eellm_step *s) {
   for (int mode = 0; mode < 2; mode++) {
-    for (size_t i = 0; i < m->pp * s->max_window; i++) {
+    for (size_t i = 0; i < m->place.layout.pp * s->max_window; i++) {
       struct act_pool *p = &s->pools[mode][i];
       for (size_t j = 0; j < p->n; j++) starpu_data_unregister(p->h[j]);
       free(p->h);
@@ -140,7 +140,7 @@ static starpu_data_handle_t grad(const struct micro *mb, int i) {
 
 static struct eellm_task_info info(const struct micro *mb, enum eellm_task_kind kind, int prio,
                                    int layer) {
-  struct eellm_task_info i = {.priority = prio, .node = (int)mb->stage, .kind = kind,
+  struct eellm_task_info i = {.priority = prio, .node = eellm_stage_rank(&mb->m->place, mb->stage), .kind = kind,
                               .micro = mb->index, .layer = layer};
   return i;
 }
@@ -301,7 +301,7 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
   const struct eellm_model *m = mb->m;
   const struct eellm_exit_params *e = &m->exits[k];
   unsigned caller_stage = mb->stage;
-  enter(mb, m->exit_stage[k]);
+  enter(mb, eellm_exit_stage(&m->place, k));
   struct eellm_task_info ti = info(mb, EELLM_KIND_EXIT, PRIO_EXIT, 1000 + (int)k);
   struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_EXIT, 1000 + (int)k);
   struct head h = {e->lnf_w, e->lnf_b, e->head_w, e->temperature, loss_scale, stats,
@@ -365,7 +365,7 @@ static starpu_data_handle_t *stats_of(struct eellm_model *m, size_t index) {
     for (unsigned k = 0; k < n_exits; k++) {
       starpu_vector_data_register(&h[k], STARPU_MAIN_RAM, (uintptr_t)(slots + 2 * k), 2,
                                   sizeof(double));
-      eellm_mpi_register(h[k], (int)(k + 1 < n_exits ? m->exit_stage[k] : m->pp - 1));
+      eellm_mpi_register(h[k], eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k)));
     }
     s->stats[index] = slots;
     s->stats_h[index] = h;
@@ -405,7 +405,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   if (check_tokens(m, batch, mb.n_rows, err, errlen) != 0) return -1;
   struct eellm_step *s = step_of(m);
   mb.index = (int)s->n_micro++;
-  mb.entered = calloc(m->pp, sizeof *mb.entered);
+  mb.entered = calloc(m->place.layout.pp, sizeof *mb.entered);
   starpu_data_handle_t *stats = stats_of(m, (size_t)mb.index);
   if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
   load_inputs(&mb, batch);
@@ -424,7 +424,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
                          &fwd);
   unsigned next_exit = 0;
   for (unsigned i = 0; i < n_layers; i++) {
-    enter(&mb, m->layer_stage[i]);
+    enter(&mb, m->place.layer_stage[i]);
     fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
     layer_forward(&mb, &m->layers[i], resid[i], &acts[i], &fwd);
     resid[i + 1] = acts[i].mlp.out;
@@ -437,7 +437,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   }
 
   /* The final head on the last stage; a frozen backbone (EE-Tuning) needs its loss only. */
-  enter(&mb, m->pp - 1);
+  enter(&mb, eellm_exit_stage(&m->place, n_exits));
   fwd = info(&mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)n_layers);
   struct eellm_task_info loss_ti = info(&mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
   int backbone_backward = backward && !m->backbone_frozen;
@@ -452,10 +452,10 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
     struct grad_scratch g;
     scratch_init(&mb, &g);
     for (unsigned i = n_layers; i-- > 0;) {
-      if (m->layer_stage[i] != mb.stage) {
+      if (m->place.layer_stage[i] != mb.stage) {
         /* The gradient arriving from the next stage: the only one that crosses. */
         starpu_data_handle_t from_next = dres;
-        enter(&mb, m->layer_stage[i]);
+        enter(&mb, m->place.layer_stage[i]);
         bwd = info(&mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
         dres = act(&mb, d);
         eellm_insert_copy(dres, from_next, &bwd);
@@ -500,12 +500,12 @@ void eellm_submit_zero_grads(eellm_model *m) {
                                .layer = -1};
   for (size_t i = 0; i < m->n_tensors; i++) {
     if (m->tensors[i].frozen) continue;
-    ti.node = (int)m->tensors[i].owner;
+    ti.node = eellm_stage_rank(&m->place, m->tensors[i].owner);
     eellm_insert_zero(m->tensors[i].grad, &ti);
   }
   for (size_t i = 0; i < m->n_shadows; i++) {
     if (m->tensors[m->shadows[i].tensor].frozen) continue;
-    ti.node = (int)m->shadows[i].stage;
+    ti.node = eellm_stage_rank(&m->place, m->shadows[i].stage);
     eellm_insert_zero(m->shadows[i].grad, &ti);
   }
 }
@@ -525,8 +525,8 @@ void eellm_wait(eellm_model *m) {
   s->loss = calloc(n_exits, sizeof *s->loss);
   if (!s->loss) abort();
   for (unsigned k = 0; k < n_exits; k++) {
-    unsigned owner = k + 1 < n_exits ? m->exit_stage[k] : m->pp - 1;
-    if (eellm_mpi_active() && owner != (unsigned)eellm_rank()) continue;
+    int owner = eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k));
+    if (eellm_mpi_active() && owner != eellm_rank()) continue;
     size_t counted = 0;
     for (size_t mi = 0; mi < s->n_micro; mi++) {
       starpu_data_acquire(s->stats_h[mi][k], STARPU_R);

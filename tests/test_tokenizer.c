@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/engine/splitmix.h"
 #include "runtime/tokenize/tokenizer.h"
 #include "runtime/io/tokens.h"
 
@@ -42,12 +43,7 @@ static int check(int cond, const char *fmt, ...) {
 }
 
 static uint64_t rng_state = 12345;
-static uint64_t next_random(void) { /* splitmix64 */
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+static uint64_t next_random(void) { return eellm_splitmix64_next(&rng_state); }
 
 static char tmp_dir[] = "/tmp/eellm-test-tokenizer-XXXXXX";
 

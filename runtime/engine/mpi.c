@@ -54,8 +54,8 @@ void eellm_mpi_register(starpu_data_handle_t h, int owner) {
   if (active) starpu_mpi_data_register(h, next_tag++, owner);
 }
 
-void eellm_mpi_gather(starpu_data_handle_t h) {
-  if (active) starpu_mpi_get_data_on_node(MPI_COMM_WORLD, h, 0);
+void eellm_mpi_gather(starpu_data_handle_t h, int root) {
+  if (active) starpu_mpi_get_data_on_node(MPI_COMM_WORLD, h, root);
 }
 
 void eellm_mpi_sum(double *values, int n) {

@@ -17,8 +17,8 @@ MPI_Comm eellm_mpi_comm(void);
 /* Gives h an MPI identity (a tag, the same on every rank because every rank
  * registers in the same order) and its owner. No-op without MPI. */
 void eellm_mpi_register(starpu_data_handle_t h, int owner);
-/* Brings h to rank 0 (collective: every rank calls it in the same order). */
-void eellm_mpi_gather(starpu_data_handle_t h);
+/* Brings h to rank `root` (collective: every rank calls it in the same order). */
+void eellm_mpi_gather(starpu_data_handle_t h, int root);
 /* Waits for every task and transfer (and, under MPI, for every rank). */
 void eellm_mpi_wait(void);
 /* The same, then drops StarPU-MPI's cached copies: before unregistering data. */

@@ -10,6 +10,7 @@
 #include "runtime/io/base64.h"
 #include "runtime/engine/mpi.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/io/specio.h"
 
 static void tensor_entry(eellm_model *m, size_t i, struct eellm_st_tensor *out) {
   const struct eellm_tensor *t = &m->tensors[i];
@@ -24,10 +25,9 @@ static void tensor_entry(eellm_model *m, size_t i, struct eellm_st_tensor *out) 
 }
 
 static char *packed_spec_base64(const Eellm__Model *spec) {
-  size_t len = protobuf_c_message_get_packed_size(&spec->base);
-  uint8_t *buf = malloc(len ? len : 1);
+  size_t len;
+  uint8_t *buf = eellm_spec_pack(&spec->base, &len);
   if (!buf) return NULL;
-  protobuf_c_message_pack(&spec->base, buf);
   char *text = eellm_base64_encode(buf, len);
   free(buf);
   return text;
@@ -95,10 +95,10 @@ int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_t
                           char *err, size_t errlen) {
   eellm_model_sync(m);
   for (size_t i = 0; state && i < m->n_tensors; i++) {
-    eellm_mpi_gather(m->tensors[i].m);
-    eellm_mpi_gather(m->tensors[i].v);
+    eellm_mpi_gather(m->tensors[i].m, eellm_root_rank());
+    eellm_mpi_gather(m->tensors[i].v, eellm_root_rank());
   }
-  int ret = eellm_rank() == 0 ? write_checkpoint(m, path, state, err, errlen) : 0;
+  int ret = eellm_rank() == eellm_root_rank() ? write_checkpoint(m, path, state, err, errlen) : 0;
   int failed = eellm_mpi_max(ret != 0);
   if (failed && ret == 0) snprintf(err, errlen, "%s: rank 0 could not write the checkpoint", path);
   return failed ? -1 : 0;

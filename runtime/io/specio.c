@@ -148,11 +148,17 @@ const ProtobufCMessageDescriptor *eellm_spec_message_of(const char *path) {
 
 /* ---- writing ------------------------------------------------------------ */
 
+uint8_t *eellm_spec_pack(const ProtobufCMessage *msg, size_t *len) {
+  *len = protobuf_c_message_get_packed_size(msg);
+  uint8_t *buf = malloc(*len ? *len : 1);
+  if (buf) protobuf_c_message_pack(msg, buf);
+  return buf;
+}
+
 static int write_binary_body(FILE *out, const ProtobufCMessage *msg) {
-  size_t size = protobuf_c_message_get_packed_size(msg);
-  uint8_t *buf = malloc(size ? size : 1);
+  size_t size;
+  uint8_t *buf = eellm_spec_pack(msg, &size);
   if (!buf) return -1;
-  protobuf_c_message_pack(msg, buf);
   int rc = fwrite(buf, 1, size, out) == size ? 0 : -1;
   free(buf);
   return rc;

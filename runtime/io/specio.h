@@ -19,6 +19,9 @@ ProtobufCMessage *eellm_spec_read(const char *path, const ProtobufCMessageDescri
 int eellm_spec_write_binary(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
 int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
 
+/* msg in binary wire format, malloc'd (*len bytes); NULL when out of memory. */
+uint8_t *eellm_spec_pack(const ProtobufCMessage *msg, size_t *len);
+
 /* &eellm__model__descriptor or &eellm__train__descriptor, as named by the
  * `# proto-message:` header comment of text file path; NULL if it has none. */
 const ProtobufCMessageDescriptor *eellm_spec_message_of(const char *path);

@@ -1,11 +1,7 @@
 #include "runtime/train/dataloader.h"
 
-static uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+#include "runtime/engine/splitmix.h"
+
 
 static void copy_window(const struct eellm_loader *l, size_t start, int32_t *tokens,
                         int32_t *targets) {
@@ -19,7 +15,7 @@ void eellm_loader_train(const struct eellm_loader *l, uint64_t step, unsigned mi
                         int32_t *tokens, int32_t *targets) {
   size_t windows = l->n_tokens - l->seq_len; /* valid start positions */
   for (unsigned b = 0; b < l->batch; b++) {
-    uint64_t key = mix(mix(mix(l->seed) ^ step) ^ ((uint64_t)micro << 32 | b));
+    uint64_t key = eellm_splitmix64(eellm_splitmix64(eellm_splitmix64(l->seed) ^ step) ^ ((uint64_t)micro << 32 | b));
     copy_window(l, key % windows, tokens + (size_t)b * l->seq_len,
                 targets + (size_t)b * l->seq_len);
   }

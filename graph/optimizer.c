@@ -38,7 +38,7 @@ static void reduce_shadows(eellm_model *m) {
   for (size_t i = 0; i < m->n_shadows; i++) {
     const struct eellm_tensor *t = &m->tensors[m->shadows[i].tensor];
     if (t->frozen) continue;
-    ti.node = (int)t->owner;
+    ti.node = eellm_stage_rank(&m->place, t->owner);
     eellm_insert_axpy(t->grad, m->shadows[i].grad, 1.0f, &ti);
   }
 }
@@ -52,12 +52,12 @@ void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned st
   int n = 0;
   for (size_t i = 0; i < m->n_tensors; i++) {
     if (m->tensors[i].frozen) continue;
-    ti.node = (int)m->tensors[i].owner;
+    ti.node = eellm_stage_rank(&m->place, m->tensors[i].owner);
     eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
     sumsqs[n++] = m->sumsq_h[i];
   }
   /* Rank 0 gathers every stage's squared norms; every stage reads the factor back. */
-  ti.node = 0;
+  ti.node = eellm_root_rank();
   ti.kind = EELLM_KIND_COLLECTIVE;
   eellm_insert_clip_scale(sumsqs, n, m->clip_h, opt->grad_clip, &ti);
   ti.kind = EELLM_KIND_OPTIMIZER;
@@ -65,7 +65,7 @@ void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned st
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
     if (t->frozen) continue;
-    ti.node = (int)t->owner;
+    ti.node = eellm_stage_rank(&m->place, t->owner);
     struct eellm_adamw_step hp = {.lr = (float)lr, .beta1 = opt->beta1, .beta2 = opt->beta2,
                                   .eps = opt->eps,
                                   .weight_decay = t->decay ? opt->weight_decay : 0,
@@ -74,7 +74,7 @@ void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned st
   }
 }
 
-/* Rank 0's figure: it owns the clip factor. */
+/* The root rank's figure: it owns the clip factor. */
 double eellm_grad_norm(const eellm_model *m) {
   starpu_data_acquire(m->clip_h, STARPU_R);
   double norm = m->clip[0];

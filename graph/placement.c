@@ -1,0 +1,79 @@
+/* Placement (placement.h): stages from the stage split, exits with their home
+ * layer, ranks in Megatron-LM's order. */
+#include "graph/placement.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+int eellm_layout_rank(const struct eellm_layout *l, struct eellm_coords c) {
+  return (int)((c.stage * l->dp + c.data) * l->tp + c.tensor);
+}
+
+struct eellm_coords eellm_layout_coords(const struct eellm_layout *l, int rank) {
+  unsigned r = (unsigned)rank;
+  struct eellm_coords c = {.tensor = r % l->tp, .data = r / l->tp % l->dp,
+                           .stage = r / (l->tp * l->dp)};
+  return c;
+}
+
+unsigned eellm_exit_home_layer(const Eellm__Exit *e) {
+  return e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer : e->layer - 1;
+}
+
+/* Activation windows: 1F1B's P - s micro-batches on stage s; one process keeps
+ * two micro-batches apart so two workers can overlap them. */
+static void set_windows(struct eellm_placement *p) {
+  unsigned pp = p->layout.pp;
+  for (unsigned st = 0; st < pp; st++) p->window[st] = pp > 1 ? pp - st : 2;
+}
+
+int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
+                         struct eellm_layout layout, const uint32_t *stage_layers,
+                         size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
+  unsigned pp = layout.pp;
+  *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
+  if (pp < 1 || pp > spec->n_layers || layout.tp != 1 || layout.dp != 1 ||
+      (n_ranks > 0 && (unsigned)n_ranks != pp)) {
+    snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
+             n_ranks > 0 ? n_ranks : 1);
+    return -1;
+  }
+  p->self = eellm_layout_coords(&layout, rank);
+  unsigned *split = calloc(pp, sizeof *split);
+  p->layer_stage = calloc(spec->n_layers, sizeof *p->layer_stage);
+  p->exit_stage = calloc(spec->n_exits + 1, sizeof *p->exit_stage);
+  p->window = calloc(pp, sizeof *p->window);
+  if (!split || !p->layer_stage || !p->exit_stage || !p->window) {
+    free(split);
+    eellm_placement_free(p);
+    snprintf(err, errlen, "out of memory placing %u layers", spec->n_layers);
+    return -1;
+  }
+  eellm_stage_split(spec, pp, stage_layers, n_stage_layers, split);
+  for (unsigned st = 0, i = 0; st < pp; st++)
+    for (unsigned j = 0; j < split[st]; j++) p->layer_stage[i++] = st;
+  for (unsigned k = 0; k < spec->n_exits; k++)
+    p->exit_stage[k] = p->layer_stage[eellm_exit_home_layer(spec->exits[k])];
+  p->exit_stage[spec->n_exits] = pp - 1;
+  set_windows(p);
+  free(split);
+  return 0;
+}
+
+void eellm_placement_free(struct eellm_placement *p) {
+  free(p->layer_stage);
+  free(p->exit_stage);
+  free(p->window);
+  p->layer_stage = p->exit_stage = p->window = NULL;
+}
+
+int eellm_stage_rank(const struct eellm_placement *p, unsigned stage) {
+  struct eellm_coords c = {.stage = stage, .tensor = p->self.tensor, .data = p->self.data};
+  return eellm_layout_rank(&p->layout, c);
+}
+
+unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k) {
+  return p->exit_stage[k];
+}
+
+int eellm_root_rank(void) { return 0; }
