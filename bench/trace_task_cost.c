@@ -10,9 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "codelets/codelets.h"
+#include "codelets/codelets.h" /* internal: linked with the eellm_internal archive */
 #include "eellm.h"
-#include "runtime/engine/trace.h"
+#include "eellm/trace.h"
 
 enum { N_VECTORS = 256, VECTOR_LEN = 64 };
 
@@ -33,7 +33,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   long tasks = atol(argv[1]), rounds = atol(argv[2]);
-  if (eellm_runtime_start() != 0) return 1;
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "%s\n", start_err);
+    return 1;
+  }
   static float data[N_VECTORS][VECTOR_LEN];
   starpu_data_handle_t vectors[N_VECTORS];
   for (int i = 0; i < N_VECTORS; i++)

@@ -11,6 +11,7 @@
 
 #include "graph/step.h"
 #include "runtime/engine/mpi.h"
+#include "runtime/io/specio.h" /* eellm_spec_free until RENAMES.txt is applied */
 
 struct builder {
   struct eellm_model *m;

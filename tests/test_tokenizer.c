@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/tokenize/tokenizer.h"
-#include "runtime/io/tokens.h"
+#include "eellm/tokenizer.h"
+#include "eellm/tokens.h"
 
 #define GPT2_DIR "data/gpt2"
 

@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "runtime/generate/generate.h"
+#include <eellm/generate.h>
 
 #define EELLM_API_MAX_PROMPTS 1024
 

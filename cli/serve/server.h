@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#include "runtime/generate/generate.h"
+#include <eellm/generate.h>
 
 #define EELLM_SERVER_MAX_BODY (1u << 20)   /* bytes; larger bodies get 413 */
 #define EELLM_SERVER_IDLE_TIMEOUT 30       /* seconds a connection may stay silent */
