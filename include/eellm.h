@@ -45,11 +45,12 @@ EELLM_API int eellm_mpi_max(int value);
  * 'exits[1].layer': ..."). Free with eellm_model_spec_free. */
 EELLM_API Eellm__Model *eellm_model_spec_load(const char *path, char *err, size_t errlen);
 /* Validates an in-memory model spec; file names the source in messages. 0 or -1. */
-EELLM_API int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err, size_t errlen);
+EELLM_API int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err,
+                                     size_t errlen);
 /* Reads a training spec and validates it against the model. Free with
  * eellm_train_spec_free. */
-EELLM_API Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model, char *err,
-                                    size_t errlen);
+EELLM_API Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model,
+                                              char *err, size_t errlen);
 /* Free what the loaders (and eellm_checkpoint_spec) return; NULL is allowed. */
 EELLM_API void eellm_model_spec_free(Eellm__Model *spec);
 EELLM_API void eellm_train_spec_free(Eellm__Train *spec);
@@ -57,8 +58,10 @@ EELLM_API void eellm_train_spec_free(Eellm__Train *spec);
  * (protobuf_c_message_pack) or text format, the text with the `# proto-file:` /
  * `# proto-message:` header; atomically (temp file in the same directory, fsync,
  * rename). 0, or -1 with err. */
-EELLM_API int eellm_spec_write_binary(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
-EELLM_API int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err, size_t errlen);
+EELLM_API int eellm_spec_write_binary(const char *path, const ProtobufCMessage *msg, char *err,
+                                      size_t errlen);
+EELLM_API int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err,
+                                    size_t errlen);
 /* Hidden width of the MLPs (ffn_size, or 4 * d_model when unset). */
 EELLM_API unsigned eellm_ffn_size(const Eellm__Model *spec);
 
@@ -84,7 +87,7 @@ EELLM_API double eellm_exit_flops(const Eellm__Model *spec, unsigned k, unsigned
  * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
  * (on the stage their placement puts them) and the embedding / final head included. */
 EELLM_API void eellm_stage_split(const Eellm__Model *spec, unsigned pp, const uint32_t *given,
-                       size_t n_given, unsigned *stage_layers);
+                                 size_t n_given, unsigned *stage_layers);
 
 /* ---- model --------------------------------------------------------------- */
 typedef struct eellm_model eellm_model;
@@ -92,14 +95,15 @@ typedef struct eellm_model eellm_model;
 /* Builds the model's parameter, gradient and optimizer-state data handles for
  * micro-batches of `micro_batch` sequences of `seq_len` tokens. */
 EELLM_API eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch,
-                                unsigned seq_len, char *err, size_t errlen);
+                                          unsigned seq_len, char *err, size_t errlen);
 /* The same, split into pp pipeline stages (stage s on MPI rank s under
  * eellm_mpi_init; pp must then equal the rank count): stage_layers gives
  * each stage's layer count, or NULL for a split balanced by FLOPs. */
 EELLM_API eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, unsigned micro_batch,
-                                          unsigned seq_len, unsigned pp,
-                                          const uint32_t *stage_layers, size_t n_stage_layers,
-                                          char *err, size_t errlen);
+                                                    unsigned seq_len, unsigned pp,
+                                                    const uint32_t *stage_layers,
+                                                    size_t n_stage_layers, char *err,
+                                                    size_t errlen);
 EELLM_API void eellm_model_destroy(eellm_model *m);
 /* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
@@ -134,17 +138,22 @@ struct eellm_train_state {
   unsigned step;  /* optimizer steps done */
   uint64_t seed;
 };
-EELLM_API int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
-                          char *err, size_t errlen);
-EELLM_API int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_state *state,
-                          char *err, size_t errlen);
+EELLM_API int eellm_checkpoint_save(eellm_model *m, const char *path,
+                                    const struct eellm_train_state *state, char *err,
+                                    size_t errlen);
+EELLM_API int eellm_checkpoint_load(eellm_model *m, const char *path,
+                                    struct eellm_train_state *state, char *err, size_t errlen);
 /* The model spec stored in a checkpoint, validated. */
 EELLM_API Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen);
 /* Names the first field where two messages of one type differ ("exits[1].layer")
  * in `field`; returns 0 when they are equal. */
-EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field, size_t n);
+EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field,
+                              size_t n);
 
 /* ---- forward and backward ---------------------------------------------- */
+/* Bad token ids are reported (-1 and err). Submission itself aborts the
+ * process when StarPU refuses a task or memory runs out for one: not bad
+ * input, and nothing a caller could recover from mid-graph. */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
  * optional loss mask (NULL: every position counts). Arrays must stay valid
  * until eellm_wait returns. */
@@ -164,12 +173,12 @@ EELLM_API void eellm_submit_zero_grads(eellm_model *m);
  * gradients; exit_weights has eellm_n_exits entries (NULL: the spec's loss
  * weights, final head 1). Returns 0, or -1 on bad token ids with err set. */
 EELLM_API int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
-                                  const float *exit_weights, float grad_scale, char *err,
-                                  size_t errlen);
+                                            const float *exit_weights, float grad_scale, char *err,
+                                            size_t errlen);
 /* Submits the forward tasks of one micro-batch and its losses, no gradient
  * (validation). */
 EELLM_API int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
-                         size_t errlen);
+                                   size_t errlen);
 /* Waits for every submitted task; afterwards eellm_exit_loss gives each exit's
  * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
 EELLM_API void eellm_wait(eellm_model *m);
@@ -187,7 +196,8 @@ EELLM_API double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step);
 /* Submits the global-norm clipping and one AdamW task per trainable tensor for
  * optimizer step `step` (1-based) at learning rate lr; call after the step's
  * micro-batches. The gradient norm is read with eellm_grad_norm after a wait. */
-EELLM_API void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr);
+EELLM_API void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
+                                      double lr);
 EELLM_API double eellm_grad_norm(const eellm_model *m);
 /* Freezes every tensor that is not part of an exit (EE-Tuning): no gradient,
  * no update. */

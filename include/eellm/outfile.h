@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct eellm_outfile {
   FILE *fp;   /* write the content here */
   char *path; /* the target */
@@ -20,7 +24,8 @@ struct eellm_outfile {
 
 /* Creates the temporary file. 0, or -1 with "PATH: why" in err (when err is not
  * NULL) and the cause in errno, for callers that word their own message. */
-EELLM_API int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err, size_t errlen);
+EELLM_API int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err,
+                                 size_t errlen);
 /* Flushes, fsyncs and renames over the target, then fsyncs its directory. A
  * stream whose error flag is set (a write failed) is not committed. On failure
  * before the rename the temporary file is removed and the target is untouched.
@@ -30,4 +35,7 @@ EELLM_API int eellm_outfile_commit(struct eellm_outfile *f, char *err, size_t er
  * f); the target is untouched and errno keeps its value. */
 EELLM_API void eellm_outfile_abort(struct eellm_outfile *f);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -20,6 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Tokenizer ids, as stored in token files. */
 enum eellm_tokenizer_id { EELLM_TOKENIZER_BYTE = 0, EELLM_TOKENIZER_GPT2 = 1 };
 
@@ -45,7 +49,7 @@ struct eellm_tokenizer;
  * means $EELLM_TOKENIZER_DIR, else data/gpt2 (relative to the working directory).
  * NULL with one line in err ("data/gpt2/encoder.json: cannot open: ..."). */
 EELLM_API struct eellm_tokenizer *eellm_tokenizer_open(const char *kind, const char *dir, char *err,
-                                             size_t errlen);
+                                                       size_t errlen);
 EELLM_API void eellm_tokenizer_close(struct eellm_tokenizer *tok);
 
 /* The directory the gpt2 tokenizer reads for dir (dir itself when not NULL). */
@@ -59,10 +63,13 @@ EELLM_API uint16_t eellm_tokenizer_eot_id(const struct eellm_tokenizer *tok);
 
 /* Appends the ids of len bytes of text to ids. 0, or -1 when out of memory. */
 EELLM_API int eellm_tokenizer_encode(struct eellm_tokenizer *tok, const char *text, size_t len,
-                           struct eellm_ids *ids);
+                                     struct eellm_ids *ids);
 /* Appends the bytes of n ids to text. 0, or -1 on an id outside the vocabulary
  * (nothing appended) or when out of memory. */
-EELLM_API int eellm_tokenizer_decode(const struct eellm_tokenizer *tok, const uint16_t *ids, size_t n,
-                           struct eellm_bytes *text);
+EELLM_API int eellm_tokenizer_decode(const struct eellm_tokenizer *tok, const uint16_t *ids,
+                                     size_t n, struct eellm_bytes *text);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

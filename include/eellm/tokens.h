@@ -22,6 +22,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define EELLM_TOKENS_MAGIC "EELLMTOK"
 #define EELLM_TOKENS_VERSION 1
 #define EELLM_TOKENS_HEADER_SIZE 32
@@ -52,15 +56,18 @@ EELLM_API void eellm_tokens_close(struct eellm_token_file *file);
  * the complete new file. Every function that fails leaves one line in err. */
 struct eellm_tokens_writer;
 EELLM_API struct eellm_tokens_writer *eellm_tokens_create(const char *path,
-                                                const struct eellm_tokens_info *info, char *err,
-                                                size_t errlen);
+                                                          const struct eellm_tokens_info *info,
+                                                          char *err, size_t errlen);
 /* Appends ids; fails on an id outside the vocabulary (naming its position) or a write error. */
-EELLM_API int eellm_tokens_append(struct eellm_tokens_writer *w, const uint16_t *ids, size_t n, char *err,
-                        size_t errlen);
+EELLM_API int eellm_tokens_append(struct eellm_tokens_writer *w, const uint16_t *ids, size_t n,
+                                  char *err, size_t errlen);
 EELLM_API uint64_t eellm_tokens_written(const struct eellm_tokens_writer *w);
 /* Finishes the file and frees w, whether it succeeds (0) or not (-1). */
 EELLM_API int eellm_tokens_commit(struct eellm_tokens_writer *w, char *err, size_t errlen);
 /* Drops the file and frees w; path is untouched. */
 EELLM_API void eellm_tokens_abort(struct eellm_tokens_writer *w);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

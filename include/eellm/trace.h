@@ -35,13 +35,14 @@ EELLM_API int eellm_trace_format_parse(const char *name, enum eellm_trace_format
 
 /* The file rank `rank` of n_ranks writes for `path`: path itself for a single
  * rank, else path with ".rank<N>" before its extension (t.json -> t.rank1.json). */
-EELLM_API void eellm_trace_rank_path(const char *path, int rank, int n_ranks, char *out, size_t outlen);
+EELLM_API void eellm_trace_rank_path(const char *path, int rank, int n_ranks, char *out,
+                                     size_t outlen);
 
 /* Starts recording the tasks submitted from now on; StarPU must be running
  * (profiling is switched on until eellm_trace_stop). Checks that the file can
  * be created. 0, or -1 with a one-line message in err. */
-EELLM_API int eellm_trace_start(const char *path, enum eellm_trace_format format, int rank, int n_ranks,
-                      char *err, size_t errlen);
+EELLM_API int eellm_trace_start(const char *path, enum eellm_trace_format format, int rank,
+                                int n_ranks, char *err, size_t errlen);
 
 /* Adds offset_us to every time this rank writes (aligns its clock on rank 0's). */
 EELLM_API void eellm_trace_set_clock_offset(double offset_us);
@@ -76,7 +77,6 @@ EELLM_API const char *eellm_trace_kind_name(int kind);
 EELLM_API const char *eellm_trace_kind_color(int kind);
 /* The kind named `name`, or -1. */
 EELLM_API int eellm_trace_kind_parse(const char *name);
-
 
 /* ---- reading ------------------------------------------------------------- */
 /* Reading trace files (Chrome Trace Event JSON as eellm writes them, one file
@@ -121,7 +121,7 @@ struct eellm_trace {
 
 /* Reads and merges n files (the ranks of one run). 0, or -1 with "FILE: why" in err. */
 EELLM_API int eellm_trace_load(struct eellm_trace *t, const char *const *paths, int n, char *err,
-                     size_t errlen);
+                               size_t errlen);
 EELLM_API void eellm_trace_free(struct eellm_trace *t);
 
 /* Exit heads' forward and backward, and their losses. */
@@ -153,7 +153,7 @@ EELLM_API void eellm_trace_stats_free(struct eellm_trace_stats *s);
 
 /* The self-contained HTML report: Gantt chart and every figure. 0, or -1 if a write failed. */
 EELLM_API int eellm_trace_write_html(FILE *out, const struct eellm_trace *t,
-                           const struct eellm_trace_stats *s, const char *title);
+                                     const struct eellm_trace_stats *s, const char *title);
 
 #ifdef __cplusplus
 }

@@ -92,8 +92,8 @@ EELLM_API int eellm_train_run(const struct eellm_train_options *o, char *err, si
  * with the count; of a step logged twice the last line counts.
  * Labels: n_labels > 0 names every exit (a different count is an error); else
  * spec (may be NULL) gives "exit k (layer L)" and "final (layer N)" when its
- * exits match the metrics (else a warning, and); else "exit 0", "exit 1", ...,
- * "final". warn may be NULL.
+ * exits match the metrics (else a warning to warn); else "exit 0", "exit 1",
+ * ..., "final". warn may be NULL.
  * Returns 0, or -1 with a one-line error in err (missing or unreadable file, no
  * valid line, wrong label count, unwritable output). */
 EELLM_API int eellm_plot_metrics(const char *metrics_path, const char *svg_path,
