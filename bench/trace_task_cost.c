@@ -4,6 +4,10 @@
  * The fastest round of each mode is kept (the machine's load only adds time).
  * Writing the trace file at the end is timed apart.
  *
+ * It submits single codelet tasks, below what the installed API offers (whole
+ * micro-batches), so it links the internal archive (eellm_internal), not
+ * libeellm.so.
+ *
  *   bench_trace_task_cost TASKS ROUNDS   -> one line of key=value */
 #include <stdio.h>
 #include <stdlib.h>

@@ -480,9 +480,9 @@ int eellm_train_run(const struct eellm_train_options *o, char *err, size_t errle
   struct run r = {.o = o};
   struct eellm_train_state state = {0};
   if (errlen) err[0] = '\0';
+  if (eellm_launched_by_mpirun() && eellm_mpi_init(err, errlen) != 0) return 1;
   run_err = err;
   run_errlen = errlen;
-  if (eellm_launched_by_mpirun() && eellm_mpi_init(err, errlen) != 0) return 1;
   /* Ranks agree before and after each collective phase, so none waits alone. */
   int status = eellm_mpi_max(setup_inputs(&r));
   if (status == 0) status = eellm_mpi_max(setup_model(&r, &state));
