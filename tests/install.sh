@@ -31,6 +31,16 @@ nm -D "$libdir/libeellm.so" 2>/dev/null | grep -q __asan_ && sanitize=(-fsanitiz
 cc -Wall -Wextra "${sanitize[@]}" -o "$tmp/submit" examples/submit.c $(pkg-config --cflags --libs eellm) > "$tmp/cc.log" 2>&1
 status=$?
 check "example builds against the installed library ($(head -c 300 "$tmp/cc.log"))" '[ $status -eq 0 ]'
+# Every installed header compiles on its own, with the flags eellm.pc gives.
+for h in "$tmp/prefix/include/eellm/"*.h; do
+  name=$(basename "$h")
+  case $name in eellm.h | *.pb-c.h) inc="<$name>" ;; *) inc="<eellm/$name>" ;; esac
+  echo "#include $inc" > "$tmp/h.c"
+  # shellcheck disable=SC2046
+  cc -Wall -Wextra -Werror -c -o "$tmp/h.o" "$tmp/h.c" $(pkg-config --cflags eellm) > "$tmp/h.log" 2>&1 ||
+    echo "$inc: $(head -c 300 "$tmp/h.log")" >> "$tmp/headers.log"
+done
+check "every installed header compiles alone ($(head -c 300 "$tmp/headers.log" 2>/dev/null))" '[ ! -s "$tmp/headers.log" ]'
 LD_LIBRARY_PATH="$libdir" STARPU_SILENT=1 "$tmp/submit" examples/default.txtpb > "$tmp/run.log" 2>&1
 status=$?
 check "and runs" '[ $status -eq 0 ] && grep -q "final" "$tmp/run.log"'
