@@ -1,4 +1,4 @@
-/* Early-exit generation (runtime/generate/generate.h) on two tiny models, one GPT-style
+/* Early-exit generation (include/eellm/generate.h) on two tiny models, one GPT-style
  * with an exit of every structure, one Llama-style (RoPE, RMSNorm, SwiGLU):
  * - exits off: greedy tokens equal the training forward's (no cache) on the
  *   growing sequence, logits within 1e-4, for both methods;

@@ -1,4 +1,4 @@
-/* Trace files in, figures out (definitions in trace_stats.h). */
+/* Trace files in, figures out (definitions in include/eellm/trace.h). */
 #include "eellm/trace.h"
 
 #include <jansson.h>
