@@ -13,9 +13,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "eellm.h"
-#include "runtime/generate/generate.h"
-#include "runtime/tokenize/tokenizer.h"
+#include <eellm.h>
+#include <eellm/generate.h>
+#include <eellm/tokenizer.h>
 
 static const char *const prompts[] = {
     "Fellow-Citizens of the Senate and House of Representatives: ",
@@ -170,7 +170,11 @@ int main(int argc, char **argv) {
                                   ? "%s/checkpoint.safetensors" : "%s", argv[1]);
   unsigned max_tokens = argc > 2 ? (unsigned)atoi(argv[2]) : 64;
   int repeats = argc > 3 ? atoi(argv[3]) : 5;
-  if (eellm_runtime_start() != 0) return 1;
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "%s\n", start_err);
+    return 1;
+  }
   struct eellm_generator *g = eellm_generator_open(path, NULL, 1, err, sizeof err);
   Eellm__Model *spec = g ? eellm_checkpoint_spec(path, err, sizeof err) : NULL;
   struct judge j = {0};
@@ -205,7 +209,7 @@ int main(int argc, char **argv) {
   free(j.targets);
   free(j.logits);
   eellm_model_destroy(j.m);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   eellm_generator_close(g);
   eellm_runtime_stop();
   return 0;

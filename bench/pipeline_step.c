@@ -12,7 +12,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "eellm.h"
+#include <eellm.h>
 
 static double now_s(void) {
   struct timespec ts;
@@ -45,8 +45,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", err);
     return 2;
   }
-  if (eellm_launched_by_mpirun() && eellm_mpi_init() != 0) return 1;
-  if (eellm_runtime_start() != 0) return 1;
+  if (eellm_launched_by_mpirun() && eellm_mpi_init(err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "%s\n", start_err);
+    return 1;
+  }
   starpu_profiling_status_set(STARPU_PROFILING_ENABLE);
   eellm_model *m = eellm_model_create_pipelined(spec, batch, seq, (unsigned)eellm_nranks(), NULL,
                                                 0, err, sizeof err);
@@ -92,6 +99,6 @@ int main(int argc, char **argv) {
   free(tokens);
   eellm_model_destroy(m);
   eellm_runtime_stop();
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   return 0;
 }

@@ -4,15 +4,19 @@
  * The fastest round of each mode is kept (the machine's load only adds time).
  * Writing the trace file at the end is timed apart.
  *
+ * It submits single codelet tasks, below what the installed API offers (whole
+ * micro-batches), so it links the internal archive (eellm_internal), not
+ * libeellm.so.
+ *
  *   bench_trace_task_cost TASKS ROUNDS   -> one line of key=value */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "codelets/codelets.h"
+#include "codelets/codelets.h" /* internal: linked with the eellm_internal archive */
 #include "eellm.h"
-#include "runtime/engine/trace.h"
+#include "eellm/trace.h"
 
 enum { N_VECTORS = 256, VECTOR_LEN = 64 };
 
@@ -33,7 +37,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   long tasks = atol(argv[1]), rounds = atol(argv[2]);
-  if (eellm_runtime_start() != 0) return 1;
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "%s\n", start_err);
+    return 1;
+  }
   static float data[N_VECTORS][VECTOR_LEN];
   starpu_data_handle_t vectors[N_VECTORS];
   for (int i = 0; i < N_VECTORS; i++)

@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "eellm.h"
+#include <eellm.h>
 
 static double now_s(void) {
   struct timespec ts;
@@ -59,7 +59,11 @@ int main(int argc, char **argv) {
   int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
   sgemm_rate(cores); /* warm-up */
   double peak = sgemm_rate(cores);
-  if (eellm_runtime_start() != 0) return 1;
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "%s\n", start_err);
+    return 1;
+  }
   eellm_model *m = eellm_model_create(spec, batch, seq, err, sizeof err);
   if (!m) {
     fprintf(stderr, "%s\n", err);
@@ -92,6 +96,6 @@ int main(int argc, char **argv) {
   free(tokens);
   eellm_model_destroy(m);
   eellm_runtime_stop();
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   return 0;
 }

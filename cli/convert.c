@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/commands.h"
-#include "eellm.h"
+#include "commands.h"
+#include <eellm.h>
 
 static const char convert_usage[] =
     "usage: eellm convert add-exits --ckpt IN.safetensors --exits L1,L2,... --out OUT.safetensors\n"
@@ -114,7 +114,10 @@ static int add_exits(const char *in, const char *out, const double *layers, int 
     status = 2;
   }
   eellm_model *from = NULL, *to = NULL;
-  if (status == 0 && eellm_runtime_start() != 0) status = 1;
+  if (status == 0 && eellm_runtime_start(err, sizeof err) != 0) {
+    fprintf(stderr, "eellm convert: %s\n", err);
+    status = 1;
+  }
   if (status == 0 && (!(from = eellm_model_create(spec, 1, 1, err, sizeof err)) ||
                       !(to = eellm_model_create(&grown, 1, 1, err, sizeof err)) ||
                       eellm_model_load(from, in, err, sizeof err) != 0)) {
@@ -153,7 +156,7 @@ static int add_exits(const char *in, const char *out, const double *layers, int 
   if (from || to || status == 1) eellm_runtime_stop();
   for (int i = 0; i < n_layers; i++) free(exits[old_n + i]);
   free(exits);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   return status;
 }
 

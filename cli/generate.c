@@ -7,11 +7,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/commands.h"
-#include "eellm.h"
-#include "runtime/generate/generate.h"
-#include "runtime/engine/trace.h"
-#include "runtime/tokenize/tokenizer.h"
+#include "commands.h"
+#include <eellm.h>
+#include <eellm/generate.h>
+#include <eellm/trace.h>
+#include <eellm/tokenizer.h>
 
 static const char generate_usage[] =
     "usage: eellm generate --ckpt RUN_DIR|FILE (--prompt TEXT... | --prompt-file FILE)\n"
@@ -376,7 +376,11 @@ static int run(struct cli *a) {
   char path[4096], err[512];
   int tracing = 0;
   checkpoint_path(a->ckpt, path, sizeof path);
-  if (eellm_runtime_start() != 0) return 1;
+  char start_err[512];
+  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+    fprintf(stderr, "eellm generate: %s\n", start_err);
+    return 1;
+  }
   int status = 2;
   size_t n = a->prompts.n;
   struct eellm_generator *g =

@@ -5,9 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/commands.h"
-#include "eellm.h"
-#include "runtime/io/specio.h"
+#include "commands.h"
+#include <eellm.h>
 
 static const char model_usage[] =
     "usage: eellm model FILE [--pp N | --train TRAIN.txtpb] [--encode OUT.pb] [--decode OUT.txtpb]\n"
@@ -192,7 +191,7 @@ int cmd_model(int argc, char **argv) {
     train = eellm_train_spec_load(train_path, m, err, sizeof err);
     if (!train) {
       fprintf(stderr, "eellm model: %s\n", err);
-      eellm_spec_free(m);
+      eellm_model_spec_free(m);
       return 2;
     }
   }
@@ -219,7 +218,7 @@ int cmd_model(int argc, char **argv) {
       eellm_spec_write_text(decode_path, &m->base, err, sizeof err) != 0)
     status = 1;
   if (status == 1) fprintf(stderr, "eellm model: %s\n", err);
-  eellm_spec_free(train);
-  eellm_spec_free(m);
+  eellm_train_spec_free(train);
+  eellm_model_spec_free(m);
   return status;
 }

@@ -6,9 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/commands.h"
-#include "eellm.h"
-#include "runtime/train/plot.h"
+#include "commands.h"
+#include <eellm.h>
+#include <eellm/train.h>
 
 static const char plot_usage[] =
     "usage: eellm plot RUN_DIR [-o OUT.svg] [--labels \"layer 2,layer 4,final\"]\n"
@@ -64,6 +64,12 @@ static Eellm__Model *run_spec(const char *run_dir) {
   return spec;
 }
 
+/* The library's warnings (skipped lines, unusable spec labels), one a line. */
+static void warn(void *ctx, const char *message) {
+  (void)ctx;
+  fprintf(stderr, "warning: %s\n", message);
+}
+
 static int plot_run(const char *run_dir, const char *out_path, char *labels_text) {
   struct stat st;
   if (stat(run_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -79,12 +85,12 @@ static int plot_run(const char *run_dir, const char *out_path, char *labels_text
   int status = 2;
   if (!metrics || !svg || (labels_text && !labels))
     fprintf(stderr, "eellm plot: out of memory\n");
-  else if (eellm_plot_metrics(metrics, svg, spec, (const char *const *)labels, n_labels, err,
-                              sizeof err) != 0)
+  else if (eellm_plot_metrics(metrics, svg, spec, (const char *const *)labels, n_labels, warn,
+                              NULL, err, sizeof err) != 0)
     fprintf(stderr, "eellm plot: %s\n", err);
   else
     status = 0, printf("wrote %s\n", svg);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   free(labels);
   free(svg);
   free(metrics);

@@ -7,10 +7,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli/commands.h"
-#include "eellm.h"
-#include "runtime/generate/generate.h"
-#include "runtime/serve/server.h"
+#include "commands.h"
+#include <eellm.h>
+#include <eellm/generate.h>
+#include "serve/server.h"
 
 static const char serve_usage[] =
     "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"
@@ -209,7 +209,9 @@ int cmd_serve(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &stop, NULL);
   signal(SIGPIPE, SIG_IGN);
   rc = 1;
-  if (eellm_runtime_start() == 0) {
+  if (eellm_runtime_start(err, sizeof err) != 0) {
+    fprintf(stderr, "eellm serve: %s\n", err);
+  } else {
     struct eellm_generator *g = eellm_generator_open(ckpt, o.tokenizer_dir, o.max_batch, err,
                                                      sizeof err);
     if (g) {
@@ -221,7 +223,7 @@ int cmd_serve(int argc, char **argv) {
     }
     eellm_runtime_stop();
   }
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   free(ckpt);
   return rc;
 }

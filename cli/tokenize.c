@@ -11,10 +11,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "cli/commands.h"
-#include "runtime/io/outfile.h"
-#include "runtime/tokenize/tokenizer.h"
-#include "runtime/io/tokens.h"
+#include "commands.h"
+#include <eellm/outfile.h>
+#include <eellm/tokenizer.h>
+#include <eellm/tokens.h>
 
 static const char tokenize_usage[] =
     "usage: eellm tokenize --tokenizer byte|gpt2 [--tokenizer-dir DIR] INPUT... -o OUT.bin\n"

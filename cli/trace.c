@@ -3,10 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/commands.h"
-#include "runtime/io/outfile.h"
-#include "runtime/engine/trace.h"
-#include "runtime/trace/trace_stats.h"
+#include "commands.h"
+#include <eellm/outfile.h>
+#include <eellm/trace.h>
 
 static const char trace_usage[] =
     "usage: eellm trace summary TRACE.json [TRACE.json ...]\n"
@@ -45,9 +44,9 @@ static void print_workers(const struct eellm_trace *t, const struct eellm_trace_
 
 static void print_kinds(const struct eellm_trace_stats *s) {
   double total = 0;
-  for (int k = 0; k < EELLM_N_KINDS; k++) total += s->kind_time[k];
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++) total += s->kind_time[k];
   printf("\n%-12s %7s %10s %7s %9s\n", "kind", "tasks", "time ms", "share", "mean us");
-  for (int k = 0; k < EELLM_N_KINDS; k++)
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
     if (s->kind_count[k])
       printf("%-12s %7zu %10.2f %6.1f%% %9.1f\n", eellm_trace_kind_name(k), s->kind_count[k],
              ms(s->kind_time[k]), share(s->kind_time[k], total),
@@ -68,14 +67,14 @@ static void print_steps(const struct eellm_trace_stats *s) {
 
 /* The path's composition over all steps. */
 static void print_path(const struct eellm_trace_stats *s) {
-  double kind[EELLM_N_KINDS] = {0}, busy = 0;
+  double kind[EELLM_TRACE_N_KINDS] = {0}, busy = 0;
   for (int i = 0; i < s->n_steps; i++) {
     busy += s->steps[i].path_busy;
-    for (int k = 0; k < EELLM_N_KINDS; k++) kind[k] += s->steps[i].path_kind[k];
+    for (int k = 0; k < EELLM_TRACE_N_KINDS; k++) kind[k] += s->steps[i].path_kind[k];
   }
   printf("\ncritical path: %.2f ms of tasks (%.1f%% of the steps' time), %.2f ms of waits;",
          ms(busy), share(busy, s->window), ms(s->window - busy));
-  for (int k = 0; k < EELLM_N_KINDS; k++)
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
     if (kind[k] > 0) printf(" %s %.1f%%", eellm_trace_kind_name(k), share(kind[k], busy));
   printf("\n");
   double hidden = s->exit_work - s->exit_on_path;

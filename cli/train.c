@@ -1,10 +1,11 @@
 /* eellm train: train an early-exit model on a token file. */
+#include <eellm/train.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
-#include "cli/commands.h"
-#include "runtime/train/trainer.h"
+#include "commands.h"
 
 static const char train_usage[] =
     "usage: eellm train --model M.txtpb --train T.txtpb --data train.bin [--val val.bin]\n"
@@ -33,6 +34,70 @@ static const char train_usage[] =
     "\n"
     "Ctrl-C writes a checkpoint and exits; --resume continues. Exit status: 0 done or\n"
     "interrupted cleanly, 1 runtime failure, 2 bad input (one line on stderr).\n";
+
+/* How the run's events are printed. */
+struct printer {
+  int tty; /* stdout is a terminal: the progress line is redrawn in place */
+};
+
+static void format_duration(double s, char *buf, size_t n) {
+  if (s >= 3600)
+    snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  else
+    snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+}
+
+static void print_start(const struct eellm_train_event *e) {
+  printf("eellm train: %s, %zu parameters, %u exits; %u steps of %u sequences x %u tokens "
+         "(%u micro-batches)\n",
+         e->model_name, e->n_params, e->n_exits - 1, e->steps, e->global_batch, e->seq_len,
+         e->micro_batches);
+  printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", e->data_path,
+         e->data_tokens, e->unigram_entropy,
+         e->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
+  if (e->step >= e->steps)
+    printf("%s has finished its %u steps\n", e->checkpoint, e->steps);
+  else if (e->step)
+    printf("resuming %s at step %u\n", e->checkpoint, e->step + 1);
+}
+
+/* One progress line: redrawn in place on a terminal, plain lines otherwise
+ * (about 50 over the run). */
+static void print_step(const struct printer *p, const struct eellm_train_event *e) {
+  int last = e->step == e->steps;
+  if (!p->tty && !last && e->step % (e->steps / 50 ? e->steps / 50 : 1) != 0) return;
+  char eta[32];
+  format_duration(e->eta_s, eta, sizeof eta);
+  printf("%sstep %u/%u | %.0f tok/s | loss", p->tty ? "\r\033[K" : "", e->step, e->steps,
+         e->tokens_per_s);
+  for (unsigned k = 0; k < e->n_exits; k++)
+    printf(" %s%u:%.3f", k + 1 == e->n_exits ? "final L" : "L", e->exit_layers[k], e->losses[k]);
+  printf(" | lr %.2e | ETA %s", e->lr, eta);
+  if (!p->tty || last) putchar('\n');
+}
+
+static void print_validation(const struct printer *p, const struct eellm_train_event *e) {
+  printf("%svalidation at step %u (nats/token):", p->tty ? "\r\033[K" : "", e->step);
+  for (unsigned k = 0; k < e->n_exits; k++)
+    printf("%s %s %u %.4f", k ? " |" : "", k + 1 == e->n_exits ? "final, layer" : "exit, layer",
+           e->exit_layers[k], e->losses[k]);
+  putchar('\n');
+}
+
+static void on_event(void *ctx, const struct eellm_train_event *e) {
+  const struct printer *p = ctx;
+  switch (e->kind) {
+    case EELLM_TRAIN_START: print_start(e); break;
+    case EELLM_TRAIN_STEP: print_step(p, e); break;
+    case EELLM_TRAIN_VALIDATION: print_validation(p, e); break;
+    case EELLM_TRAIN_INTERRUPTED:
+      printf("%sinterrupted after step %u: checkpoint %s written; --resume continues\n",
+             p->tty ? "\n" : "", e->step, e->checkpoint);
+      break;
+    case EELLM_TRAIN_TRACE: printf("trace: %ld tasks in %s\n", e->trace_tasks, e->trace_file); break;
+  }
+  fflush(stdout);
+}
 
 int cmd_train(int argc, char **argv) {
   static const struct option options[] = {
@@ -86,5 +151,12 @@ int cmd_train(int argc, char **argv) {
     fprintf(stderr, "eellm train: --resume continues a run; --init starts a new one: pick one\n");
     return 2;
   }
-  return eellm_train_run(&o);
+  /* mpirun relays lines, not redraws. */
+  struct printer p = {.tty = isatty(STDOUT_FILENO) && !eellm_launched_by_mpirun()};
+  o.on_event = on_event;
+  o.ctx = &p;
+  char err[8400];
+  int status = eellm_train_run(&o, err, sizeof err);
+  if (status != 0 && err[0]) fprintf(stderr, "eellm train: %s\n", err);
+  return status;
 }

@@ -23,7 +23,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", err);
     return 2;
   }
-  if (eellm_runtime_start() != 0) return 1;
+  if (eellm_runtime_start(err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
 
   unsigned batch = 2, seq = spec->context_length < 64 ? spec->context_length : 64;
   eellm_model *model = eellm_model_create(spec, batch, seq, err, sizeof err);
@@ -60,6 +63,6 @@ int main(int argc, char **argv) {
   free(tokens);
   eellm_model_destroy(model);
   eellm_runtime_stop();
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   return 0;
 }

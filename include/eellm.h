@@ -1,11 +1,18 @@
-/* eellm public API: load and validate specs, build a model's data handles,
- * submit a batch's forward and backward as StarPU tasks, read each exit's loss. */
+/* eellm public API, the core: start the runtime, load, validate and write
+ * specs, build a model's data handles, submit a batch's forward and backward
+ * as StarPU tasks, read each exit's loss, save and load checkpoints.
+ *
+ * The rest of the installed API is in eellm/: train.h (the training loop and
+ * loss plots), generate.h (early-exit generation), tokenizer.h, tokens.h
+ * (token files), trace.h (task traces and their figures), outfile.h (atomic
+ * output files). Error convention and visibility: eellm/api.h. */
 #ifndef EELLM_H
 #define EELLM_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "eellm/api.h"
 #include "model.pb-c.h"
 #include "train.pb-c.h"
 
@@ -16,35 +23,47 @@ extern "C" {
 /* ---- runtime ----------------------------------------------------------- */
 /* Starts StarPU (scheduler lws unless STARPU_SCHED is set) with single-threaded
  * BLAS inside tasks; StarPU-MPI when eellm_mpi_init ran first. Returns 0, or
- * -1 after printing why. Stopping also finalises MPI. */
-int eellm_runtime_start(void);
-void eellm_runtime_stop(void);
+ * -1 with why in err. Stopping also finalises MPI. */
+EELLM_API int eellm_runtime_start(char *err, size_t errlen);
+EELLM_API void eellm_runtime_stop(void);
 /* Brings MPI up (MPI_THREAD_MULTIPLE) for a run of one rank per pipeline
- * stage; then eellm_runtime_start starts StarPU-MPI. 0 or -1. */
-int eellm_mpi_init(void);
+ * stage; then eellm_runtime_start starts StarPU-MPI. 0, or -1 with err. */
+EELLM_API int eellm_mpi_init(char *err, size_t errlen);
 /* Whether the process was started by mpirun (so eellm_mpi_init is wanted). */
-int eellm_launched_by_mpirun(void);
+EELLM_API int eellm_launched_by_mpirun(void);
 /* This process's rank and the number of ranks (0 and 1 without MPI). */
-int eellm_rank(void);
-int eellm_nranks(void);
+EELLM_API int eellm_rank(void);
+EELLM_API int eellm_nranks(void);
 /* Host-side reductions over all ranks (collective), for figures outside the
  * task graph: loss reports, stop flags, benchmarks. Identities without MPI. */
-void eellm_mpi_sum(double *values, int n);
-int eellm_mpi_max(int value);
+EELLM_API void eellm_mpi_sum(double *values, int n);
+EELLM_API int eellm_mpi_max(int value);
 
 /* ---- specs --------------------------------------------------------------- */
 /* Reads a model spec in protobuf text format (.txtpb) or binary (.pb) and
  * validates it. Returns NULL with a one-line error in err ("FILE:LINE:COL: field
- * 'exits[1].layer': ..."). Free with eellm_spec_free. */
-Eellm__Model *eellm_model_spec_load(const char *path, char *err, size_t errlen);
+ * 'exits[1].layer': ..."). Free with eellm_model_spec_free. */
+EELLM_API Eellm__Model *eellm_model_spec_load(const char *path, char *err, size_t errlen);
 /* Validates an in-memory model spec; file names the source in messages. 0 or -1. */
-int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err, size_t errlen);
-/* Reads a training spec and validates it against the model. */
-Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model, char *err,
+EELLM_API int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err,
+                                     size_t errlen);
+/* Reads a training spec and validates it against the model. Free with
+ * eellm_train_spec_free. */
+EELLM_API Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model,
+                                              char *err, size_t errlen);
+/* Free what the loaders (and eellm_checkpoint_spec) return; NULL is allowed. */
+EELLM_API void eellm_model_spec_free(Eellm__Model *spec);
+EELLM_API void eellm_train_spec_free(Eellm__Train *spec);
+/* Writes a spec (an Eellm__Model or Eellm__Train, as &spec->base) in binary
+ * (protobuf_c_message_pack) or text format, the text with the `# proto-file:` /
+ * `# proto-message:` header; atomically (temp file in the same directory, fsync,
+ * rename). 0, or -1 with err. */
+EELLM_API int eellm_spec_write_binary(const char *path, const ProtobufCMessage *msg, char *err,
+                                      size_t errlen);
+EELLM_API int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err,
                                     size_t errlen);
-void eellm_spec_free(void *spec);
 /* Hidden width of the MLPs (ffn_size, or 4 * d_model when unset). */
-unsigned eellm_ffn_size(const Eellm__Model *spec);
+EELLM_API unsigned eellm_ffn_size(const Eellm__Model *spec);
 
 /* ---- accounting ---------------------------------------------------------- */
 struct eellm_costs {
@@ -57,78 +76,84 @@ struct eellm_costs {
   double flops_fwd_exits;    /* per token, forward, all exits */
 };
 /* Parameter and FLOP counts (per token at the full context length, causal attention). */
-void eellm_costs(const Eellm__Model *spec, struct eellm_costs *out);
+EELLM_API void eellm_costs(const Eellm__Model *spec, struct eellm_costs *out);
 /* Parameters of one layer, and of exit k (its own tensors only). */
-double eellm_layer_params(const Eellm__Model *spec);
-double eellm_exit_params(const Eellm__Model *spec, unsigned k);
+EELLM_API double eellm_layer_params(const Eellm__Model *spec);
+EELLM_API double eellm_exit_params(const Eellm__Model *spec, unsigned k);
 /* Forward FLOPs per token of one layer and of exit k at sequence length seq_len. */
-double eellm_layer_flops(const Eellm__Model *spec, unsigned seq_len);
-double eellm_exit_flops(const Eellm__Model *spec, unsigned k, unsigned seq_len);
+EELLM_API double eellm_layer_flops(const Eellm__Model *spec, unsigned seq_len);
+EELLM_API double eellm_exit_flops(const Eellm__Model *spec, unsigned k, unsigned seq_len);
 /* Splits the layers into pp stages: stage_layers[s] layers on stage s. Uses the
  * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
  * (on the stage their placement puts them) and the embedding / final head included. */
-void eellm_stage_split(const Eellm__Model *spec, unsigned pp, const uint32_t *given,
-                       size_t n_given, unsigned *stage_layers);
+EELLM_API void eellm_stage_split(const Eellm__Model *spec, unsigned pp, const uint32_t *given,
+                                 size_t n_given, unsigned *stage_layers);
 
 /* ---- model --------------------------------------------------------------- */
 typedef struct eellm_model eellm_model;
 
 /* Builds the model's parameter, gradient and optimizer-state data handles for
  * micro-batches of `micro_batch` sequences of `seq_len` tokens. */
-eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch,
-                                unsigned seq_len, char *err, size_t errlen);
+EELLM_API eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch,
+                                          unsigned seq_len, char *err, size_t errlen);
 /* The same, split into pp pipeline stages (stage s on MPI rank s under
  * eellm_mpi_init; pp must then equal the rank count): stage_layers gives
  * each stage's layer count, or NULL for a split balanced by FLOPs. */
-eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, unsigned micro_batch,
-                                          unsigned seq_len, unsigned pp,
-                                          const uint32_t *stage_layers, size_t n_stage_layers,
-                                          char *err, size_t errlen);
-void eellm_model_destroy(eellm_model *m);
+EELLM_API eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, unsigned micro_batch,
+                                                    unsigned seq_len, unsigned pp,
+                                                    const uint32_t *stage_layers,
+                                                    size_t n_stage_layers, char *err,
+                                                    size_t errlen);
+EELLM_API void eellm_model_destroy(eellm_model *m);
 /* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
-void eellm_model_init(eellm_model *m, uint64_t seed);
-const Eellm__Model *eellm_model_spec(const eellm_model *m);
+EELLM_API void eellm_model_init(eellm_model *m, uint64_t seed);
+EELLM_API const Eellm__Model *eellm_model_spec(const eellm_model *m);
 /* The tokenizer the model was trained with ("byte", "gpt2"; NULL if unknown),
  * kept in checkpoints' metadata. */
-void eellm_model_set_tokenizer(eellm_model *m, const char *name);
-const char *eellm_model_tokenizer(const eellm_model *m);
-unsigned eellm_model_micro_batch(const eellm_model *m);
-unsigned eellm_model_seq_len(const eellm_model *m);
+EELLM_API void eellm_model_set_tokenizer(eellm_model *m, const char *name);
+EELLM_API const char *eellm_model_tokenizer(const eellm_model *m);
+EELLM_API unsigned eellm_model_micro_batch(const eellm_model *m);
+EELLM_API unsigned eellm_model_seq_len(const eellm_model *m);
 
 /* Named tensors (GPT-2 / Hugging Face names). Host pointers are valid after
  * eellm_model_sync. rows == 0 for vectors. */
-size_t eellm_model_n_tensors(const eellm_model *m);
-const char *eellm_model_tensor_name(const eellm_model *m, size_t i);
-void eellm_model_tensor_shape(const eellm_model *m, size_t i, size_t *rows, size_t *cols);
-float *eellm_model_tensor_data(eellm_model *m, size_t i);
-float *eellm_model_tensor_grad(eellm_model *m, size_t i);
-size_t eellm_model_n_params(const eellm_model *m);
+EELLM_API size_t eellm_model_n_tensors(const eellm_model *m);
+EELLM_API const char *eellm_model_tensor_name(const eellm_model *m, size_t i);
+EELLM_API void eellm_model_tensor_shape(const eellm_model *m, size_t i, size_t *rows, size_t *cols);
+EELLM_API float *eellm_model_tensor_data(eellm_model *m, size_t i);
+EELLM_API float *eellm_model_tensor_grad(eellm_model *m, size_t i);
+EELLM_API size_t eellm_model_n_params(const eellm_model *m);
 /* Waits for submitted tasks and makes host copies of parameters and gradients
  * current (under MPI: on rank 0, for every stage's tensors; collective). */
-void eellm_model_sync(eellm_model *m);
+EELLM_API void eellm_model_sync(eellm_model *m);
 
 /* Checkpoints: safetensors with the binary spec in __metadata__, written atomically.
  * Loading checks every tensor's name, dtype and shape against the model's spec. */
-int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen);
-int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen);
+EELLM_API int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen);
+EELLM_API int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen);
 /* Training checkpoints add the AdamW moments (optimizer.m.<name>, optimizer.v.<name>)
  * and the step and seed; state NULL saves or loads weights alone. */
 struct eellm_train_state {
   unsigned step;  /* optimizer steps done */
   uint64_t seed;
 };
-int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
-                          char *err, size_t errlen);
-int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_state *state,
-                          char *err, size_t errlen);
+EELLM_API int eellm_checkpoint_save(eellm_model *m, const char *path,
+                                    const struct eellm_train_state *state, char *err,
+                                    size_t errlen);
+EELLM_API int eellm_checkpoint_load(eellm_model *m, const char *path,
+                                    struct eellm_train_state *state, char *err, size_t errlen);
 /* The model spec stored in a checkpoint, validated. */
-Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen);
+EELLM_API Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen);
 /* Names the first field where two messages of one type differ ("exits[1].layer")
  * in `field`; returns 0 when they are equal. */
-int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field, size_t n);
+EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage *b, char *field,
+                              size_t n);
 
 /* ---- forward and backward ---------------------------------------------- */
+/* Bad token ids are reported (-1 and err). Submission itself aborts the
+ * process when StarPU refuses a task or memory runs out for one: not bad
+ * input, and nothing a caller could recover from mid-graph. */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
  * optional loss mask (NULL: every position counts). Arrays must stay valid
  * until eellm_wait returns. */
@@ -138,44 +163,45 @@ struct eellm_batch {
   const float *mask;
 };
 /* Number of exits including the final head (last); exit k < n-1 is spec exit k. */
-unsigned eellm_n_exits(const eellm_model *m);
+EELLM_API unsigned eellm_n_exits(const eellm_model *m);
 /* 1-based layer whose output exit k reads (n_layers for the final head). */
-unsigned eellm_exit_layer(const eellm_model *m, unsigned k);
+EELLM_API unsigned eellm_exit_layer(const eellm_model *m, unsigned k);
 /* Submits one step's gradient zeroing (call before the step's first micro-batch). */
-void eellm_submit_zero_grads(eellm_model *m);
+EELLM_API void eellm_submit_zero_grads(eellm_model *m);
 /* Submits the forward and backward tasks of one micro-batch. Gradients of
  * sum_k weight_k * CE_k scaled by grad_scale accumulate into the model's
  * gradients; exit_weights has eellm_n_exits entries (NULL: the spec's loss
  * weights, final head 1). Returns 0, or -1 on bad token ids with err set. */
-int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
-                                  const float *exit_weights, float grad_scale, char *err,
-                                  size_t errlen);
+EELLM_API int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                            const float *exit_weights, float grad_scale, char *err,
+                                            size_t errlen);
 /* Submits the forward tasks of one micro-batch and its losses, no gradient
  * (validation). */
-int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
-                         size_t errlen);
+EELLM_API int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                                   size_t errlen);
 /* Waits for every submitted task; afterwards eellm_exit_loss gives each exit's
  * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
-void eellm_wait(eellm_model *m);
-double eellm_exit_loss(const eellm_model *m, unsigned k);
+EELLM_API void eellm_wait(eellm_model *m);
+EELLM_API double eellm_exit_loss(const eellm_model *m, unsigned k);
 /* Copies exit k's logits [micro_batch * seq_len, vocab_size] (before the exit's
  * temperature) of the latest micro-batch submitted before the last eellm_wait
  * into out. Returns 0, or -1 when there is none (or under MPI). */
-int eellm_exit_logits(eellm_model *m, unsigned k, float *out);
+EELLM_API int eellm_exit_logits(eellm_model *m, unsigned k, float *out);
 
 /* ---- optimizer and schedules ------------------------------------------- */
 /* Learning rate at step (1-based) under the training spec's schedule. */
-double eellm_lr_at(const Eellm__Train *train, unsigned step);
+EELLM_API double eellm_lr_at(const Eellm__Train *train, unsigned step);
 /* Loss weight of exit k (spec order) at step, following its schedule. */
-double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step);
+EELLM_API double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step);
 /* Submits the global-norm clipping and one AdamW task per trainable tensor for
  * optimizer step `step` (1-based) at learning rate lr; call after the step's
  * micro-batches. The gradient norm is read with eellm_grad_norm after a wait. */
-void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr);
-double eellm_grad_norm(const eellm_model *m);
+EELLM_API void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
+                                      double lr);
+EELLM_API double eellm_grad_norm(const eellm_model *m);
 /* Freezes every tensor that is not part of an exit (EE-Tuning): no gradient,
  * no update. */
-void eellm_model_freeze_backbone(eellm_model *m);
+EELLM_API void eellm_model_freeze_backbone(eellm_model *m);
 
 #ifdef __cplusplus
 }

@@ -96,7 +96,7 @@ int main(void) {
   tu_ok(eellm_spec_diff(&spec->base, &no_mlp->base, field, sizeof field) == 1 &&
             strcmp(field, "exits[0].structure") == 0,
         "spec diff names exits[0].structure");
-  eellm_spec_free(stored);
+  eellm_model_spec_free(stored);
 
   /* A model of another width: refused, naming the tensor and both shapes. */
   eellm_model *c = eellm_model_create(other, 1, 8, err, sizeof err);

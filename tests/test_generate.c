@@ -1,4 +1,4 @@
-/* Early-exit generation (runtime/generate/generate.h) on two tiny models, one GPT-style
+/* Early-exit generation (include/eellm/generate.h) on two tiny models, one GPT-style
  * with an exit of every structure, one Llama-style (RoPE, RMSNorm, SwiGLU):
  * - exits off: greedy tokens equal the training forward's (no cache) on the
  *   growing sequence, logits within 1e-4, for both methods;
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/generate/generate.h"
+#include "eellm/generate.h"
 #include "testutil.h"
 
 #define MAX_BATCH 3
@@ -47,7 +47,7 @@ static void fixture_open(struct fixture *f, const char *spec_path, uint64_t seed
   f->C = spec->context_length;
   f->L = spec->n_layers;
   f->ref = eellm_model_create(spec, 1, f->C, err, sizeof err);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   if (!f->ref) exit(1);
   f->name = eellm_model_spec(f->ref)->name;
   f->n_exits = eellm_n_exits(f->ref);

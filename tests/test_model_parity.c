@@ -60,7 +60,7 @@ static void check_model(const char *spec_path) {
   eellm_model *m = eellm_model_create(spec, BATCH, SEQ, err, sizeof err);
   if (!tu_ok(m != NULL, "model create")) {
     printf("%s\n", err);
-    eellm_spec_free(spec);
+    eellm_model_spec_free(spec);
     return;
   }
   eellm_model_init(m, 7);
@@ -102,7 +102,7 @@ static void check_model(const char *spec_path) {
   free(targets);
   free(mask);
   eellm_model_destroy(m);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
 }
 
 int main(void) {

@@ -60,6 +60,6 @@ int main(void) {
   }
   rank_order();
   stages(spec);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   return tu_finish();
 }

@@ -18,9 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "eellm/tokenizer.h"
+#include "eellm/tokens.h"
 #include "runtime/engine/splitmix.h"
-#include "runtime/tokenize/tokenizer.h"
-#include "runtime/io/tokens.h"
 
 #define GPT2_DIR "data/gpt2"
 

@@ -7,8 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codelets/codelets.h"
 #include "runtime/engine/trace.h"
-#include "runtime/trace/trace_stats.h"
+#include "eellm/trace.h"
 #include "testutil.h"
 
 static const char *dir;

@@ -85,7 +85,7 @@ int main(void) {
   free(tokens);
   free(targets);
   eellm_model_destroy(m);
-  eellm_spec_free(train);
-  eellm_spec_free(spec);
+  eellm_train_spec_free(train);
+  eellm_model_spec_free(spec);
   return tu_finish();
 }

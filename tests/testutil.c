@@ -39,7 +39,11 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 }
 
 void tu_start(void) {
-  if (eellm_runtime_start() != 0) exit(1);
+  char err[512];
+  if (eellm_runtime_start(err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
 }
 
 int tu_finish(void) {

@@ -19,11 +19,11 @@ int eellm_launched_by_mpirun(void) {
   return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
 }
 
-int eellm_mpi_init(void) {
+int eellm_mpi_init(char *err, size_t errlen) {
   int initialized = 0, provided = 0;
   MPI_Initialized(&initialized);
   if (!initialized && MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
-    fprintf(stderr, "eellm: MPI_Init_thread failed\n");
+    snprintf(err, errlen, "MPI_Init_thread failed");
     return -1;
   }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -34,9 +34,9 @@ int eellm_mpi_init(void) {
 }
 
 /* eellm_runtime_start's way in once MPI is up: StarPU-MPI over MPI_COMM_WORLD. */
-int eellm_mpi_start_starpu(struct starpu_conf *conf) {
+int eellm_mpi_start_starpu(struct starpu_conf *conf, char *err, size_t errlen) {
   int ret = starpu_mpi_init_conf(NULL, NULL, 0, MPI_COMM_WORLD, conf);
-  if (ret != 0) fprintf(stderr, "eellm: rank %d: starpu_mpi_init_conf failed (%d)\n", rank, ret);
+  if (ret != 0) snprintf(err, errlen, "starpu_mpi_init_conf failed (%d)", ret);
   return ret;
 }
 

@@ -10,8 +10,21 @@
 #include <string.h>
 
 #include "codelets/codelets.h"
-#include "runtime/io/outfile.h"
+#include "eellm/outfile.h"
 #include "runtime/engine/trace_impl.h"
+
+/* The installed API names the task kinds (enum eellm_trace_kind) with the
+ * values the codelets use. */
+_Static_assert((int)EELLM_TRACE_N_KINDS == (int)EELLM_N_KINDS, "trace kinds match task kinds");
+_Static_assert((int)EELLM_TRACE_FORWARD == (int)EELLM_KIND_FORWARD &&
+                   (int)EELLM_TRACE_BACKWARD == (int)EELLM_KIND_BACKWARD &&
+                   (int)EELLM_TRACE_EXIT == (int)EELLM_KIND_EXIT &&
+                   (int)EELLM_TRACE_LOSS == (int)EELLM_KIND_LOSS &&
+                   (int)EELLM_TRACE_OPTIMIZER == (int)EELLM_KIND_OPTIMIZER &&
+                   (int)EELLM_TRACE_COLLECTIVE == (int)EELLM_KIND_COLLECTIVE &&
+                   (int)EELLM_TRACE_TRANSFER == (int)EELLM_KIND_TRANSFER &&
+                   (int)EELLM_TRACE_OTHER == (int)EELLM_KIND_OTHER,
+               "trace kinds match task kinds");
 
 enum { INITIAL_EVENTS = 1 << 14 }; /* preallocated per worker; buffers double when full */
 

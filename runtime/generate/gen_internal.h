@@ -10,7 +10,7 @@
 #include "codelets/codelets.h"
 #include "graph/model.h"
 #include "runtime/generate/gen_pool.h"
-#include "runtime/generate/generate.h"
+#include "eellm/generate.h"
 
 struct eellm_generator {
   struct eellm_model *m;

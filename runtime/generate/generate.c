@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "runtime/generate/gen_internal.h"
-#include "runtime/tokenize/tokenizer.h"
+#include "eellm/tokenizer.h"
 
 /* ---- the generator ----------------------------------------------------------- */
 
@@ -51,7 +51,7 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   struct eellm_generator *g = calloc(1, sizeof *g);
   if (!g) abort();
   g->m = eellm_model_create(spec, 1, 1, err, errlen);
-  eellm_spec_free(spec);
+  eellm_model_spec_free(spec);
   if (!g->m || eellm_model_load(g->m, ckpt, err, errlen) != 0) goto fail;
   const char *kind = eellm_model_tokenizer(g->m);
   if (!kind) {

@@ -230,7 +230,7 @@ Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen) 
   if (!spec)
     snprintf(err, errlen, "%s: no valid model spec in __metadata__[\"spec\"]", path);
   else if (eellm_model_spec_check(spec, path, err, errlen) != 0) {
-    eellm_spec_free(spec);
+    eellm_model_spec_free(spec);
     spec = NULL;
   }
   free(packed);

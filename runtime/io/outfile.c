@@ -1,4 +1,4 @@
-#include "runtime/io/outfile.h"
+#include "eellm/outfile.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -208,6 +208,15 @@ Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model,
   return (Eellm__Train *)msg;
 }
 
+void eellm_model_spec_free(Eellm__Model *spec) {
+  if (spec) protobuf_c_message_free_unpacked(&spec->base, NULL);
+}
+
+void eellm_train_spec_free(Eellm__Train *spec) {
+  if (spec) protobuf_c_message_free_unpacked(&spec->base, NULL);
+}
+
+/* RENAMES.txt shim: the untyped free that graph/ still calls. */
 void eellm_spec_free(void *spec) {
   if (spec) protobuf_c_message_free_unpacked(spec, NULL);
 }

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "model.pb-c.h"
-#include "runtime/io/outfile.h"
+#include "eellm/outfile.h"
 #include "train.pb-c.h"
 
 /* eellm's spec messages and the schema file of each, for text headers. */

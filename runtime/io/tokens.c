@@ -1,4 +1,4 @@
-#include "runtime/io/tokens.h"
+#include "eellm/tokens.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/io/outfile.h"
-#include "runtime/tokenize/tokenizer.h"
+#include "eellm/outfile.h"
+#include "eellm/tokenizer.h"
 
 /* Tokens are mapped and written as they are in memory. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,

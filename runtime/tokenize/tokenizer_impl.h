@@ -2,7 +2,7 @@
 #ifndef EELLM_RUNTIME_TOKENIZER_IMPL_H
 #define EELLM_RUNTIME_TOKENIZER_IMPL_H
 
-#include "runtime/tokenize/tokenizer.h"
+#include "eellm/tokenizer.h"
 
 struct eellm_tokenizer {
   enum eellm_tokenizer_id id;

@@ -6,8 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/engine/trace.h"
-#include "runtime/trace/trace_stats.h"
+#include "eellm/trace.h"
 
 static const char style[] =
     "body { font: 14px/1.4 system-ui, sans-serif; margin: 16px 24px; color: #222; }\n"
@@ -331,10 +330,10 @@ static void write_data(FILE *out, const struct eellm_trace *t, const struct eell
     json_text(out, t->names[i]);
   }
   fputs("],\n\"kinds\": [", out);
-  for (int k = 0; k < EELLM_N_KINDS; k++)
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
     fprintf(out, "%s\"%s\"", k ? ", " : "", eellm_trace_kind_name(k));
   fputs("],\n\"colors\": [", out);
-  for (int k = 0; k < EELLM_N_KINDS; k++)
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
     fprintf(out, "%s\"%s\"", k ? ", " : "", eellm_trace_kind_color(k));
   fputs("],\n\"steps\": [", out);
   for (int i = 0; i < s->n_steps; i++)
@@ -379,11 +378,11 @@ static void worker_table(FILE *out, const struct eellm_trace *t,
 
 static void kind_table(FILE *out, const struct eellm_trace_stats *s) {
   double total = 0;
-  for (int k = 0; k < EELLM_N_KINDS; k++) total += s->kind_time[k];
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++) total += s->kind_time[k];
   fputs("<h2>Time per task kind</h2>\n<table><tr><th>kind</th><th>tasks</th><th>time ms</th>"
         "<th>share</th><th>mean µs</th></tr>\n",
         out);
-  for (int k = 0; k < EELLM_N_KINDS; k++) {
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++) {
     if (!s->kind_count[k]) continue;
     fprintf(out, "<tr><td><span class=\"swatch\" style=\"background:%s\"></span> %s</td>"
                  "<td>%zu</td><td>%.2f</td><td>%.1f%%</td><td>%.1f</td></tr>\n",
@@ -406,7 +405,7 @@ static void step_table(FILE *out, const struct eellm_trace_stats *s) {
                  "<td>%.2f</td><td>%.2f</td><td>",
             st->step, wall / 1000, st->n_tasks, st->path_tasks, st->path_busy / 1000,
             (wall - st->path_busy) / 1000, st->exit_work / 1000, st->exit_on_path / 1000);
-    for (int k = 0; k < EELLM_N_KINDS; k++)
+    for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
       if (st->path_kind[k] > 0) bar(out, pct(st->path_kind[k], wall), eellm_trace_kind_color(k));
     fputs("</td></tr>\n", out);
   }
@@ -448,7 +447,7 @@ static void controls(FILE *out) {
         "<button id=\"fit\">fit</button>"
         "<label><input type=\"checkbox\" id=\"show-path\" checked> critical path</label>",
         out);
-  for (int k = 0; k < EELLM_N_KINDS; k++)
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
     fprintf(out, "<span class=\"legend\"><span class=\"swatch\" style=\"background:%s\"></span>"
                  "%s</span>",
             eellm_trace_kind_color(k), eellm_trace_kind_name(k));

@@ -1,11 +1,10 @@
-/* Trace files in, figures out (definitions in trace_stats.h). */
-#include "runtime/trace/trace_stats.h"
+/* Trace files in, figures out (definitions in include/eellm/trace.h). */
+#include "eellm/trace.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/engine/trace.h"
 
 /* ---- loading -------------------------------------------------------------- */
 
@@ -67,7 +66,7 @@ static int read_task(struct loader *l, json_t *ev, int row) {
   json_t *submit = json_object_get(args, "submit_us");
   struct eellm_trace_task task = {
       .row = row, .name = intern_name(l, name ? name : "task"),
-      .kind = k < 0 ? EELLM_KIND_OTHER : k, .step = int_arg(args, "step"),
+      .kind = k < 0 ? EELLM_TRACE_OTHER : k, .step = int_arg(args, "step"),
       .micro = int_arg(args, "micro"), .layer = int_arg(args, "layer"),
       .exit = int_arg(args, "exit"),
       .submit = json_is_number(submit) ? json_number_value(submit) : ts,
@@ -193,7 +192,7 @@ void eellm_trace_free(struct eellm_trace *t) {
 /* ---- figures -------------------------------------------------------------- */
 
 int eellm_trace_is_exit_work(const struct eellm_trace_task *task) {
-  return task->kind == EELLM_KIND_EXIT || (task->kind == EELLM_KIND_LOSS && task->exit >= 0);
+  return task->kind == EELLM_TRACE_EXIT || (task->kind == EELLM_TRACE_LOSS && task->exit >= 0);
 }
 
 /* A task of a step, as the figures need it. */

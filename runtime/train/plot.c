@@ -2,7 +2,7 @@
  * training loss (thin; an EMA over a faint raw line once there are enough
  * steps) and the validation loss (thick, dashed, dots), 1-2-5 ticks, and a
  * legend with each exit's final validation loss. */
-#include "runtime/train/plot.h"
+#include "eellm/train.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/io/outfile.h"
+#include "eellm/outfile.h"
 
 static void set_error(char *err, size_t errlen, const char *fmt, ...) {
   va_list ap;
@@ -37,7 +37,20 @@ struct metrics {
   size_t n, cap;
   struct record *recs;
   double *values; /* per record: n_exits training losses, then n_exits validation losses */
+  void (*warn)(void *ctx, const char *message); /* the caller's, or NULL */
+  void *warn_ctx;
 };
+
+static void warnf(const struct metrics *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warnf(const struct metrics *m, const char *fmt, ...) {
+  if (!m->warn) return;
+  char message[4200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof message, fmt, ap);
+  va_end(ap);
+  m->warn(m->warn_ctx, message);
+}
 
 static const double *train_of(const struct metrics *m, const struct record *r) {
   return m->values + r->at * 2 * m->n_exits;
@@ -109,9 +122,9 @@ static void sort_and_dedupe(struct metrics *m) {
   m->n = kept;
 }
 
-static void warn_skipped(const char *path, size_t line, const char *why, size_t n_skipped) {
-  if (n_skipped <= MAX_WARNINGS)
-    fprintf(stderr, "warning: %s:%zu: line skipped: %s\n", path, line, why);
+static void warn_skipped(const struct metrics *m, const char *path, size_t line, const char *why,
+                         size_t n_skipped) {
+  if (n_skipped <= MAX_WARNINGS) warnf(m, "%s:%zu: line skipped: %s", path, line, why);
 }
 
 /* Reads every line of f; -1 with err when out of memory. */
@@ -127,14 +140,14 @@ static int read_lines(FILE *f, const char *path, struct metrics *m, char *err, s
     json_t *obj = json_loadb(line, (size_t)len, 0, &jerr);
     const char *why = obj ? check_line(obj, m->n_exits) : jerr.text;
     if (why)
-      warn_skipped(path, line_no, why, ++n_skipped);
+      warn_skipped(m, path, line_no, why, ++n_skipped);
     else if (append(m, obj) != 0)
       rc = -1, set_error(err, errlen, "%s: out of memory", path);
     json_decref(obj);
   }
   free(line);
   if (n_skipped > MAX_WARNINGS)
-    fprintf(stderr, "warning: %s: %zu lines skipped in all\n", path, n_skipped);
+    warnf(m, "%s: %zu lines skipped in all", path, n_skipped);
   return rc;
 }
 
@@ -261,8 +274,8 @@ static int choose_labels(struct plot *p, const Eellm__Model *spec, const char *c
                          size_t n_labels) {
   unsigned n = p->m->n_exits;
   if (spec && !n_labels && spec->n_exits + 1 != n) {
-    fprintf(stderr, "warning: the model spec has %zu exits and a final head, the metrics %u "
-                    "heads; exits get generic labels\n", spec->n_exits, n);
+    warnf(p->m, "the model spec has %zu exits and a final head, the metrics %u heads; exits get "
+                "generic labels", spec->n_exits, n);
     spec = NULL;
   }
   if (!(p->labels = calloc(n, sizeof *p->labels))) return -1;
@@ -601,8 +614,10 @@ static int prepare(struct plot *p, const char *metrics_path, const Eellm__Model 
 }
 
 int eellm_plot_metrics(const char *metrics_path, const char *svg_path, const Eellm__Model *spec,
-                       const char *const *labels, size_t n_labels, char *err, size_t errlen) {
-  struct metrics m = {0};
+                       const char *const *labels, size_t n_labels,
+                       void (*warn)(void *ctx, const char *message), void *warn_ctx, char *err,
+                       size_t errlen) {
+  struct metrics m = {.warn = warn, .warn_ctx = warn_ctx};
   struct plot p = {.m = &m};
   int rc = read_metrics(metrics_path, &m, err, errlen);
   if (rc == 0) rc = prepare(&p, metrics_path, spec, labels, n_labels, err, errlen);

@@ -1,4 +1,4 @@
-#include "runtime/train/trainer.h"
+#include "eellm/train.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -12,11 +12,10 @@
 #include <unistd.h>
 
 #include "eellm.h"
-#include "runtime/train/dataloader.h"
+#include "eellm/tokenizer.h"
+#include "eellm/tokens.h"
 #include "runtime/engine/mpi.h"
-#include "runtime/io/specio.h"
-#include "runtime/tokenize/tokenizer.h"
-#include "runtime/io/tokens.h"
+#include "runtime/train/dataloader.h"
 
 static volatile sig_atomic_t interrupted;
 
@@ -43,22 +42,33 @@ struct run {
   float *weights;                /* per exit */
   char ckpt[4096], metrics[4096];
   FILE *metrics_out;
-  int tty;
 };
 
+/* The caller's error buffer for the run under way: one run per process at a
+ * time, as the signal handlers are process-wide too. */
+static char *run_err;
+static size_t run_errlen;
+
 static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* One line on stderr. Under MPI every rank meets the same bad input, so rank 0
- * alone reports it; runtime failures are reported by the rank they hit. */
+/* The run's one-line error; the first failure is the one reported. Under MPI
+ * every rank meets the same bad input, so rank 0 alone reports it; runtime
+ * failures are reported by the rank they hit. */
 static int fail(int status, const char *fmt, ...) {
   if (eellm_rank() != 0 && status != 1) return status;
+  if (!run_err || !run_errlen || run_err[0]) return status;
+  int at = 0;
+  if (eellm_rank() != 0) at = snprintf(run_err, run_errlen, "rank %d: ", eellm_rank());
+  if (at < 0 || (size_t)at >= run_errlen) return status;
   va_list ap;
   va_start(ap, fmt);
-  fputs("eellm train: ", stderr);
-  if (eellm_rank() != 0) fprintf(stderr, "rank %d: ", eellm_rank());
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(run_err + at, run_errlen - at, fmt, ap);
   va_end(ap);
   return status;
+}
+
+/* Hands an event to the caller's callback. */
+static void report(const struct run *r, struct eellm_train_event *e) {
+  if (r->o->on_event) r->o->on_event(r->o->ctx, e);
 }
 
 /* ---- set-up ---------------------------------------------------------------- */
@@ -115,7 +125,7 @@ static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const cha
   if (differs)
     snprintf(err, errlen, "%s: its model spec differs from %s in field '%s'", ckpt, spec_name,
              field);
-  eellm_spec_free(stored);
+  eellm_model_spec_free(stored);
   return differs ? -1 : 0;
 }
 
@@ -177,7 +187,6 @@ static int setup_inputs(struct run *r) {
   r->targets = malloc(rows * sizeof *r->targets);
   r->weights = malloc(r->n_exits * sizeof *r->weights);
   if (!r->tokens || !r->targets || !r->weights) return fail(1, "out of memory");
-  r->tty = isatty(STDOUT_FILENO) && !eellm_mpi_active(); /* mpirun relays lines, not redraws */
   return 0;
 }
 
@@ -186,7 +195,7 @@ static int setup_model(struct run *r, struct eellm_train_state *state) {
   const struct eellm_train_options *o = r->o;
   const Eellm__Parallelism *par = r->train->parallelism;
   char err[8192];
-  if (eellm_runtime_start() != 0) return 1;
+  if (eellm_runtime_start(err, sizeof err) != 0) return fail(1, "%s", err);
   r->model = eellm_model_create_pipelined(r->spec, r->micro_batch, r->seq_len, par ? par->pp : 1,
                                           par ? par->stage_layers : NULL,
                                           par ? par->n_stage_layers : 0, err, sizeof err);
@@ -280,37 +289,30 @@ static void log_metrics(struct run *r, unsigned step, double lr, const double *t
   fflush(out);
 }
 
-static void format_duration(double s, char *buf, size_t n) {
-  if (s >= 3600)
-    snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-  else
-    snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+/* Each exit's layer, for events. */
+static unsigned *exit_layers(const struct run *r) {
+  unsigned *layers = malloc(r->n_exits * sizeof *layers);
+  for (unsigned k = 0; layers && k < r->n_exits; k++) layers[k] = eellm_exit_layer(r->model, k);
+  return layers;
 }
 
-/* One progress line: redrawn in place on a terminal, plain lines otherwise. */
 static void progress(const struct run *r, unsigned step, double lr, const double *losses,
-                     double tokens_per_s, double eta_s) {
-  int last = step == r->steps;
-  if (!r->tty && !last && step % (r->steps / 50 ? r->steps / 50 : 1) != 0) return;
-  char eta[32];
-  format_duration(eta_s, eta, sizeof eta);
-  printf("%sstep %u/%u | %.0f tok/s | loss", r->tty ? "\r\033[K" : "", step, r->steps,
-         tokens_per_s);
-  for (unsigned k = 0; k < r->n_exits; k++)
-    printf(" %s%u:%.3f", k + 1 == r->n_exits ? "final L" : "L", eellm_exit_layer(r->model, k),
-           losses[k]);
-  printf(" | lr %.2e | ETA %s", lr, eta);
-  if (!r->tty || last) putchar('\n');
-  fflush(stdout);
+                     double grad_norm, double tokens_per_s, double eta_s) {
+  unsigned *layers = exit_layers(r);
+  struct eellm_train_event e = {.kind = EELLM_TRAIN_STEP, .step = step, .steps = r->steps,
+                                .n_exits = r->n_exits, .exit_layers = layers, .losses = losses,
+                                .lr = lr, .grad_norm = grad_norm, .tokens_per_s = tokens_per_s,
+                                .eta_s = eta_s};
+  if (layers) report(r, &e);
+  free(layers);
 }
 
 static void print_validation(const struct run *r, unsigned step, const double *val) {
-  printf("%svalidation at step %u (nats/token):", r->tty ? "\r\033[K" : "", step);
-  for (unsigned k = 0; k < r->n_exits; k++)
-    printf("%s %s %u %.4f", k ? " |" : "", k + 1 == r->n_exits ? "final, layer" : "exit, layer",
-           eellm_exit_layer(r->model, k), val[k]);
-  putchar('\n');
-  fflush(stdout);
+  unsigned *layers = exit_layers(r);
+  struct eellm_train_event e = {.kind = EELLM_TRAIN_VALIDATION, .step = step, .steps = r->steps,
+                                .n_exits = r->n_exits, .exit_layers = layers, .losses = val};
+  if (layers) report(r, &e);
+  free(layers);
 }
 
 /* Entropy of the token frequencies, the loss of a model that ignores context. */
@@ -354,19 +356,14 @@ static int truncate_metrics(const char *path, unsigned last_step) {
 }
 
 static void describe(const struct run *r, unsigned start_step) {
-  printf("eellm train: %s, %zu parameters, %u exits; %u steps of %u sequences x %u tokens "
-         "(%u micro-batches)\n",
-         r->spec->name && *r->spec->name ? r->spec->name : "model",
-         eellm_model_n_params(r->model), r->n_exits - 1, r->steps, r->train->global_batch,
-         r->seq_len, r->n_micro);
-  printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", r->o->data_path,
-         (size_t)r->data->count, unigram_entropy(r->data),
-         r->o->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
-  if (start_step >= r->steps)
-    printf("%s has finished its %u steps\n", r->ckpt, r->steps);
-  else if (start_step)
-    printf("resuming %s at step %u\n", r->ckpt, start_step + 1);
-  fflush(stdout);
+  struct eellm_train_event e = {
+      .kind = EELLM_TRAIN_START, .step = start_step, .steps = r->steps,
+      .model_name = r->spec->name && *r->spec->name ? r->spec->name : "model",
+      .n_params = eellm_model_n_params(r->model), .global_batch = r->train->global_batch,
+      .seq_len = r->seq_len, .micro_batches = r->n_micro, .data_path = r->o->data_path,
+      .data_tokens = (size_t)r->data->count, .unigram_entropy = unigram_entropy(r->data),
+      .tune_exits = r->o->tune_exits, .checkpoint = r->ckpt, .n_exits = r->n_exits};
+  report(r, &e);
 }
 
 static int save(struct run *r, const struct eellm_train_state *state) {
@@ -403,9 +400,9 @@ static int loop(struct run *r, struct eellm_train_state *state) {
     double elapsed = now_s() - started;
     double eta = elapsed / (step - first + 1) * (r->steps - step);
     if (eellm_rank() == 0) {
-      log_metrics(r, step, lr, train, eval ? val : NULL, eellm_grad_norm(r->model),
-                  tokens_per_step / dt, elapsed);
-      progress(r, step, lr, train, tokens_per_step / dt, eta);
+      double grad_norm = eellm_grad_norm(r->model);
+      log_metrics(r, step, lr, train, eval ? val : NULL, grad_norm, tokens_per_step / dt, elapsed);
+      progress(r, step, lr, train, grad_norm, tokens_per_step / dt, eta);
       if (eval) print_validation(r, step, val);
     }
     state->step = step;
@@ -414,9 +411,9 @@ static int loop(struct run *r, struct eellm_train_state *state) {
               step == r->steps || stop;
     if (due && (status = save(r, state))) break;
     if (stop) {
-      if (eellm_rank() == 0)
-        printf("%sinterrupted after step %u: checkpoint %s written; --resume continues\n",
-               r->tty ? "\n" : "", step, r->ckpt);
+      struct eellm_train_event e = {.kind = EELLM_TRAIN_INTERRUPTED, .step = step,
+                                    .steps = r->steps, .checkpoint = r->ckpt};
+      if (eellm_rank() == 0) report(r, &e);
       break;
     }
   }
@@ -445,7 +442,9 @@ static int loop_traced(struct run *r, struct eellm_train_state *state) {
   if (traced < 0) return fail(1, "--trace %s", err);
   char file[4200];
   eellm_trace_rank_path(o->trace_path, eellm_rank(), eellm_nranks(), file, sizeof file);
-  printf("trace: %ld tasks in %s\n", traced, file);
+  struct eellm_train_event e = {.kind = EELLM_TRAIN_TRACE, .steps = r->steps, .trace_file = file,
+                                .trace_tasks = traced};
+  report(r, &e);
   return status;
 }
 
@@ -455,8 +454,8 @@ static void cleanup(struct run *r) {
   eellm_runtime_stop();
   if (r->data) eellm_tokens_close(r->data);
   if (r->val) eellm_tokens_close(r->val);
-  eellm_spec_free(r->train);
-  eellm_spec_free(r->spec);
+  eellm_train_spec_free(r->train);
+  eellm_model_spec_free(r->spec);
   free(r->tokens);
   free(r->targets);
   free(r->weights);
@@ -477,10 +476,13 @@ static int open_outputs(struct run *r, const struct eellm_train_state *state) {
   return 0;
 }
 
-int eellm_train_run(const struct eellm_train_options *o) {
+int eellm_train_run(const struct eellm_train_options *o, char *err, size_t errlen) {
   struct run r = {.o = o};
   struct eellm_train_state state = {0};
-  if (eellm_launched_by_mpirun() && eellm_mpi_init() != 0) return 1;
+  if (errlen) err[0] = '\0';
+  if (eellm_launched_by_mpirun() && eellm_mpi_init(err, errlen) != 0) return 1;
+  run_err = err;
+  run_errlen = errlen;
   /* Ranks agree before and after each collective phase, so none waits alone. */
   int status = eellm_mpi_max(setup_inputs(&r));
   if (status == 0) status = eellm_mpi_max(setup_model(&r, &state));
@@ -498,5 +500,7 @@ int eellm_train_run(const struct eellm_train_options *o) {
     signal(SIGTERM, SIG_DFL);
   }
   cleanup(&r);
+  run_err = NULL;
+  run_errlen = 0;
   return status;
 }

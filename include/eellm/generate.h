@@ -15,11 +15,17 @@
  *   Stages are StarPU tasks with dependencies on the per-layer caches, so the
  *   overlap comes from the runtime, not from a hand-written schedule.
  * Several prompts form one batch; every sequence makes its own exit decisions. */
-#ifndef EELLM_RUNTIME_GENERATE_H
-#define EELLM_RUNTIME_GENERATE_H
+#ifndef EELLM_GENERATE_H
+#define EELLM_GENERATE_H
+
+#include "eellm/api.h"
 
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 enum eellm_exit_rule { EELLM_EXIT_MAXPROB = 0, EELLM_EXIT_ENTROPY = 1 };
 enum eellm_gen_method { EELLM_GEN_RECOMPUTE = 0, EELLM_GEN_PIPELINE = 1 };
@@ -55,23 +61,28 @@ struct eellm_gen_sequence {
 };
 
 struct eellm_generator;
+struct eellm_tokenizer;
+
+/* Bad arguments and prompts are reported (-1 or NULL, and err); running out of
+ * memory while a generation's tasks are submitted aborts (see eellm/api.h). */
 
 /* Loads a checkpoint (its spec from the metadata) and its tokenizer (metadata
  * "tokenizer": byte or gpt2; GPT-2 files from tokenizer_dir, NULL = default),
  * for batches of up to max_batch prompts. The StarPU runtime must be started. */
-struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
-                                             unsigned max_batch, char *err, size_t errlen);
-void eellm_generator_close(struct eellm_generator *g);
+EELLM_API struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
+                                                       unsigned max_batch, char *err,
+                                                       size_t errlen);
+EELLM_API void eellm_generator_close(struct eellm_generator *g);
 /* The loaded model's context length, vocabulary and end-of-text id, and its tokenizer. */
-unsigned eellm_generator_context(const struct eellm_generator *g);
-struct eellm_tokenizer *eellm_generator_tokenizer(struct eellm_generator *g);
+EELLM_API unsigned eellm_generator_context(const struct eellm_generator *g);
+EELLM_API struct eellm_tokenizer *eellm_generator_tokenizer(struct eellm_generator *g);
 /* Generates for n prompts (token ids). Returns 0, or -1 with a one-line error
  * (prompt longer than the context, bad option, ...). Not reentrant: callers
  * serialise calls on one generator. Free results with eellm_gen_sequence_free. */
-int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
-                   const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
-                   struct eellm_gen_sequence *out, char *err, size_t errlen);
-void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
+EELLM_API int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
+                             const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
+                             struct eellm_gen_sequence *out, char *err, size_t errlen);
+EELLM_API void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
 
 /* Added after the first contract.
  *
@@ -88,14 +99,17 @@ void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
  * layers may be NULL), and the stage split PIPELINE uses for `stages` (0: the
  * default): returns the number of stages P and fills stage_layers[0..P-1] (room
  * for n_layers entries), or 0 when stages is out of 1..n_layers. */
-unsigned eellm_generator_n_layers(const struct eellm_generator *g);
-size_t eellm_generator_exit_layers(const struct eellm_generator *g, unsigned *layers);
-unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages,
-                                unsigned *stage_layers);
+EELLM_API unsigned eellm_generator_n_layers(const struct eellm_generator *g);
+EELLM_API size_t eellm_generator_exit_layers(const struct eellm_generator *g, unsigned *layers);
+EELLM_API unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages,
+                                          unsigned *stage_layers);
 /* After eellm_generate: copies the cache rows of positions first .. first +
  * count - 1 of sequence `sequence` at layer `layer` (1-based) into kv [count, 2 *
  * d_model] (key, RoPE-rotated for RoPE models, | value). 0, or -1 on bad arguments. */
-int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
-                               size_t first, size_t count, float *kv);
+EELLM_API int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
+                                         size_t first, size_t count, float *kv);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

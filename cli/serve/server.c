@@ -1,6 +1,6 @@
 /* eellm serve's HTTP side (libmicrohttpd, a thread per connection) and its
  * generation queue (one thread owns the generator). */
-#include "runtime/serve/server.h"
+#include "server.h"
 
 #include <errno.h>
 #include <microhttpd.h>
@@ -16,8 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/serve/server_api.h"
-#include "runtime/tokenize/tokenizer.h"
+#include "server_api.h"
+#include <eellm/tokenizer.h>
 
 /* One request's prompts on their way through the generator. */
 struct job {

@@ -1,5 +1,5 @@
 /* eellm serve's JSON API: reading and checking requests, writing answers. */
-#include "runtime/serve/server_api.h"
+#include "server_api.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/tokenize/tokenizer.h"
+#include <eellm/tokenizer.h>
 
 static const char *const fields[] = {
     "prompts",     "tokens_to_generate", "use_early_exit", "early_exit_thres", "exit_layers",

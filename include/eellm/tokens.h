@@ -14,11 +14,17 @@
  * The file is exactly 32 + 2N bytes. Documents are separated by the end-of-text
  * id: one between consecutive documents, none before the first or after the last.
  * A file with N = 0 is valid (an empty corpus). */
-#ifndef EELLM_RUNTIME_TOKENS_H
-#define EELLM_RUNTIME_TOKENS_H
+#ifndef EELLM_TOKENS_H
+#define EELLM_TOKENS_H
+
+#include "eellm/api.h"
 
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define EELLM_TOKENS_MAGIC "EELLMTOK"
 #define EELLM_TOKENS_VERSION 1
@@ -42,23 +48,26 @@ struct eellm_token_file {
 
 /* Opens and validates a token file: size, magic, version, header fields, and that
  * every id is below the vocabulary size. NULL with one line naming the file in err. */
-struct eellm_token_file *eellm_tokens_open(const char *path, char *err, size_t errlen);
-void eellm_tokens_close(struct eellm_token_file *file);
+EELLM_API struct eellm_token_file *eellm_tokens_open(const char *path, char *err, size_t errlen);
+EELLM_API void eellm_tokens_close(struct eellm_token_file *file);
 
 /* Writing. The tokens go to a temporary file next to path; commit writes the
  * header, fsyncs and renames it over path, so path holds either its old content or
  * the complete new file. Every function that fails leaves one line in err. */
 struct eellm_tokens_writer;
-struct eellm_tokens_writer *eellm_tokens_create(const char *path,
-                                                const struct eellm_tokens_info *info, char *err,
-                                                size_t errlen);
+EELLM_API struct eellm_tokens_writer *eellm_tokens_create(const char *path,
+                                                          const struct eellm_tokens_info *info,
+                                                          char *err, size_t errlen);
 /* Appends ids; fails on an id outside the vocabulary (naming its position) or a write error. */
-int eellm_tokens_append(struct eellm_tokens_writer *w, const uint16_t *ids, size_t n, char *err,
-                        size_t errlen);
-uint64_t eellm_tokens_written(const struct eellm_tokens_writer *w);
+EELLM_API int eellm_tokens_append(struct eellm_tokens_writer *w, const uint16_t *ids, size_t n,
+                                  char *err, size_t errlen);
+EELLM_API uint64_t eellm_tokens_written(const struct eellm_tokens_writer *w);
 /* Finishes the file and frees w, whether it succeeds (0) or not (-1). */
-int eellm_tokens_commit(struct eellm_tokens_writer *w, char *err, size_t errlen);
+EELLM_API int eellm_tokens_commit(struct eellm_tokens_writer *w, char *err, size_t errlen);
 /* Drops the file and frees w; path is untouched. */
-void eellm_tokens_abort(struct eellm_tokens_writer *w);
+EELLM_API void eellm_tokens_abort(struct eellm_tokens_writer *w);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

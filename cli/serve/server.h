@@ -1,4 +1,4 @@
-/* eellm serve: EE-LLM's HTTP API (PUT /api, runtime/server_api.h) on libmicrohttpd.
+/* eellm serve: EE-LLM's HTTP API (PUT /api, cli/serve/server_api.h) on libmicrohttpd.
  *
  * Every connection has its own thread; one generation thread owns the generator,
  * which is not reentrant. Requests wait in a queue; the generation thread takes the
@@ -7,12 +7,12 @@
  * several calls). Sampled requests with their own random_seed are never joined with
  * others, so their output does not depend on other traffic. Bad requests are
  * answered at once, whatever runs. */
-#ifndef EELLM_RUNTIME_SERVER_H
-#define EELLM_RUNTIME_SERVER_H
+#ifndef EELLM_CLI_SERVER_H
+#define EELLM_CLI_SERVER_H
 
 #include <stddef.h>
 
-#include "runtime/generate/generate.h"
+#include <eellm/generate.h>
 
 #define EELLM_SERVER_MAX_BODY (1u << 20)   /* bytes; larger bodies get 413 */
 #define EELLM_SERVER_IDLE_TIMEOUT 30       /* seconds a connection may stay silent */

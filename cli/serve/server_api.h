@@ -23,13 +23,13 @@
  * Generation stops early after the end-of-text token (kept) or when the context is full;
  * a prompt must leave room for one token. Bytes that are not valid UTF-8 (a
  * token holding part of a character) appear as U+FFFD. */
-#ifndef EELLM_RUNTIME_SERVER_API_H
-#define EELLM_RUNTIME_SERVER_API_H
+#ifndef EELLM_CLI_SERVER_API_H
+#define EELLM_CLI_SERVER_API_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "runtime/generate/generate.h"
+#include <eellm/generate.h>
 
 #define EELLM_API_MAX_PROMPTS 1024
 

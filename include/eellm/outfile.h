@@ -4,11 +4,17 @@
  * partial file, and a failed run leaves the old file in place. The temporary
  * file, PATH.tmp.<pid>.<n>, is created exclusively, so writers in one process or
  * several never share one, and it is removed on every failure. */
-#ifndef EELLM_RUNTIME_OUTFILE_H
-#define EELLM_RUNTIME_OUTFILE_H
+#ifndef EELLM_OUTFILE_H
+#define EELLM_OUTFILE_H
+
+#include "eellm/api.h"
 
 #include <stddef.h>
 #include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 struct eellm_outfile {
   FILE *fp;   /* write the content here */
@@ -18,14 +24,18 @@ struct eellm_outfile {
 
 /* Creates the temporary file. 0, or -1 with "PATH: why" in err (when err is not
  * NULL) and the cause in errno, for callers that word their own message. */
-int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err, size_t errlen);
+EELLM_API int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err,
+                                 size_t errlen);
 /* Flushes, fsyncs and renames over the target, then fsyncs its directory. A
  * stream whose error flag is set (a write failed) is not committed. On failure
  * before the rename the temporary file is removed and the target is untouched.
  * Either way f is closed. 0, or -1 as for open. */
-int eellm_outfile_commit(struct eellm_outfile *f, char *err, size_t errlen);
+EELLM_API int eellm_outfile_commit(struct eellm_outfile *f, char *err, size_t errlen);
 /* Removes the temporary file and closes f (nothing, for a zeroed or released
  * f); the target is untouched and errno keeps its value. */
-void eellm_outfile_abort(struct eellm_outfile *f);
+EELLM_API void eellm_outfile_abort(struct eellm_outfile *f);
 
+#ifdef __cplusplus
+}
+#endif
 #endif
