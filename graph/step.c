@@ -382,9 +382,8 @@ static float exit_weight(const struct eellm_model *m, const float *weights, unsi
 /* Token ids, targets and mask enter the graph on stage 0, carried by tasks. */
 static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   struct eellm_step *s = mb->m->step;
-  size_t bytes = mb->n_rows * 4;
   if (!batch->mask && !s->ones) {
-    s->ones = malloc(bytes);
+    s->ones = malloc(mb->n_rows * sizeof *s->ones);
     if (!s->ones) abort();
     for (size_t i = 0; i < mb->n_rows; i++) s->ones[i] = 1;
   }
@@ -393,9 +392,9 @@ static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   mb->tokens = input(mb);
   mb->targets = input(mb);
   mb->mask = input(mb);
-  eellm_insert_load(mb->tokens, batch->tokens, bytes, &ti);
-  eellm_insert_load(mb->targets, batch->targets, bytes, &ti);
-  eellm_insert_load(mb->mask, batch->mask ? batch->mask : s->ones, bytes, &ti);
+  eellm_insert_vector_set(mb->tokens, batch->tokens, &ti);
+  eellm_insert_vector_set(mb->targets, batch->targets, &ti);
+  eellm_insert_vector_set(mb->mask, batch->mask ? batch->mask : s->ones, &ti);
 }
 
 /* Forward of one micro-batch, and its backward when `backward` is set. */
