@@ -56,7 +56,7 @@ struct micro {
   int index;                     /* micro-batch index since the last wait */
   struct eellm_pass pass;        /* B * T rows; the stage of the tasks being submitted */
   struct eellm_pool **entered;   /* per stage: its pool for this micro-batch, once entered */
-  starpu_data_handle_t tokens, targets, mask; /* [B * T] */
+  starpu_data_handle_t tokens, targets, mask;    /* [B * T] */
   starpu_data_handle_t *stats;   /* per exit and the final head: loss sum and count */
   starpu_data_handle_t *resid;   /* n_layers + 1, [B * T, D] */
   struct eellm_layer_acts *acts; /* n_layers */
@@ -228,7 +228,7 @@ static void layers_forward(struct micro *mb, const float *exit_weights, float gr
   unsigned n_exits = m->spec->n_exits, next_exit = 0;
   struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
   mb->resid[0] = act(mb, m->spec->d_model);
-  eellm_insert_embed_fwd(mb->tokens, eellm_param(&mb->pass, m->wte), eellm_param(&mb->pass, m->wpe),
+  eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte), eellm_param(m, m->wpe),
                          mb->resid[0], m->seq_len, &fwd);
   for (unsigned i = 0; i < m->spec->n_layers; i++) {
     enter(mb, m->layer_stage[i]);

@@ -1,8 +1,8 @@
 /* The transformer's layers, exit bodies and heads as tasks (transformer.h). */
 #include "graph/transformer.h"
 
-starpu_data_handle_t eellm_param(const struct eellm_pass *p, int tensor) {
-  return tensor < 0 ? NULL : p->m->tensors[tensor].param;
+starpu_data_handle_t eellm_param(const struct eellm_model *m, int tensor) {
+  return tensor < 0 ? NULL : m->tensors[tensor].param;
 }
 
 starpu_data_handle_t eellm_grad(const struct eellm_pass *p, int tensor) {
@@ -33,7 +33,7 @@ static void norm_forward(const struct eellm_pass *p, int gain, int bias, starpu_
   const struct eellm_model *m = p->m;
   *y = eellm_act(p, m->spec->d_model);
   *stats = eellm_act(p, 2);
-  eellm_insert_norm_fwd(x, eellm_param(p, gain), eellm_param(p, bias), *y, *stats,
+  eellm_insert_norm_fwd(x, eellm_param(m, gain), eellm_param(m, bias), *y, *stats,
                         eellm_norm_kind(m), m->spec->norm_eps, ti);
 }
 
@@ -41,14 +41,14 @@ static void norm_forward(const struct eellm_pass *p, int gain, int bias, starpu_
 static void linear_forward(const struct eellm_pass *p, starpu_data_handle_t x, int w, int b,
                            starpu_data_handle_t residual, starpu_data_handle_t y,
                            const struct eellm_task_info *ti) {
-  eellm_insert_linear_fwd(x, eellm_param(p, w), eellm_param(p, b), residual, y, 0, ti);
+  eellm_insert_linear_fwd(x, eellm_param(p->m, w), eellm_param(p->m, b), residual, y, 0, ti);
 }
 
 /* dx = dy @ W^T; the stage's gradients of w and b accumulate. */
 static void linear_backward(const struct eellm_pass *p, starpu_data_handle_t x, int w, int b,
                             starpu_data_handle_t dy, starpu_data_handle_t dx,
                             const struct eellm_task_info *ti) {
-  eellm_insert_linear_bwd(x, eellm_param(p, w), dy, dx, eellm_grad(p, w), eellm_grad(p, b), 0, 0,
+  eellm_insert_linear_bwd(x, eellm_param(p->m, w), dy, dx, eellm_grad(p, w), eellm_grad(p, b), 0, 0,
                           ti);
 }
 
@@ -76,7 +76,7 @@ void eellm_mlp_backward(const struct eellm_pass *p, const struct eellm_layer_par
   eellm_insert_activation_bwd(a->fc, g->dact, g->dfc, (enum eellm_activation)m->spec->activation, 0,
                               ti);
   linear_backward(p, a->ln, w->fc_w, w->fc_b, g->dfc, g->dln, ti);
-  eellm_insert_norm_bwd(r, eellm_param(p, w->ln2_w), a->ln_stats, g->dln, dres,
+  eellm_insert_norm_bwd(r, eellm_param(p->m, w->ln2_w), a->ln_stats, g->dln, dres,
                         eellm_grad(p, w->ln2_w), eellm_grad(p, w->ln2_b), eellm_norm_kind(m), 1,
                         ti);
 }
@@ -124,7 +124,7 @@ void eellm_attention_backward(const struct eellm_pass *p, const struct eellm_lay
   eellm_insert_attention_bwd(a->qkv, a->lse, g->datt, g->dqkv, p->seq_len, m->spec->n_heads,
                              rope(m), m->spec->rope_theta, 0, ti);
   linear_backward(p, a->ln1, w->qkv_w, w->qkv_b, g->dqkv, g->dln, ti);
-  eellm_insert_norm_bwd(x, eellm_param(p, w->ln1_w), a->ln1_stats, g->dln, dres,
+  eellm_insert_norm_bwd(x, eellm_param(p->m, w->ln1_w), a->ln1_stats, g->dln, dres,
                         eellm_grad(p, w->ln1_w), eellm_grad(p, w->ln1_b), eellm_norm_kind(m), 1,
                         ti);
 }
@@ -133,12 +133,13 @@ void eellm_attention_backward(const struct eellm_pass *p, const struct eellm_lay
 
 struct eellm_head eellm_head_of(const struct eellm_model *m, unsigned exit) {
   if (exit == m->spec->n_exits)
-    return (struct eellm_head){
-        exit, m->spec->n_layers, EELLM__EXIT__STRUCTURE__NORM, NULL, m->lnf_w, m->lnf_b, m->head_w,
-        1.0f};
+    return (struct eellm_head){.exit = exit, .layer = m->spec->n_layers,
+                               .structure = EELLM__EXIT__STRUCTURE__NORM, .norm_w = m->lnf_w,
+                               .norm_b = m->lnf_b, .head_w = m->head_w, .temperature = 1.0f};
   const struct eellm_exit_params *e = &m->exits[exit];
-  return (struct eellm_head){exit,     e->layer, e->structure, &e->block,
-                             e->lnf_w, e->lnf_b, e->head_w,    e->temperature};
+  return (struct eellm_head){.exit = exit, .layer = e->layer, .structure = e->structure,
+                             .block = &e->block, .norm_w = e->lnf_w, .norm_b = e->lnf_b,
+                             .head_w = e->head_w, .temperature = e->temperature};
 }
 
 starpu_data_handle_t eellm_body_input(const struct eellm_head *h, starpu_data_handle_t x,
@@ -180,7 +181,7 @@ starpu_data_handle_t eellm_head_forward(const struct eellm_pass *p, const struct
   a->stats = NULL;
   if (h->norm_w >= 0) norm_forward(p, h->norm_w, h->norm_b, x, &a->y, &a->stats, ti);
   starpu_data_handle_t logits = eellm_act(p, p->m->spec->vocab_size);
-  eellm_insert_linear_fwd(a->y, eellm_param(p, h->head_w), NULL, NULL, logits, 1, ti);
+  eellm_insert_linear_fwd(a->y, eellm_param(p->m, h->head_w), NULL, NULL, logits, 1, ti);
   return logits;
 }
 
@@ -189,9 +190,9 @@ void eellm_head_backward(const struct eellm_pass *p, const struct eellm_head *h,
                          starpu_data_handle_t dlogits, starpu_data_handle_t dx,
                          const struct eellm_task_info *ti) {
   starpu_data_handle_t dy = h->norm_w < 0 ? dx : eellm_act(p, p->m->spec->d_model);
-  eellm_insert_linear_bwd(a->y, eellm_param(p, h->head_w), dlogits, dy, eellm_grad(p, h->head_w),
+  eellm_insert_linear_bwd(a->y, eellm_param(p->m, h->head_w), dlogits, dy, eellm_grad(p, h->head_w),
                           NULL, 1, 0, ti);
   if (h->norm_w < 0) return;
-  eellm_insert_norm_bwd(x, eellm_param(p, h->norm_w), a->stats, dy, dx, eellm_grad(p, h->norm_w),
+  eellm_insert_norm_bwd(x, eellm_param(p->m, h->norm_w), a->stats, dy, dx, eellm_grad(p, h->norm_w),
                         eellm_grad(p, h->norm_b), eellm_norm_kind(p->m), 0, ti);
 }

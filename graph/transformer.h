@@ -52,8 +52,8 @@ struct eellm_grad_scratch {
   starpu_data_handle_t dact, dfc, dln, datt, dqkv;
 };
 
-starpu_data_handle_t eellm_param(const struct eellm_pass *p, int tensor);
-/* The gradient the pass's stage accumulates tensor's into; NULL: none (frozen). */
+starpu_data_handle_t eellm_param(const struct eellm_model *m, int tensor);
+/* Where the pass's stage accumulates the tensor's gradient; NULL: frozen, or no tensor. */
 starpu_data_handle_t eellm_grad(const struct eellm_pass *p, int tensor);
 enum eellm_norm_kind eellm_norm_kind(const struct eellm_model *m);
 /* An activation [p->rows, cols] from the pass's pool. */

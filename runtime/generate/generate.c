@@ -1,12 +1,12 @@
 /* Early-exit generation (generate.h): the generator (weights, tokenizer, the
  * per-layer key/value caches), the checks of a request, and the set-up of a
- * call; gen_step.c submits the steps. */
+ * call; graph/gen_step.c submits the steps. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/generate/gen_internal.h"
+#include "graph/gen_step.h"
 #include "runtime/tokenize/tokenizer.h"
 
 /* ---- the generator ----------------------------------------------------------- */
@@ -70,8 +70,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->n_layers = spec->n_layers;
   g->d_model = spec->d_model;
   g->vocab = spec->vocab_size;
-  g->pools[0] = gen_pool_new();
-  g->pools[1] = gen_pool_new();
+  g->pools[0] = eellm_pool_new(0);
+  g->pools[1] = eellm_pool_new(0);
   if (!g->pools[0] || !g->pools[1] || build_caches(g) != 0) {
     snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
     goto fail;
@@ -85,8 +85,8 @@ fail:
 void eellm_generator_close(struct eellm_generator *g) {
   if (!g) return;
   starpu_task_wait_for_all();
-  gen_pool_free(g->pools[0]);
-  gen_pool_free(g->pools[1]);
+  eellm_pool_free(g->pools[0]);
+  eellm_pool_free(g->pools[1]);
   for (size_t i = 0; g->cache && i < g->n_caches; i++) {
     if (g->cache_mem[i]) starpu_data_unregister(g->cache[i]);
     free(g->cache_mem[i]);
