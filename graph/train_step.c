@@ -53,14 +53,14 @@ struct eellm_step {
 struct micro {
   struct eellm_model *m;
   int backward;
-  int index;                     /* micro-batch index since the last wait */
-  struct eellm_pass pass;        /* B * T rows; the stage of the tasks being submitted */
-  struct eellm_pool **entered;   /* per stage: its pool for this micro-batch, once entered */
-  starpu_data_handle_t tokens, targets, mask;    /* [B * T] */
-  starpu_data_handle_t *stats;   /* per exit and the final head: loss sum and count */
-  starpu_data_handle_t *resid;   /* n_layers + 1, [B * T, D] */
-  struct eellm_layer_acts *acts; /* n_layers */
-  starpu_data_handle_t *exit_dx; /* per spec exit: gradient w.r.t. its input, or NULL */
+  int index;                                  /* micro-batch index since the last wait */
+  struct eellm_pass pass;                     /* B * T rows; the stage being submitted */
+  struct eellm_pool **entered;                /* per stage: its pool for this micro-batch */
+  starpu_data_handle_t tokens, targets, mask; /* [B * T] */
+  starpu_data_handle_t *stats;                /* per exit and the final head: loss sum, count */
+  starpu_data_handle_t *resid;                /* n_layers + 1, [B * T, D] */
+  struct eellm_layer_acts *acts;              /* n_layers */
+  starpu_data_handle_t *exit_dx;              /* per spec exit: d its input, or NULL */
 };
 
 static struct eellm_step *step_of(struct eellm_model *m) {
@@ -310,13 +310,13 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   struct micro mb = {.m = m, .backward = backward, .index = (int)s->n_micro++,
                      .pass = {.m = m, .rows = n_rows, .seq_len = m->seq_len}};
   mb.entered = calloc(m->pp, sizeof *mb.entered);
-  mb.stats = stats_of(m, (size_t)mb.index);
-  if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
-  load_inputs(&mb, batch);
   mb.resid = calloc(m->spec->n_layers + 1, sizeof *mb.resid);
   mb.acts = calloc(m->spec->n_layers, sizeof *mb.acts);
   mb.exit_dx = calloc(m->spec->n_exits + 1, sizeof *mb.exit_dx);
   if (!mb.entered || !mb.resid || !mb.acts || !mb.exit_dx) abort();
+  if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
+  mb.stats = stats_of(m, (size_t)mb.index);
+  load_inputs(&mb, batch);
 
   int backbone_backward = backward && !m->backbone_frozen;
   layers_forward(&mb, exit_weights, grad_scale);
