@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "graph/step.h"
+#include "graph/train_step.h"
 #include "runtime/engine/mpi.h"
 #include "runtime/engine/splitmix.h"
 #include "runtime/io/specio.h"

@@ -22,7 +22,8 @@ static double linear_params(const Eellm__Model *m, double in, double out) {
 
 static double mlp_params(const Eellm__Model *m) {
   double d = m->d_model;
-  return norm_params(m) + linear_params(m, d, eellm_fc_out(m)) + linear_params(m, eellm_ffn_size(m), d);
+  return norm_params(m) + linear_params(m, d, eellm_fc_out(m)) +
+         linear_params(m, eellm_ffn_size(m), d);
 }
 
 double eellm_layer_params(const Eellm__Model *m) {

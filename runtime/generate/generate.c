@@ -1,13 +1,13 @@
 /* Early-exit generation (generate.h): the generator (weights, tokenizer, the
  * per-layer key/value caches), the checks of a request, and the set-up of a
- * call; gen_step.c submits the steps. */
+ * call; graph/gen_step.c submits the steps. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/generate/gen_internal.h"
 #include "eellm/tokenizer.h"
+#include "graph/gen_step.h"
 
 /* ---- the generator ----------------------------------------------------------- */
 
@@ -70,8 +70,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->n_layers = spec->n_layers;
   g->d_model = spec->d_model;
   g->vocab = spec->vocab_size;
-  g->pools[0] = gen_pool_new();
-  g->pools[1] = gen_pool_new();
+  g->pools[0] = eellm_pool_new(0);
+  g->pools[1] = eellm_pool_new(0);
   if (!g->pools[0] || !g->pools[1] || build_caches(g) != 0) {
     snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
     goto fail;
@@ -85,8 +85,8 @@ fail:
 void eellm_generator_close(struct eellm_generator *g) {
   if (!g) return;
   starpu_task_wait_for_all();
-  gen_pool_free(g->pools[0]);
-  gen_pool_free(g->pools[1]);
+  eellm_pool_free(g->pools[0]);
+  eellm_pool_free(g->pools[1]);
   for (size_t i = 0; g->cache && i < g->n_caches; i++) {
     if (g->cache_mem[i]) starpu_data_unregister(g->cache[i]);
     free(g->cache_mem[i]);
@@ -242,7 +242,7 @@ static void end_call(struct call *c) {
   for (size_t s = 0; s < c->n_seqs; s++) free(c->seqs[s].tokens);
   free(c->seqs);
   free(c->allowed);
-  free(c->stage_of);
+  eellm_placement_free(&c->place);
   free(c->undecided);
   free(c->points);
 }
@@ -255,17 +255,21 @@ static void decision_points(struct call *c) {
   c->points[c->n_points++] = c->m->spec->n_exits;
 }
 
-/* PIPELINE: each layer's stage, and a decision priority above the stages'. */
+/* Each layer's stage (PIPELINE's split; one stage under RECOMPUTE), and a
+ * decision priority above the stages'. */
 static void assign_stages(struct call *c) {
-  unsigned stages = 1;
-  if (c->o->method == EELLM_GEN_PIPELINE) {
-    unsigned *stage_layers = gen_xmalloc(c->g->n_layers * sizeof *stage_layers);
-    stages = eellm_generator_stages(c->g, c->o->stages, stage_layers);
-    for (unsigned s = 0, l = 0; s < stages; s++)
-      for (unsigned i = 0; i < stage_layers[s]; i++) c->stage_of[l++] = s;
-    free(stage_layers);
-  }
-  c->prio_decide = (int)stages;
+  unsigned *stage_layers = gen_xmalloc(c->g->n_layers * sizeof *stage_layers);
+  struct eellm_layout layout = {.pp = 1, .tp = 1, .dp = 1};
+  if (c->o->method == EELLM_GEN_PIPELINE)
+    layout.pp = eellm_generator_stages(c->g, c->o->stages, stage_layers);
+  else
+    stage_layers[0] = c->g->n_layers;
+  char err[128];
+  if (eellm_placement_init(&c->place, c->m->spec, layout, stage_layers, layout.pp, 0, 0, err,
+                           sizeof err) != 0)
+    abort(); /* check_options took the stage count: only memory can fail */
+  free(stage_layers);
+  c->prio_decide = (int)layout.pp;
 }
 
 int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
@@ -274,11 +278,10 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   struct call c = {.g = g, .m = g->m, .o = o, .n_seqs = n};
   for (size_t s = 0; s < n; s++) memset(&out[s], 0, sizeof out[s]);
   c.allowed = calloc(g->n_layers, 1);
-  c.stage_of = calloc(g->n_layers, sizeof *c.stage_of);
   c.seqs = calloc(n ? n : 1, sizeof *c.seqs);
   c.undecided = calloc(n ? n : 1, sizeof *c.undecided);
   c.points = calloc(g->n_layers + 1, sizeof *c.points);
-  if (!c.allowed || !c.stage_of || !c.seqs || !c.undecided || !c.points) abort();
+  if (!c.allowed || !c.seqs || !c.undecided || !c.points) abort();
   if (check_options(&c, o, err, errlen) != 0 || allowed_exits(&c, err, errlen) != 0 ||
       check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
     end_call(&c);

@@ -1,4 +1,6 @@
-/* The steps of early-exit generation as StarPU tasks.
+/* The steps of early-exit generation as StarPU tasks on the transformer
+ * (transformer.h), with cached attention; runtime/generate/generate.c sets up
+ * each call.
  *
  * One step feeds each unfinished sequence's rows that lack keys and values at
  * the deepest layer (its whole prompt at first, then its newest token, plus,
@@ -28,8 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/generate/gen_internal.h"
-#include "runtime/tokenize/tokenizer.h"
+#include "eellm/tokenizer.h"
+#include "graph/gen_step.h"
+#include "runtime/engine/splitmix.h"
 
 void *gen_xmalloc(size_t bytes) {
   void *p = malloc(bytes ? bytes : 1);
@@ -56,7 +59,7 @@ static void free_kept(struct call *c) {
 
 /* An activation [rows, cols]. */
 static starpu_data_handle_t temp(struct call *c, size_t rows, size_t cols) {
-  return gen_pool_matrix(c->pool, rows, cols);
+  return eellm_pool_matrix(c->pool, rows, cols);
 }
 
 static struct eellm_task_info task_info(const struct call *c, enum eellm_task_kind kind, int prio,
@@ -67,108 +70,59 @@ static struct eellm_task_info task_info(const struct call *c, enum eellm_task_ki
 
 /* A task input: a vector set to n elements of elemsize bytes. */
 static starpu_data_handle_t input(struct call *c, const void *data, size_t n, size_t elemsize) {
-  starpu_data_handle_t h = gen_pool_vector(c->pool, n, elemsize);
+  starpu_data_handle_t h = eellm_pool_vector(c->pool, n, elemsize);
   struct eellm_task_info ti = task_info(c, EELLM_KIND_OTHER, c->prio_decide, -1);
   eellm_insert_vector_set(h, data, &ti);
   return h;
 }
 
-static starpu_data_handle_t param(const struct call *c, int i) {
-  return i < 0 ? NULL : c->m->tensors[i].param;
-}
-
-static enum eellm_norm_kind norm_kind(const struct call *c) {
-  return c->m->spec->norm == EELLM__MODEL__NORM__RMSNORM ? EELLM_RMSNORM : EELLM_LAYERNORM;
+/* The transformer on n rows of this step, attending over the caches at the
+ * flow's positions. */
+static struct eellm_pass pass_of(const struct call *c, size_t n) {
+  return (struct eellm_pass){.m = c->m, .rows = n, .pool = c->pool,
+                             .positions = c->f.positions_h, .slots = c->f.slots_h};
 }
 
 /* ---- the layers --------------------------------------------------------------- */
-
-/* out [n, D] = r + proj(act(fc(norm(r)))). */
-static starpu_data_handle_t mlp_forward(struct call *c, const struct eellm_layer_params *p,
-                                        starpu_data_handle_t r, size_t n,
-                                        const struct eellm_task_info *ti) {
-  const struct eellm_model *m = c->m;
-  size_t d = m->spec->d_model;
-  starpu_data_handle_t ln = temp(c, n, d), fc = temp(c, n, m->fc_out);
-  starpu_data_handle_t a = temp(c, n, m->d_ffn), out = temp(c, n, d);
-  eellm_insert_norm_fwd(r, param(c, p->ln2_w), param(c, p->ln2_b), ln, temp(c, n, 2), norm_kind(c),
-                        m->spec->norm_eps, ti);
-  eellm_insert_linear_fwd(ln, param(c, p->fc_w), param(c, p->fc_b), NULL, fc, 0, ti);
-  eellm_insert_activation_fwd(fc, a, (enum eellm_activation)m->spec->activation, ti);
-  eellm_insert_linear_fwd(a, param(c, p->proj_w), param(c, p->proj_b), r, out, 0, ti);
-  return out;
-}
-
-/* Layer p on the flow's rows x: keys and values into `cache`; sets *r to the
- * post-attention residual and returns the layer's output. */
-static starpu_data_handle_t layer_forward(struct call *c, const struct eellm_layer_params *p,
-                                          starpu_data_handle_t x, starpu_data_handle_t cache,
-                                          starpu_data_handle_t *r,
-                                          const struct eellm_task_info *ti) {
-  const Eellm__Model *spec = c->m->spec;
-  size_t n = c->f.n, d = spec->d_model;
-  starpu_data_handle_t ln = temp(c, n, d), qkv = temp(c, n, 3 * d), att = temp(c, n, d);
-  *r = temp(c, n, d);
-  eellm_insert_norm_fwd(x, param(c, p->ln1_w), param(c, p->ln1_b), ln, temp(c, n, 2), norm_kind(c),
-                        spec->norm_eps, ti);
-  eellm_insert_linear_fwd(ln, param(c, p->qkv_w), param(c, p->qkv_b), NULL, qkv, 0, ti);
-  eellm_insert_attention_cached(qkv, c->f.positions_h, c->f.slots_h, cache, att,
-                                spec->context_length, spec->n_heads,
-                                spec->positions == EELLM__MODEL__POSITIONS__ROPE, spec->rope_theta,
-                                ti);
-  eellm_insert_linear_fwd(att, param(c, p->o_w), param(c, p->o_b), x, *r, 0, ti);
-  return mlp_forward(c, p, *r, n, ti);
-}
 
 /* Backbone layer l on the flow, and the private layer of a BLOCK exit reading
  * its output when that exit may fire (its cache needs every row). */
 static void submit_layer(struct call *c, unsigned l, int prio) {
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, prio, (int)l);
-  c->f.x = layer_forward(c, &c->m->layers[l], c->f.x, c->g->cache[l], &c->f.r, &ti);
+  struct eellm_pass p = pass_of(c, c->f.n);
+  struct eellm_layer_acts a;
+  eellm_layer_forward(&p, &c->m->layers[l], c->f.x, c->g->cache[l], &a, &ti);
+  c->f.x = a.mlp.out;
+  c->f.r = a.r;
   int k = c->g->exit_at[l];
   if (k < 0 || !c->allowed[l] || c->m->exits[k].structure != EELLM__EXIT__STRUCTURE__BLOCK) return;
-  starpu_data_handle_t r;
-  c->f.block = layer_forward(c, &c->m->exits[k].block, c->f.x,
-                             c->g->cache[c->m->spec->n_layers + (unsigned)k], &r, &ti);
+  struct eellm_head h = eellm_head_of(c->m, (unsigned)k);
+  c->f.block = eellm_body_forward(&p, &h, c->f.x, c->g->cache[c->m->spec->n_layers + (unsigned)k],
+                                  &a, &ti);
 }
 
 /* ---- heads -------------------------------------------------------------------- */
 
-static struct head head_of(const struct call *c, unsigned exit) {
-  const struct eellm_model *m = c->m;
-  if (exit == m->spec->n_exits)
-    return (struct head){exit, m->spec->n_layers, EELLM__EXIT__STRUCTURE__NORM, NULL,
-                         m->lnf_w, m->lnf_b, m->head_w, 1.0f};
-  const struct eellm_exit_params *e = &m->exits[exit];
-  return (struct head){exit, e->layer, e->structure, &e->block, e->lnf_w, e->lnf_b, e->head_w,
-                       e->temperature};
-}
-
-/* Logits [M, V] of head h on the flow rows `rows` (M of them). */
-static starpu_data_handle_t head_logits(struct call *c, const struct head *h, const int32_t *rows,
-                                        size_t M, const struct eellm_task_info *ti) {
-  size_t d = c->m->spec->d_model;
-  starpu_data_handle_t src = h->structure == EELLM__EXIT__STRUCTURE__MLP     ? c->f.r
-                             : h->structure == EELLM__EXIT__STRUCTURE__BLOCK ? c->f.block
-                                                                              : c->f.x;
-  starpu_data_handle_t y = temp(c, M, d);
+/* Logits [M, V] of head h on the flow rows `rows` (M of them): an MLP exit's
+ * body runs on those rows alone, a BLOCK exit's layer ran on every row. */
+static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head *h,
+                                        const int32_t *rows, size_t M,
+                                        const struct eellm_task_info *ti) {
+  int block = h->structure == EELLM__EXIT__STRUCTURE__BLOCK;
+  starpu_data_handle_t src = block ? c->f.block : eellm_body_input(h, c->f.x, c->f.r);
+  starpu_data_handle_t y = temp(c, M, c->m->spec->d_model);
   eellm_insert_gather_rows(src, input(c, rows, M, sizeof *rows), y, ti);
-  if (h->structure == EELLM__EXIT__STRUCTURE__MLP) y = mlp_forward(c, h->block, y, M, ti);
-  if (h->norm_w >= 0) {
-    starpu_data_handle_t normed = temp(c, M, d);
-    eellm_insert_norm_fwd(y, param(c, h->norm_w), param(c, h->norm_b), normed, temp(c, M, 2),
-                          norm_kind(c), c->m->spec->norm_eps, ti);
-    y = normed;
-  }
-  starpu_data_handle_t logits = temp(c, M, c->m->spec->vocab_size);
-  eellm_insert_linear_fwd(y, param(c, h->head_w), NULL, NULL, logits, 1, ti);
-  return logits;
+  struct eellm_pass p = pass_of(c, M);
+  struct eellm_layer_acts body;
+  if (!block) y = eellm_body_forward(&p, h, y, NULL, &body, ti);
+  struct eellm_head_acts a;
+  return eellm_head_forward(&p, h, y, &a, ti);
 }
 
 /* Head `exit` on the newest row of each undecided sequence, and the task that
  * turns its logits into choices. */
 static void submit_head(struct call *c, unsigned exit) {
-  c->head = head_of(c, exit);
+  c->head = eellm_head_of(c->m, exit);
   size_t M = c->n_und;
   int32_t *rows = keep(c, M * sizeof *rows);
   float *uniforms = keep(c, M * sizeof *uniforms);
@@ -181,7 +135,7 @@ static void submit_head(struct call *c, unsigned exit) {
   struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,
                                         c->prio_decide, (int)c->head.layer - 1);
   c->logits = head_logits(c, &c->head, rows, M, &ti);
-  c->choices = gen_pool_vector(c->pool, M, sizeof(struct eellm_token_choice));
+  c->choices = eellm_pool_vector(c->pool, M, sizeof(struct eellm_token_choice));
   const struct eellm_gen_options *o = c->o;
   struct eellm_sampling s = {c->head.temperature, o->rule == EELLM_EXIT_ENTROPY, o->temperature,
                              o->top_k, o->top_p};
@@ -266,10 +220,7 @@ static void take_choices(struct call *c) {
 
 static void draw_uniforms(struct call *c) {
   for (size_t s = 0; s < c->n_seqs; s++) {
-    uint64_t z = (c->seqs[s].rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    c->seqs[s].uniform = (float)((z ^ (z >> 31)) >> 40) * 0x1p-24f;
+    c->seqs[s].uniform = (float)(eellm_splitmix64_next(&c->seqs[s].rng) >> 40) * 0x1p-24f;
   }
 }
 
@@ -286,7 +237,7 @@ static int begin_step(struct call *c) {
     }
   if (c->n_und == 0) return 0;
   c->pool = c->g->pools[c->step % 2];
-  gen_pool_reset(c->pool);
+  eellm_pool_reset(c->pool);
   f->positions = keep(c, f->n * sizeof *f->positions);
   f->slots = keep(c, f->n * sizeof *f->slots);
   f->seq = keep(c, f->n * sizeof *f->seq);
@@ -306,7 +257,7 @@ static int begin_step(struct call *c) {
   f->x = temp(c, f->n, c->m->spec->d_model);
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
   eellm_insert_embed_at(input(c, tokens, f->n, sizeof *tokens), f->positions_h,
-                        param(c, c->m->wte), param(c, c->m->wpe), f->x, &ti);
+                        eellm_param(c->m, c->m->wte), eellm_param(c->m, c->m->wpe), f->x, &ti);
   draw_uniforms(c);
   c->layer = 0;
   c->next_point = 0;
@@ -321,7 +272,7 @@ static void end_step(struct call *c) {
   unsigned n_layers = c->m->spec->n_layers;
   int pipeline = c->o->method == EELLM_GEN_PIPELINE;
   for (; pipeline && c->layer < n_layers; c->layer++)
-    submit_layer(c, c->layer, c->prio_decide - 1 - (int)c->stage_of[c->layer]);
+    submit_layer(c, c->layer, c->prio_decide - 1 - (int)c->place.layer_stage[c->layer]);
   for (size_t row = 0; row < c->f.n; row++)
     if (c->layer == n_layers) c->seqs[c->f.seq[row]].through = (size_t)c->f.positions[row] + 1;
   free_kept(c);

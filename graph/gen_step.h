@@ -1,16 +1,14 @@
-/* What generate.c (the API, the checks, the set-up) and gen_step.c (the tasks
- * of each step and the exit decisions) share. */
-#ifndef EELLM_RUNTIME_GEN_INTERNAL_H
-#define EELLM_RUNTIME_GEN_INTERNAL_H
+/* What runtime/generate/generate.c (the API, the checks, the set-up) and
+ * graph/gen_step.c (the tasks of each step and the exit decisions) share. */
+#ifndef EELLM_GRAPH_GEN_STEP_H
+#define EELLM_GRAPH_GEN_STEP_H
 
 #include <pthread.h>
 #include <starpu.h>
 #include <stdint.h>
 
-#include "codelets/codelets.h"
-#include "graph/model.h"
-#include "runtime/generate/gen_pool.h"
 #include "eellm/generate.h"
+#include "graph/transformer.h"
 
 struct eellm_generator {
   struct eellm_model *m;
@@ -23,7 +21,7 @@ struct eellm_generator {
   starpu_data_handle_t *cache;
   /* Steps alternate between two pools: a step's handles are free again two
    * steps later, and reusing them never waits for the previous step's tasks. */
-  struct gen_pool *pools[2];
+  struct eellm_pool *pools[2];
 };
 
 /* A prompt's state during a call. */
@@ -48,15 +46,6 @@ struct flow {
   starpu_data_handle_t block;    /* [n, D]: a BLOCK exit's layer output, or NULL */
 };
 
-/* An exit head, or the final head (exit == n_exits). */
-struct head {
-  unsigned exit, layer;
-  Eellm__Exit__Structure structure;
-  const struct eellm_layer_params *block;
-  int norm_w, norm_b, head_w;
-  float temperature;
-};
-
 /* Everything one call of eellm_generate holds. */
 struct call {
   struct eellm_generator *g;
@@ -67,16 +56,16 @@ struct call {
   unsigned char *allowed;        /* per layer: its exit may fire */
   unsigned *points, n_points;    /* where decisions fall: the spec exits that may fire, in
                                     layer order, then the final head (n_exits) */
-  unsigned *stage_of;            /* per layer (PIPELINE; 0 under RECOMPUTE) */
+  struct eellm_placement place;  /* stages of the layers (PIPELINE; one under RECOMPUTE) */
   int prio_decide;               /* above every catch-up priority */
   /* The step under way. */
   int step, in_step;
-  struct gen_pool *pool;         /* its handles */
+  struct eellm_pool *pool;       /* its handles */
   struct flow f;
   size_t *undecided, n_und;      /* sequences without their token yet */
   unsigned layer;                /* the next layer to submit */
   unsigned next_point;           /* index into points */
-  struct head head;              /* whose choices are awaited */
+  struct eellm_head head;        /* whose choices are awaited */
   starpu_data_handle_t logits, choices;
   void **kept;                   /* host scratch, freed at the step's end */
   size_t n_kept, cap_kept;

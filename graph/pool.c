@@ -1,8 +1,10 @@
-/* Data handles reused across the steps of generation, by shape. */
-#include "runtime/generate/gen_pool.h"
+/* Activation handles reused by shape (pool.h). */
+#include "graph/pool.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "runtime/engine/mpi.h"
 
 /* The handles of one shape, the first `used` of them handed out since the reset. */
 struct shelf {
@@ -11,7 +13,8 @@ struct shelf {
   size_t n, used;
 };
 
-struct gen_pool {
+struct eellm_pool {
+  int node;
   struct shelf *shelves;
   size_t n, cap;
 };
@@ -19,15 +22,19 @@ struct gen_pool {
 static void *grow(void *array, size_t n, size_t size) {
   void *p = realloc(array, n * size);
   if (!p) {
-    fprintf(stderr, "eellm: out of memory for generation buffers\n");
+    fprintf(stderr, "eellm: out of memory for activation buffers\n");
     abort();
   }
   return p;
 }
 
-struct gen_pool *gen_pool_new(void) { return calloc(1, sizeof(struct gen_pool)); }
+struct eellm_pool *eellm_pool_new(int node) {
+  struct eellm_pool *p = calloc(1, sizeof *p);
+  if (p) p->node = node;
+  return p;
+}
 
-void gen_pool_free(struct gen_pool *p) {
+void eellm_pool_free(struct eellm_pool *p) {
   if (!p) return;
   for (size_t i = 0; i < p->n; i++) {
     struct shelf *s = &p->shelves[i];
@@ -38,11 +45,11 @@ void gen_pool_free(struct gen_pool *p) {
   free(p);
 }
 
-void gen_pool_reset(struct gen_pool *p) {
+void eellm_pool_reset(struct eellm_pool *p) {
   for (size_t i = 0; i < p->n; i++) p->shelves[i].used = 0;
 }
 
-static struct shelf *shelf_for(struct gen_pool *p, size_t rows, size_t cols, size_t elemsize) {
+static struct shelf *shelf_for(struct eellm_pool *p, size_t rows, size_t cols, size_t elemsize) {
   for (size_t i = 0; i < p->n; i++) {
     struct shelf *s = &p->shelves[i];
     if (s->rows == rows && s->cols == cols && s->elemsize == elemsize) return s;
@@ -57,21 +64,22 @@ static struct shelf *shelf_for(struct gen_pool *p, size_t rows, size_t cols, siz
 }
 
 /* The next free handle of shelf s, registered when the shelf has none left. */
-static starpu_data_handle_t take(struct shelf *s) {
+static starpu_data_handle_t take(struct eellm_pool *p, struct shelf *s) {
   if (s->used < s->n) return s->h[s->used++];
   s->h = grow(s->h, s->n + 1, sizeof *s->h);
   if (s->rows)
     starpu_matrix_data_register(&s->h[s->n], -1, 0, s->cols, s->cols, s->rows, s->elemsize);
   else
     starpu_vector_data_register(&s->h[s->n], -1, 0, s->cols, s->elemsize);
+  eellm_mpi_register(s->h[s->n], p->node);
   s->n++;
   return s->h[s->used++];
 }
 
-starpu_data_handle_t gen_pool_matrix(struct gen_pool *p, size_t rows, size_t cols) {
-  return take(shelf_for(p, rows, cols, sizeof(float)));
+starpu_data_handle_t eellm_pool_matrix(struct eellm_pool *p, size_t rows, size_t cols) {
+  return take(p, shelf_for(p, rows, cols, sizeof(float)));
 }
 
-starpu_data_handle_t gen_pool_vector(struct gen_pool *p, size_t n, size_t elemsize) {
-  return take(shelf_for(p, 0, n, elemsize));
+starpu_data_handle_t eellm_pool_vector(struct eellm_pool *p, size_t n, size_t elemsize) {
+  return take(p, shelf_for(p, 0, n, elemsize));
 }

@@ -1,0 +1,431 @@
+/* The training step: each micro-batch's forward and backward as StarPU tasks
+ * on the transformer (transformer.h), the losses of every exit, and the wait
+ * that reads them back.
+ *
+ * Residual stream: resid[0] is the embedding output, resid[k] the output of
+ * layer k (1-based); exit e reads resid[layer_e] (an MLP exit reads layer
+ * layer_e's post-attention residual). Backward keeps one gradient buffer `dres`
+ * per micro-batch and stage and updates it in place, layer by layer, as llm.c
+ * does; entering a stage copies the gradient that arrived from the next one.
+ *
+ * Each exit's forward and backward are submitted right after the forward of
+ * the layer it reads, at a lower priority: they depend on nothing deeper, so
+ * the scheduler runs them whenever a worker would otherwise idle. They leave
+ * the exit's gradient w.r.t. its input in a buffer of its own, added into
+ * `dres` when the backward reaches that layer: the only gradient that crosses
+ * a stage boundary stays the ordinary activation gradient (EE-LLM's rule).
+ *
+ * Pipeline stages: every task runs on the stage that owns the layer or exit it
+ * belongs to (its MPI rank), and every buffer a task writes belongs to that
+ * stage; StarPU-MPI moves what other stages read. Activation buffers come from
+ * a pool per stage and micro-batch slot, `window` slots per stage (1F1B's P - s
+ * on stage s), so micro-batch m + window waits for micro-batch m's backward to
+ * release them: activation memory stays flat however many micro-batches a step
+ * has. */
+#include "graph/train_step.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/transformer.h"
+#include "runtime/engine/mpi.h"
+
+enum { PRIO_EXIT = 0, PRIO_FORWARD = 1, PRIO_BACKWARD = 2 };
+
+struct eellm_step {
+  size_t n_micro; /* micro-batches submitted since the last wait */
+  /* Loss statistics (sum, count) per micro-batch index and exit, kept across steps. */
+  double **stats;
+  starpu_data_handle_t **stats_h;
+  size_t n_stats;
+  float *ones; /* the default loss mask */
+  /* Pools kept across steps per mode (forward only, training), stage and
+   * slot: reused, their buffers cost neither allocation nor page faults, and
+   * their number bounds the memory of a pipeline. */
+  struct eellm_pool **pools[2]; /* [stage * max_window + slot], created on first use */
+  size_t max_window;
+  double *loss;                 /* n_exits: result of the last wait */
+  starpu_data_handle_t *logits; /* n_exits: the latest micro-batch's logits */
+};
+
+/* What one micro-batch's submission needs at hand. */
+struct micro {
+  struct eellm_model *m;
+  int backward;
+  int index;                                  /* micro-batch index since the last wait */
+  struct eellm_pass pass;                     /* B * T rows; the stage being submitted */
+  struct eellm_pool **entered;                /* per stage: its pool for this micro-batch */
+  starpu_data_handle_t tokens, targets, mask; /* [B * T] */
+  starpu_data_handle_t *stats;                /* per exit and the final head: loss sum, count */
+  starpu_data_handle_t *resid;                /* n_layers + 1, [B * T, D] */
+  struct eellm_layer_acts *acts;              /* n_layers */
+  starpu_data_handle_t *exit_dx;              /* per spec exit: d its input, or NULL */
+};
+
+static struct eellm_step *step_of(struct eellm_model *m) {
+  if (!m->step) {
+    m->step = calloc(1, sizeof *m->step);
+    if (!m->step) abort();
+    for (unsigned st = 0; st < m->place.layout.pp; st++)
+      if (m->place.window[st] > m->step->max_window) m->step->max_window = m->place.window[st];
+    for (int mode = 0; mode < 2; mode++) {
+      m->step->pools[mode] =
+          calloc(m->place.layout.pp * m->step->max_window, sizeof *m->step->pools[mode]);
+      if (!m->step->pools[mode]) abort();
+    }
+  }
+  return m->step;
+}
+
+/* Makes `stage` the one whose tasks and buffers come next. */
+static void enter(struct micro *mb, unsigned stage) {
+  mb->pass.stage = stage;
+  if (!mb->entered[stage]) {
+    struct eellm_step *s = mb->m->step;
+    size_t slot = (size_t)mb->index % mb->m->place.window[stage];
+    struct eellm_pool **p = &s->pools[mb->backward][stage * s->max_window + slot];
+    if (!*p && !(*p = eellm_pool_new(eellm_stage_rank(&mb->m->place, stage)))) abort();
+    eellm_pool_reset(*p);
+    mb->entered[stage] = *p;
+  }
+  mb->pass.pool = mb->entered[stage];
+}
+
+/* An activation [B * T, cols] of the current stage. */
+static starpu_data_handle_t act(const struct micro *mb, size_t cols) {
+  return eellm_act(&mb->pass, cols);
+}
+
+/* A vector of B * T 4-byte values (token ids, mask) of the current stage. */
+static starpu_data_handle_t input(const struct micro *mb) {
+  return eellm_pool_vector(mb->pass.pool, mb->pass.rows, 4);
+}
+
+static struct eellm_task_info info(const struct micro *mb, enum eellm_task_kind kind, int prio,
+                                   int layer) {
+  struct eellm_task_info i = {.priority = prio,
+                              .node = eellm_stage_rank(&mb->m->place, mb->pass.stage),
+                              .kind = kind, .micro = mb->index, .layer = layer};
+  return i;
+}
+
+/* ---- losses -------------------------------------------------------------- */
+
+/* What a head's loss needs besides the head. */
+struct loss {
+  float scale;                  /* 0: forward only */
+  starpu_data_handle_t stats;   /* loss sum and count out */
+  starpu_data_handle_t *logits; /* where to keep the logits' handle */
+};
+
+/* Loss of head h on x [N, D]; its gradient w.r.t. x goes to dx (overwritten).
+ * ti tags the forward tasks, bwd_ti the backward ones, loss_ti the losses. */
+static void head_loss(struct micro *mb, const struct eellm_head *h, const struct loss *l,
+                      starpu_data_handle_t x, starpu_data_handle_t dx,
+                      const struct eellm_task_info *ti, const struct eellm_task_info *bwd_ti,
+                      const struct eellm_task_info *loss_ti) {
+  struct eellm_head_acts a;
+  starpu_data_handle_t logits = eellm_head_forward(&mb->pass, h, x, &a, ti);
+  *l->logits = logits;
+  eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, loss_ti);
+  if (l->scale == 0) return;
+  starpu_data_handle_t dlogits = act(mb, mb->m->spec->vocab_size);
+  eellm_insert_xent_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
+                        h->temperature, loss_ti);
+  eellm_head_backward(&mb->pass, h, x, &a, dlogits, dx, bwd_ti);
+}
+
+/* Exit k on resid[layer] (or, for MLP exits, on the layer's post-attention
+ * residual r), on the exit's stage: forward, loss and backward down to its
+ * input; returns the buffer holding the gradient w.r.t. that input, or NULL if
+ * the exit's loss weight is 0. */
+static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_data_handle_t x,
+                                        starpu_data_handle_t r, float loss_scale) {
+  const struct eellm_model *m = mb->m;
+  unsigned caller_stage = mb->pass.stage;
+  enter(mb, eellm_exit_stage(&m->place, k));
+  struct eellm_task_info ti = info(mb, EELLM_KIND_EXIT, PRIO_EXIT, 1000 + (int)k);
+  struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_EXIT, 1000 + (int)k);
+  struct eellm_head h = eellm_head_of(m, k);
+  struct loss loss = {loss_scale, mb->stats[k], &m->step->logits[k]};
+  starpu_data_handle_t dx = loss_scale != 0 ? act(mb, m->spec->d_model) : NULL;
+  starpu_data_handle_t in = eellm_body_input(&h, x, r);
+  struct eellm_layer_acts a;
+  starpu_data_handle_t body = eellm_body_forward(&mb->pass, &h, in, NULL, &a, &ti);
+  head_loss(mb, &h, &loss, body, dx, &ti, &ti, &loss_ti);
+  if (dx) eellm_body_backward(&mb->pass, &h, &a, in, dx, &ti);
+  enter(mb, caller_stage);
+  return dx;
+}
+
+static float exit_weight(const struct eellm_model *m, const float *weights, unsigned k) {
+  if (weights) return weights[k];
+  return k < m->spec->n_exits ? m->spec->exits[k]->loss_weight : 1.0f;
+}
+
+/* ---- the micro-batch ------------------------------------------------------ */
+
+static int check_tokens(const struct eellm_model *m, const struct eellm_batch *b, size_t n,
+                        char *err, size_t errlen) {
+  for (size_t i = 0; i < n; i++) {
+    const int32_t *arr = b->tokens;
+    const char *what = "token";
+    for (int pass = 0; pass < 2; pass++, arr = b->targets, what = "target") {
+      if (arr[i] < 0 || (uint32_t)arr[i] >= m->spec->vocab_size) {
+        snprintf(err, errlen, "%s id %d at position %zu outside 0..%u (vocab_size)", what,
+                 arr[i], i, m->spec->vocab_size - 1);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Loss-statistics buffers (sum, count per exit) of micro-batch `index`, each
+ * owned by its exit's stage; registered once, reused every step. */
+static starpu_data_handle_t *stats_of(struct eellm_model *m, size_t index) {
+  struct eellm_step *s = m->step;
+  unsigned n_exits = eellm_n_exits(m);
+  if (index == s->n_stats) {
+    s->stats = realloc(s->stats, (index + 1) * sizeof *s->stats);
+    s->stats_h = realloc(s->stats_h, (index + 1) * sizeof *s->stats_h);
+    if (!s->stats || !s->stats_h) abort();
+    double *slots = calloc(2 * n_exits, sizeof *slots);
+    starpu_data_handle_t *h = malloc(n_exits * sizeof *h);
+    if (!slots || !h) abort();
+    for (unsigned k = 0; k < n_exits; k++) {
+      starpu_vector_data_register(&h[k], STARPU_MAIN_RAM, (uintptr_t)(slots + 2 * k), 2,
+                                  sizeof(double));
+      eellm_mpi_register(h[k], eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k)));
+    }
+    s->stats[index] = slots;
+    s->stats_h[index] = h;
+    s->n_stats++;
+  }
+  return s->stats_h[index];
+}
+
+/* Token ids, targets and mask enter the graph on stage 0, carried by tasks. */
+static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
+  struct eellm_step *s = mb->m->step;
+  if (!batch->mask && !s->ones) {
+    s->ones = malloc(mb->pass.rows * sizeof *s->ones);
+    if (!s->ones) abort();
+    for (size_t i = 0; i < mb->pass.rows; i++) s->ones[i] = 1;
+  }
+  enter(mb, 0);
+  struct eellm_task_info ti = info(mb, EELLM_KIND_OTHER, PRIO_FORWARD, -1);
+  mb->tokens = input(mb);
+  mb->targets = input(mb);
+  mb->mask = input(mb);
+  eellm_insert_vector_set(mb->tokens, batch->tokens, &ti);
+  eellm_insert_vector_set(mb->targets, batch->targets, &ti);
+  eellm_insert_vector_set(mb->mask, batch->mask ? batch->mask : s->ones, &ti);
+}
+
+/* The embedding and every layer, each exit right after the layer it reads. */
+static void layers_forward(struct micro *mb, const float *exit_weights, float grad_scale) {
+  struct eellm_model *m = mb->m;
+  unsigned n_exits = m->spec->n_exits, next_exit = 0;
+  struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
+  mb->resid[0] = act(mb, m->spec->d_model);
+  eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte), eellm_param(m, m->wpe),
+                         mb->resid[0], m->seq_len, &fwd);
+  for (unsigned i = 0; i < m->spec->n_layers; i++) {
+    enter(mb, m->place.layer_stage[i]);
+    fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
+    eellm_layer_forward(&mb->pass, &m->layers[i], mb->resid[i], NULL, &mb->acts[i], &fwd);
+    mb->resid[i + 1] = mb->acts[i].mlp.out;
+    for (; next_exit < n_exits && m->exits[m->exit_order[next_exit]].layer == i + 1; next_exit++) {
+      unsigned k = m->exit_order[next_exit];
+      float scale = mb->backward ? exit_weight(m, exit_weights, k) * grad_scale : 0;
+      mb->exit_dx[k] = exit_submit(mb, k, mb->resid[i + 1], mb->acts[i].r, scale);
+    }
+  }
+}
+
+/* The final head on the last stage: its loss, and its gradient into the
+ * returned `dres` when the backbone trains (zero when its weight is). */
+static starpu_data_handle_t final_head(struct micro *mb, const float *exit_weights,
+                                       float grad_scale, int backbone_backward) {
+  struct eellm_model *m = mb->m;
+  unsigned n_layers = m->spec->n_layers, n_exits = m->spec->n_exits;
+  enter(mb, eellm_exit_stage(&m->place, n_exits));
+  struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)n_layers);
+  struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
+  struct eellm_task_info bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
+  float scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
+  struct eellm_head h = eellm_head_of(m, n_exits);
+  struct loss loss = {scale, mb->stats[n_exits], &m->step->logits[n_exits]};
+  starpu_data_handle_t dres = backbone_backward ? act(mb, m->spec->d_model) : NULL;
+  head_loss(mb, &h, &loss, mb->resid[n_layers], dres, &fwd, &bwd, &loss_ti);
+  if (dres && scale == 0) eellm_insert_zero(dres, &bwd);
+  return dres;
+}
+
+/* Adds into dres the gradients of the exits on layer i: those reading its
+ * post-attention residual (mlp 1) or its output (mlp 0). */
+static void join_exits(const struct micro *mb, unsigned i, int mlp, starpu_data_handle_t dres,
+                       const struct eellm_task_info *ti) {
+  const struct eellm_model *m = mb->m;
+  for (unsigned k = 0; k < m->spec->n_exits; k++)
+    if (mb->exit_dx[k] && m->exits[k].layer == i + 1 &&
+        (m->exits[k].structure == EELLM__EXIT__STRUCTURE__MLP) == mlp)
+      eellm_insert_axpy(dres, mb->exit_dx[k], 1.0f, ti);
+}
+
+/* Every layer's backward from the final head's gradient dres, then the embedding's. */
+static void layers_backward(struct micro *mb, starpu_data_handle_t dres) {
+  const struct eellm_model *m = mb->m;
+  struct eellm_grad_scratch g;
+  eellm_grad_scratch_init(&mb->pass, &g);
+  struct eellm_task_info bwd;
+  for (unsigned i = m->spec->n_layers; i-- > 0;) {
+    if (m->place.layer_stage[i] != mb->pass.stage) {
+      /* The gradient arriving from the next stage: the only one that crosses. */
+      starpu_data_handle_t from_next = dres;
+      enter(mb, m->place.layer_stage[i]);
+      bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
+      dres = act(mb, m->spec->d_model);
+      eellm_insert_copy(dres, from_next, &bwd);
+      eellm_grad_scratch_init(&mb->pass, &g);
+    }
+    bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
+    join_exits(mb, i, 0, dres, &bwd);
+    eellm_mlp_backward(&mb->pass, &m->layers[i], &mb->acts[i].mlp, mb->acts[i].r, dres, &g, &bwd);
+    join_exits(mb, i, 1, dres, &bwd);
+    eellm_attention_backward(&mb->pass, &m->layers[i], &mb->acts[i], mb->resid[i], dres, &g, &bwd);
+  }
+  bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, -1);
+  eellm_insert_embed_bwd(mb->tokens, dres, eellm_grad(&mb->pass, m->wte),
+                         eellm_grad(&mb->pass, m->wpe), m->seq_len, &bwd);
+}
+
+/* Forward of one micro-batch, and its backward when `backward` is set; a
+ * frozen backbone (EE-Tuning) needs the final head's loss only. */
+static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const float *exit_weights,
+                        float grad_scale, int backward, char *err, size_t errlen) {
+  size_t n_rows = (size_t)m->micro_batch * m->seq_len;
+  if (check_tokens(m, batch, n_rows, err, errlen) != 0) return -1;
+  struct eellm_step *s = step_of(m);
+  struct micro mb = {.m = m, .backward = backward, .index = (int)s->n_micro++,
+                     .pass = {.m = m, .rows = n_rows, .seq_len = m->seq_len}};
+  mb.entered = calloc(m->place.layout.pp, sizeof *mb.entered);
+  mb.resid = calloc(m->spec->n_layers + 1, sizeof *mb.resid);
+  mb.acts = calloc(m->spec->n_layers, sizeof *mb.acts);
+  mb.exit_dx = calloc(m->spec->n_exits + 1, sizeof *mb.exit_dx);
+  if (!mb.entered || !mb.resid || !mb.acts || !mb.exit_dx) abort();
+  if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
+  mb.stats = stats_of(m, (size_t)mb.index);
+  load_inputs(&mb, batch);
+
+  int backbone_backward = backward && !m->backbone_frozen;
+  layers_forward(&mb, exit_weights, grad_scale);
+  starpu_data_handle_t dres = final_head(&mb, exit_weights, grad_scale, backbone_backward);
+  if (backbone_backward) layers_backward(&mb, dres);
+  free(mb.entered);
+  free(mb.resid);
+  free(mb.acts);
+  free(mb.exit_dx);
+  return 0;
+}
+
+int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                  const float *exit_weights, float grad_scale, char *err,
+                                  size_t errlen) {
+  return submit_micro(m, batch, exit_weights, grad_scale, 1, err, errlen);
+}
+
+int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                         size_t errlen) {
+  return submit_micro(m, batch, NULL, 0, 0, err, errlen);
+}
+
+void eellm_submit_zero_grads(eellm_model *m) {
+  struct eellm_task_info ti = {.priority = PRIO_BACKWARD, .kind = EELLM_KIND_OTHER, .micro = -1,
+                               .layer = -1};
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    if (m->tensors[i].frozen) continue;
+    ti.node = eellm_stage_rank(&m->place, m->tensors[i].owner);
+    eellm_insert_zero(m->tensors[i].grad, &ti);
+  }
+  for (size_t i = 0; i < m->n_shadows; i++) {
+    if (m->tensors[m->shadows[i].tensor].frozen) continue;
+    ti.node = eellm_stage_rank(&m->place, m->shadows[i].stage);
+    eellm_insert_zero(m->shadows[i].grad, &ti);
+  }
+}
+
+unsigned eellm_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }
+
+unsigned eellm_exit_layer(const eellm_model *m, unsigned k) {
+  return k < m->spec->n_exits ? m->exits[k].layer : m->spec->n_layers;
+}
+
+/* Each stage reads the losses of its own exits; a sum over ranks gives rank 0 all of them. */
+void eellm_wait(eellm_model *m) {
+  eellm_mpi_wait();
+  struct eellm_step *s = step_of(m);
+  unsigned n_exits = eellm_n_exits(m);
+  free(s->loss);
+  s->loss = calloc(n_exits, sizeof *s->loss);
+  if (!s->loss) abort();
+  for (unsigned k = 0; k < n_exits; k++) {
+    int owner = eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k));
+    if (eellm_mpi_active() && owner != eellm_rank()) continue;
+    size_t counted = 0;
+    for (size_t mi = 0; mi < s->n_micro; mi++) {
+      starpu_data_acquire(s->stats_h[mi][k], STARPU_R);
+      const double *st = s->stats[mi] + 2 * k;
+      if (st[1] > 0) {
+        s->loss[k] += st[0] / st[1];
+        counted++;
+      }
+      starpu_data_release(s->stats_h[mi][k]);
+    }
+    if (counted) s->loss[k] /= counted;
+  }
+  eellm_mpi_sum(s->loss, (int)n_exits);
+  s->n_micro = 0;
+}
+
+double eellm_exit_loss(const eellm_model *m, unsigned k) {
+  return m->step && m->step->loss && k < eellm_n_exits(m) ? m->step->loss[k] : 0.0;
+}
+
+int eellm_exit_logits(eellm_model *m, unsigned k, float *out) {
+  if (!m->step || !m->step->logits || k >= eellm_n_exits(m) || !m->step->logits[k] ||
+      eellm_mpi_active())
+    return -1;
+  starpu_data_handle_t h = m->step->logits[k];
+  starpu_data_acquire(h, STARPU_R);
+  const float *logits = (const float *)starpu_matrix_get_local_ptr(h);
+  size_t ld = starpu_matrix_get_local_ld(h), cols = starpu_matrix_get_nx(h);
+  for (size_t r = 0; r < starpu_matrix_get_ny(h); r++)
+    memcpy(out + r * cols, logits + r * ld, cols * sizeof *out);
+  starpu_data_release(h);
+  return 0;
+}
+
+void eellm_step_free(struct eellm_model *m) {
+  struct eellm_step *s = m->step;
+  if (!s) return;
+  for (size_t i = 0; i < s->n_stats; i++) {
+    for (unsigned k = 0; k < eellm_n_exits(m); k++) starpu_data_unregister(s->stats_h[i][k]);
+    free(s->stats_h[i]);
+    free(s->stats[i]);
+  }
+  for (int mode = 0; mode < 2; mode++) {
+    for (size_t i = 0; i < m->place.layout.pp * s->max_window; i++)
+      eellm_pool_free(s->pools[mode][i]);
+    free(s->pools[mode]);
+  }
+  free(s->stats);
+  free(s->stats_h);
+  free(s->ones);
+  free(s->loss);
+  free(s->logits);
+  free(s);
+  m->step = NULL;
+}
