@@ -56,9 +56,9 @@ static void judge(struct judge *j, const uint16_t *prompt, size_t plen,
   for (size_t t = 0; t < j->C; t++)
     j->tokens[t] = t < plen ? prompt[t] : t < len ? out->tokens[t - plen] : 0;
   struct eellm_batch batch = {j->tokens, j->targets, NULL};
-  if (eellm_submit_forward(j->m, &batch, err, sizeof err) != 0) abort();
-  eellm_wait(j->m);
-  eellm_exit_logits(j->m, eellm_n_exits(j->m) - 1, j->logits);
+  if (eellm_model_submit_forward(j->m, &batch, err, sizeof err) != 0) abort();
+  eellm_model_wait(j->m);
+  eellm_model_exit_logits(j->m, eellm_model_n_exits(j->m) - 1, j->logits);
   for (size_t i = 0; i < out->n; i++) {
     const float *z = j->logits + (plen + i - 1) * j->V;
     unsigned best = 0;

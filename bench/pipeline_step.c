@@ -71,13 +71,14 @@ int main(int argc, char **argv) {
   for (unsigned step = 0; step < steps + 2; step++) {
     double busy, total, t0 = now_s();
     worker_times(&busy, &total); /* resets the interval */
-    eellm_submit_zero_grads(m);
+    eellm_model_submit_zero_grads(m);
     for (unsigned mi = 0; mi < micro; mi++) {
       struct eellm_batch b = {tokens + mi * n, tokens + mi * n + 1, NULL};
-      if (eellm_submit_forward_backward(m, &b, NULL, 1.0f / micro, err, sizeof err) != 0) return 1;
+      if (eellm_model_submit_forward_backward(m, &b, NULL, 1.0f / micro, err, sizeof err) != 0)
+        return 1;
     }
-    eellm_submit_optimizer(m, &opt, step + 1, 1e-4);
-    eellm_wait(m);
+    eellm_model_submit_optimizer(m, &opt, step + 1, 1e-4);
+    eellm_model_wait(m);
     worker_times(&busy, &total);
     if (step < 2) continue; /* warm-up: calibration, first allocations */
     step_s += now_s() - t0;

@@ -79,17 +79,18 @@ int main(int argc, char **argv) {
   double t0 = 0;
   for (unsigned step = 0; step <= steps; step++) {
     if (step == 1) t0 = now_s(); /* step 0 warms caches and perf models */
-    eellm_submit_zero_grads(m);
-    if (eellm_submit_forward_backward(m, &b, NULL, 1.0f, err, sizeof err) != 0) return 1;
-    eellm_submit_optimizer(m, &opt, step + 1, 1e-4);
-    eellm_wait(m);
+    eellm_model_submit_zero_grads(m);
+    if (eellm_model_submit_forward_backward(m, &b, NULL, 1.0f, err, sizeof err) != 0) return 1;
+    eellm_model_submit_optimizer(m, &opt, step + 1, 1e-4);
+    eellm_model_wait(m);
   }
   double seconds = (now_s() - t0) / steps;
-  struct eellm_costs c;
-  eellm_costs(spec, &c);
+  struct eellm_model_spec_costs c;
+  eellm_model_spec_costs(spec, &c);
   /* Costs are per token at the full context; the bench runs at seq. */
-  double fwd = spec->n_layers * eellm_layer_flops(spec, seq) + 2.0 * spec->d_model * spec->vocab_size;
-  for (unsigned k = 0; k < spec->n_exits; k++) fwd += eellm_exit_flops(spec, k, seq);
+  double fwd = spec->n_layers * eellm_model_spec_layer_flops(spec, seq) +
+               2.0 * spec->d_model * spec->vocab_size;
+  for (unsigned k = 0; k < spec->n_exits; k++) fwd += eellm_model_spec_exit_flops(spec, k, seq);
   double flops = 3 * fwd * n / seconds;
   printf("tokens_per_s=%.1f step_ms=%.2f model_gflops=%.2f sgemm_gflops=%.2f mfu=%.4f cores=%d\n",
          n / seconds, seconds * 1e3, flops / 1e9, peak / 1e9, flops / peak, cores);

@@ -42,7 +42,7 @@ static void print_summary(const Eellm__Model *m, const char *path) {
          m->name && *m->name ? ")" : "");
   printf("  vocab %u, context %u, d_model %u, %u heads of %u, %u layers, ffn %u\n", m->vocab_size,
          m->context_length, m->d_model, m->n_heads, m->d_model / m->n_heads, m->n_layers,
-         eellm_ffn_size(m));
+         eellm_model_spec_ffn_size(m));
   printf("  %s, %s, %s positions, %s, %s embeddings\n",
          m->norm == EELLM__MODEL__NORM__RMSNORM ? "rmsnorm" : "layernorm",
          m->activation == EELLM__MODEL__ACTIVATION__SWIGLU ? "swiglu" : "gelu",
@@ -50,13 +50,13 @@ static void print_summary(const Eellm__Model *m, const char *path) {
          m->bias ? "biases" : "no biases", m->tie_embeddings ? "tied" : "untied");
 }
 
-static void print_params(const Eellm__Model *m, const struct eellm_costs *c) {
+static void print_params(const Eellm__Model *m, const struct eellm_model_spec_costs *c) {
   char b1[32];
   printf("\nparameters\n");
   printf("  %-34s %14.0f %10s\n", "embedding (wte + wpe)", c->params_embedding,
          human(c->params_embedding, b1, sizeof b1));
-  printf("  %-34s %14.0f %10s\n", "each layer", eellm_layer_params(m),
-         human(eellm_layer_params(m), b1, sizeof b1));
+  printf("  %-34s %14.0f %10s\n", "each layer", eellm_model_spec_layer_params(m),
+         human(eellm_model_spec_layer_params(m), b1, sizeof b1));
   char label[64];
   snprintf(label, sizeof label, "layers (%u)", m->n_layers);
   printf("  %-34s %14.0f %10s\n", label, c->params_layers, human(c->params_layers, b1, sizeof b1));
@@ -65,13 +65,13 @@ static void print_params(const Eellm__Model *m, const struct eellm_costs *c) {
   for (unsigned k = 0; k < m->n_exits; k++) {
     snprintf(label, sizeof label, "exit %u (layer %u, %s%s)", k, m->exits[k]->layer,
              structure_name(m->exits[k]->structure), m->exits[k]->tied ? ", tied" : "");
-    double p = eellm_exit_params(m, k);
+    double p = eellm_model_spec_exit_params(m, k);
     printf("  %-34s %14.0f %10s\n", label, p, human(p, b1, sizeof b1));
   }
   printf("  %-34s %14.0f %10s\n", "total", c->params_total, human(c->params_total, b1, sizeof b1));
 }
 
-static void print_flops(const Eellm__Model *m, const struct eellm_costs *c) {
+static void print_flops(const Eellm__Model *m, const struct eellm_model_spec_costs *c) {
   char f[32], b[32], t[32];
   printf("\nFLOPs per token (sequence %u, causal attention; backward = 2 x forward)\n",
          m->context_length);
@@ -112,25 +112,26 @@ static void print_exits(const Eellm__Model *m) {
 static void print_stages(const Eellm__Model *m, unsigned pp, const Eellm__Parallelism *par) {
   unsigned *split = calloc(pp, sizeof *split);
   if (!split) return;
-  eellm_stage_split(m, pp, par ? par->stage_layers : NULL, par ? par->n_stage_layers : 0, split);
+  eellm_model_spec_stage_split(m, pp, par ? par->stage_layers : NULL, par ? par->n_stage_layers : 0,
+                               split);
   char p[32], f[32];
   printf("\npipeline stages (pp = %u%s)\n", pp,
          par && par->n_stage_layers ? ", split from the training spec" : ", balanced by FLOPs");
   printf("  %-6s %-9s %-10s %12s %14s\n", "stage", "layers", "exits", "parameters", "fwd FLOPs/tok");
-  struct eellm_costs c;
-  eellm_costs(m, &c);
+  struct eellm_model_spec_costs c;
+  eellm_model_spec_costs(m, &c);
   unsigned first = 0;
   for (unsigned s = 0; s < pp; s++) {
     unsigned last = first + split[s]; /* layers first+1 .. last, 1-based */
-    double params = split[s] * eellm_layer_params(m);
-    double flops = split[s] * eellm_layer_flops(m, m->context_length);
+    double params = split[s] * eellm_model_spec_layer_params(m);
+    double flops = split[s] * eellm_model_spec_layer_flops(m, m->context_length);
     char exits[64] = "";
     for (unsigned k = 0; k < m->n_exits; k++) {
       const Eellm__Exit *e = m->exits[k];
       unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer + 1 : e->layer;
       if (owner <= first || owner > last) continue;
-      params += eellm_exit_params(m, k);
-      flops += eellm_exit_flops(m, k, m->context_length);
+      params += eellm_model_spec_exit_params(m, k);
+      flops += eellm_model_spec_exit_flops(m, k, m->context_length);
       size_t used = strlen(exits);
       snprintf(exits + used, sizeof exits - used, "%s%u", used ? "," : "", k);
     }
@@ -203,8 +204,8 @@ int cmd_model(int argc, char **argv) {
             path);
     status = 2;
   } else {
-    struct eellm_costs c;
-    eellm_costs(m, &c);
+    struct eellm_model_spec_costs c;
+    eellm_model_spec_costs(m, &c);
     print_summary(m, path);
     print_params(m, &c);
     print_flops(m, &c);

@@ -43,22 +43,23 @@ int main(int argc, char **argv) {
   srand(1);
   for (size_t i = 0; i < MICRO_BATCHES * (n + 1); i++) tokens[i] = rand() % spec->vocab_size;
 
-  eellm_submit_zero_grads(model);
+  eellm_model_submit_zero_grads(model);
   for (unsigned mb = 0; mb < MICRO_BATCHES; mb++) {
     /* Targets are the inputs shifted by one token. */
     struct eellm_batch b = {tokens + mb * (n + 1), tokens + mb * (n + 1) + 1, NULL};
-    if (eellm_submit_forward_backward(model, &b, NULL, 1.0f / MICRO_BATCHES, err, sizeof err)) {
+    if (eellm_model_submit_forward_backward(model, &b, NULL, 1.0f / MICRO_BATCHES, err,
+                                            sizeof err)) {
       fprintf(stderr, "%s\n", err);
       return 1;
     }
   }
-  eellm_wait(model);
+  eellm_model_wait(model);
 
   printf("%zu parameters, %u exits (log(vocab) = %.4f)\n", eellm_model_n_params(model),
-         eellm_n_exits(model), log(spec->vocab_size));
-  for (unsigned k = 0; k < eellm_n_exits(model); k++)
-    printf("exit %u (layer %u%s): loss %.4f\n", k, eellm_exit_layer(model, k),
-           k + 1 == eellm_n_exits(model) ? ", final" : "", eellm_exit_loss(model, k));
+         eellm_model_n_exits(model), log(spec->vocab_size));
+  for (unsigned k = 0; k < eellm_model_n_exits(model); k++)
+    printf("exit %u (layer %u%s): loss %.4f\n", k, eellm_model_exit_layer(model, k),
+           k + 1 == eellm_model_n_exits(model) ? ", final" : "", eellm_model_exit_loss(model, k));
 
   free(tokens);
   eellm_model_destroy(model);

@@ -251,7 +251,7 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   }
   m->micro_batch = micro_batch;
   m->seq_len = seq_len;
-  m->d_ffn = eellm_ffn_size(spec);
+  m->d_ffn = eellm_model_spec_ffn_size(spec);
   m->fc_out = eellm_fc_out(spec);
   m->layers = calloc(spec->n_layers, sizeof *m->layers);
   m->exits = calloc(spec->n_exits + 1, sizeof *m->exits);
@@ -317,7 +317,7 @@ void eellm_model_destroy(eellm_model *m) {
   free(m->layers);
   free(m->exits);
   free(m->exit_order);
-  eellm_spec_free(m->spec);
+  eellm_model_spec_free(m->spec);
   free(m);
 }
 

@@ -10,7 +10,7 @@
 
 enum { PRIO_OPTIMIZER = 3 };
 
-double eellm_lr_at(const Eellm__Train *train, unsigned step) {
+double eellm_train_spec_lr_at(const Eellm__Train *train, unsigned step) {
   const Eellm__AdamW *opt = train->optimizer;
   double peak = opt ? opt->lr : 3e-4;
   const Eellm__LRSchedule *s = train->lr_schedule;
@@ -23,7 +23,7 @@ double eellm_lr_at(const Eellm__Train *train, unsigned step) {
   return s->min_lr + 0.5 * (1 + cos(M_PI * progress)) * (peak - s->min_lr);
 }
 
-double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step) {
+double eellm_exit_spec_weight_at(const Eellm__Exit *exit, unsigned step) {
   const Eellm__WeightSchedule *s = exit->schedule;
   if (!s || s->warmup_steps == 0 || step >= s->warmup_steps) return exit->loss_weight;
   double x = (double)step / s->warmup_steps;
@@ -43,7 +43,8 @@ static void reduce_shadows(eellm_model *m) {
   }
 }
 
-void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step, double lr) {
+void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
+                                  double lr) {
   struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_OPTIMIZER,
                                .micro = -1, .layer = -1};
   reduce_shadows(m);
@@ -75,7 +76,7 @@ void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned st
 }
 
 /* The root rank's figure: it owns the clip factor. */
-double eellm_grad_norm(const eellm_model *m) {
+double eellm_model_grad_norm(const eellm_model *m) {
   starpu_data_acquire(m->clip_h, STARPU_R);
   double norm = m->clip[0];
   starpu_data_release(m->clip_h);

@@ -49,7 +49,7 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
     snprintf(err, errlen, "out of memory placing %u layers", spec->n_layers);
     return -1;
   }
-  eellm_stage_split(spec, pp, stage_layers, n_stage_layers, split);
+  eellm_model_spec_stage_split(spec, pp, stage_layers, n_stage_layers, split);
   for (unsigned st = 0, i = 0; st < pp; st++)
     for (unsigned j = 0; j < split[st]; j++) p->layer_stage[i++] = st;
   for (unsigned k = 0; k < spec->n_exits; k++)

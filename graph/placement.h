@@ -6,7 +6,7 @@
  * per stage, laid out as in Megatron-LM: tensor-parallel ranks innermost, then
  * data-parallel replicas, then pipeline stages,
  *   rank = (stage * dp + data) * tp + tensor.
- * Layers go to stages in contiguous runs (eellm_stage_split); an exit runs on
+ * Layers go to stages in contiguous runs (eellm_model_spec_stage_split); an exit runs on
  * the stage of the layer it reads (POST) or of the next layer (PRE); the final
  * head and the loss statistics it writes live on the last stage; the gradient
  * norm's reduction and host-side gathers go to the root, rank 0. Tensor and
@@ -47,7 +47,7 @@ struct eellm_coords eellm_layout_coords(const struct eellm_layout *l, int rank);
 unsigned eellm_exit_home_layer(const Eellm__Exit *e);
 
 /* Places spec's layers and exits on pp stages (stage_layers as in
- * eellm_stage_split) for a run of n_ranks processes (0: one process, no MPI).
+ * eellm_model_spec_stage_split) for a run of n_ranks processes (0: one process, no MPI).
  * 0, or -1 with a one-line error (a rank count that does not match the layout,
  * a stage count out of 1..n_layers, out of memory). */
 int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,

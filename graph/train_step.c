@@ -186,7 +186,7 @@ static int check_tokens(const struct eellm_model *m, const struct eellm_batch *b
  * owned by its exit's stage; registered once, reused every step. */
 static starpu_data_handle_t *stats_of(struct eellm_model *m, size_t index) {
   struct eellm_step *s = m->step;
-  unsigned n_exits = eellm_n_exits(m);
+  unsigned n_exits = eellm_model_n_exits(m);
   if (index == s->n_stats) {
     s->stats = realloc(s->stats, (index + 1) * sizeof *s->stats);
     s->stats_h = realloc(s->stats_h, (index + 1) * sizeof *s->stats_h);
@@ -316,7 +316,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   mb.acts = calloc(m->spec->n_layers, sizeof *mb.acts);
   mb.exit_dx = calloc(m->spec->n_exits + 1, sizeof *mb.exit_dx);
   if (!mb.entered || !mb.resid || !mb.acts || !mb.exit_dx) abort();
-  if (!s->logits && !(s->logits = calloc(eellm_n_exits(m), sizeof *s->logits))) abort();
+  if (!s->logits && !(s->logits = calloc(eellm_model_n_exits(m), sizeof *s->logits))) abort();
   mb.stats = stats_of(m, (size_t)mb.index);
   load_inputs(&mb, batch);
 
@@ -331,18 +331,18 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   return 0;
 }
 
-int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
-                                  const float *exit_weights, float grad_scale, char *err,
-                                  size_t errlen) {
+int eellm_model_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                        const float *exit_weights, float grad_scale, char *err,
+                                        size_t errlen) {
   return submit_micro(m, batch, exit_weights, grad_scale, 1, err, errlen);
 }
 
-int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
-                         size_t errlen) {
+int eellm_model_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                               size_t errlen) {
   return submit_micro(m, batch, NULL, 0, 0, err, errlen);
 }
 
-void eellm_submit_zero_grads(eellm_model *m) {
+void eellm_model_submit_zero_grads(eellm_model *m) {
   struct eellm_task_info ti = {.priority = PRIO_BACKWARD, .kind = EELLM_KIND_OTHER, .micro = -1,
                                .layer = -1};
   for (size_t i = 0; i < m->n_tensors; i++) {
@@ -357,17 +357,17 @@ void eellm_submit_zero_grads(eellm_model *m) {
   }
 }
 
-unsigned eellm_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }
+unsigned eellm_model_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }
 
-unsigned eellm_exit_layer(const eellm_model *m, unsigned k) {
+unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
   return k < m->spec->n_exits ? m->exits[k].layer : m->spec->n_layers;
 }
 
 /* Each stage reads the losses of its own exits; a sum over ranks gives rank 0 all of them. */
-void eellm_wait(eellm_model *m) {
+void eellm_model_wait(eellm_model *m) {
   eellm_mpi_wait();
   struct eellm_step *s = step_of(m);
-  unsigned n_exits = eellm_n_exits(m);
+  unsigned n_exits = eellm_model_n_exits(m);
   free(s->loss);
   s->loss = calloc(n_exits, sizeof *s->loss);
   if (!s->loss) abort();
@@ -390,12 +390,12 @@ void eellm_wait(eellm_model *m) {
   s->n_micro = 0;
 }
 
-double eellm_exit_loss(const eellm_model *m, unsigned k) {
-  return m->step && m->step->loss && k < eellm_n_exits(m) ? m->step->loss[k] : 0.0;
+double eellm_model_exit_loss(const eellm_model *m, unsigned k) {
+  return m->step && m->step->loss && k < eellm_model_n_exits(m) ? m->step->loss[k] : 0.0;
 }
 
-int eellm_exit_logits(eellm_model *m, unsigned k, float *out) {
-  if (!m->step || !m->step->logits || k >= eellm_n_exits(m) || !m->step->logits[k] ||
+int eellm_model_exit_logits(eellm_model *m, unsigned k, float *out) {
+  if (!m->step || !m->step->logits || k >= eellm_model_n_exits(m) || !m->step->logits[k] ||
       eellm_mpi_active())
     return -1;
   starpu_data_handle_t h = m->step->logits[k];
@@ -412,7 +412,7 @@ void eellm_step_free(struct eellm_model *m) {
   struct eellm_step *s = m->step;
   if (!s) return;
   for (size_t i = 0; i < s->n_stats; i++) {
-    for (unsigned k = 0; k < eellm_n_exits(m); k++) starpu_data_unregister(s->stats_h[i][k]);
+    for (unsigned k = 0; k < eellm_model_n_exits(m); k++) starpu_data_unregister(s->stats_h[i][k]);
     free(s->stats_h[i]);
     free(s->stats[i]);
   }

@@ -63,10 +63,10 @@ EELLM_API int eellm_spec_write_binary(const char *path, const ProtobufCMessage *
 EELLM_API int eellm_spec_write_text(const char *path, const ProtobufCMessage *msg, char *err,
                                     size_t errlen);
 /* Hidden width of the MLPs (ffn_size, or 4 * d_model when unset). */
-EELLM_API unsigned eellm_ffn_size(const Eellm__Model *spec);
+EELLM_API unsigned eellm_model_spec_ffn_size(const Eellm__Model *spec);
 
 /* ---- accounting ---------------------------------------------------------- */
-struct eellm_costs {
+struct eellm_model_spec_costs {
   double params_embedding;   /* wte + wpe */
   double params_layers;      /* all transformer layers */
   double params_final_head;  /* final norm + untied lm_head */
@@ -76,18 +76,20 @@ struct eellm_costs {
   double flops_fwd_exits;    /* per token, forward, all exits */
 };
 /* Parameter and FLOP counts (per token at the full context length, causal attention). */
-EELLM_API void eellm_costs(const Eellm__Model *spec, struct eellm_costs *out);
+EELLM_API void eellm_model_spec_costs(const Eellm__Model *spec, struct eellm_model_spec_costs *out);
 /* Parameters of one layer, and of exit k (its own tensors only). */
-EELLM_API double eellm_layer_params(const Eellm__Model *spec);
-EELLM_API double eellm_exit_params(const Eellm__Model *spec, unsigned k);
+EELLM_API double eellm_model_spec_layer_params(const Eellm__Model *spec);
+EELLM_API double eellm_model_spec_exit_params(const Eellm__Model *spec, unsigned k);
 /* Forward FLOPs per token of one layer and of exit k at sequence length seq_len. */
-EELLM_API double eellm_layer_flops(const Eellm__Model *spec, unsigned seq_len);
-EELLM_API double eellm_exit_flops(const Eellm__Model *spec, unsigned k, unsigned seq_len);
+EELLM_API double eellm_model_spec_layer_flops(const Eellm__Model *spec, unsigned seq_len);
+EELLM_API double eellm_model_spec_exit_flops(const Eellm__Model *spec, unsigned k,
+                                             unsigned seq_len);
 /* Splits the layers into pp stages: stage_layers[s] layers on stage s. Uses the
  * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
  * (on the stage their placement puts them) and the embedding / final head included. */
-EELLM_API void eellm_stage_split(const Eellm__Model *spec, unsigned pp, const uint32_t *given,
-                                 size_t n_given, unsigned *stage_layers);
+EELLM_API void eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
+                                            const uint32_t *given, size_t n_given,
+                                            unsigned *stage_layers);
 
 /* ---- model --------------------------------------------------------------- */
 typedef struct eellm_model eellm_model;
@@ -138,11 +140,12 @@ struct eellm_train_state {
   unsigned step;  /* optimizer steps done */
   uint64_t seed;
 };
-EELLM_API int eellm_checkpoint_save(eellm_model *m, const char *path,
-                                    const struct eellm_train_state *state, char *err,
-                                    size_t errlen);
-EELLM_API int eellm_checkpoint_load(eellm_model *m, const char *path,
-                                    struct eellm_train_state *state, char *err, size_t errlen);
+EELLM_API int eellm_model_save_checkpoint(eellm_model *m, const char *path,
+                                          const struct eellm_train_state *state, char *err,
+                                          size_t errlen);
+EELLM_API int eellm_model_load_checkpoint(eellm_model *m, const char *path,
+                                          struct eellm_train_state *state, char *err,
+                                          size_t errlen);
 /* The model spec stored in a checkpoint, validated. */
 EELLM_API Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen);
 /* Names the first field where two messages of one type differ ("exits[1].layer")
@@ -156,49 +159,49 @@ EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage 
  * input, and nothing a caller could recover from mid-graph. */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
  * optional loss mask (NULL: every position counts). Arrays must stay valid
- * until eellm_wait returns. */
+ * until eellm_model_wait returns. */
 struct eellm_batch {
   const int32_t *tokens;
   const int32_t *targets;
   const float *mask;
 };
 /* Number of exits including the final head (last); exit k < n-1 is spec exit k. */
-EELLM_API unsigned eellm_n_exits(const eellm_model *m);
+EELLM_API unsigned eellm_model_n_exits(const eellm_model *m);
 /* 1-based layer whose output exit k reads (n_layers for the final head). */
-EELLM_API unsigned eellm_exit_layer(const eellm_model *m, unsigned k);
+EELLM_API unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k);
 /* Submits one step's gradient zeroing (call before the step's first micro-batch). */
-EELLM_API void eellm_submit_zero_grads(eellm_model *m);
+EELLM_API void eellm_model_submit_zero_grads(eellm_model *m);
 /* Submits the forward and backward tasks of one micro-batch. Gradients of
  * sum_k weight_k * CE_k scaled by grad_scale accumulate into the model's
- * gradients; exit_weights has eellm_n_exits entries (NULL: the spec's loss
+ * gradients; exit_weights has eellm_model_n_exits entries (NULL: the spec's loss
  * weights, final head 1). Returns 0, or -1 on bad token ids with err set. */
-EELLM_API int eellm_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
-                                            const float *exit_weights, float grad_scale, char *err,
-                                            size_t errlen);
+EELLM_API int eellm_model_submit_forward_backward(eellm_model *m, const struct eellm_batch *batch,
+                                                  const float *exit_weights, float grad_scale,
+                                                  char *err, size_t errlen);
 /* Submits the forward tasks of one micro-batch and its losses, no gradient
  * (validation). */
-EELLM_API int eellm_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
-                                   size_t errlen);
-/* Waits for every submitted task; afterwards eellm_exit_loss gives each exit's
+EELLM_API int eellm_model_submit_forward(eellm_model *m, const struct eellm_batch *batch, char *err,
+                                         size_t errlen);
+/* Waits for every submitted task; afterwards eellm_model_exit_loss gives each exit's
  * mean cross-entropy per token over the micro-batches submitted since the previous wait. */
-EELLM_API void eellm_wait(eellm_model *m);
-EELLM_API double eellm_exit_loss(const eellm_model *m, unsigned k);
+EELLM_API void eellm_model_wait(eellm_model *m);
+EELLM_API double eellm_model_exit_loss(const eellm_model *m, unsigned k);
 /* Copies exit k's logits [micro_batch * seq_len, vocab_size] (before the exit's
- * temperature) of the latest micro-batch submitted before the last eellm_wait
+ * temperature) of the latest micro-batch submitted before the last eellm_model_wait
  * into out. Returns 0, or -1 when there is none (or under MPI). */
-EELLM_API int eellm_exit_logits(eellm_model *m, unsigned k, float *out);
+EELLM_API int eellm_model_exit_logits(eellm_model *m, unsigned k, float *out);
 
 /* ---- optimizer and schedules ------------------------------------------- */
 /* Learning rate at step (1-based) under the training spec's schedule. */
-EELLM_API double eellm_lr_at(const Eellm__Train *train, unsigned step);
+EELLM_API double eellm_train_spec_lr_at(const Eellm__Train *train, unsigned step);
 /* Loss weight of exit k (spec order) at step, following its schedule. */
-EELLM_API double eellm_exit_weight_at(const Eellm__Exit *exit, unsigned step);
+EELLM_API double eellm_exit_spec_weight_at(const Eellm__Exit *exit, unsigned step);
 /* Submits the global-norm clipping and one AdamW task per trainable tensor for
  * optimizer step `step` (1-based) at learning rate lr; call after the step's
- * micro-batches. The gradient norm is read with eellm_grad_norm after a wait. */
-EELLM_API void eellm_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
-                                      double lr);
-EELLM_API double eellm_grad_norm(const eellm_model *m);
+ * micro-batches. The gradient norm is read with eellm_model_grad_norm after a wait. */
+EELLM_API void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
+                                            double lr);
+EELLM_API double eellm_model_grad_norm(const eellm_model *m);
 /* Freezes every tensor that is not part of an exit (EE-Tuning): no gradient,
  * no update. */
 EELLM_API void eellm_model_freeze_backbone(eellm_model *m);

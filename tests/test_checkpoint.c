@@ -80,8 +80,10 @@ int main(void) {
   tu_ok(!same_params(a, b), "different seeds give different weights");
 
   struct eellm_train_state saved = {.step = 17, .seed = 99}, loaded = {0};
-  tu_ok(eellm_checkpoint_save(a, path, &saved, err, sizeof err) == 0, "training checkpoint saved");
-  tu_ok(eellm_checkpoint_load(b, path, &loaded, err, sizeof err) == 0, "training checkpoint loaded");
+  tu_ok(eellm_model_save_checkpoint(a, path, &saved, err, sizeof err) == 0,
+        "training checkpoint saved");
+  tu_ok(eellm_model_load_checkpoint(b, path, &loaded, err, sizeof err) == 0,
+        "training checkpoint loaded");
   tu_ok(same_params(a, b), "weights round-trip exactly");
   tu_ok(loaded.step == 17 && loaded.seed == 99, "step and seed round-trip");
 
@@ -124,7 +126,7 @@ int main(void) {
 
   /* Weights-only checkpoints have no training state to resume. */
   tu_ok(eellm_model_save(a, bad_spec_path, err, sizeof err) == 0, "weights-only save");
-  ret = eellm_checkpoint_load(b, bad_spec_path, &loaded, err, sizeof err);
+  ret = eellm_model_load_checkpoint(b, bad_spec_path, &loaded, err, sizeof err);
   tu_ok(ret != 0 && strstr(err, "no training state"), "weights-only has no training state");
 
   eellm_model_destroy(a);

@@ -50,7 +50,7 @@ static void fixture_open(struct fixture *f, const char *spec_path, uint64_t seed
   eellm_model_spec_free(spec);
   if (!f->ref) exit(1);
   f->name = eellm_model_spec(f->ref)->name;
-  f->n_exits = eellm_n_exits(f->ref);
+  f->n_exits = eellm_model_n_exits(f->ref);
   eellm_model_init(f->ref, seed);
   eellm_model_set_tokenizer(f->ref, "byte");
   snprintf(f->ckpt, sizeof f->ckpt, "%s/%s.safetensors", tmpdir, f->name);
@@ -108,9 +108,9 @@ static const float *ref_logits(struct fixture *f, const uint16_t *tokens, size_t
   char err[256];
   for (size_t t = 0; t < f->C; t++) f->tokens[t] = t < len ? tokens[t] : 0;
   struct eellm_batch batch = {f->tokens, f->targets, NULL};
-  if (eellm_submit_forward(f->ref, &batch, err, sizeof err) != 0) exit(1);
-  eellm_wait(f->ref);
-  if (eellm_exit_logits(f->ref, k, f->logits) != 0) exit(1);
+  if (eellm_model_submit_forward(f->ref, &batch, err, sizeof err) != 0) exit(1);
+  eellm_model_wait(f->ref);
+  if (eellm_model_exit_logits(f->ref, k, f->logits) != 0) exit(1);
   return f->logits + (len - 1) * f->V;
 }
 
@@ -136,7 +136,7 @@ static int exit_allowed(const struct fixture *f, const struct eellm_gen_options 
   if (!o->use_early_exit || o->threshold >= 1) return 0;
   if (!o->n_exit_layers) return 1;
   for (size_t i = 0; i < o->n_exit_layers; i++)
-    if (o->exit_layers[i] == eellm_exit_layer(f->ref, k)) return 1;
+    if (o->exit_layers[i] == eellm_model_exit_layer(f->ref, k)) return 1;
   return 0;
 }
 
@@ -176,7 +176,7 @@ static struct exit_counts check_reference(struct fixture *f, const char *what,
     const float *z;
     unsigned k = ref_decide(f, seq, plen + i, o, &z, &margin);
     tokens_equal &= s->tokens[i] == argmax(z, f->V);
-    exits_equal &= s->exit_layers[i] == eellm_exit_layer(f->ref, k);
+    exits_equal &= s->exit_layers[i] == eellm_model_exit_layer(f->ref, k);
     for (unsigned j = 0; j < f->V; j++) worst = fmax(worst, fabs(s->logits[i * f->V + j] - z[j]));
     if (k + 1 < f->n_exits) counts.early++;
     else counts.final++;

@@ -33,8 +33,9 @@ static int write_step(eellm_model *m, const char *path, int32_t *tokens, int32_t
   t[0] = (struct eellm_st_tensor){"tokens", EELLM_I32, 3, {MICRO, BATCH, SEQ}, tokens, rows * 4};
   t[1] = (struct eellm_st_tensor){"targets", EELLM_I32, 3, {MICRO, BATCH, SEQ}, targets, rows * 4};
   t[2] = (struct eellm_st_tensor){"mask", EELLM_F32, 3, {MICRO, BATCH, SEQ}, mask, rows * 4};
-  t[3] = (struct eellm_st_tensor){"losses", EELLM_F64, 1, {eellm_n_exits(m)}, losses,
-                                  eellm_n_exits(m) * sizeof(double)};
+  t[3] = (struct eellm_st_tensor){"losses", EELLM_F64,
+                                  1,        {eellm_model_n_exits(m)},
+                                  losses,   eellm_model_n_exits(m) * sizeof(double)};
   for (size_t i = 0; i < n; i++) {
     size_t r, c;
     eellm_model_tensor_shape(m, i, &r, &c);
@@ -77,16 +78,16 @@ static void check_model(const char *spec_path) {
   double losses[16] = {0};
   random_batch(tokens, targets, mask, rows, spec->vocab_size);
 
-  eellm_submit_zero_grads(m);
+  eellm_model_submit_zero_grads(m);
   for (int mi = 0; mi < MICRO; mi++) {
     size_t off = (size_t)mi * BATCH * SEQ;
     struct eellm_batch b = {tokens + off, targets + off, mask + off};
-    tu_ok(eellm_submit_forward_backward(m, &b, NULL, 1.0f / MICRO, err, sizeof err) == 0,
+    tu_ok(eellm_model_submit_forward_backward(m, &b, NULL, 1.0f / MICRO, err, sizeof err) == 0,
           "submit micro-batch");
   }
-  eellm_wait(m);
+  eellm_model_wait(m);
   eellm_model_sync(m);
-  for (unsigned k = 0; k < eellm_n_exits(m); k++) losses[k] = eellm_exit_loss(m, k);
+  for (unsigned k = 0; k < eellm_model_n_exits(m); k++) losses[k] = eellm_model_exit_loss(m, k);
 
   const char *dir = tu_tempdir();
   char ckpt[512], step[512], cmd[2048];

@@ -49,23 +49,24 @@ int main(void) {
     targets[i] = (int32_t)tu_uniform(0, spec->vocab_size);
   }
   for (unsigned step = 1; step <= STEPS; step++) {
-    eellm_submit_zero_grads(m);
+    eellm_model_submit_zero_grads(m);
     for (unsigned mi = 0; mi < micro; mi++) {
       size_t off = ((size_t)(step - 1) * micro + mi) * batch * seq;
       struct eellm_batch b = {tokens + off, targets + off, NULL};
-      tu_ok(eellm_submit_forward_backward(m, &b, NULL, 1.0f / micro, err, sizeof err) == 0,
+      tu_ok(eellm_model_submit_forward_backward(m, &b, NULL, 1.0f / micro, err, sizeof err) == 0,
             "submit");
     }
-    lrs[step - 1] = eellm_lr_at(train, step);
-    eellm_submit_optimizer(m, train->optimizer, step, lrs[step - 1]);
-    eellm_wait(m);
-    norms[step - 1] = eellm_grad_norm(m);
-    for (unsigned k = 0; k < eellm_n_exits(m); k++) losses[step - 1][k] = eellm_exit_loss(m, k);
+    lrs[step - 1] = eellm_train_spec_lr_at(train, step);
+    eellm_model_submit_optimizer(m, train->optimizer, step, lrs[step - 1]);
+    eellm_model_wait(m);
+    norms[step - 1] = eellm_model_grad_norm(m);
+    for (unsigned k = 0; k < eellm_model_n_exits(m); k++)
+      losses[step - 1][k] = eellm_model_exit_loss(m, k);
   }
   snprintf(path, sizeof path, "%s/after.safetensors", dir);
   tu_ok(eellm_model_save(m, path, err, sizeof err) == 0, "final checkpoint");
   double flat_losses[STEPS * 8];
-  unsigned n_exits = eellm_n_exits(m);
+  unsigned n_exits = eellm_model_n_exits(m);
   for (unsigned s = 0; s < STEPS; s++)
     for (unsigned k = 0; k < n_exits; k++) flat_losses[s * n_exits + k] = losses[s][k];
   struct eellm_st_tensor t[] = {

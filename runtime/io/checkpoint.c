@@ -91,8 +91,8 @@ out:
 
 /* Under MPI every rank calls this; rank 0 gathers every stage's tensors and
  * writes the file, and every rank returns its result. */
-int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_train_state *state,
-                          char *err, size_t errlen) {
+int eellm_model_save_checkpoint(eellm_model *m, const char *path,
+                                const struct eellm_train_state *state, char *err, size_t errlen) {
   eellm_model_sync(m);
   for (size_t i = 0; state && i < m->n_tensors; i++) {
     eellm_mpi_gather(m->tensors[i].m, eellm_root_rank());
@@ -105,7 +105,7 @@ int eellm_checkpoint_save(eellm_model *m, const char *path, const struct eellm_t
 }
 
 int eellm_model_save(eellm_model *m, const char *path, char *err, size_t errlen) {
-  return eellm_checkpoint_save(m, path, NULL, err, errlen);
+  return eellm_model_save_checkpoint(m, path, NULL, err, errlen);
 }
 
 static int shape_matches(const struct eellm_st_tensor *found, const struct eellm_st_tensor *want) {
@@ -179,8 +179,8 @@ static int parse_state(const struct eellm_st_file *f, const char *path,
   return 0;
 }
 
-int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_state *state,
-                          char *err, size_t errlen) {
+int eellm_model_load_checkpoint(eellm_model *m, const char *path, struct eellm_train_state *state,
+                                char *err, size_t errlen) {
   struct eellm_st_file *f = eellm_st_open(path, err, errlen);
   if (!f) return -1;
   int ret = check_extra(m, f, path, err, errlen);
@@ -216,7 +216,7 @@ int eellm_checkpoint_load(eellm_model *m, const char *path, struct eellm_train_s
 }
 
 int eellm_model_load(eellm_model *m, const char *path, char *err, size_t errlen) {
-  return eellm_checkpoint_load(m, path, NULL, err, errlen);
+  return eellm_model_load_checkpoint(m, path, NULL, err, errlen);
 }
 
 Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen) {

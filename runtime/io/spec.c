@@ -35,7 +35,7 @@ static int fail(const struct checker *c, const ProtobufCMessage *msg, const char
   return -1;
 }
 
-unsigned eellm_ffn_size(const Eellm__Model *spec) {
+unsigned eellm_model_spec_ffn_size(const Eellm__Model *spec) {
   return spec->ffn_size ? spec->ffn_size : 4 * spec->d_model;
 }
 
@@ -214,11 +214,6 @@ void eellm_model_spec_free(Eellm__Model *spec) {
 
 void eellm_train_spec_free(Eellm__Train *spec) {
   if (spec) protobuf_c_message_free_unpacked(&spec->base, NULL);
-}
-
-/* RENAMES.txt shim: the untyped free that graph/ still calls. */
-void eellm_spec_free(void *spec) {
-  if (spec) protobuf_c_message_free_unpacked(spec, NULL);
 }
 
 /* ---- comparing specs ------------------------------------------------------ */

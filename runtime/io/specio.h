@@ -23,9 +23,4 @@ uint8_t *eellm_spec_pack(const ProtobufCMessage *msg, size_t *len);
  * `# proto-message:` header comment of text file path; NULL if it has none. */
 const ProtobufCMessageDescriptor *eellm_spec_message_of(const char *path);
 
-/* RENAMES.txt shim, hidden: the untyped free graph/model.c still calls (the
- * API has eellm_model_spec_free and eellm_train_spec_free). Delete it, and the
- * include line in graph/model.c, before applying RENAMES.txt. */
-void eellm_spec_free(void *spec);
-
 #endif

@@ -204,7 +204,7 @@ static int setup_model(struct run *r, struct eellm_train_state *state) {
   state->step = 0;
   int status = 0;
   if (o->resume)
-    status = eellm_checkpoint_load(r->model, r->ckpt, state, err, sizeof err);
+    status = eellm_model_load_checkpoint(r->model, r->ckpt, state, err, sizeof err);
   else if (o->init_path)
     status = eellm_model_load(r->model, o->init_path, err, sizeof err);
   else
@@ -229,23 +229,24 @@ static struct eellm_loader loader_of(const struct run *r, const struct eellm_tok
 static int train_step(struct run *r, unsigned step, double lr) {
   char err[512];
   for (unsigned k = 0; k < r->n_exits; k++)
-    r->weights[k] = k < r->spec->n_exits ? eellm_exit_weight_at(r->spec->exits[k], step) : 1.0f;
+    r->weights[k] =
+        k < r->spec->n_exits ? eellm_exit_spec_weight_at(r->spec->exits[k], step) : 1.0f;
   struct eellm_loader l = loader_of(r, r->data);
   eellm_trace_set_step((int)step);
-  eellm_submit_zero_grads(r->model);
+  eellm_model_submit_zero_grads(r->model);
   for (unsigned mi = 0; mi < r->n_micro; mi++) {
     int32_t *tokens = r->tokens + mi * micro_rows(r), *targets = r->targets + mi * micro_rows(r);
     eellm_loader_train(&l, step, mi, tokens, targets);
     struct eellm_batch b = {tokens, targets, NULL};
-    if (eellm_submit_forward_backward(r->model, &b, r->weights, 1.0f / r->n_micro, err,
-                                      sizeof err) != 0)
+    if (eellm_model_submit_forward_backward(r->model, &b, r->weights, 1.0f / r->n_micro, err,
+                                            sizeof err) != 0)
       return fail(2, "%s: %s", r->o->data_path, err);
   }
-  eellm_submit_optimizer(r->model, r->train->optimizer ? r->train->optimizer
-                                                       : &(Eellm__AdamW)EELLM__ADAM_W__INIT,
-                         step, lr);
+  eellm_model_submit_optimizer(
+      r->model, r->train->optimizer ? r->train->optimizer : &(Eellm__AdamW)EELLM__ADAM_W__INIT,
+      step, lr);
   eellm_trace_set_step(-1);
-  eellm_wait(r->model);
+  eellm_model_wait(r->model);
   return 0;
 }
 
@@ -258,11 +259,11 @@ static int validate(struct run *r, double *losses) {
     int32_t *tokens = r->tokens + i * micro_rows(r), *targets = r->targets + i * micro_rows(r);
     eellm_loader_eval(&l, i, count, tokens, targets);
     struct eellm_batch b = {tokens, targets, NULL};
-    if (eellm_submit_forward(r->model, &b, err, sizeof err) != 0)
+    if (eellm_model_submit_forward(r->model, &b, err, sizeof err) != 0)
       return fail(2, "%s: %s", r->o->val_path, err);
   }
-  eellm_wait(r->model);
-  for (unsigned k = 0; k < r->n_exits; k++) losses[k] = eellm_exit_loss(r->model, k);
+  eellm_model_wait(r->model);
+  for (unsigned k = 0; k < r->n_exits; k++) losses[k] = eellm_model_exit_loss(r->model, k);
   return 0;
 }
 
@@ -292,7 +293,8 @@ static void log_metrics(struct run *r, unsigned step, double lr, const double *t
 /* Each exit's layer, for events. */
 static unsigned *exit_layers(const struct run *r) {
   unsigned *layers = malloc(r->n_exits * sizeof *layers);
-  for (unsigned k = 0; layers && k < r->n_exits; k++) layers[k] = eellm_exit_layer(r->model, k);
+  for (unsigned k = 0; layers && k < r->n_exits; k++)
+    layers[k] = eellm_model_exit_layer(r->model, k);
   return layers;
 }
 
@@ -368,7 +370,7 @@ static void describe(const struct run *r, unsigned start_step) {
 
 static int save(struct run *r, const struct eellm_train_state *state) {
   char err[8192]; /* room for paths of up to 4 KiB */
-  if (eellm_checkpoint_save(r->model, r->ckpt, state, err, sizeof err) != 0)
+  if (eellm_model_save_checkpoint(r->model, r->ckpt, state, err, sizeof err) != 0)
     return fail(1, "%s", err);
   return 0;
 }
@@ -380,10 +382,10 @@ static int loop(struct run *r, struct eellm_train_state *state) {
   double started = now_s(), tokens_per_step = (double)r->train->global_batch * r->seq_len;
   unsigned first = state->step + 1;
   for (unsigned step = first; step <= r->steps && !status; step++) {
-    double t0 = now_s(), lr = eellm_lr_at(r->train, step);
+    double t0 = now_s(), lr = eellm_train_spec_lr_at(r->train, step);
     if ((status = train_step(r, step, lr))) break;
     double dt = now_s() - t0;
-    for (unsigned k = 0; k < r->n_exits; k++) train[k] = eellm_exit_loss(r->model, k);
+    for (unsigned k = 0; k < r->n_exits; k++) train[k] = eellm_model_exit_loss(r->model, k);
     for (unsigned k = 0; k < r->n_exits; k++)
       if (!isfinite(train[k])) {
         /* Every rank sees the summed losses: rank 0 speaks for all. */
@@ -400,7 +402,7 @@ static int loop(struct run *r, struct eellm_train_state *state) {
     double elapsed = now_s() - started;
     double eta = elapsed / (step - first + 1) * (r->steps - step);
     if (eellm_rank() == 0) {
-      double grad_norm = eellm_grad_norm(r->model);
+      double grad_norm = eellm_model_grad_norm(r->model);
       log_metrics(r, step, lr, train, eval ? val : NULL, grad_norm, tokens_per_step / dt, elapsed);
       progress(r, step, lr, train, grad_norm, tokens_per_step / dt, eta);
       if (eval) print_validation(r, step, val);
