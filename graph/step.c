@@ -393,9 +393,9 @@ static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   mb->tokens = input(mb);
   mb->targets = input(mb);
   mb->mask = input(mb);
-  eellm_insert_load(mb->tokens, batch->tokens, bytes, &ti);
-  eellm_insert_load(mb->targets, batch->targets, bytes, &ti);
-  eellm_insert_load(mb->mask, batch->mask ? batch->mask : s->ones, bytes, &ti);
+  eellm_insert_vector_set(mb->tokens, batch->tokens, &ti);
+  eellm_insert_vector_set(mb->targets, batch->targets, &ti);
+  eellm_insert_vector_set(mb->mask, batch->mask ? batch->mask : s->ones, &ti);
 }
 
 /* Forward of one micro-batch, and its backward when `backward` is set. */

@@ -443,14 +443,14 @@ static void test_copy(void) {
   check("copy: dense matrix = padded matrix", dst, want, rows * cols, 0, 0);
 }
 
-static void test_load(void) {
+static void test_vector_set(void) {
   size_t len = 11;
   float *t = random_floats(len, -1, 1), *data = random_floats(len, -1, 1);
   double *want = tu_to_f64(data, len);
-  eellm_insert_load(tu_vector(t, len), data, len * sizeof *data, NULL);
+  eellm_insert_vector_set(tu_vector(t, len), data, NULL);
   for (size_t i = 0; i < len; i++) data[i] = -7; /* the task carries its own copy */
   run_tasks();
-  check("load: vector from the task's bytes", t, want, len, 0, 0);
+  check("vector_set: vector from the task's bytes", t, want, len, 0, 0);
 }
 
 int main(void) {
@@ -502,6 +502,6 @@ int main(void) {
   test_zero();
   test_axpy();
   test_copy();
-  test_load();
+  test_vector_set();
   return tu_finish();
 }
