@@ -1,6 +1,16 @@
 /* eellm codelets: one StarPU codelet per op and direction, and a thin insert
  * wrapper per codelet so graph code reads like math.
  *
+ * Where things live: the computation of each op is a plain C kernel in
+ * codelets/cpu/<family>.c, declared in codelets/cpu/kernels.h (raw pointers,
+ * leading dimensions, sizes; no StarPU; a CUDA twin would sit in codelets/cuda/).
+ * codelets/<family>.c is the StarPU glue only: the codelet, its perf model,
+ * the function that unpacks a task's buffers and calls the kernel, and the
+ * eellm_insert_* wrapper declared here. codelets/glue.h holds what the glue
+ * files share (scratch buffers for the kernels' work space among it);
+ * codelets/types.h the plain types that kernels use too (norm and activation
+ * kinds, the AdamW step, sampling settings and the token choice).
+ *
  * Conventions (all tensors float32, row-major):
  * - A matrix [R, C] is a StarPU matrix handle with ny = R rows, nx = C columns,
  *   ld >= C. A vector [N] is a StarPU vector handle.
@@ -17,6 +27,8 @@
 
 #include <starpu.h>
 #include <stdint.h>
+
+#include "types.h" /* norm and activation kinds, AdamW step, sampling, token choice */
 
 /* What a task is, for priorities now and traces later. */
 enum eellm_task_kind {
@@ -37,17 +49,31 @@ struct eellm_task_info {
   enum eellm_task_kind kind;
   int micro;                 /* micro-batch index, -1 if none */
   int layer;                 /* layer index (0-based), -1 if none; exits use 1000 + exit index */
+  uint32_t where;            /* 0: any architecture the codelet implements; else a mask of
+                                STARPU_CPU, STARPU_CUDA that pins the task (the codelet tests
+                                run every op on every backend this way) */
 };
 
 /* Default info for tasks submitted outside a model graph (tests, tools). */
 extern const struct eellm_task_info eellm_task_default;
 
+/* The architectures (a mask of STARPU_CPU, STARPU_CUDA, ...) that the codelet
+ * named `name` (a task name: "attention_fwd", "vector_set", ...) has
+ * implementations for; 0 for no such codelet. */
+uint32_t eellm_codelet_archs(const char *name);
+
+/* Waits for this process's tasks and unregisters the codelets' scratch
+ * buffers; eellm_runtime_stop calls it before StarPU shuts down. */
+void eellm_codelets_stop(void);
+
 /* Submits `cl` on `n` buffers (cl->nbuffers is STARPU_VARIABLE_NBUFFERS, so
  * optional tensors are simply left out) with a malloc'd copy of `args`
  * (args_size bytes) as cl_arg: the kernel casts cl_arg to its argument struct.
  * Under MPI the task runs on rank info->node; the other ranks only take part
- * in its transfers. The single place where eellm hands tasks to StarPU. Aborts
- * the process with a message naming the codelet if StarPU refuses the task. */
+ * in its transfers, on an architecture that info->where allows. The single
+ * place where eellm hands tasks to StarPU. Aborts the process with a message
+ * naming the codelet if StarPU refuses the task or info->where asks for an
+ * architecture the codelet has no implementation for. */
 void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
                   const void *args, size_t args_size, const struct eellm_task_info *info);
 
@@ -63,7 +89,7 @@ void eellm_insert_embed_bwd(starpu_data_handle_t tokens, starpu_data_handle_t do
                             unsigned seq_len, const struct eellm_task_info *info);
 
 /* ---- norm.c: layernorm and rmsnorm over the last dimension ------------- */
-enum eellm_norm_kind { EELLM_LAYERNORM = 0, EELLM_RMSNORM = 1 };
+/* enum eellm_norm_kind (types.h): EELLM_LAYERNORM, EELLM_RMSNORM. */
 /* x [N, D], gain [D], bias [D] or NULL, y [N, D] (W), stats [N, 2] (W): mean, 1/std
  * (rmsnorm: mean stored as 0). */
 void eellm_insert_norm_fwd(starpu_data_handle_t x, starpu_data_handle_t gain,
@@ -106,7 +132,7 @@ void eellm_insert_attention_bwd(starpu_data_handle_t qkv, starpu_data_handle_t l
                                 int beta_dx, const struct eellm_task_info *info);
 
 /* ---- activation.c: MLP activations -------------------------------------- */
-enum eellm_activation { EELLM_GELU = 0, EELLM_SWIGLU = 1 };
+/* enum eellm_activation (types.h): EELLM_GELU, EELLM_SWIGLU. */
 /* GELU (tanh approximation): h [N, F] -> a [N, F].
  * SwiGLU: h [N, 2F] = gate | up -> a [N, F] = silu(gate) * up. */
 void eellm_insert_activation_fwd(starpu_data_handle_t h, starpu_data_handle_t a,
@@ -116,7 +142,7 @@ void eellm_insert_activation_bwd(starpu_data_handle_t h, starpu_data_handle_t da
                                  starpu_data_handle_t dh, enum eellm_activation act, int beta_dx,
                                  const struct eellm_task_info *info);
 
-/* ---- tensor.c: zero, accumulate (residual and gradient sums) ------------ */
+/* ---- tensor.c: zero, accumulate (residual and gradient sums), set ------- */
 /* Works on matrix and vector handles of float. */
 void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info);
 /* dst += alpha * src (same shape). */
@@ -125,10 +151,13 @@ void eellm_insert_axpy(starpu_data_handle_t dst, starpu_data_handle_t src, float
 /* dst = src (same shape and element size). */
 void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
                        const struct eellm_task_info *info);
-/* Vector t (n_bytes bytes, any element type) = data, carried by the task: host
- * data enters the task graph where the task runs, in order with its readers. */
-void eellm_insert_load(starpu_data_handle_t t, const void *data, size_t n_bytes,
-                       const struct eellm_task_info *info);
+/* v [N] (W) = the N elements (of v's element size) at data, copied into the
+ * task's argument at submission: host data enters the task graph where the task
+ * runs, in order with its readers, and the caller may free or reuse data at
+ * once (it writes an input without waiting for the tasks still reading v's
+ * previous content). */
+void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
+                             const struct eellm_task_info *info);
 
 /* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */
 /* logits [N, V], targets [N] int32, mask [N] float (0 or 1), stats [2] double (W):
@@ -152,11 +181,8 @@ void eellm_insert_sumsq(starpu_data_handle_t grad, starpu_data_handle_t sumsq,
  * min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0). Any number of sumsq handles. */
 void eellm_insert_clip_scale(starpu_data_handle_t *sumsqs, int n, starpu_data_handle_t clip,
                              float max_norm, const struct eellm_task_info *info);
-struct eellm_adamw_step {
-  float lr, beta1, beta2, eps, weight_decay;
-  unsigned step; /* 1-based, for bias correction */
-};
-/* g' = g * clip[1]; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+/* struct eellm_adamw_step (types.h): lr, beta1, beta2, eps, weight_decay, step (1-based).
+ * g' = g * clip[1]; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
  * p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p), with
  * mhat = m / (1 - b1^step), vhat = v / (1 - b2^step). clip may be NULL (scale 1). */
 void eellm_insert_adamw(starpu_data_handle_t param, starpu_data_handle_t grad,
@@ -184,11 +210,6 @@ void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_
 /* src [N, D], index [M] int32, dst [M, D] (W): dst row m = src row index[m]. */
 void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t index,
                               starpu_data_handle_t dst, const struct eellm_task_info *info);
-/* v [N] (W) = the N elements (of v's element size) at data, copied into the
- * task's argument at submission: the caller writes an input without waiting for
- * the tasks still reading v's previous content. */
-void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
-                             const struct eellm_task_info *info);
 
 /* ---- sample.c: the next token and the confidence of an exit ------------- */
 /* One row's outcome: `confidence` is of softmax(logits / exit_temperature): its
@@ -201,17 +222,7 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
  * exceeds the row's uniform number. `logprob` is the token's log-probability
  * under the distribution it was drawn from (greedy: softmax(logits /
  * exit_temperature)). */
-struct eellm_token_choice {
-  int32_t token;
-  float confidence, logprob, unused;
-};
-struct eellm_sampling {
-  float exit_temperature;
-  int entropy_rule;
-  float temperature; /* 0: greedy */
-  unsigned top_k;
-  float top_p;
-};
+/* struct eellm_token_choice and struct eellm_sampling: types.h. */
 /* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
  * greedy), choices [M] (W): a vector of struct eellm_token_choice. */
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,

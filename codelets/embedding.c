@@ -1,101 +1,40 @@
-/* Token + learned position embedding, forward and backward. */
-#include <stdio.h>
-#include <stdlib.h>
-
-#include "codelets.h"
+/* StarPU glue of the token + learned position embedding, forward and backward
+ * (kernels in cpu/embedding.c; kvcache.c's embed_at shares the forward). */
+#include "glue.h"
 
 struct embed_args {
   unsigned seq_len;
   int has_wpe; /* 0 for RoPE models: no learned positions */
 };
 
-/* A token id outside the vocabulary would read or write another row's memory. */
-static void check_token(int32_t token, unsigned vocab) {
-  if (token < 0 || (unsigned)token >= vocab) {
-    fprintf(stderr, "eellm: token id %d outside vocabulary of %u\n", (int)token, vocab);
-    abort();
-  }
-}
+EELLM_CODELET(embed_fwd)
+EELLM_CODELET(embed_bwd)
 
 /* tokens [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_fwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  int b = 0;
-  const int32_t *tokens = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[b]);
-  size_t n_rows = STARPU_VECTOR_GET_NX(buffers[b++]);
-  const float *wte = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_wte = STARPU_MATRIX_GET_LD(buffers[b]);
-  unsigned vocab = STARPU_MATRIX_GET_NY(buffers[b++]);
-  const float *wpe = NULL;
-  size_t ld_wpe = 0;
-  if (args->has_wpe) {
-    wpe = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-    ld_wpe = STARPU_MATRIX_GET_LD(buffers[b++]);
-  }
-  float *out = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_out = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t dim = STARPU_MATRIX_GET_NX(buffers[b]);
-
-  for (size_t n = 0; n < n_rows; n++) {
-    check_token(tokens[n], vocab);
-    const float *tok_row = wte + (size_t)tokens[n] * ld_wte;
-    float *out_row = out + n * ld_out;
-    if (wpe) {
-      const float *pos_row = wpe + (n % args->seq_len) * ld_wpe;
-      for (size_t d = 0; d < dim; d++) out_row[d] = tok_row[d] + pos_row[d];
-    } else {
-      for (size_t d = 0; d < dim; d++) out_row[d] = tok_row[d];
-    }
-  }
+  int b = 2;
+  struct eellm_tensor_view wpe = {0};
+  if (args->has_wpe) wpe = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view out = eellm_tensor_view(buffers[b]);
+  eellm_cpu_embed_fwd(STARPU_VECTOR_GET_NX(buffers[0]), out.cols,
+                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]), NULL, args->seq_len,
+                      (const float *)STARPU_MATRIX_GET_PTR(buffers[1]),
+                      STARPU_MATRIX_GET_LD(buffers[1]), STARPU_MATRIX_GET_NY(buffers[1]),
+                      (const float *)wpe.ptr, wpe.ld, wpe.rows, (float *)out.ptr, out.ld);
 }
 
-/* tokens [N] int32, dout [N, D], dwte [V, D] (+=), dwpe [C, D] (+=, optional).
- * One task owns the gradients, so rows sharing a token simply add in turn. */
+/* tokens [N] int32, dout [N, D], dwte [V, D] (+=), dwpe [C, D] (+=, optional). */
 static void embed_bwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  int b = 0;
-  const int32_t *tokens = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[b]);
-  size_t n_rows = STARPU_VECTOR_GET_NX(buffers[b++]);
-  const float *dout = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_dout = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t dim = STARPU_MATRIX_GET_NX(buffers[b++]);
-  float *dwte = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_dwte = STARPU_MATRIX_GET_LD(buffers[b]);
-  unsigned vocab = STARPU_MATRIX_GET_NY(buffers[b++]);
-  float *dwpe = NULL;
-  size_t ld_dwpe = 0;
-  if (args->has_wpe) {
-    dwpe = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-    ld_dwpe = STARPU_MATRIX_GET_LD(buffers[b]);
-  }
-
-  for (size_t n = 0; n < n_rows; n++) {
-    check_token(tokens[n], vocab);
-    const float *g = dout + n * ld_dout;
-    float *tok_row = dwte + (size_t)tokens[n] * ld_dwte;
-    for (size_t d = 0; d < dim; d++) tok_row[d] += g[d];
-    if (dwpe) {
-      float *pos_row = dwpe + (n % args->seq_len) * ld_dwpe;
-      for (size_t d = 0; d < dim; d++) pos_row[d] += g[d];
-    }
-  }
+  struct eellm_tensor_view dout = eellm_tensor_view(buffers[1]);
+  struct eellm_tensor_view dwte = eellm_tensor_view(buffers[2]), dwpe = {0};
+  if (args->has_wpe) dwpe = eellm_tensor_view(buffers[3]);
+  eellm_cpu_embed_bwd(STARPU_VECTOR_GET_NX(buffers[0]), dout.cols,
+                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]), args->seq_len,
+                      (const float *)dout.ptr, dout.ld, (float *)dwte.ptr, dwte.ld, dwte.rows,
+                      (float *)dwpe.ptr, dwpe.ld);
 }
-
-static struct starpu_perfmodel embed_fwd_model = {.type = STARPU_HISTORY_BASED,
-                                                  .symbol = "eellm_embed_fwd"};
-static struct starpu_perfmodel embed_bwd_model = {.type = STARPU_HISTORY_BASED,
-                                                  .symbol = "eellm_embed_bwd"};
-
-static struct starpu_codelet embed_fwd_cl = {.cpu_funcs = {embed_fwd_cpu},
-                                             .cpu_funcs_name = {"embed_fwd_cpu"},
-                                             .nbuffers = STARPU_VARIABLE_NBUFFERS,
-                                             .model = &embed_fwd_model,
-                                             .name = "embed_fwd"};
-static struct starpu_codelet embed_bwd_cl = {.cpu_funcs = {embed_bwd_cpu},
-                                             .cpu_funcs_name = {"embed_bwd_cpu"},
-                                             .nbuffers = STARPU_VARIABLE_NBUFFERS,
-                                             .model = &embed_bwd_model,
-                                             .name = "embed_bwd"};
 
 void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wte,
                             starpu_data_handle_t wpe, starpu_data_handle_t out, unsigned seq_len,

@@ -1,9 +1,6 @@
-/* Linear layer y = x @ W (+ b) (+ residual), forward and backward, on cblas_sgemm. */
-#include <cblas.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-#include "codelets.h"
+/* StarPU glue of the linear layer y = x @ W (+ b) (+ residual), forward and
+ * backward (kernels in cpu/linear.c). */
+#include "glue.h"
 
 struct linear_fwd_args {
   int transpose_w;
@@ -16,105 +13,47 @@ struct linear_bwd_args {
   int has_dx, has_dw, has_db;
 };
 
+EELLM_CODELET(linear_fwd)
+EELLM_CODELET(linear_bwd)
+
 /* x [N, K], W [K, M] (or [M, K] transposed), b [M] (optional), residual [N, M] (optional),
- * y [N, M]. Bias and residual are written first and the product added on top. */
+ * y [N, M]. */
 static void linear_fwd_cpu(void *buffers[], void *cl_arg) {
   const struct linear_fwd_args *args = cl_arg;
   int b = 0;
-  const float *x = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_x = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t n_rows = STARPU_MATRIX_GET_NY(buffers[b]);
-  size_t k_in = STARPU_MATRIX_GET_NX(buffers[b++]);
-  const float *w = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_w = STARPU_MATRIX_GET_LD(buffers[b++]);
+  struct eellm_tensor_view x = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view w = eellm_tensor_view(buffers[b++]);
   const float *bias = args->has_bias ? (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]) : NULL;
-  const float *res = NULL;
-  size_t ld_res = 0;
-  if (args->has_residual) {
-    res = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-    ld_res = STARPU_MATRIX_GET_LD(buffers[b++]);
-  }
-  float *y = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_y = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t m_out = STARPU_MATRIX_GET_NX(buffers[b]);
-
-  if (bias || res) {
-    for (size_t n = 0; n < n_rows; n++) {
-      float *y_row = y + n * ld_y;
-      for (size_t m = 0; m < m_out; m++)
-        y_row[m] = (bias ? bias[m] : 0.0f) + (res ? res[n * ld_res + m] : 0.0f);
-    }
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, args->transpose_w ? CblasTrans : CblasNoTrans,
-              (int)n_rows, (int)m_out, (int)k_in, 1.0f, x, (int)ld_x, w, (int)ld_w,
-              (bias || res) ? 1.0f : 0.0f, y, (int)ld_y);
+  struct eellm_tensor_view res = {0};
+  if (args->has_residual) res = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view y = eellm_tensor_view(buffers[b]);
+  eellm_cpu_linear_fwd(x.rows, x.cols, y.cols, args->transpose_w, (const float *)x.ptr, x.ld,
+                       (const float *)w.ptr, w.ld, bias, (const float *)res.ptr, res.ld,
+                       (float *)y.ptr, y.ld);
 }
 
-/* db [M] += column sums of dy [N, M], summed in double. */
-static void add_column_sums(const float *dy, size_t ld_dy, size_t n_rows, size_t m_out, float *db) {
-  double *sums = calloc(m_out ? m_out : 1, sizeof *sums);
-  if (!sums) {
-    fprintf(stderr, "eellm: out of memory in linear_bwd\n");
-    abort();
-  }
-  for (size_t n = 0; n < n_rows; n++)
-    for (size_t m = 0; m < m_out; m++) sums[m] += dy[n * ld_dy + m];
-  for (size_t m = 0; m < m_out; m++) db[m] += (float)sums[m];
-  free(sums);
-}
-
-/* x [N, K], W [K, M] (or [M, K] transposed), dy [N, M];
- * dx [N, K] = dy @ W^T (beta_dx, optional), dW += x^T @ dy (dy^T @ x transposed, optional),
- * db [M] += column sums of dy (optional). */
+/* x [N, K], W [K, M] (or [M, K] transposed), dy [N, M], dx [N, K] (optional),
+ * dW (optional), db [M] (optional), work (SCRATCH, with db). */
 static void linear_bwd_cpu(void *buffers[], void *cl_arg) {
   const struct linear_bwd_args *args = cl_arg;
   int b = 0;
-  const float *x = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_x = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t n_rows = STARPU_MATRIX_GET_NY(buffers[b]);
-  size_t k_in = STARPU_MATRIX_GET_NX(buffers[b++]);
-  const float *w = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_w = STARPU_MATRIX_GET_LD(buffers[b++]);
-  const float *dy = (const float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-  size_t ld_dy = STARPU_MATRIX_GET_LD(buffers[b]);
-  size_t m_out = STARPU_MATRIX_GET_NX(buffers[b++]);
-
-  if (args->has_dx) {
-    float *dx = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-    size_t ld_dx = STARPU_MATRIX_GET_LD(buffers[b++]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, args->transpose_w ? CblasNoTrans : CblasTrans,
-                (int)n_rows, (int)k_in, (int)m_out, 1.0f, dy, (int)ld_dy, w, (int)ld_w,
-                args->beta_dx ? 1.0f : 0.0f, dx, (int)ld_dx);
+  struct eellm_tensor_view x = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view w = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view dy = eellm_tensor_view(buffers[b++]);
+  struct eellm_tensor_view dx = {0}, dw = {0};
+  if (args->has_dx) dx = eellm_tensor_view(buffers[b++]);
+  if (args->has_dw) dw = eellm_tensor_view(buffers[b++]);
+  float *db = NULL;
+  void *work = NULL;
+  if (args->has_db) {
+    db = (float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+    work = (void *)STARPU_VECTOR_GET_PTR(buffers[b++]);
   }
-  if (args->has_dw) {
-    float *dw = (float *)STARPU_MATRIX_GET_PTR(buffers[b]);
-    size_t ld_dw = STARPU_MATRIX_GET_LD(buffers[b++]);
-    if (args->transpose_w)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m_out, (int)k_in, (int)n_rows, 1.0f,
-                  dy, (int)ld_dy, x, (int)ld_x, 1.0f, dw, (int)ld_dw);
-    else
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k_in, (int)m_out, (int)n_rows, 1.0f,
-                  x, (int)ld_x, dy, (int)ld_dy, 1.0f, dw, (int)ld_dw);
-  }
-  if (args->has_db)
-    add_column_sums(dy, ld_dy, n_rows, m_out, (float *)STARPU_VECTOR_GET_PTR(buffers[b]));
+  eellm_cpu_linear_bwd(x.rows, x.cols, dy.cols, args->transpose_w, args->beta_dx,
+                       (const float *)x.ptr, x.ld, (const float *)w.ptr, w.ld,
+                       (const float *)dy.ptr, dy.ld, (float *)dx.ptr, dx.ld, (float *)dw.ptr,
+                       dw.ld, db, work);
 }
-
-static struct starpu_perfmodel linear_fwd_model = {.type = STARPU_HISTORY_BASED,
-                                                   .symbol = "eellm_linear_fwd"};
-static struct starpu_perfmodel linear_bwd_model = {.type = STARPU_HISTORY_BASED,
-                                                   .symbol = "eellm_linear_bwd"};
-
-static struct starpu_codelet linear_fwd_cl = {.cpu_funcs = {linear_fwd_cpu},
-                                              .cpu_funcs_name = {"linear_fwd_cpu"},
-                                              .nbuffers = STARPU_VARIABLE_NBUFFERS,
-                                              .model = &linear_fwd_model,
-                                              .name = "linear_fwd"};
-static struct starpu_codelet linear_bwd_cl = {.cpu_funcs = {linear_bwd_cpu},
-                                              .cpu_funcs_name = {"linear_bwd_cpu"},
-                                              .nbuffers = STARPU_VARIABLE_NBUFFERS,
-                                              .model = &linear_bwd_model,
-                                              .name = "linear_bwd"};
 
 void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, starpu_data_handle_t b,
                              starpu_data_handle_t residual, starpu_data_handle_t y, int transpose_w,
@@ -140,7 +79,7 @@ void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
                                  .has_dx = dx != NULL,
                                  .has_dw = dw != NULL,
                                  .has_db = db != NULL};
-  struct starpu_data_descr buffers[6];
+  struct starpu_data_descr buffers[7];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){x, STARPU_R};
   buffers[n++] = (struct starpu_data_descr){w, STARPU_R};
@@ -148,5 +87,7 @@ void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
   if (dx) buffers[n++] = (struct starpu_data_descr){dx, beta_dx ? STARPU_RW : STARPU_W};
   if (dw) buffers[n++] = (struct starpu_data_descr){dw, STARPU_RW};
   if (db) buffers[n++] = (struct starpu_data_descr){db, STARPU_RW};
+  n = eellm_add_scratch(buffers, n,
+                        eellm_cpu_linear_bwd_work_bytes(starpu_matrix_get_nx(dy), db != NULL));
   eellm_submit(&linear_bwd_cl, buffers, n, &args, sizeof args, info);
 }

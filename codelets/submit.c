@@ -1,6 +1,8 @@
 /* The one place where eellm hands a task to StarPU (or StarPU-MPI). */
 #include "codelets.h"
 
+#include "glue.h"
+
 #include <starpu_mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,11 +13,21 @@
 #include "runtime/engine/trace.h"
 
 const struct eellm_task_info eellm_task_default = {
-    .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
+    .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1, .where = 0};
 
 void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
                   const void *args, size_t args_size, const struct eellm_task_info *info) {
   if (!info) info = &eellm_task_default;
+  /* Where the task may run: what info->where asks for, all of it implemented.
+   * Without a request, every architecture the codelet implements, which is what
+   * StarPU derives from the codelet itself. */
+  uint32_t implemented = eellm_codelet_implements(cl);
+  if (info->where & ~implemented) {
+    fprintf(stderr, "eellm: codelet %s has no implementation for architecture mask 0x%x\n",
+            cl->name, (unsigned)info->where);
+    abort();
+  }
+  unsigned long long where = info->where ? info->where : implemented;
   int runs_here = !eellm_mpi_active() || info->node == eellm_rank();
   /* StarPU frees the copy once the task is done; kernels read it as their struct.
    * Ranks that do not run the task get none: StarPU-MPI would not free it. */
@@ -34,11 +46,13 @@ void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, 
   int ret = eellm_mpi_active()
                 ? starpu_mpi_task_insert(eellm_mpi_comm(), cl, STARPU_DATA_MODE_ARRAY, buffers, n,
                                          STARPU_EXECUTE_ON_NODE, info->node,
+                                         STARPU_EXECUTE_WHERE, where,
                                          STARPU_CL_ARGS, args_copy, runs_here ? args_size : 0,
                                          STARPU_PRIORITY, info->priority,
                                          STARPU_CALLBACK_WITH_ARG, traced, trace,
                                          STARPU_NAME, cl->name, 0)
                 : starpu_task_insert(cl, STARPU_DATA_MODE_ARRAY, buffers, n,
+                                     STARPU_EXECUTE_WHERE, where,
                                      STARPU_CL_ARGS, args_copy, args_size,
                                      STARPU_PRIORITY, info->priority,
                                      STARPU_CALLBACK_WITH_ARG, traced, trace,

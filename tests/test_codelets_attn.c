@@ -1,7 +1,8 @@
 /* Attention codelets as real StarPU tasks against a double-precision reference:
  * out and lse against the reference forward, every element of dqkv against
  * central finite differences of <dout, out(qkv)>, accumulation with beta_dx = 1,
- * padded rows (LD), and the RoPE pairing convention on hand-computed scores. */
+ * padded rows (LD), and the RoPE pairing convention on hand-computed scores;
+ * on every backend of the build (tu_for_each_backend). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,7 +94,8 @@ static int padding_holds(const float *x, size_t rows, size_t cols, size_t ld, fl
   return 1;
 }
 
-static void run_case(const struct attn_case *c) {
+static void run_case(const struct eellm_task_info *ti, void *ctx) {
+  const struct attn_case *c = ctx;
   size_t N = c->B * c->T, W = 3 * c->D, ld = W + c->pad, hd = c->D / c->H;
   char name[160];
   int len = snprintf(name, sizeof name, "attn B%zu T%zu H%zu D%zu rope %d pad %zu", c->B, c->T,
@@ -114,11 +116,11 @@ static void run_case(const struct attn_case *c) {
   starpu_data_handle_t h_qkv = tu_matrix_ld(qkv, N, W, ld), h_lse = tu_matrix(lse, N, c->H);
   starpu_data_handle_t h_dout = tu_matrix(dout, N, c->D);
   eellm_insert_attention_fwd(h_qkv, tu_matrix(out, N, c->D), h_lse, c->T, c->H, c->rope, c->theta,
-                             NULL);
+                             ti);
   eellm_insert_attention_bwd(h_qkv, h_lse, h_dout, tu_matrix_ld(dqkv, N, W, ld), c->T, c->H,
-                             c->rope, c->theta, 0, NULL);
+                             c->rope, c->theta, 0, ti);
   eellm_insert_attention_bwd(h_qkv, h_lse, h_dout, tu_matrix_ld(dqkv_acc, N, W, ld), c->T, c->H,
-                             c->rope, c->theta, 1, NULL);
+                             c->rope, c->theta, 1, ti);
   tu_sync_all();
 
   struct attn_ref r = {c,
@@ -154,7 +156,8 @@ static void run_case(const struct attn_case *c) {
  * f = theta^(-1/2). Against a key e2 (resp. e3) at position 0 and a zero key at
  * position 1, query 1's log-sum-exp is log(exp(sin(angle) / 2) + 1). An
  * interleaved convention would give log 2. Head 0 tests pair 0, head 1 pair 1. */
-static void rope_convention_check(void) {
+static void rope_convention_check(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   const size_t D = 8, W = 3 * D;
   const float theta = 100;
   float *qkv = tu_alloc(2 * W), *out = tu_alloc(2 * D), *lse = tu_alloc(2 * 2);
@@ -163,7 +166,7 @@ static void rope_convention_check(void) {
   qkv[1 * W + 4 + 1] = 1;     /* row 1, q, head 1: e1 */
   qkv[0 * W + D + 4 + 3] = 1; /* row 0, k, head 1: e3 */
   eellm_insert_attention_fwd(tu_matrix(qkv, 2, W), tu_matrix(out, 2, D), tu_matrix(lse, 2, 2), 2,
-                             2, 1, theta, NULL);
+                             2, 1, theta, ti);
   tu_sync_all();
   double want[4] = {0, 0, log(exp(sin(1.0) / 2) + 1), log(exp(sin(1.0 / sqrt(theta)) / 2) + 1)};
   tu_check("attn rope rotate-half convention (lse)", lse, want, 4, 1e-6, 1e-7);
@@ -177,7 +180,15 @@ int main(void) {
       {2, 7, 1, 8, 0, 10000, 0},  {2, 1, 3, 12, 1, 10000, 0}, {2, 1, 1, 4, 0, 10000, 0},
       {3, 13, 3, 18, 1, 100, 5},  {2, 7, 3, 12, 0, 10000, 3},
   };
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
-  rope_convention_check();
+  static const char *const ops[] = {"attention_fwd", "attention_bwd", NULL};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const struct attn_case *c = &cases[i];
+    char what[96];
+    snprintf(what, sizeof what, "attn B%zu T%zu H%zu D%zu rope %d pad %zu", c->B, c->T, c->H, c->D,
+             c->rope, c->pad);
+    tu_for_each_backend(what, ops, run_case, (void *)c);
+  }
+  static const char *const fwd[] = {"attention_fwd", NULL};
+  tu_for_each_backend("attn rope convention", fwd, rope_convention_check, NULL);
   return tu_finish();
 }

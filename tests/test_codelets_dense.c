@@ -2,7 +2,8 @@
  * tasks and compared with double-precision references: forwards directly,
  * backwards against central finite differences of L = <dy, f_ref(inputs)>.
  * Gradient buffers start non-zero (accumulating ones) or NaN (overwritten ones),
- * so both beta_dx semantics and parameter accumulation are checked. */
+ * so both beta_dx semantics and parameter accumulation are checked. Every case
+ * runs on every backend of the build (tu_for_each_backend). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,8 @@ static void check(const char *what, const float *got, const double *want, size_t
     worst_abs = fmax(worst_abs, err);
     if (atol + rtol > 0) worst_share = fmax(worst_share, err / (atol + rtol * fabs(want[i])));
   }
-  printf("  %-44s max abs err %.2e (%3.0f%% of tolerance)\n", what, worst_abs, 100 * worst_share);
+  printf("  [%s] %-44s max abs err %.2e (%3.0f%% of tolerance)\n", tu_backend_name(), what,
+         worst_abs, 100 * worst_share);
   tu_check(what, got, want, n, rtol, atol);
 }
 
@@ -151,11 +153,12 @@ struct embed_case {
   int with_wpe, pad;
 };
 
-static void test_embedding(const struct embed_case *c) {
+static void test_embedding(const struct eellm_task_info *ti, void *ctx) {
+  const struct embed_case *c = ctx;
   size_t rows = c->batch * c->seq_len, dim = c->dim;
   size_t context = c->seq_len + 2; /* the last two positions are never used */
   int32_t *tokens = malloc(rows * sizeof *tokens);
-  if (!tokens) exit(1);
+  if (!tokens || rows == 0) exit(1);
   for (size_t n = 0; n < rows; n++) tokens[n] = (int32_t)tu_uniform(0, (double)c->vocab);
   tokens[rows - 1] = tokens[0]; /* two rows share a token: their gradients must add */
 
@@ -170,9 +173,9 @@ static void test_embedding(const struct embed_case *c) {
   starpu_data_handle_t h_wpe = wpe ? matrix(wpe, context, dim, c->pad) : NULL;
   starpu_data_handle_t h_dwpe = dwpe ? matrix(dwpe, context, dim, c->pad) : NULL;
   eellm_insert_embed_fwd(h_tokens, matrix(wte, c->vocab, dim, c->pad), h_wpe,
-                         matrix(out, rows, dim, c->pad), (unsigned)c->seq_len, NULL);
+                         matrix(out, rows, dim, c->pad), (unsigned)c->seq_len, ti);
   eellm_insert_embed_bwd(h_tokens, matrix(dout, rows, dim, c->pad),
-                         matrix(dwte, c->vocab, dim, c->pad), h_dwpe, (unsigned)c->seq_len, NULL);
+                         matrix(dwte, c->vocab, dim, c->pad), h_dwpe, (unsigned)c->seq_len, ti);
   run_tasks();
 
   struct embed_ref r = {rows,
@@ -230,7 +233,8 @@ struct norm_case {
   int with_bias, with_dgain, beta_dx, pad;
 };
 
-static void test_norm(const struct norm_case *c) {
+static void test_norm(const struct eellm_task_info *ti, void *ctx) {
+  const struct norm_case *c = ctx;
   size_t rows = c->rows, dim = c->dim, size = rows * dim;
   const float eps = 1e-5f;
   float *x = random_floats(size, -1, 3); /* off-centre, so the mean matters */
@@ -247,10 +251,10 @@ static void test_norm(const struct norm_case *c) {
   starpu_data_handle_t h_x = matrix(x, rows, dim, c->pad), h_gain = tu_vector(gain, dim);
   starpu_data_handle_t h_stats = matrix(stats, rows, 2, c->pad);
   eellm_insert_norm_fwd(h_x, h_gain, bias ? tu_vector(bias, dim) : NULL,
-                        matrix(y, rows, dim, c->pad), h_stats, c->kind, eps, NULL);
+                        matrix(y, rows, dim, c->pad), h_stats, c->kind, eps, ti);
   eellm_insert_norm_bwd(h_x, h_gain, h_stats, matrix(dy, rows, dim, c->pad),
                         matrix(dx, rows, dim, c->pad), dgain ? tu_vector(dgain, dim) : NULL,
-                        dbias ? tu_vector(dbias, dim) : NULL, c->kind, c->beta_dx, NULL);
+                        dbias ? tu_vector(dbias, dim) : NULL, c->kind, c->beta_dx, ti);
   run_tasks();
 
   struct norm_ref r = {c->kind,
@@ -305,7 +309,8 @@ struct linear_case {
   int pad;
 };
 
-static void test_linear(const struct linear_case *c) {
+static void test_linear(const struct eellm_task_info *ti, void *ctx) {
+  const struct linear_case *c = ctx;
   size_t n_x = c->rows * c->k_in, n_w = c->k_in * c->m_out, n_y = c->rows * c->m_out;
   size_t w_rows = c->transpose_w ? c->m_out : c->k_in, w_cols = c->transpose_w ? c->k_in : c->m_out;
   float *x = random_floats(n_x, -1, 1), *w = random_floats(n_w, -1, 1);
@@ -322,11 +327,11 @@ static void test_linear(const struct linear_case *c) {
   starpu_data_handle_t h_w = matrix(w, w_rows, w_cols, c->pad);
   eellm_insert_linear_fwd(h_x, h_w, b ? tu_vector(b, c->m_out) : NULL,
                           res ? matrix(res, c->rows, c->m_out, c->pad) : NULL,
-                          matrix(y, c->rows, c->m_out, c->pad), c->transpose_w, NULL);
+                          matrix(y, c->rows, c->m_out, c->pad), c->transpose_w, ti);
   eellm_insert_linear_bwd(h_x, h_w, matrix(dy, c->rows, c->m_out, c->pad),
                           dx ? matrix(dx, c->rows, c->k_in, c->pad) : NULL,
                           dw ? matrix(dw, w_rows, w_cols, c->pad) : NULL,
-                          db ? tu_vector(db, c->m_out) : NULL, c->transpose_w, c->beta_dx, NULL);
+                          db ? tu_vector(db, c->m_out) : NULL, c->transpose_w, c->beta_dx, ti);
   run_tasks();
 
   struct linear_ref r = {c->rows,
@@ -382,7 +387,8 @@ struct act_case {
   int beta_dx, pad;
 };
 
-static void test_activation(const struct act_case *c) {
+static void test_activation(const struct eellm_task_info *ti, void *ctx) {
+  const struct act_case *c = ctx;
   size_t h_width = c->act == EELLM_SWIGLU ? 2 * c->width : c->width;
   size_t n_h = c->rows * h_width, n_a = c->rows * c->width;
   float *h = random_floats(n_h, -5, 5); /* both tails and the curved middle */
@@ -391,9 +397,9 @@ static void test_activation(const struct act_case *c) {
   float *dh0 = copy_floats(dh, n_h);
 
   starpu_data_handle_t h_h = matrix(h, c->rows, h_width, c->pad);
-  eellm_insert_activation_fwd(h_h, matrix(a, c->rows, c->width, c->pad), c->act, NULL);
+  eellm_insert_activation_fwd(h_h, matrix(a, c->rows, c->width, c->pad), c->act, ti);
   eellm_insert_activation_bwd(h_h, matrix(da, c->rows, c->width, c->pad),
-                              matrix(dh, c->rows, h_width, c->pad), c->act, c->beta_dx, NULL);
+                              matrix(dh, c->rows, h_width, c->pad), c->act, c->beta_dx, ti);
   run_tasks();
 
   struct act_ref r = {c->act,           c->rows, c->width, tu_to_f64(h, n_h), tu_to_f64(da, n_a),
@@ -405,18 +411,20 @@ static void test_activation(const struct act_case *c) {
 
 /* ---- tensor ------------------------------------------------------------- */
 
-static void test_zero(void) {
+static void test_zero(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   size_t rows = 5, cols = 7, len = 13;
   float *m = random_floats(rows * cols, -1, 1), *v = random_floats(len, -1, 1);
-  eellm_insert_zero(matrix(m, rows, cols, 1), NULL);
-  eellm_insert_zero(tu_vector(v, len), NULL);
+  eellm_insert_zero(matrix(m, rows, cols, 1), ti);
+  eellm_insert_zero(tu_vector(v, len), ti);
   run_tasks();
   double *zeros = tu_alloc_f64(rows * cols);
   check("zero: padded matrix", m, zeros, rows * cols, 0, 0);
   check("zero: vector", v, zeros, len, 0, 0);
 }
 
-static void test_axpy(void) {
+static void test_axpy(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   size_t rows = 5, cols = 7, len = 13;
   const float alpha = -0.75f;
   float *dst_m = random_floats(rows * cols, -1, 1), *src_m = random_floats(rows * cols, -1, 1);
@@ -426,31 +434,33 @@ static void test_axpy(void) {
   for (size_t i = 0; i < len; i++) want_v[i] = dst_v[i] + (double)alpha * src_v[i];
 
   /* dst padded, src dense: the two strides differ */
-  eellm_insert_axpy(matrix(dst_m, rows, cols, 1), matrix(src_m, rows, cols, 0), alpha, NULL);
-  eellm_insert_axpy(tu_vector(dst_v, len), tu_vector(src_v, len), alpha, NULL);
+  eellm_insert_axpy(matrix(dst_m, rows, cols, 1), matrix(src_m, rows, cols, 0), alpha, ti);
+  eellm_insert_axpy(tu_vector(dst_v, len), tu_vector(src_v, len), alpha, ti);
   run_tasks();
   check("axpy: padded matrix += dense matrix", dst_m, want_m, rows * cols, FWD_RTOL, FWD_ATOL);
   check("axpy: vector", dst_v, want_v, len, FWD_RTOL, FWD_ATOL);
 }
 
-static void test_copy(void) {
+static void test_copy(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   size_t rows = 5, cols = 7;
   float *dst = random_floats(rows * cols, -1, 1), *src = random_floats(rows * cols, -1, 1);
   double *want = tu_to_f64(src, rows * cols);
   /* dst dense, src padded: the two strides differ */
-  eellm_insert_copy(matrix(dst, rows, cols, 0), matrix(src, rows, cols, 1), NULL);
+  eellm_insert_copy(matrix(dst, rows, cols, 0), matrix(src, rows, cols, 1), ti);
   run_tasks();
   check("copy: dense matrix = padded matrix", dst, want, rows * cols, 0, 0);
 }
 
-static void test_load(void) {
+static void test_vector_set(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   size_t len = 11;
   float *t = random_floats(len, -1, 1), *data = random_floats(len, -1, 1);
   double *want = tu_to_f64(data, len);
-  eellm_insert_load(tu_vector(t, len), data, len * sizeof *data, NULL);
+  eellm_insert_vector_set(tu_vector(t, len), data, ti);
   for (size_t i = 0; i < len; i++) data[i] = -7; /* the task carries its own copy */
   run_tasks();
-  check("load: vector from the task's bytes", t, want, len, 0, 0);
+  check("vector_set: vector from the task's bytes", t, want, len, 0, 0);
 }
 
 int main(void) {
@@ -463,8 +473,9 @@ int main(void) {
       {"embed B=2 T=5 D=7 padded", 2, 5, 37, 7, 1, 1},
       {"embed no wpe B=3 T=13", 3, 13, 37, 12, 0, 0},
   };
+  static const char *const embed_ops[] = {"embed_fwd", "embed_bwd", NULL};
   for (size_t i = 0; i < sizeof embed_cases / sizeof embed_cases[0]; i++)
-    test_embedding(&embed_cases[i]);
+    tu_for_each_backend(embed_cases[i].name, embed_ops, test_embedding, (void *)&embed_cases[i]);
 
   static const struct norm_case norm_cases[] = {
       /* name, kind, rows, dim, bias, dgain, beta_dx, pad */
@@ -475,7 +486,9 @@ int main(void) {
       {"rmsnorm N=7 beta_dx=1 padded", EELLM_RMSNORM, 7, 12, 0, 1, 1, 1},
       {"rmsnorm frozen gain N=3", EELLM_RMSNORM, 3, 12, 0, 0, 0, 0},
   };
-  for (size_t i = 0; i < sizeof norm_cases / sizeof norm_cases[0]; i++) test_norm(&norm_cases[i]);
+  static const char *const norm_ops[] = {"norm_fwd", "norm_bwd", NULL};
+  for (size_t i = 0; i < sizeof norm_cases / sizeof norm_cases[0]; i++)
+    tu_for_each_backend(norm_cases[i].name, norm_ops, test_norm, (void *)&norm_cases[i]);
 
   static const struct linear_case linear_cases[] = {
       /* name, rows, K, M, transpose_w, bias, residual, dx, beta_dx, dW, pad */
@@ -486,8 +499,9 @@ int main(void) {
       {"linear frozen W N=6 padded", 6, 12, 37, 0, 1, 1, 1, 1, 0, 1},
       {"linear transpose_w bias padded", 14, 13, 9, 1, 1, 0, 1, 0, 1, 1},
   };
+  static const char *const linear_ops[] = {"linear_fwd", "linear_bwd", NULL};
   for (size_t i = 0; i < sizeof linear_cases / sizeof linear_cases[0]; i++)
-    test_linear(&linear_cases[i]);
+    tu_for_each_backend(linear_cases[i].name, linear_ops, test_linear, (void *)&linear_cases[i]);
 
   static const struct act_case act_cases[] = {
       /* name, act, rows, F, beta_dx, pad */
@@ -496,12 +510,15 @@ int main(void) {
       {"swiglu N=7 F=5", EELLM_SWIGLU, 7, 5, 0, 0},
       {"swiglu N=6 F=13 beta_dx=1 padded", EELLM_SWIGLU, 6, 13, 1, 1},
   };
+  static const char *const act_ops[] = {"activation_fwd", "activation_bwd", NULL};
   for (size_t i = 0; i < sizeof act_cases / sizeof act_cases[0]; i++)
-    test_activation(&act_cases[i]);
+    tu_for_each_backend(act_cases[i].name, act_ops, test_activation, (void *)&act_cases[i]);
 
-  test_zero();
-  test_axpy();
-  test_copy();
-  test_load();
+  static const char *const zero_op[] = {"zero", NULL}, *const axpy_op[] = {"axpy", NULL};
+  static const char *const copy_op[] = {"copy", NULL}, *const set_op[] = {"vector_set", NULL};
+  tu_for_each_backend("zero", zero_op, test_zero, NULL);
+  tu_for_each_backend("axpy", axpy_op, test_axpy, NULL);
+  tu_for_each_backend("copy", copy_op, test_copy, NULL);
+  tu_for_each_backend("vector_set", set_op, test_vector_set, NULL);
   return tu_finish();
 }

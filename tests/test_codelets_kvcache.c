@@ -5,7 +5,8 @@
  * attention fed a sequence piece by piece against the training attention on the
  * whole sequence, and the next-token choice (confidence by both rules, greedy,
  * and sampling with temperature, top-k and top-p for given uniforms, plus the
- * frequencies of many draws). No gradients: these ops only run forward. */
+ * frequencies of many draws). No gradients: these ops only run forward. Every
+ * case runs on every backend of the build (tu_for_each_backend). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,7 @@ static void check(const char *what, const float *got, const double *want, size_t
                   double atol) {
   double worst = 0;
   for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)got[i] - want[i]));
-  printf("  %-62s max abs err %.2e\n", what, worst);
+  printf("  [%s] %-62s max abs err %.2e\n", tu_backend_name(), what, worst);
   tu_check(what, got, want, n, rtol, atol);
 }
 
@@ -57,15 +58,15 @@ static int padding_is_nan(const float *x, size_t rows, size_t cols, size_t ld) {
 
 /* ---- embedding at positions ---------------------------------------------- */
 
-static void test_embed_at(int with_wpe) {
+static void test_embed_at(const struct eellm_task_info *ti, void *ctx) {
+  int with_wpe = ctx != NULL;
   size_t N = 7, V = 37, D = 12, C = 9, pad = 3;
   int32_t tokens[7], positions[7] = {4, 0, 8, 3, 3, 1, 7};
   for (size_t n = 0; n < N; n++) tokens[n] = (int32_t)tu_uniform(0, (double)V);
   float *wte = random_floats(V * D, -1, 1), *wpe = random_floats(C * D, -1, 1);
   float *out = padded(N, D, pad, -1, 1);
   eellm_insert_embed_at(tu_vector_i32(tokens, N), tu_vector_i32(positions, N), tu_matrix(wte, V, D),
-                        with_wpe ? tu_matrix(wpe, C, D) : NULL, tu_matrix_ld(out, N, D, D + pad),
-                        NULL);
+                        with_wpe ? tu_matrix(wpe, C, D) : NULL, tu_matrix_ld(out, N, D, D + pad), ti);
   tu_sync_all();
   double *want = tu_alloc_f64(N * D);
   for (size_t n = 0; n < N; n++)
@@ -79,12 +80,13 @@ static void test_embed_at(int with_wpe) {
 
 /* ---- row gathering ----------------------------------------------------- */
 
-static void test_gather_rows(void) {
+static void test_gather_rows(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   size_t N = 7, M = 5, D = 13, pad = 2;
   int32_t index[5] = {6, 0, 3, 3, 1};
   float *src = padded(N, D, pad, -1, 1), *dst = padded(M, D, pad, -1, 1);
   eellm_insert_gather_rows(tu_matrix_ld(src, N, D, D + pad), tu_vector_i32(index, M),
-                           tu_matrix_ld(dst, M, D, D + pad), NULL);
+                           tu_matrix_ld(dst, M, D, D + pad), ti);
   tu_sync_all();
   double *want = tu_alloc_f64(M * D);
   for (size_t m = 0; m < M; m++)
@@ -98,13 +100,14 @@ static void test_gather_rows(void) {
 
 /* Two sets in a row on one vector, the first one read by a task in between:
  * each reader sees the content set before it. */
-static void test_vector_set(void) {
+static void test_vector_set(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   int32_t first[3] = {2, 0, 1}, second[3] = {1, 1, 2}, v[3] = {-1, -1, -1};
   float *src = random_floats(3 * 4, -1, 1), *dst = tu_alloc(3 * 4);
   starpu_data_handle_t h_v = tu_vector_i32(v, 3);
-  eellm_insert_vector_set(h_v, first, NULL);
-  eellm_insert_gather_rows(tu_matrix(src, 3, 4), h_v, tu_matrix(dst, 3, 4), NULL);
-  eellm_insert_vector_set(h_v, second, NULL);
+  eellm_insert_vector_set(h_v, first, ti);
+  eellm_insert_gather_rows(tu_matrix(src, 3, 4), h_v, tu_matrix(dst, 3, 4), ti);
+  eellm_insert_vector_set(h_v, second, ti);
   tu_sync_all();
   int ok = memcmp(v, second, sizeof v) == 0;
   for (size_t r = 0; r < 3; r++)
@@ -159,7 +162,8 @@ static void ref_attend(const double *cache, const float *qkv, size_t ld_qkv, siz
 /* Three slots of capacity 9 holding earlier positions; seven new rows: a block
  * of three in slot 2, one row in slot 0, a prefill of two in slot 1, and slot 0's
  * next position apart from its first block. */
-static void test_attention_cached(const struct cache_case *c) {
+static void test_attention_cached(const struct eellm_task_info *ti, void *ctx) {
+  const struct cache_case *c = ctx;
   enum { S = 3, C = 9, N = 7 };
   int32_t slots[N] = {2, 2, 2, 0, 1, 1, 0}, positions[N] = {3, 4, 5, 6, 0, 1, 7};
   size_t D = c->D, pad_qkv = 3, pad_cache = 2, pad_out = 1;
@@ -171,7 +175,7 @@ static void test_attention_cached(const struct cache_case *c) {
   eellm_insert_attention_cached(
       tu_matrix_ld(qkv, N, 3 * D, ld_qkv), tu_vector_i32(positions, N), tu_vector_i32(slots, N),
       tu_matrix_ld(cache, S * C, 2 * D, ld_cache), tu_matrix_ld(out, N, D, ld_out), C,
-      (unsigned)c->H, c->rope, theta, NULL);
+      (unsigned)c->H, c->rope, theta, ti);
   tu_sync_all();
 
   for (size_t n = 0; n < N; n++)
@@ -191,13 +195,14 @@ static void test_attention_cached(const struct cache_case *c) {
 
 /* One sequence of T rows: the training attention on all of it, against the cached
  * attention fed a prefill of 4 rows and then one row per task (slot 1 of 2). */
-static void test_cached_matches_training(int rope) {
+static void test_cached_matches_training(const struct eellm_task_info *ti, void *ctx) {
+  int rope = ctx != NULL;
   enum { T = 7, H = 2, D = 12, C = 8, PREFILL = 4 };
   float theta = 10000.0f;
   float *qkv = random_floats(T * 3 * D, -1.5, 1.5), *out_full = tu_alloc(T * D);
   float *lse = tu_alloc(T * H), *cache = tu_alloc(2 * C * 2 * D), *out_cached = tu_alloc(T * D);
   eellm_insert_attention_fwd(tu_matrix(qkv, T, 3 * D), tu_matrix(out_full, T, D),
-                             tu_matrix(lse, T, H), T, H, rope, theta, NULL);
+                             tu_matrix(lse, T, H), T, H, rope, theta, ti);
   starpu_data_handle_t h_cache = tu_matrix(cache, 2 * C, 2 * D);
   static int32_t positions[T], slots[T];
   for (size_t t = 0; t < T; t++) {
@@ -209,8 +214,7 @@ static void test_cached_matches_training(int rope) {
     eellm_insert_attention_cached(tu_matrix(qkv + first * 3 * D, rows, 3 * D),
                                   tu_vector_i32(positions + first, rows),
                                   tu_vector_i32(slots + first, rows), h_cache,
-                                  tu_matrix(out_cached + first * D, rows, D), C, H, rope, theta,
-                                  NULL);
+                                  tu_matrix(out_cached + first * D, rows, D), C, H, rope, theta, ti);
     first += rows;
   }
   tu_sync_all();
@@ -287,7 +291,17 @@ static struct ref_choice ref_pick(const double *z, int V, const struct eellm_sam
   return r;
 }
 
-static void test_next_token(const struct pick_case *c, size_t M, int V) {
+struct pick_run {
+  const struct pick_case *c;
+  size_t M;
+  int V;
+};
+
+static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
+  const struct pick_run *run = ctx;
+  const struct pick_case *c = run->c;
+  size_t M = run->M;
+  int V = run->V;
   float *logits = padded(M, (size_t)V, 2, -3, 3), *uniforms = random_floats(M, 0, 1);
   struct eellm_token_choice *choices = calloc(M, sizeof *choices);
   if (!choices) exit(1);
@@ -295,7 +309,7 @@ static void test_next_token(const struct pick_case *c, size_t M, int V) {
   starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, M, sizeof *choices);
   int sampling = c->s.temperature > 0;
   eellm_insert_next_token(tu_matrix_ld(logits, M, (size_t)V, (size_t)V + 2),
-                          sampling ? tu_vector(uniforms, M) : NULL, h_choices, &c->s, NULL);
+                          sampling ? tu_vector(uniforms, M) : NULL, h_choices, &c->s, ti);
   starpu_data_unregister(h_choices);
   tu_sync_all();
 
@@ -321,7 +335,8 @@ static void test_next_token(const struct pick_case *c, size_t M, int V) {
 }
 
 /* Many draws from one row: the sampled frequencies follow the restricted distribution. */
-static void test_sampling_frequencies(void) {
+static void test_sampling_frequencies(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   enum { V = 6, DRAWS = 4000 };
   static float logits[DRAWS * V], uniforms[DRAWS];
   static const float row[V] = {1.0f, 2.0f, 0.5f, 1.8f, -1.0f, 1.2f};
@@ -335,8 +350,7 @@ static void test_sampling_frequencies(void) {
   starpu_data_handle_t h_choices;
   starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, DRAWS,
                               sizeof *choices);
-  eellm_insert_next_token(tu_matrix(logits, DRAWS, V), tu_vector(uniforms, DRAWS), h_choices, &s,
-                          NULL);
+  eellm_insert_next_token(tu_matrix(logits, DRAWS, V), tu_vector(uniforms, DRAWS), h_choices, &s, ti);
   starpu_data_unregister(h_choices);
   tu_sync_all();
   double count[V] = {0}, e1 = exp(2.0), e3 = exp(1.8), e5 = exp(1.2), total = e1 + e3 + e5;
@@ -352,15 +366,27 @@ static void test_sampling_frequencies(void) {
 int main(void) {
   tu_start();
   tu_seed(11);
-  test_embed_at(1);
-  test_embed_at(0);
-  test_gather_rows();
-  test_vector_set();
+  static const char *const embed_op[] = {"embed_at", NULL}, *const gather_op[] = {"gather_rows", NULL};
+  static const char *const set_ops[] = {"vector_set", "gather_rows", NULL};
+  static const char *const cached_op[] = {"attention_cached", NULL};
+  static const char *const both_ops[] = {"attention_fwd", "attention_cached", NULL};
+  static const char *const pick_op[] = {"next_token", NULL};
+  static int on = 1;
+  tu_for_each_backend("embed_at with wpe", embed_op, test_embed_at, &on);
+  tu_for_each_backend("embed_at without wpe", embed_op, test_embed_at, NULL);
+  tu_for_each_backend("gather_rows", gather_op, test_gather_rows, NULL);
+  tu_for_each_backend("vector_set ordering", set_ops, test_vector_set, NULL);
   static const struct cache_case cache_cases[] = {{2, 12, 0}, {2, 12, 1}, {1, 8, 1}, {3, 18, 0}};
-  for (size_t i = 0; i < sizeof cache_cases / sizeof cache_cases[0]; i++)
-    test_attention_cached(&cache_cases[i]);
-  test_cached_matches_training(0);
-  test_cached_matches_training(1);
+  for (size_t i = 0; i < sizeof cache_cases / sizeof cache_cases[0]; i++) {
+    char what[64];
+    snprintf(what, sizeof what, "attention_cached H=%zu D=%zu rope %d", cache_cases[i].H,
+             cache_cases[i].D, cache_cases[i].rope);
+    tu_for_each_backend(what, cached_op, test_attention_cached, (void *)&cache_cases[i]);
+  }
+  tu_for_each_backend("cached vs training attention", both_ops, test_cached_matches_training,
+                      NULL);
+  tu_for_each_backend("cached vs training attention (RoPE)", both_ops,
+                      test_cached_matches_training, &on);
 
   static const struct pick_case pick_cases[] = {
       {"greedy, maxprob, exit temperature 0.7", {0.7f, 0, 0, 0, 1}},
@@ -371,9 +397,13 @@ int main(void) {
       {"sampling top-k 10 top-p 0.9, entropy", {1, 1, 0.7f, 10, 0.9f}},
   };
   for (size_t i = 0; i < sizeof pick_cases / sizeof pick_cases[0]; i++) {
-    test_next_token(&pick_cases[i], 5, 37);
-    test_next_token(&pick_cases[i], 1, 2);
+    struct pick_run runs[2] = {{&pick_cases[i], 5, 37}, {&pick_cases[i], 1, 2}};
+    for (int r = 0; r < 2; r++) {
+      char what[96];
+      snprintf(what, sizeof what, "%s M=%zu V=%d", pick_cases[i].name, runs[r].M, runs[r].V);
+      tu_for_each_backend(what, pick_op, test_next_token, &runs[r]);
+    }
   }
-  test_sampling_frequencies();
+  tu_for_each_backend("sampling frequencies", pick_op, test_sampling_frequencies, NULL);
   return tu_finish();
 }

@@ -1,7 +1,8 @@
 /* Loss and optimizer codelets as real StarPU tasks against double-precision
  * references: cross-entropy statistics and dlogits (finite differences of
  * scale * mean masked CE), per-tensor sums of squares, the clip scale over
- * many of them, and three consecutive AdamW steps. */
+ * many of them, and three consecutive AdamW steps; on every backend of the
+ * build (tu_for_each_backend). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,8 @@ static double ref_scaled_mean(void *ctx) {
   return count > 0 ? r->c->scale * sum / count : 0;
 }
 
-static void xent_case(const struct xent_case *c) {
+static void xent_case(const struct eellm_task_info *ti, void *ctx) {
+  const struct xent_case *c = ctx;
   char name[128];
   int len = snprintf(name, sizeof name, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
                      c->temperature, c->scale, (int)c->mask);
@@ -71,9 +73,9 @@ static void xent_case(const struct xent_case *c) {
   starpu_data_handle_t h_logits = tu_matrix(logits, c->N, c->V);
   starpu_data_handle_t h_targets = tu_vector_i32(targets, c->N), h_mask = tu_vector(mask, c->N);
   starpu_data_handle_t h_stats = tu_vector_f64(stats, 2);
-  eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, NULL);
+  eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, ti);
   eellm_insert_xent_bwd(h_logits, h_targets, h_mask, h_stats, tu_matrix(dlogits, c->N, c->V),
-                        c->scale, c->temperature, NULL);
+                        c->scale, c->temperature, ti);
   tu_sync_all();
 
   struct xent_ref r = {c, tu_to_f64(logits, c->N * c->V), targets, mask};
@@ -131,7 +133,8 @@ static starpu_data_handle_t tensor_handle(struct tensor *t) {
 
 #define N_GRADS 10 /* more than StarPU's 8 static buffers per task */
 
-static void sumsq_clip_test(void) {
+static void sumsq_clip_test(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
   /* rows, cols, pad, vector */
   const size_t shapes[N_GRADS][4] = {{3, 5, 0, 0}, {4, 1, 0, 0}, {1, 7, 0, 0}, {6, 4, 3, 0},
                                      {7, 1, 0, 1}, {1, 1, 0, 1}, {2, 9, 0, 0}, {13, 1, 0, 1},
@@ -150,13 +153,13 @@ static void sumsq_clip_test(void) {
     total += want_sumsq[k];
     sumsq[k] = NAN;
     h_sumsq[k] = tu_vector_f64(&sumsq[k], 1);
-    eellm_insert_sumsq(tensor_handle(&grads[k]), h_sumsq[k], NULL);
+    eellm_insert_sumsq(tensor_handle(&grads[k]), h_sumsq[k], ti);
   }
   double norm = sqrt(total);
   const float max_norms[4] = {(float)(0.5 * norm), (float)(2 * norm), 0, -1};
   float clips[4][2];
   for (int i = 0; i < 4; i++)
-    eellm_insert_clip_scale(h_sumsq, N_GRADS, tu_vector(clips[i], 2), max_norms[i], NULL);
+    eellm_insert_clip_scale(h_sumsq, N_GRADS, tu_vector(clips[i], 2), max_norms[i], ti);
   tu_sync_all();
 
   float got_sumsq[N_GRADS];
@@ -225,7 +228,15 @@ enum clip_use { CLIP_ACTIVE, CLIP_INACTIVE, CLIP_NONE };
 
 /* Three steps on three parameter groups: a padded matrix with mixed layouts
  * for its gradient and moments, plain vectors, and matrices padded differently. */
-static void adamw_test(enum clip_use clip_use, float weight_decay) {
+struct adamw_run {
+  enum clip_use clip_use;
+  float weight_decay;
+};
+
+static void adamw_test(const struct eellm_task_info *ti, void *ctx) {
+  const struct adamw_run *run = ctx;
+  enum clip_use clip_use = run->clip_use;
+  float weight_decay = run->weight_decay;
   struct param_group groups[N_GROUPS] = {
       group_new(tensor_new(4, 6, 3, 0), tensor_new(4, 6, 0, 0), tensor_new(4, 6, 0, 1),
                 tensor_new(4, 6, 0, 0)),
@@ -247,16 +258,15 @@ static void adamw_test(enum clip_use clip_use, float weight_decay) {
       tensor_fill(&groups[k].g, -0.05, 0.05, NAN);
       total += grad_sumsq(&groups[k]);
       h_sumsq[k] = tu_vector_f64(&sumsq[k], 1);
-      eellm_insert_sumsq(tensor_handle(&groups[k].g), h_sumsq[k], NULL);
+      eellm_insert_sumsq(tensor_handle(&groups[k].g), h_sumsq[k], ti);
     }
     if (clip_use != CLIP_NONE) {
       h_clip = tu_vector(clip, 2);
-      eellm_insert_clip_scale(h_sumsq, N_GROUPS, h_clip, max_norm, NULL);
+      eellm_insert_clip_scale(h_sumsq, N_GROUPS, h_clip, max_norm, ti);
     }
     for (int k = 0; k < N_GROUPS; k++)
       eellm_insert_adamw(tensor_handle(&groups[k].p), tensor_handle(&groups[k].g),
-                         tensor_handle(&groups[k].m), tensor_handle(&groups[k].v), h_clip, &hp,
-                         NULL);
+                         tensor_handle(&groups[k].m), tensor_handle(&groups[k].v), h_clip, &hp, ti);
     tu_sync_all();
 
     double norm = sqrt(total);
@@ -286,12 +296,24 @@ int main(void) {
       {3, 1000, 1.0f, 1.0f, MASK_PARTIAL}, {3, 1000, 0.7f, 2.0f, MASK_FULL},
       {5, 37, 1.0f, 1.0f, MASK_EMPTY},     {5, 1000, 0.7f, 1.0f, MASK_EMPTY},
   };
-  for (size_t i = 0; i < sizeof xent_cases / sizeof xent_cases[0]; i++) xent_case(&xent_cases[i]);
-  sumsq_clip_test();
-  const enum clip_use clip_uses[3] = {CLIP_ACTIVE, CLIP_INACTIVE, CLIP_NONE};
-  for (int i = 0; i < 3; i++) {
-    adamw_test(clip_uses[i], 0.0f);
-    adamw_test(clip_uses[i], 0.1f);
+  static const char *const xent_ops[] = {"xent_fwd", "xent_bwd", NULL};
+  for (size_t i = 0; i < sizeof xent_cases / sizeof xent_cases[0]; i++) {
+    const struct xent_case *c = &xent_cases[i];
+    char what[96];
+    snprintf(what, sizeof what, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
+             c->temperature, c->scale, (int)c->mask);
+    tu_for_each_backend(what, xent_ops, xent_case, (void *)c);
   }
+  static const char *const clip_ops[] = {"sumsq", "clip_scale", NULL};
+  tu_for_each_backend("sumsq and clip_scale", clip_ops, sumsq_clip_test, NULL);
+  static const char *const adamw_ops[] = {"sumsq", "clip_scale", "adamw", NULL};
+  const enum clip_use clip_uses[3] = {CLIP_ACTIVE, CLIP_INACTIVE, CLIP_NONE};
+  for (int i = 0; i < 3; i++)
+    for (int wd = 0; wd < 2; wd++) {
+      struct adamw_run run = {clip_uses[i], wd ? 0.1f : 0.0f};
+      char what[64];
+      snprintf(what, sizeof what, "adamw clip %d wd %.1f", (int)run.clip_use, run.weight_decay);
+      tu_for_each_backend(what, adamw_ops, adamw_test, &run);
+    }
   return tu_finish();
 }

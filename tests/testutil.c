@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codelets/codelets.h"
 #include "eellm.h"
 
 static int passed, failed;
@@ -134,8 +135,136 @@ double *tu_to_f64(const float *x, size_t n) {
   return d;
 }
 
+/* ---- backends ---------------------------------------------------------------- */
+
+struct backend {
+  const char *name;
+  uint32_t where;
+};
+
+/* cpu's results of the current case, in check order, for the other backends. */
+struct cpu_result {
+  char *what;
+  float *got;
+  size_t n;
+};
+static struct cpu_result *cpu_results;
+static size_t n_cpu_results, next_cpu_result;
+static int backend_index = -1; /* -1: outside tu_for_each_backend */
+static const char *backend_label = "cpu";
+
+const char *tu_backend_name(void) { return backend_label; }
+
+/* "[cpu] " inside tu_for_each_backend, "" outside: for FAIL lines. */
+static const char *tag(void) {
+  static char text[32];
+  if (backend_index < 0) return "";
+  snprintf(text, sizeof text, "[%s] ", backend_label);
+  return text;
+}
+
+static size_t list_backends(struct backend *b) {
+  size_t n = 0;
+  b[n++] = (struct backend){"cpu", STARPU_CPU};
+  if (starpu_cuda_worker_get_count() > 0) b[n++] = (struct backend){"cuda", STARPU_CUDA};
+  return n;
+}
+
+static void forget_cpu_results(void) {
+  for (size_t i = 0; i < n_cpu_results; i++) {
+    free(cpu_results[i].what);
+    free(cpu_results[i].got);
+  }
+  free(cpu_results);
+  cpu_results = NULL;
+  n_cpu_results = next_cpu_result = 0;
+}
+
+void tu_for_each_backend(const char *what, const char *const *ops,
+                         void (*run)(const struct eellm_task_info *info, void *ctx), void *ctx) {
+  static int listed;
+  struct backend backends[2];
+  size_t n = list_backends(backends);
+  if (!listed) {
+    printf("backends:");
+    for (size_t b = 0; b < n; b++) printf(" %s", backends[b].name);
+    printf("\n");
+    listed = 1;
+  }
+  uint64_t rng_start = rng_state;
+  for (size_t b = 0; b < n; b++) {
+    const char *missing = NULL;
+    for (const char *const *op = ops; *op && !missing; op++)
+      if (!(eellm_codelet_archs(*op) & backends[b].where)) missing = *op;
+    printf("[%s] %s:", backends[b].name, what);
+    for (const char *const *op = ops; *op; op++) printf(" %s", *op);
+    if (missing) {
+      printf(" (skipped: %s has no %s implementation)\n", missing, backends[b].name);
+      continue;
+    }
+    printf("%s\n", b == 0 ? "" : " (and against cpu)");
+    struct eellm_task_info info = eellm_task_default;
+    info.where = backends[b].where;
+    rng_state = rng_start;
+    backend_index = (int)b;
+    backend_label = backends[b].name;
+    next_cpu_result = 0;
+    run(&info, ctx);
+  }
+  backend_index = -1;
+  backend_label = "cpu";
+  forget_cpu_results();
+}
+
+/* On cpu inside the loop, keeps a copy of got; on another backend, compares got
+ * with the copy cpu kept for the same check. */
+static void against_cpu(const char *what, const float *got, size_t n, double rtol, double atol) {
+  if (backend_index == 0) {
+    struct cpu_result *grown = realloc(cpu_results, (n_cpu_results + 1) * sizeof *grown);
+    float *copy = malloc((n ? n : 1) * sizeof *copy);
+    char *label = strdup(what);
+    if (!grown || !copy || !label) {
+      fprintf(stderr, "testutil: out of memory\n");
+      exit(1);
+    }
+    if (n) memcpy(copy, got, n * sizeof *copy);
+    cpu_results = grown;
+    cpu_results[n_cpu_results++] = (struct cpu_result){label, copy, n};
+    return;
+  }
+  if (backend_index < 0) return;
+  const struct cpu_result *c = next_cpu_result < n_cpu_results ? &cpu_results[next_cpu_result] : NULL;
+  next_cpu_result++;
+  if (!c || c->n != n || strcmp(c->what, what) != 0) {
+    printf("FAIL [%s] %s: no matching cpu check to compare with\n", backend_label, what);
+    failed++;
+    return;
+  }
+  double worst = 0;
+  size_t worst_i = 0;
+  int ok = 1;
+  for (size_t i = 0; i < n; i++) {
+    double err = fabs((double)got[i] - c->got[i]);
+    if (!(err <= atol + rtol * fabs(c->got[i]))) ok = 0;
+    if (!(err <= worst)) {
+      worst = err;
+      worst_i = i;
+    }
+  }
+  printf("  [%s vs cpu] %-52s max abs diff %.2e\n", backend_label, what, worst);
+  if (!ok) {
+    printf("FAIL [%s vs cpu] %s: element %zu got %.9g cpu %.9g (rtol %g atol %g)\n",
+           backend_label, what, worst_i, (double)got[worst_i], (double)c->got[worst_i], rtol,
+           atol);
+    failed++;
+  } else {
+    passed++;
+  }
+}
+
 int tu_check(const char *what, const float *got, const double *want, size_t n, double rtol,
              double atol) {
+  against_cpu(what, got, n, rtol, atol);
   size_t worst = 0;
   double worst_excess = -1;
   for (size_t i = 0; i < n; i++) {
@@ -148,7 +277,7 @@ int tu_check(const char *what, const float *got, const double *want, size_t n, d
     }
   }
   if (n > 0 && worst_excess > 0) {
-    printf("FAIL %s: element %zu got %.9g want %.9g (rtol %g atol %g)\n", what, worst,
+    printf("FAIL %s%s: element %zu got %.9g want %.9g (rtol %g atol %g)\n", tag(), what, worst,
            (double)got[worst], want[worst], rtol, atol);
     failed++;
     return 0;
@@ -161,7 +290,7 @@ int tu_ok(int cond, const char *what) {
   if (cond) {
     passed++;
   } else {
-    printf("FAIL %s\n", what);
+    printf("FAIL %s%s\n", tag(), what);
     failed++;
   }
   return cond;

@@ -1,6 +1,7 @@
 /* Helpers shared by eellm's C tests: StarPU start-up, handles over host arrays,
  * random data, tolerance checks against double-precision references, central
- * finite differences, and the closing "N passed, N failed" line. */
+ * finite differences, a loop over the backends (architectures) the codelets
+ * run on, and the closing "N passed, N failed" line. */
 #ifndef EELLM_TESTUTIL_H
 #define EELLM_TESTUTIL_H
 
@@ -44,6 +45,22 @@ const char *tu_tempdir(void);
 /* Double-precision reference of RoPE (Hugging Face rotate-half: pairs (i, i + hd/2),
  * angle pos * theta^(-2i/hd)) on one head vector x [hd], in place. */
 void tu_ref_rope(double *x, size_t pos, size_t hd, double theta);
+
+/* ---- backends -------------------------------------------------------------
+ * The backends of this build: cpu first, then cuda when StarPU has CUDA workers.
+ * tu_for_each_backend runs run(info, ctx) once per backend that implements every
+ * codelet named in ops (task names, NULL-terminated), `info` pinning the tasks to
+ * that backend (struct eellm_task_info's where), with the random numbers rewound
+ * so that every backend gets the same inputs. On cpu the checks are those of the
+ * test (double-precision references, finite differences); on another backend
+ * every tu_check is made as well and, as in ggml's test-backend-ops, compared
+ * with the same check's cpu result within the same tolerance. Prints the
+ * backends once ("backends: cpu") and a line per case and backend. */
+struct eellm_task_info;
+void tu_for_each_backend(const char *what, const char *const *ops,
+                         void (*run)(const struct eellm_task_info *info, void *ctx), void *ctx);
+/* The backend being run ("cpu" outside tu_for_each_backend), for labels. */
+const char *tu_backend_name(void);
 
 /* Central finite difference of f at x[i] in double precision, step h. */
 double tu_fd(double (*f)(void *ctx), void *ctx, double *x, size_t i, double h);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "codelets/codelets.h"
 #include "runtime/engine/mpi.h"
 
 int eellm_mpi_start_starpu(struct starpu_conf *conf, char *err, size_t errlen);
@@ -36,6 +37,7 @@ int eellm_runtime_start(char *err, size_t errlen) {
 }
 
 void eellm_runtime_stop(void) {
+  if (started) eellm_codelets_stop(); /* the codelets' scratch buffers */
   if (eellm_mpi_active())
     eellm_mpi_stop(started);
   else if (started)

@@ -1,0 +1,67 @@
+/* Softmax cross-entropy over the vocabulary with a loss mask and a temperature. */
+#include <math.h>
+
+#include "kernels.h"
+
+static float row_max(const float *z, size_t V) {
+  float max = z[0];
+  for (size_t j = 1; j < V; j++) max = z[j] > max ? z[j] : max;
+  return max;
+}
+
+/* Sum over j of exp((z_j - max) / T): the softmax denominator, shifted by max / T. */
+static double shifted_exp_sum(const float *z, size_t V, float max, float inv_temp) {
+  double sum = 0;
+  for (size_t j = 0; j < V; j++) sum += expf((z[j] - max) * inv_temp);
+  return sum;
+}
+
+void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
+                        const int32_t *targets, const float *mask, float temperature,
+                        double *stats) {
+  float inv_temp = 1.0f / temperature;
+  double loss = 0, count = 0;
+  for (size_t r = 0; r < n; r++) {
+    if (mask[r] == 0) continue;
+    const float *z = logits + r * ld;
+    eellm_cpu_check_index("cross-entropy target", targets[r], V);
+    float max = row_max(z, V);
+    /* -log softmax(z / T)[t] = log(sum_j exp((z_j - max) / T)) + (max - z_t) / T */
+    double row_loss = log(shifted_exp_sum(z, V, max, inv_temp)) +
+                      ((double)max - z[targets[r]]) / temperature;
+    loss += mask[r] * row_loss;
+    count += mask[r];
+  }
+  stats[0] = loss;
+  stats[1] = count;
+}
+
+/* dz [V] = coef * (softmax(z / T) - onehot(target)). */
+static void xent_row_grad(const float *z, size_t V, int32_t target, float inv_temp, double coef,
+                          float *dz) {
+  float max = row_max(z, V);
+  double sum = 0;
+  for (size_t j = 0; j < V; j++) {
+    dz[j] = expf((z[j] - max) * inv_temp);
+    sum += dz[j];
+  }
+  float prob_coef = (float)(coef / sum);
+  for (size_t j = 0; j < V; j++) dz[j] *= prob_coef;
+  dz[target] -= (float)coef;
+}
+
+void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                        const int32_t *targets, const float *mask, const double *stats,
+                        float scale, float temperature, float *dlogits, size_t ld_d) {
+  double count = stats[1];
+  for (size_t r = 0; r < n; r++) {
+    float *dz = dlogits + r * ld_d;
+    if (mask[r] == 0 || count == 0) {
+      for (size_t j = 0; j < V; j++) dz[j] = 0;
+      continue;
+    }
+    eellm_cpu_check_index("cross-entropy target", targets[r], V);
+    double coef = (double)scale * mask[r] / ((double)temperature * count);
+    xent_row_grad(logits + r * ld, V, targets[r], 1.0f / temperature, coef, dz);
+  }
+}

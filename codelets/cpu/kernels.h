@@ -1,0 +1,192 @@
+/* eellm's CPU kernels: the computation of every codelet as a plain C function
+ * on raw pointers, leading dimensions (ld, in elements), sizes and scalar
+ * parameters. No StarPU in here: the glue in codelets/<op>.c unpacks a task's
+ * buffers and calls these. A CUDA twin (codelets/cuda/, prefix eellm_cuda_)
+ * implements the same signatures on device pointers.
+ *
+ * Conventions: float32 row-major matrices [rows, cols] with row stride ld >=
+ * cols; int32 token ids, positions and indices. A kernel allocates nothing:
+ * what it needs beyond its operands is a `work` pointer the caller provides,
+ * of the size the matching *_work_bytes function gives (the glue passes a
+ * StarPU scratch buffer). Optional operands are NULL. beta_dx: 0 overwrites
+ * the gradient (which may hold garbage, even NaN), 1 adds to it. Kernels abort
+ * with a message on an index outside its table (a token id, a position, a row).
+ */
+#ifndef EELLM_CPU_KERNELS_H
+#define EELLM_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../types.h"
+
+/* ---- embedding.c --------------------------------------------------------- */
+
+/* out [n, dim] = wte [vocab, dim] row tokens[r] (+ wpe [context, dim] row p(r)),
+ * p(r) = positions[r], or r % seq_len when positions is NULL. wpe NULL: no
+ * learned positions (RoPE models). */
+void eellm_cpu_embed_fwd(size_t n, size_t dim, const int32_t *tokens, const int32_t *positions,
+                         size_t seq_len, const float *wte, size_t ld_wte, size_t vocab,
+                         const float *wpe, size_t ld_wpe, size_t context, float *out,
+                         size_t ld_out);
+/* dwte [vocab, dim] row tokens[r] += dout [n, dim] row r; dwpe [., dim] row
+ * r % seq_len += the same (if non-NULL). Rows sharing a token add in turn. */
+void eellm_cpu_embed_bwd(size_t n, size_t dim, const int32_t *tokens, size_t seq_len,
+                         const float *dout, size_t ld_dout, float *dwte, size_t ld_dwte,
+                         size_t vocab, float *dwpe, size_t ld_dwpe);
+
+/* ---- norm.c -------------------------------------------------------------- */
+
+/* x [n, dim], gain [dim], bias [dim] or NULL -> y [n, dim], stats [n, 2] = (mean,
+ * 1/std) per row, in double inside (rmsnorm: mean 0, 1/sqrt(mean(x^2) + eps)). */
+void eellm_cpu_norm_fwd(size_t n, size_t dim, enum eellm_norm_kind kind, float eps,
+                        const float *x, size_t ld_x, const float *gain, const float *bias,
+                        float *y, size_t ld_y, float *stats, size_t ld_stats);
+/* dx [n, dim] (beta_dx) from x, gain, stats [n, 2] and dy [n, dim];
+ * dgain [dim] += sum_r dy * xhat, dbias [dim] += column sums of dy (each if
+ * non-NULL), summed in double in `work`. */
+size_t eellm_cpu_norm_bwd_work_bytes(size_t dim, int has_dgain, int has_dbias);
+void eellm_cpu_norm_bwd(size_t n, size_t dim, enum eellm_norm_kind kind, int beta_dx,
+                        const float *x, size_t ld_x, const float *gain, const float *stats,
+                        size_t ld_stats, const float *dy, size_t ld_dy, float *dx, size_t ld_dx,
+                        float *dgain, float *dbias, void *work);
+
+/* ---- linear.c ------------------------------------------------------------ */
+
+/* y [n, m] = x [n, k] @ W (+ b [m]) (+ res [n, m]); W is [k, m], or [m, k] used
+ * transposed with transpose_w. b, res may be NULL. */
+void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const float *x,
+                          size_t ld_x, const float *w, size_t ld_w, const float *b,
+                          const float *res, size_t ld_res, float *y, size_t ld_y);
+/* dx [n, k] = dy [n, m] @ W^T (beta_dx; NULL: not wanted); dW += x^T @ dy
+ * (dy^T @ x with transpose_w; NULL: frozen); db [m] += column sums of dy
+ * (NULL: no bias), summed in double in `work`. */
+size_t eellm_cpu_linear_bwd_work_bytes(size_t m, int has_db);
+void eellm_cpu_linear_bwd(size_t n, size_t k, size_t m, int transpose_w, int beta_dx,
+                          const float *x, size_t ld_x, const float *w, size_t ld_w,
+                          const float *dy, size_t ld_dy, float *dx, size_t ld_dx, float *dw,
+                          size_t ld_dw, float *db, void *work);
+/* dst [cols] += column sums of a [rows, cols], each summed in double in
+ * sums [cols] (work). The bias gradients of linear and layernorm. */
+void eellm_cpu_add_column_sums(size_t rows, size_t cols, const float *a, size_t ld_a, float *dst,
+                               double *sums);
+
+/* ---- activation.c -------------------------------------------------------- */
+
+/* GELU (tanh approximation): h [n, width] -> a [n, width];
+ * SwiGLU: h [n, 2 width] = gate | up -> a [n, width] = silu(gate) * up. */
+void eellm_cpu_activation_fwd(size_t n, size_t width, enum eellm_activation act, const float *h,
+                              size_t ld_h, float *a, size_t ld_a);
+/* dh [n, width] (GELU) or [n, 2 width] = dgate | dup (SwiGLU), beta_dx, from h
+ * and da [n, width]. */
+void eellm_cpu_activation_bwd(size_t n, size_t width, enum eellm_activation act, int beta_dx,
+                              const float *h, size_t ld_h, const float *da, size_t ld_da,
+                              float *dh, size_t ld_dh);
+
+/* ---- attention.c: RoPE, causal softmax, attention ----------------------- */
+
+/* RoPE, Hugging Face "rotate half": pairs (i, i + hd/2), angle pos * theta^(-2i/hd).
+ * cos_t, sin_t [n_pos, hd/2]: row p holds the angles of position pos0 + p. */
+void eellm_cpu_rope_table(float *cos_t, float *sin_t, size_t pos0, size_t n_pos, size_t hd,
+                          float theta);
+/* y [n, hd] (ld_y) = x [n, hd] (ld_x) rotated, row r by table row r * ld_cs
+ * (ld_cs = hd/2: one position per row; 0: every row at table row 0). */
+void eellm_cpu_rope_rotate(size_t n, size_t hd, const float *x, size_t ld_x, float *y,
+                           size_t ld_y, const float *cos_t, const float *sin_t, size_t ld_cs);
+/* dx [n, hd] (ld_dx) = R^T dy [n, hd] (ld_dy), written or (accumulate) added:
+ * the transpose of a rotation is the rotation by the opposite angle. */
+void eellm_cpu_rope_unrotate(size_t n, size_t hd, const float *dy, size_t ld_dy, float *dx,
+                             size_t ld_dx, int accumulate, const float *cos_t, const float *sin_t,
+                             size_t ld_cs);
+/* scores [rows, keys] (ld_s) -> causal probabilities in place: row r is a
+ * softmax over its first first_seen + r entries, zero after. lse [r * ld_lse]
+ * = the log-sum-exp of those entries (lse may be NULL). */
+void eellm_cpu_causal_softmax(size_t rows, size_t keys, size_t first_seen, float *scores,
+                              size_t ld_s, float *lse, size_t ld_lse);
+/* One head of causal attention for a block of query rows: scores [rows, keys]
+ * (work, ld keys) = q [rows, hd] k [keys, hd]^T / sqrt(hd), causal softmax
+ * (row r sees keys 0 .. first_seen + r - 1; lse as above, may be NULL), then
+ * out [rows, hd] = P v [keys, hd]. The training forward (a whole sequence:
+ * first_seen 1) and the cached attention (new rows after first_seen - 1 cached
+ * keys) both run this. */
+void eellm_cpu_attend(size_t rows, size_t keys, size_t first_seen, size_t hd, const float *q,
+                      size_t ld_q, const float *k, size_t ld_k, const float *v, size_t ld_v,
+                      float *out, size_t ld_out, float *scores, float *lse, size_t ld_lse);
+
+/* Causal multi-head self-attention on packed qkv [n_seq * T, 3D] (per row
+ * q | k | v, head h in columns h*hd .. h*hd+hd-1 of each third, D = H * hd);
+ * out [n_seq * T, D]; lse [n_seq * T, H], kept for backward; rope != 0 rotates
+ * q and k at positions 0 .. T-1 of each sequence (hd even). */
+size_t eellm_cpu_attention_work_bytes(size_t T, size_t hd, int rope, int backward);
+void eellm_cpu_attention_fwd(size_t n_seq, size_t T, size_t H, size_t hd, int rope,
+                             float rope_theta, const float *qkv, size_t ld_qkv, float *out,
+                             size_t ld_out, float *lse, size_t ld_lse, void *work);
+/* dqkv [n_seq * T, 3D] (beta_dx) from qkv, lse and dout [n_seq * T, D]. */
+void eellm_cpu_attention_bwd(size_t n_seq, size_t T, size_t H, size_t hd, int rope,
+                             float rope_theta, int beta_dx, const float *qkv, size_t ld_qkv,
+                             const float *lse, size_t ld_lse, const float *dout, size_t ld_dout,
+                             float *dqkv, size_t ld_dqkv, void *work);
+
+/* Causal attention of n new rows over a key/value cache: qkv [n, 3D] as above;
+ * positions [n] and slots [n] say where each row is; cache [n_slots * capacity,
+ * 2D]: row s * capacity + p holds position p's key (RoPE-rotated at p when
+ * rope != 0) | value. Every new row's key and value are stored first; then row
+ * r attends to its slot's positions 0 .. positions[r]; out [n, D]. */
+size_t eellm_cpu_attention_cached_work_bytes(size_t n, size_t hd, size_t capacity);
+void eellm_cpu_attention_cached(size_t n, size_t H, size_t hd, size_t capacity, size_t n_slots,
+                                int rope, float rope_theta, const float *qkv, size_t ld_qkv,
+                                const int32_t *positions, const int32_t *slots, float *cache,
+                                size_t ld_cache, float *out, size_t ld_out, void *work);
+
+/* ---- crossentropy.c ------------------------------------------------------ */
+
+/* logits [n, V], targets [n], mask [n] (0 or 1) -> stats [2] double:
+ * sum over masked rows of -log softmax(logits / temperature)[target], mask sum. */
+void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
+                        const int32_t *targets, const float *mask, float temperature,
+                        double *stats);
+/* dlogits [n, V] = scale * mask * (softmax(logits / T) - onehot) / (T * stats[1]);
+ * zero rows where the mask or stats[1] is 0. */
+void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                        const int32_t *targets, const float *mask, const double *stats,
+                        float scale, float temperature, float *dlogits, size_t ld_d);
+
+/* ---- optimizer.c --------------------------------------------------------- */
+
+/* Sum of squares of g [rows, cols], in double. */
+double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld);
+/* clip [2] = (sqrt(total), min(1, max_norm / (norm + 1e-6))); scale 1 when max_norm <= 0. */
+void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip);
+/* AdamW (torch.optim.AdamW) on p, g, m, v [rows, cols], each with its own ld;
+ * g is scaled by grad_scale first (the clip scale, or 1). */
+void eellm_cpu_adamw(size_t rows, size_t cols, float *p, size_t ld_p, const float *g,
+                     size_t ld_g, float *m, size_t ld_m, float *v, size_t ld_v,
+                     const struct eellm_adamw_step *hp, float grad_scale);
+
+/* ---- sample.c ------------------------------------------------------------ */
+
+/* logits [M, V], uniforms [M] in [0, 1) (NULL: greedy) -> choices [M], as
+ * eellm_insert_next_token documents. work: V entries when sampling. */
+size_t eellm_cpu_next_token_work_bytes(size_t V, int sampling);
+void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
+                          const float *uniforms, const struct eellm_sampling *s,
+                          struct eellm_token_choice *choices, void *work);
+
+/* ---- tensor.c: whole-tensor helpers, any element size ------------------- */
+
+/* t [rows, cols] of elemsize-byte elements, ld in elements: zero (padding kept). */
+void eellm_cpu_zero(size_t rows, size_t cols, size_t elemsize, void *t, size_t ld);
+/* dst [rows, cols] = src [rows, cols], elemsize-byte elements. */
+void eellm_cpu_copy(size_t rows, size_t cols, size_t elemsize, const void *src, size_t ld_src,
+                    void *dst, size_t ld_dst);
+/* dst [rows, cols] += alpha * src [rows, cols], floats. */
+void eellm_cpu_axpy(size_t rows, size_t cols, float alpha, const float *src, size_t ld_src,
+                    float *dst, size_t ld_dst);
+/* dst [m, dim] row r = src [n_src, dim] row index[r]. */
+void eellm_cpu_gather_rows(size_t m, size_t dim, const float *src, size_t ld_src, size_t n_src,
+                           const int32_t *index, float *dst, size_t ld_dst);
+
+/* Aborts with "eellm: <what> <i> outside 0..<n-1>" unless 0 <= i < n. */
+void eellm_cpu_check_index(const char *what, int32_t i, size_t n);
+
+#endif

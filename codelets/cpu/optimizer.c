@@ -1,0 +1,56 @@
+/* Gradient sums of squares, the global clip scale, and the AdamW update with
+ * PyTorch's torch.optim.AdamW semantics. */
+#include <math.h>
+
+#include "kernels.h"
+
+double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld) {
+  double sum = 0;
+  for (size_t r = 0; r < rows; r++) {
+    const float *row = g + r * ld;
+    for (size_t c = 0; c < cols; c++) sum += (double)row[c] * row[c];
+  }
+  return sum;
+}
+
+void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip) {
+  double norm = sqrt(total_sumsq);
+  double scale = 1;
+  if (max_norm > 0) scale = fmin(1.0, max_norm / (norm + 1e-6));
+  clip[0] = (float)norm;
+  clip[1] = (float)scale;
+}
+
+/* Per-step constants, computed in double as PyTorch does in Python. */
+struct adamw_consts {
+  float lr, beta1, beta2, eps, decay, step_size, bias2_sqrt, grad_scale;
+};
+
+static void adamw_elements(float *p, const float *g, float *m, float *v, size_t n,
+                           const struct adamw_consts *k) {
+  for (size_t i = 0; i < n; i++) {
+    float grad = g[i] * k->grad_scale;
+    m[i] = k->beta1 * m[i] + (1 - k->beta1) * grad;
+    v[i] = k->beta2 * v[i] + (1 - k->beta2) * grad * grad;
+    float denom = sqrtf(v[i]) / k->bias2_sqrt + k->eps;
+    p[i] = p[i] * k->decay - k->step_size * m[i] / denom;
+  }
+}
+
+void eellm_cpu_adamw(size_t rows, size_t cols, float *p, size_t ld_p, const float *g,
+                     size_t ld_g, float *m, size_t ld_m, float *v, size_t ld_v,
+                     const struct eellm_adamw_step *hp, float grad_scale) {
+  double bias1 = 1 - pow(hp->beta1, hp->step), bias2 = 1 - pow(hp->beta2, hp->step);
+  struct adamw_consts k = {
+      .lr = hp->lr,
+      .beta1 = hp->beta1,
+      .beta2 = hp->beta2,
+      .eps = hp->eps,
+      .decay = (float)(1 - (double)hp->lr * hp->weight_decay),
+      .step_size = (float)(hp->lr / bias1),
+      .bias2_sqrt = (float)sqrt(bias2),
+      .grad_scale = grad_scale,
+  };
+  for (size_t r = 0; r < rows; r++)
+    adamw_elements(p + r * ld_p, g + r * ld_g, m + r * ld_m, v + r * ld_v, cols, &k);
+}

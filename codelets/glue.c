@@ -1,0 +1,66 @@
+/* The glue's shared state: scratch handles by size, and the list of codelets
+ * (for eellm_codelet_archs). */
+#include "glue.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#define MIN_SCRATCH_LOG2 8 /* 256 bytes */
+#define N_SCRATCH 48
+
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static starpu_data_handle_t scratch[N_SCRATCH]; /* [c]: 2^c bytes */
+
+starpu_data_handle_t eellm_scratch(size_t bytes) {
+  unsigned c = MIN_SCRATCH_LOG2;
+  while (c < N_SCRATCH && ((size_t)1 << c) < bytes) c++;
+  if (c == N_SCRATCH) {
+    fprintf(stderr, "eellm: no scratch buffer of %zu bytes\n", bytes);
+    abort();
+  }
+  pthread_mutex_lock(&scratch_lock);
+  if (!scratch[c]) starpu_vector_data_register(&scratch[c], -1, 0, (uint32_t)1 << c, 1);
+  starpu_data_handle_t h = scratch[c];
+  pthread_mutex_unlock(&scratch_lock);
+  return h;
+}
+
+void eellm_codelets_stop(void) {
+  pthread_mutex_lock(&scratch_lock);
+  int any = 0;
+  for (unsigned c = 0; c < N_SCRATCH; c++) any |= scratch[c] != NULL;
+  /* Scratch accesses are no dependencies: wait for the tasks that may use one. */
+  if (any) starpu_task_wait_for_all();
+  for (unsigned c = 0; c < N_SCRATCH; c++)
+    if (scratch[c]) {
+      starpu_data_unregister(scratch[c]);
+      scratch[c] = NULL;
+    }
+  pthread_mutex_unlock(&scratch_lock);
+}
+
+#define MAX_CODELETS 64
+static struct starpu_codelet *listed[MAX_CODELETS];
+static int n_listed;
+
+void eellm_codelet_list(struct starpu_codelet *cl) {
+  if (n_listed == MAX_CODELETS) {
+    fprintf(stderr, "eellm: more than %d codelets\n", MAX_CODELETS);
+    abort();
+  }
+  listed[n_listed++] = cl;
+}
+
+uint32_t eellm_codelet_implements(const struct starpu_codelet *cl) {
+  uint32_t where = 0;
+  if (cl->cpu_funcs[0]) where |= STARPU_CPU;
+  if (cl->cuda_funcs[0]) where |= STARPU_CUDA;
+  if (cl->opencl_funcs[0]) where |= STARPU_OPENCL;
+  return where;
+}
+
+uint32_t eellm_codelet_archs(const char *name) {
+  for (int i = 0; i < n_listed; i++)
+    if (strcmp(listed[i]->name, name) == 0) return eellm_codelet_implements(listed[i]);
+  return 0;
+}

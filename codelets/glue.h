@@ -1,0 +1,76 @@
+/* What the glue files codelets/<op>.c share (private to codelets/): declaring a
+ * codelet with its perf model, seeing a matrix or vector buffer as rows, and
+ * scratch buffers for the kernels' work space. */
+#ifndef EELLM_CODELETS_GLUE_H
+#define EELLM_CODELETS_GLUE_H
+
+#include <starpu.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "codelets.h"
+#include "cpu/kernels.h"
+
+/* The architectures (STARPU_CPU, STARPU_CUDA, ...) cl has implementations for. */
+uint32_t eellm_codelet_implements(const struct starpu_codelet *cl);
+
+/* Lists a codelet so that eellm_codelet_archs finds it by name (EELLM_CODELET
+ * does it at load time). */
+void eellm_codelet_list(struct starpu_codelet *cl);
+
+/* Defines `static struct starpu_codelet op##_cl` running op##_cpu (a function of
+ * the glue file: unpack the buffers, call the kernel), with a history-based perf
+ * model "eellm_<op>" and the task name "<op>", on a variable number of buffers. */
+#define EELLM_CODELET(op)                                                                  \
+  static void op##_cpu(void *buffers[], void *cl_arg);                                     \
+  static struct starpu_perfmodel op##_model = {.type = STARPU_HISTORY_BASED,               \
+                                               .symbol = "eellm_" #op};                   \
+  static struct starpu_codelet op##_cl = {.cpu_funcs = {op##_cpu},                         \
+                                          .cpu_funcs_name = {#op "_cpu"},                  \
+                                          .nbuffers = STARPU_VARIABLE_NBUFFERS,            \
+                                          .model = &op##_model,                            \
+                                          .name = #op};                                    \
+  __attribute__((constructor)) static void op##_listed(void) { eellm_codelet_list(&op##_cl); }
+
+/* A matrix or vector buffer seen as rows x cols elements of elemsize bytes,
+ * rows ld elements apart; a vector is one row. */
+struct eellm_tensor_view {
+  char *ptr;
+  size_t rows, cols, ld, elemsize;
+};
+
+static inline struct eellm_tensor_view eellm_tensor_view(void *buffer) {
+  /* Every StarPU interface struct starts with its interface id. */
+  enum starpu_data_interface_id id = *(enum starpu_data_interface_id *)buffer;
+  if (id == STARPU_VECTOR_INTERFACE_ID) {
+    size_t n = STARPU_VECTOR_GET_NX(buffer);
+    return (struct eellm_tensor_view){(char *)STARPU_VECTOR_GET_PTR(buffer), 1, n, n,
+                                      STARPU_VECTOR_GET_ELEMSIZE(buffer)};
+  }
+  if (id == STARPU_MATRIX_INTERFACE_ID)
+    return (struct eellm_tensor_view){
+        (char *)STARPU_MATRIX_GET_PTR(buffer), STARPU_MATRIX_GET_NY(buffer),
+        STARPU_MATRIX_GET_NX(buffer), STARPU_MATRIX_GET_LD(buffer),
+        STARPU_MATRIX_GET_ELEMSIZE(buffer)};
+  fprintf(stderr, "eellm: codelet given neither a matrix nor a vector (interface %d)\n", (int)id);
+  abort();
+}
+
+/* A scratch handle of at least `bytes` bytes (bytes > 0), to pass as a task's
+ * last buffer in mode STARPU_SCRATCH; the kernel finds its work space at
+ * STARPU_VECTOR_GET_PTR. One handle per power-of-two size, registered on first
+ * use with home node -1 (no memory of the application's) in this process only:
+ * StarPU allocates one buffer per worker (per device memory for GPUs) when a
+ * task first needs it and keeps it for the next tasks; scratch accesses create
+ * no dependencies and, under StarPU-MPI, no transfers (SCRATCH is neither R nor
+ * W), so no rank needs to know the handle. eellm_codelets_stop unregisters them. */
+starpu_data_handle_t eellm_scratch(size_t bytes);
+
+/* buffers[n] = a scratch of `bytes` bytes when bytes > 0; returns the new count. */
+static inline int eellm_add_scratch(struct starpu_data_descr *buffers, int n, size_t bytes) {
+  if (bytes == 0) return n;
+  buffers[n] = (struct starpu_data_descr){eellm_scratch(bytes), STARPU_SCRATCH};
+  return n + 1;
+}
+
+#endif

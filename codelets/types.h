@@ -1,0 +1,31 @@
+/* Plain C types shared by the codelet wrappers (codelets.h) and the kernels
+ * (cpu/kernels.h): no StarPU in here, so a kernel source needs none either. */
+#ifndef EELLM_CODELET_TYPES_H
+#define EELLM_CODELET_TYPES_H
+
+#include <stdint.h>
+
+enum eellm_norm_kind { EELLM_LAYERNORM = 0, EELLM_RMSNORM = 1 };
+
+enum eellm_activation { EELLM_GELU = 0, EELLM_SWIGLU = 1 };
+
+struct eellm_adamw_step {
+  float lr, beta1, beta2, eps, weight_decay;
+  unsigned step; /* 1-based, for bias correction */
+};
+
+/* One row's outcome of eellm_insert_next_token (see codelets.h). */
+struct eellm_token_choice {
+  int32_t token;
+  float confidence, logprob, unused;
+};
+
+struct eellm_sampling {
+  float exit_temperature;
+  int entropy_rule;
+  float temperature; /* 0: greedy */
+  unsigned top_k;
+  float top_p;
+};
+
+#endif
