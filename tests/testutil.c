@@ -9,13 +9,14 @@
 
 #include "codelets/codelets.h"
 #include "eellm.h"
+#include "runtime/engine/splitmix.h"
 
 static int passed, failed;
 static starpu_data_handle_t handles[4096];
 static size_t n_handles;
 static void *allocations[4096];
 static size_t n_allocations;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng_state = EELLM_SPLITMIX64_GAMMA;
 static char tempdirs[16][32];
 static size_t n_tempdirs;
 
@@ -102,14 +103,10 @@ void tu_sync_all(void) {
   n_handles = 0;
 }
 
-void tu_seed(uint64_t seed) { rng_state = seed * 0x9e3779b97f4a7c15ull + 1; }
+void tu_seed(uint64_t seed) { rng_state = seed * EELLM_SPLITMIX64_GAMMA + 1; }
 
 double tu_uniform(double lo, double hi) {
-  /* splitmix64 */
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
+  uint64_t z = eellm_splitmix64_next(&rng_state);
   return lo + (hi - lo) * (double)(z >> 11) / 9007199254740992.0;
 }
 

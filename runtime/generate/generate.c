@@ -70,8 +70,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->n_layers = spec->n_layers;
   g->d_model = spec->d_model;
   g->vocab = spec->vocab_size;
-  g->pools[0] = eellm_pool_new(0);
-  g->pools[1] = eellm_pool_new(0);
+  g->pools[0] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
+  g->pools[1] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
   if (!g->pools[0] || !g->pools[1] || build_caches(g) != 0) {
     snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
     goto fail;
