@@ -52,6 +52,7 @@ static void stages(const Eellm__Model *spec) {
 }
 
 int main(void) {
+  tu_start();
   char err[256];
   Eellm__Model *spec = eellm_model_spec_load("examples/default.txtpb", err, sizeof err);
   if (!spec) {
