@@ -100,8 +100,13 @@ EELLM_API double eellm_model_spec_exit_flops(const Eellm__Model *spec, unsigned 
                                              unsigned seq_len);
 /* Splits the layers into pp stages: stage_layers[s] layers on stage s. Uses the
  * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
- * (on the stage their placement puts them) and the embedding / final head included. */
-EELLM_API void eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
+ * (on the stage their placement puts them) and the embedding / final head included:
+ * the contiguous split whose most expensive stage is cheapest, ties going to the
+ * longest last stage, then recursively the same for the stages before it. Time
+ * O(n_layers + n_exits + pp^2 log n_layers) for usual costs (at most 64 times the
+ * last term), memory O(n_layers). Returns 0, or -1 (stage_layers untouched) when
+ * pp is outside 1..n_layers or memory runs out. */
+EELLM_API int eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
                                             const uint32_t *given, size_t n_given,
                                             unsigned *stage_layers);
 
