@@ -32,7 +32,7 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
   unsigned pp = layout.pp;
   *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
-  if (pp < 1 || pp > spec->n_layers || layout.tp != 1 || layout.dp != 1 ||
+  if (pp < 1 || pp > spec->n_layers || pp > EELLM_MAX_STAGES || layout.tp != 1 || layout.dp != 1 ||
       (n_ranks > 0 && (unsigned)n_ranks != pp)) {
     snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
              n_ranks > 0 ? n_ranks : 1);

@@ -160,7 +160,7 @@ static double least_bottleneck(const double *prefix, unsigned e, unsigned parts,
 int eellm_model_spec_stage_split(const Eellm__Model *m, unsigned pp, const uint32_t *given,
                                  size_t n_given, unsigned *stage_layers) {
   unsigned n = m->n_layers;
-  if (pp < 1 || pp > n) return -1;
+  if (pp < 1 || pp > n || pp > EELLM_MAX_STAGES || n > EELLM_MAX_LAYERS) return -1;
   if (n_given > 0) {
     for (unsigned s = 0; s < pp; s++) stage_layers[s] = given[s];
     return 0;

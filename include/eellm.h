@@ -105,7 +105,8 @@ EELLM_API double eellm_model_spec_exit_flops(const Eellm__Model *spec, unsigned 
  * longest last stage, then recursively the same for the stages before it. Time
  * O(n_layers + n_exits + pp^2 log n_layers) for usual costs (at most 64 times the
  * last term), memory O(n_layers). Returns 0, or -1 (stage_layers untouched) when
- * pp is outside 1..n_layers or memory runs out. */
+ * pp is outside 1..n_layers or above EELLM_MAX_STAGES, n_layers is above
+ * EELLM_MAX_LAYERS, or memory runs out. */
 EELLM_API int eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
                                             const uint32_t *given, size_t n_given,
                                             unsigned *stage_layers);

@@ -181,6 +181,11 @@ static void split_at_the_limits(void) {
   tu_ok(eellm_model_spec_stage_split(&m, 0, NULL, 0, split) == -1 &&
             eellm_model_spec_stage_split(&m, m.n_layers + 1, NULL, 0, split) == -1,
         "stage split: pp outside 1..n_layers refused");
+  tu_ok(eellm_model_spec_stage_split(&m, EELLM_MAX_STAGES + 1, NULL, 0, split) == -1,
+        "stage split: more than EELLM_MAX_STAGES stages refused");
+  m.n_layers = EELLM_MAX_LAYERS + 1;
+  tu_ok(eellm_model_spec_stage_split(&m, 2, NULL, 0, split) == -1,
+        "stage split: more than EELLM_MAX_LAYERS layers refused (no allocation)");
   free(exits);
   free(ptrs);
 }
