@@ -109,11 +109,40 @@ static void print_exits(const Eellm__Model *m) {
   }
 }
 
-static void print_stages(const Eellm__Model *m, unsigned pp, const Eellm__Parallelism *par) {
+static int print_stages(const Eellm__Model *m, unsigned pp, const Eellm__Parallelism *par) {
+  unsigned n = m->n_layers;
   unsigned *split = calloc(pp, sizeof *split);
-  if (!split) return;
-  eellm_model_spec_stage_split(m, pp, par ? par->stage_layers : NULL, par ? par->n_stage_layers : 0,
-                               split);
+  unsigned *layer_stage = calloc(n, sizeof *layer_stage);
+  /* Exits by stage, in spec order within each: first[s] .. first[s + 1] of by_stage. */
+  unsigned *first_exit = calloc((size_t)pp + 1, sizeof *first_exit);
+  unsigned *by_stage = calloc(m->n_exits + 1, sizeof *by_stage);
+  unsigned *exit_stage = calloc(m->n_exits + 1, sizeof *exit_stage);
+  int ok = split && layer_stage && first_exit && by_stage && exit_stage &&
+           eellm_model_spec_stage_split(m, pp, par ? par->stage_layers : NULL,
+                                        par ? par->n_stage_layers : 0, split) == 0;
+  if (ok) {
+    for (unsigned s = 0, i = 0; s < pp; s++)
+      for (unsigned j = 0; j < split[s]; j++) layer_stage[i++] = s;
+    for (unsigned k = 0; k < m->n_exits; k++) {
+      const Eellm__Exit *e = m->exits[k];
+      unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer + 1 : e->layer;
+      exit_stage[k] = owner >= 1 && owner <= n ? layer_stage[owner - 1] : pp;
+      if (exit_stage[k] < pp) first_exit[exit_stage[k] + 1]++;
+    }
+    for (unsigned s = 0; s < pp; s++) first_exit[s + 1] += first_exit[s];
+    unsigned *fill = layer_stage; /* reused: next free slot of each stage */
+    for (unsigned s = 0; s < pp; s++) fill[s] = first_exit[s];
+    for (unsigned k = 0; k < m->n_exits; k++)
+      if (exit_stage[k] < pp) by_stage[fill[exit_stage[k]]++] = k;
+  }
+  if (!ok) {
+    free(split);
+    free(layer_stage);
+    free(first_exit);
+    free(by_stage);
+    free(exit_stage);
+    return -1;
+  }
   char p[32], f[32];
   printf("\npipeline stages (pp = %u%s)\n", pp,
          par && par->n_stage_layers ? ", split from the training spec" : ", balanced by FLOPs");
@@ -126,10 +155,8 @@ static void print_stages(const Eellm__Model *m, unsigned pp, const Eellm__Parall
     double params = split[s] * eellm_model_spec_layer_params(m);
     double flops = split[s] * eellm_model_spec_layer_flops(m, m->context_length);
     char exits[64] = "";
-    for (unsigned k = 0; k < m->n_exits; k++) {
-      const Eellm__Exit *e = m->exits[k];
-      unsigned owner = e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer + 1 : e->layer;
-      if (owner <= first || owner > last) continue;
+    for (unsigned x = first_exit[s]; x < first_exit[s + 1]; x++) {
+      unsigned k = by_stage[x];
       params += eellm_model_spec_exit_params(m, k);
       flops += eellm_model_spec_exit_flops(m, k, m->context_length);
       size_t used = strlen(exits);
@@ -147,6 +174,11 @@ static void print_stages(const Eellm__Model *m, unsigned pp, const Eellm__Parall
     first = last;
   }
   free(split);
+  free(layer_stage);
+  free(first_exit);
+  free(by_stage);
+  free(exit_stage);
+  return 0;
 }
 
 int cmd_model(int argc, char **argv) {
@@ -203,6 +235,10 @@ int cmd_model(int argc, char **argv) {
     fprintf(stderr, "eellm model: --pp %ld is larger than the %u layers of %s\n", pp, m->n_layers,
             path);
     status = 2;
+  } else if (pp > (long)EELLM_MAX_STAGES) {
+    fprintf(stderr, "eellm model: --pp %ld is more than the %u pipeline stages eellm runs\n", pp,
+            EELLM_MAX_STAGES);
+    status = 2;
   } else {
     struct eellm_model_spec_costs c;
     eellm_model_spec_costs(m, &c);
@@ -210,7 +246,11 @@ int cmd_model(int argc, char **argv) {
     print_params(m, &c);
     print_flops(m, &c);
     print_exits(m);
-    print_stages(m, (unsigned)pp, par && par->pp == pp ? par : NULL);
+    if (print_stages(m, (unsigned)pp, par && par->pp == pp ? par : NULL) != 0) {
+      snprintf(err, sizeof err, "out of memory splitting %u layers into %ld stages", m->n_layers,
+               pp);
+      status = 1;
+    }
   }
   if (status == 0 && encode_path &&
       eellm_spec_write_binary(encode_path, &m->base, err, sizeof err) != 0)

@@ -192,17 +192,18 @@ static void free_block(float *p, size_t n) {
   if (p) munmap(p, (n ? n : 1) * sizeof(float));
 }
 
-/* Exits in the order of the layer they read, for submission. */
-static void sort_exits(struct eellm_model *m) {
-  unsigned n = m->spec->n_exits;
-  for (unsigned i = 0; i < n; i++) m->exit_order[i] = i;
-  for (unsigned i = 1; i < n; i++)
-    for (unsigned j = i; j > 0 && m->exits[m->exit_order[j]].layer <
-                                       m->exits[m->exit_order[j - 1]].layer; j--) {
-      unsigned tmp = m->exit_order[j];
-      m->exit_order[j] = m->exit_order[j - 1];
-      m->exit_order[j - 1] = tmp;
-    }
+/* Exits in the order of the layer they read, for submission: one exit per
+ * layer (the spec check makes sure), so a pass over the layers. */
+static int sort_exits(struct eellm_model *m) {
+  unsigned n = m->spec->n_exits, n_layers = m->spec->n_layers;
+  unsigned *on_layer = calloc((size_t)n_layers + 1, sizeof *on_layer); /* 1 + exit, 0: none */
+  if (!on_layer) return -1;
+  for (unsigned k = 0; k < n; k++) on_layer[m->exits[k].layer] = k + 1;
+  unsigned next = 0;
+  for (unsigned l = 1; l <= n_layers; l++)
+    if (on_layer[l]) m->exit_order[next++] = on_layer[l] - 1;
+  free(on_layer);
+  return 0;
 }
 
 static Eellm__Model *copy_spec(const Eellm__Model *spec) {
@@ -258,7 +259,7 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
   if (!m->layers || !m->exits || !m->exit_order) goto oom;
   build_table(m);
-  sort_exits(m);
+  if (sort_exits(m) != 0) goto oom;
   m->params = alloc_block(m->n_params);
   m->grads = alloc_block(m->n_params);
   m->adam_m = alloc_block(m->n_params);
@@ -284,7 +285,10 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   eellm_mpi_register(m->clip_h, eellm_root_rank());
   return m;
 oom:
-  snprintf(err, errlen, "out of memory building the model (%zu parameters)", m->n_params);
+  snprintf(err, errlen,
+           "out of memory building the model: %zu parameters need %.1f GiB for weights, "
+           "gradients and AdamW moments",
+           m->n_params, 16.0 * m->n_params / (1024.0 * 1024 * 1024));
   eellm_model_destroy(m);
   return NULL;
 }

@@ -32,11 +32,25 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
   unsigned pp = layout.pp;
   *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
-  if (pp < 1 || pp > spec->n_layers || layout.tp != 1 || layout.dp != 1 ||
+  if (pp < 1 || pp > spec->n_layers || pp > EELLM_MAX_STAGES || layout.tp != 1 || layout.dp != 1 ||
       (n_ranks > 0 && (unsigned)n_ranks != pp)) {
     snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
              n_ranks > 0 ? n_ranks : 1);
     return -1;
+  }
+  if (n_stage_layers > 0) {
+    /* The API takes a split from anywhere: it must cover the layers exactly. */
+    uint64_t total = 0;
+    for (size_t st = 0; st < n_stage_layers; st++) total += stage_layers[st];
+    int zero = 0;
+    for (size_t st = 0; st < n_stage_layers; st++) zero |= stage_layers[st] == 0;
+    if (n_stage_layers != pp || zero || total != spec->n_layers) {
+      snprintf(err, errlen,
+               "stage_layers: %zu stages of %llu layers in all%s, expected %u stages of %u layers",
+               n_stage_layers, (unsigned long long)total, zero ? " (an empty stage)" : "", pp,
+               spec->n_layers);
+      return -1;
+    }
   }
   p->self = eellm_layout_coords(&layout, rank);
   unsigned *split = calloc(pp, sizeof *split);
@@ -49,7 +63,12 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
     snprintf(err, errlen, "out of memory placing %u layers", spec->n_layers);
     return -1;
   }
-  eellm_model_spec_stage_split(spec, pp, stage_layers, n_stage_layers, split);
+  if (eellm_model_spec_stage_split(spec, pp, stage_layers, n_stage_layers, split) != 0) {
+    free(split);
+    eellm_placement_free(p);
+    snprintf(err, errlen, "out of memory splitting %u layers into %u stages", spec->n_layers, pp);
+    return -1;
+  }
   for (unsigned st = 0, i = 0; st < pp; st++)
     for (unsigned j = 0; j < split[st]; j++) p->layer_stage[i++] = st;
   for (unsigned k = 0; k < spec->n_exits; k++)

@@ -49,7 +49,8 @@ unsigned eellm_exit_home_layer(const Eellm__Exit *e);
 /* Places spec's layers and exits on pp stages (stage_layers as in
  * eellm_model_spec_stage_split) for a run of n_ranks processes (0: one process, no MPI).
  * 0, or -1 with a one-line error (a rank count that does not match the layout,
- * a stage count out of 1..n_layers, out of memory). */
+ * a stage count out of 1..n_layers or above EELLM_MAX_STAGES, a given split
+ * that does not cover the layers, out of memory). */
 int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          struct eellm_layout layout, const uint32_t *stage_layers,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen);

@@ -1,6 +1,6 @@
 /* Parameter and FLOP accounting, and the split of layers into pipeline stages. */
-#include <float.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "eellm.h"
 #include "graph/model.h"
@@ -83,54 +83,110 @@ void eellm_model_spec_costs(const Eellm__Model *m, struct eellm_model_spec_costs
       m->n_layers * eellm_model_spec_layer_flops(m, m->context_length) + head_flops(m);
 }
 
-/* Forward FLOPs charged to layer i (0-based): the layer, the exits its stage
- * holds, and the final head on the last layer. */
-static double stage_unit_cost(const Eellm__Model *m, unsigned i) {
-  double cost = eellm_model_spec_layer_flops(m, m->context_length);
+/* prefix[i] = forward FLOPs of layers 0..i-1 (0-based), each layer charged
+ * with itself, the exits its stage holds (in spec order) and, the last one,
+ * the final head. */
+static void stage_prefix(const Eellm__Model *m, double *prefix) {
+  unsigned n = m->n_layers;
+  double *cost = prefix + 1;
+  double layer = eellm_model_spec_layer_flops(m, m->context_length);
+  for (unsigned i = 0; i < n; i++) cost[i] = layer;
   for (unsigned k = 0; k < m->n_exits; k++) {
-    if (eellm_exit_home_layer(m->exits[k]) == i)
-      cost += eellm_model_spec_exit_flops(m, k, m->context_length);
+    unsigned home = eellm_exit_home_layer(m->exits[k]);
+    if (home < n) cost[home] += eellm_model_spec_exit_flops(m, k, m->context_length);
   }
-  if (i == m->n_layers - 1) cost += head_flops(m);
-  return cost;
+  cost[n - 1] += head_flops(m);
+  prefix[0] = 0;
+  for (unsigned i = 0; i < n; i++) prefix[i + 1] = prefix[i] + cost[i];
 }
 
-void eellm_model_spec_stage_split(const Eellm__Model *m, unsigned pp, const uint32_t *given,
-                                  size_t n_given, unsigned *stage_layers) {
+/* Non-negative doubles order as their bit patterns. */
+static uint64_t bits_of(double x) {
+  uint64_t b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+static double double_of(uint64_t b) {
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+/* The cost of layers j..i-1, as the split compares it. Nondecreasing in i and
+ * nonincreasing in j, rounding included (prefix is nondecreasing). */
+static double span(const double *prefix, unsigned j, unsigned i) { return prefix[i] - prefix[j]; }
+
+/* Whether layers 0..e-1 split into at most `parts` runs (so into exactly
+ * `parts`, e >= parts) that each cost at most x: greedily, every run as long
+ * as x allows, its end found by bisection. O(parts log e). */
+static int fits(const double *prefix, unsigned e, unsigned parts, double x) {
+  unsigned j = 0, used = 0;
+  while (j < e) {
+    if (++used > parts || span(prefix, j, j + 1) > x) return 0;
+    unsigned lo = j + 1, hi = e; /* span(j, lo) <= x */
+    while (lo < hi) {
+      unsigned mid = lo + (hi - lo + 1) / 2;
+      if (span(prefix, j, mid) <= x) lo = mid;
+      else hi = mid - 1;
+    }
+    j = lo;
+  }
+  return 1;
+}
+
+/* The least bottleneck of layers 0..e-1 in `parts` runs, known to be at most
+ * hi (fits there): bisection over the bit patterns of doubles, at most 64 tries. */
+static double least_bottleneck(const double *prefix, unsigned e, unsigned parts, double hi) {
+  uint64_t lo_b = 0, hi_b = bits_of(hi);
+  while (lo_b < hi_b) {
+    uint64_t mid = lo_b + (hi_b - lo_b) / 2;
+    if (fits(prefix, e, parts, double_of(mid))) hi_b = mid;
+    else lo_b = mid + 1;
+  }
+  return double_of(hi_b);
+}
+
+/* The split used to be a dynamic programme over (stages, layers), O(pp n^2)
+ * time and O(pp n) memory: best[s][i], the least bottleneck of the first i
+ * layers in s + 1 stages, minimised max(best[s-1][j], span(j, i)) over j,
+ * keeping the smallest j among equals; the split was read back from the last
+ * stage. This computes the same split: span(j, e) falls and best[s-1][j] rises
+ * with j (rounding included), so the smallest minimising j is the smallest j
+ * with span(j, e) <= best[s][e] (the last stage as long as the bottleneck
+ * allows), but not below s. best[s][e] itself comes from bisection with a
+ * greedy test; going down the stages it can only fall, and one test says
+ * whether it did. tests/test_placement.c compares the two on random specs. */
+int eellm_model_spec_stage_split(const Eellm__Model *m, unsigned pp, const uint32_t *given,
+                                 size_t n_given, unsigned *stage_layers) {
   unsigned n = m->n_layers;
+  if (pp < 1 || pp > n || pp > EELLM_MAX_STAGES || n > EELLM_MAX_LAYERS) return -1;
   if (n_given > 0) {
     for (unsigned s = 0; s < pp; s++) stage_layers[s] = given[s];
-    return;
+    return 0;
   }
-  /* Contiguous partition minimising the most expensive stage: best[s][i] is
-   * the best bottleneck for the first i layers in s + 1 stages. */
-  double *prefix = calloc(n + 1, sizeof *prefix);
-  double *best = malloc(sizeof *best * pp * (n + 1));
-  unsigned *cut = malloc(sizeof *cut * pp * (n + 1));
-  if (!prefix || !best || !cut) abort();
-  for (unsigned i = 0; i < n; i++) prefix[i + 1] = prefix[i] + stage_unit_cost(m, i);
-  for (unsigned i = 0; i <= n; i++) best[i] = i ? prefix[i] : DBL_MAX;
-  for (unsigned s = 1; s < pp; s++)
-    for (unsigned i = 0; i <= n; i++) {
-      double b = DBL_MAX;
-      unsigned c = 0;
-      for (unsigned j = s; j < i; j++) {
-        double prev = best[(s - 1) * (n + 1) + j];
-        double here = prefix[i] - prefix[j];
-        double bottleneck = prev > here ? prev : here;
-        if (bottleneck < b) b = bottleneck, c = j;
-      }
-      best[s * (n + 1) + i] = b;
-      cut[s * (n + 1) + i] = c;
-    }
+  double *prefix = malloc(sizeof *prefix * ((size_t)n + 1));
+  if (!prefix) return -1;
+  stage_prefix(m, prefix);
   unsigned end = n;
+  double bottleneck = pp > 1 ? least_bottleneck(prefix, n, pp, prefix[n]) : prefix[n];
   for (unsigned s = pp - 1; s > 0; s--) {
-    unsigned start = cut[s * (n + 1) + end];
+    /* bottleneck = best[s][end]: the smallest start with span(start, end) <= it. */
+    unsigned lo = 0, hi = end - 1; /* span(end - 1, end) <= bottleneck */
+    while (lo < hi) {
+      unsigned mid = lo + (hi - lo) / 2;
+      if (span(prefix, mid, end) <= bottleneck) hi = mid;
+      else lo = mid + 1;
+    }
+    unsigned start = lo > s ? lo : s;
     stage_layers[s] = end - start;
     end = start;
+    if (s > 1 && bottleneck > 0) {
+      double below = double_of(bits_of(bottleneck) - 1);
+      if (fits(prefix, end, s, below)) bottleneck = least_bottleneck(prefix, end, s, below);
+    }
   }
   stage_layers[0] = end;
   free(prefix);
-  free(best);
-  free(cut);
+  return 0;
 }

@@ -40,6 +40,20 @@ EELLM_API void eellm_mpi_sum(double *values, int n);
 EELLM_API int eellm_mpi_max(int value);
 
 /* ---- specs --------------------------------------------------------------- */
+/* Limits the spec checks enforce (schemas/model.proto and train.proto document
+ * them): far above any model one machine trains, low enough that every size
+ * and product of spec values fits its type and every check runs in time and
+ * memory linear in the spec. */
+#define EELLM_MAX_VOCAB 65536u             /* vocab_size: token files store uint16 */
+#define EELLM_MAX_CONTEXT 1048576u         /* context_length: 2^20 tokens */
+#define EELLM_MAX_D_MODEL 65536u           /* d_model */
+#define EELLM_MAX_FFN_SIZE 1048576u        /* ffn_size: 2^20 */
+#define EELLM_MAX_LAYERS 65536u            /* n_layers (and so exits, one per layer) */
+#define EELLM_MAX_PARAMS 1099511627776.0   /* 2^40 parameters, exits included: 16 TiB of
+                                              weights, gradients and AdamW moments */
+#define EELLM_MAX_STAGES 1024u             /* parallelism.pp and `eellm model --pp` */
+#define EELLM_MAX_STEP_TOKENS 1073741824u  /* 2^30 tokens in a step's batch or a validation pass */
+
 /* Reads a model spec in protobuf text format (.txtpb) or binary (.pb) and
  * validates it. Returns NULL with a one-line error in err ("FILE:LINE:COL: field
  * 'exits[1].layer': ..."). Free with eellm_model_spec_free. */
@@ -86,8 +100,14 @@ EELLM_API double eellm_model_spec_exit_flops(const Eellm__Model *spec, unsigned 
                                              unsigned seq_len);
 /* Splits the layers into pp stages: stage_layers[s] layers on stage s. Uses the
  * explicit split when given (n_given > 0), else balances forward FLOPs, exit heads
- * (on the stage their placement puts them) and the embedding / final head included. */
-EELLM_API void eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
+ * (on the stage their placement puts them) and the embedding / final head included:
+ * the contiguous split whose most expensive stage is cheapest, ties going to the
+ * longest last stage, then recursively the same for the stages before it. Time
+ * O(n_layers + n_exits + pp^2 log n_layers) for usual costs (at most 64 times the
+ * last term), memory O(n_layers). Returns 0, or -1 (stage_layers untouched) when
+ * pp is outside 1..n_layers or above EELLM_MAX_STAGES, n_layers is above
+ * EELLM_MAX_LAYERS, or memory runs out. */
+EELLM_API int eellm_model_spec_stage_split(const Eellm__Model *spec, unsigned pp,
                                             const uint32_t *given, size_t n_given,
                                             unsigned *stage_layers);
 

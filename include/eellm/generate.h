@@ -98,7 +98,7 @@ EELLM_API void eellm_gen_sequence_free(struct eellm_gen_sequence *s);
  * The model's layers, its exits' layers (1-based, ascending; returns how many;
  * layers may be NULL), and the stage split PIPELINE uses for `stages` (0: the
  * default): returns the number of stages P and fills stage_layers[0..P-1] (room
- * for n_layers entries), or 0 when stages is out of 1..n_layers. */
+ * for n_layers entries), or 0 when stages is out of 1..n_layers (or memory runs out). */
 EELLM_API unsigned eellm_generator_n_layers(const struct eellm_generator *g);
 EELLM_API size_t eellm_generator_exit_layers(const struct eellm_generator *g, unsigned *layers);
 EELLM_API unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages,

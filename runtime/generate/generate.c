@@ -126,7 +126,7 @@ unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages
     return n;
   }
   if (stages == 0) stages = g->n_layers >= 2 ? 2 : 1;
-  eellm_model_spec_stage_split(g->m->spec, stages, NULL, 0, stage_layers);
+  if (eellm_model_spec_stage_split(g->m->spec, stages, NULL, 0, stage_layers) != 0) return 0;
   return stages;
 }
 

@@ -1,7 +1,9 @@
 /* Loading and validating model and training specs. Every error is one line
  * naming the file, the position of the field when the spec was text, the
  * field and its value. */
+#include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,7 +41,81 @@ unsigned eellm_model_spec_ffn_size(const Eellm__Model *spec) {
   return spec->ffn_size ? spec->ffn_size : 4 * spec->d_model;
 }
 
-static int check_exit(const struct checker *c, const Eellm__Model *m, size_t k) {
+/* "A, B or C": the names of an enum's values. */
+static void enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed) {
+  size_t o = 0;
+  buf[0] = '\0';
+  for (unsigned i = 0; i < ed->n_values && o < size; i++) {
+    const char *sep = i == 0 ? "" : i + 1 == ed->n_values ? " or " : ", ";
+    int n = snprintf(buf + o, size - o, "%s%s", sep, ed->values[i].name);
+    if (n < 0) break;
+    o += (size_t)n;
+  }
+}
+
+/* The checks every field of a type gets, from the descriptors alone: an enum
+ * holds one of its values, a float or double is finite; in msg and its
+ * sub-messages, repeated fields included, present or not (an absent field
+ * holds its default). `prefix` is msg's path ("" for the root). */
+static int check_fields(const struct checker *c, const ProtobufCMessage *msg, const char *prefix) {
+  const ProtobufCMessageDescriptor *desc = msg->descriptor;
+  for (unsigned i = 0; i < desc->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &desc->fields[i];
+    size_t size;
+    switch (f->type) {
+      case PROTOBUF_C_TYPE_ENUM: size = sizeof(int); break;
+      case PROTOBUF_C_TYPE_FLOAT: size = sizeof(float); break;
+      case PROTOBUF_C_TYPE_DOUBLE: size = sizeof(double); break;
+      case PROTOBUF_C_TYPE_MESSAGE: size = sizeof(ProtobufCMessage *); break;
+      default: continue;
+    }
+    const char *member = (const char *)msg + f->offset;
+    size_t count = 1;
+    int repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
+    if (repeated) {
+      count = *(const size_t *)((const char *)msg + f->quantifier_offset);
+      member = *(const char *const *)member;
+    }
+    for (size_t k = 0; k < count; k++) {
+      const char *value = member + k * size;
+      char path[256];
+      if (repeated)
+        snprintf(path, sizeof path, "%s%s[%zu]", prefix, f->name, k);
+      else
+        snprintf(path, sizeof path, "%s%s", prefix, f->name);
+      if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)value;
+        char sub_prefix[260];
+        snprintf(sub_prefix, sizeof sub_prefix, "%s.", path);
+        if (sub && check_fields(c, sub, sub_prefix) != 0) return -1;
+      } else if (f->type == PROTOBUF_C_TYPE_ENUM) {
+        int e;
+        memcpy(&e, value, sizeof e);
+        if (!protobuf_c_enum_descriptor_get_value(f->descriptor, e)) {
+          char names[256];
+          enum_names(names, sizeof names, f->descriptor);
+          return fail(c, msg, f->name, (unsigned)k, path, "unknown enum value %d (expected %s)", e,
+                      names);
+        }
+      } else {
+        double x;
+        if (f->type == PROTOBUF_C_TYPE_FLOAT) {
+          float v;
+          memcpy(&v, value, sizeof v);
+          x = v;
+        } else {
+          memcpy(&x, value, sizeof x);
+        }
+        if (!isfinite(x))
+          return fail(c, msg, f->name, (unsigned)k, path, "value %g is not a finite number", x);
+      }
+    }
+  }
+  return 0;
+}
+
+static int check_exit(const struct checker *c, const Eellm__Model *m, size_t k,
+                      uint32_t *exit_on_layer) {
   const Eellm__Exit *e = m->exits[k];
   const ProtobufCMessage *msg = &e->base;
   char path[64];
@@ -53,10 +129,11 @@ static int check_exit(const struct checker *c, const Eellm__Model *m, size_t k) 
     return fail(c, msg, "placement", 0, FIELD("placement"),
                 "PRE exit reads layer %u but there is no layer %u to attach it to", e->layer,
                 e->layer + 1);
-  for (size_t j = 0; j < k; j++)
-    if (m->exits[j]->layer == e->layer)
-      return fail(c, msg, "layer", 0, FIELD("layer"), "value %u: exits[%zu] is on that layer too",
-                  e->layer, j);
+  /* exit_on_layer[l]: 1 + the first exit on layer l, 0 for none. */
+  if (exit_on_layer[e->layer])
+    return fail(c, msg, "layer", 0, FIELD("layer"), "value %u: exits[%u] is on that layer too",
+                e->layer, exit_on_layer[e->layer] - 1);
+  exit_on_layer[e->layer] = (uint32_t)k + 1;
   if (!(e->loss_weight >= 0))
     return fail(c, msg, "loss_weight", 0, FIELD("loss_weight"), "value %g is negative",
                 e->loss_weight);
@@ -70,19 +147,46 @@ static int check_exit(const struct checker *c, const Eellm__Model *m, size_t k) 
   return 0;
 }
 
+static int check_exits(const struct checker *c, const Eellm__Model *m) {
+  if (m->n_exits == 0) return 0;
+  if (m->n_exits > m->n_layers)
+    return fail(c, &m->base, "exits", (unsigned)m->n_layers, "exits",
+                "%zu exits but at most one per layer and n_layers is %u", m->n_exits,
+                m->n_layers);
+  uint32_t *exit_on_layer = calloc((size_t)m->n_layers + 1, sizeof *exit_on_layer);
+  if (!exit_on_layer)
+    return fail(c, NULL, NULL, 0, "exits", "out of memory checking %zu exits", m->n_exits);
+  int rc = 0;
+  for (size_t k = 0; k < m->n_exits && rc == 0; k++) rc = check_exit(c, m, k, exit_on_layer);
+  free(exit_on_layer);
+  return rc;
+}
+
 static int check_model(const struct checker *c, const Eellm__Model *m) {
   const ProtobufCMessage *msg = &m->base;
-  if (m->vocab_size < 1 || m->vocab_size > 65536)
-    return fail(c, msg, "vocab_size", 0, "vocab_size", "value %u outside 1..65536",
-                m->vocab_size);
+  if (m->vocab_size < 1 || m->vocab_size > EELLM_MAX_VOCAB)
+    return fail(c, msg, "vocab_size", 0, "vocab_size", "value %u outside 1..%u", m->vocab_size,
+                EELLM_MAX_VOCAB);
   if (m->context_length < 1)
     return fail(c, msg, "context_length", 0, "context_length", "value 0 must be positive");
+  if (m->context_length > EELLM_MAX_CONTEXT)
+    return fail(c, msg, "context_length", 0, "context_length", "value %u outside 1..%u",
+                m->context_length, EELLM_MAX_CONTEXT);
   if (m->n_layers < 1)
     return fail(c, msg, "n_layers", 0, "n_layers", "value 0 must be positive");
+  if (m->n_layers > EELLM_MAX_LAYERS)
+    return fail(c, msg, "n_layers", 0, "n_layers", "value %u outside 1..%u", m->n_layers,
+                EELLM_MAX_LAYERS);
   if (m->n_heads < 1) return fail(c, msg, "n_heads", 0, "n_heads", "value 0 must be positive");
+  if (m->d_model > EELLM_MAX_D_MODEL)
+    return fail(c, msg, "d_model", 0, "d_model", "value %u outside 1..%u", m->d_model,
+                EELLM_MAX_D_MODEL);
   if (m->d_model < 1 || m->d_model % m->n_heads != 0)
     return fail(c, msg, "d_model", 0, "d_model", "value %u is not divisible by n_heads %u",
                 m->d_model, m->n_heads);
+  if (m->ffn_size > EELLM_MAX_FFN_SIZE)
+    return fail(c, msg, "ffn_size", 0, "ffn_size", "value %u outside 0..%u", m->ffn_size,
+                EELLM_MAX_FFN_SIZE);
   if (m->positions == EELLM__MODEL__POSITIONS__ROPE && (m->d_model / m->n_heads) % 2 != 0)
     return fail(c, msg, "positions", 0, "positions",
                 "ROPE needs an even head size, d_model / n_heads is %u",
@@ -94,11 +198,18 @@ static int check_model(const struct checker *c, const Eellm__Model *m) {
   if (!(m->rope_theta > 0))
     return fail(c, msg, "rope_theta", 0, "rope_theta", "value %g must be positive",
                 m->rope_theta);
-  for (size_t k = 0; k < m->n_exits; k++)
-    if (check_exit(c, m, k) != 0) return -1;
+  if (check_exits(c, m) != 0) return -1;
+  if (check_fields(c, msg, "") != 0) return -1;
+  /* Every field in range, every enum known: the counts are exact in doubles. */
+  struct eellm_model_spec_costs costs;
+  eellm_model_spec_costs(m, &costs);
+  if (costs.params_total > EELLM_MAX_PARAMS)
+    return fail(c, msg, "n_layers", 0, "n_layers",
+                "value %u with d_model %u makes %.4g parameters, more than the %.4g (2^40) "
+                "eellm holds",
+                m->n_layers, m->d_model, costs.params_total, EELLM_MAX_PARAMS);
   return 0;
 }
-
 int eellm_model_spec_check(const Eellm__Model *spec, const char *file, char *err,
                            size_t errlen) {
   struct checker c = {file, NULL, err, errlen};
@@ -133,6 +244,10 @@ Eellm__Model *eellm_model_spec_load(const char *path, char *err, size_t errlen) 
 static int check_parallelism(const struct checker *c, const Eellm__Parallelism *p,
                              const Eellm__Model *model) {
   const ProtobufCMessage *msg = &p->base;
+  if (p->pp > EELLM_MAX_STAGES && model->n_layers > EELLM_MAX_STAGES)
+    return fail(c, msg, "pp", 0, "parallelism.pp",
+                "value %u outside 1..%u (the most pipeline stages eellm runs)", p->pp,
+                EELLM_MAX_STAGES);
   if (p->pp < 1 || p->pp > model->n_layers)
     return fail(c, msg, "pp", 0, "parallelism.pp", "value %u outside 1..%u (the model's layers)",
                 p->pp, model->n_layers);
@@ -144,7 +259,7 @@ static int check_parallelism(const struct checker *c, const Eellm__Parallelism *
   if (p->n_stage_layers != p->pp)
     return fail(c, msg, "stage_layers", 0, "parallelism.stage_layers",
                 "gives %zu stages but pp is %u", p->n_stage_layers, p->pp);
-  unsigned total = 0;
+  uint64_t total = 0; /* pp <= 1024 terms of 32 bits: no wrap */
   for (size_t s = 0; s < p->n_stage_layers; s++) {
     if (p->stage_layers[s] < 1)
       return fail(c, msg, "stage_layers", s, "parallelism.stage_layers",
@@ -153,7 +268,8 @@ static int check_parallelism(const struct checker *c, const Eellm__Parallelism *
   }
   if (total != model->n_layers)
     return fail(c, msg, "stage_layers", 0, "parallelism.stage_layers",
-                "sums to %u layers but the model has %u", total, model->n_layers);
+                "sums to %llu layers but the model has %u", (unsigned long long)total,
+                model->n_layers);
   return 0;
 }
 
@@ -185,12 +301,27 @@ static int check_train(const struct checker *c, const Eellm__Train *t, const Eel
     return fail(c, msg, "seq_len", 0, "seq_len", "value %u exceeds the model's context_length %u",
                 t->seq_len, model->context_length);
   unsigned dp = t->parallelism ? t->parallelism->dp : 1;
-  if (t->global_batch < 1 || dp < 1 || t->global_batch % (t->micro_batches * dp) != 0)
+  uint64_t group = (uint64_t)t->micro_batches * dp; /* 64 bits: no wrap to 0 */
+  if (t->global_batch < 1 || dp < 1 || t->global_batch % group != 0)
     return fail(c, msg, "global_batch", 0, "global_batch",
                 "value %u is not a multiple of micro_batches %u x dp %u", t->global_batch,
                 t->micro_batches, dp);
-  if (t->parallelism) return check_parallelism(c, t->parallelism, model);
-  return 0;
+  uint64_t seq_len = t->seq_len ? t->seq_len : model->context_length;
+  uint64_t step_tokens = t->global_batch * seq_len;
+  if (step_tokens > EELLM_MAX_STEP_TOKENS)
+    return fail(c, msg, "global_batch", 0, "global_batch",
+                "value %u x seq_len %llu is %llu tokens a step, more than %u", t->global_batch,
+                (unsigned long long)seq_len, (unsigned long long)step_tokens,
+                EELLM_MAX_STEP_TOKENS);
+  uint64_t eval_tokens = (uint64_t)t->eval_batches * (t->global_batch / t->micro_batches) * seq_len;
+  if (eval_tokens > EELLM_MAX_STEP_TOKENS)
+    return fail(c, msg, "eval_batches", 0, "eval_batches",
+                "value %u x %u sequences x seq_len %llu is %llu tokens a validation pass, more "
+                "than %u",
+                t->eval_batches, t->global_batch / t->micro_batches, (unsigned long long)seq_len,
+                (unsigned long long)eval_tokens, EELLM_MAX_STEP_TOKENS);
+  if (t->parallelism && check_parallelism(c, t->parallelism, model) != 0) return -1;
+  return check_fields(c, msg, "");
 }
 
 Eellm__Train *eellm_train_spec_load(const char *path, const Eellm__Model *model, char *err,
