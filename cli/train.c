@@ -10,7 +10,7 @@
 static const char train_usage[] =
     "usage: eellm train --model M.txtpb --train T.txtpb --data train.bin [--val val.bin]\n"
     "                   --out runs/NAME [--resume] [--init CKPT] [--tune-exits] [--steps N]\n"
-    "                   [--trace FILE.json [--trace-format chrome|paje]]\n"
+    "                   [--skip-nonfinite] [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
     "Trains the model: each iteration submits every micro-batch's forward and backward\n"
     "(exit heads and losses included) and the optimizer as StarPU tasks, then waits once.\n"
@@ -27,12 +27,17 @@ static const char train_usage[] =
     "                 (for example the output of 'eellm convert add-exits')\n"
     "  --tune-exits   freeze the backbone and train only the exits (EE-Tuning)\n"
     "  --steps N      stop after step N instead of the training spec's steps\n"
+    "  --skip-nonfinite  a step whose gradient norm is NaN or inf applies no update and\n"
+    "                 the run goes on (counted in the progress and metrics.jsonl);\n"
+    "                 without it such a step stops the run, the last checkpoint kept\n"
     "  --trace FILE   record every task (kind, micro-batch, layer, worker, times) into\n"
     "                 FILE, written at the end or on Ctrl-C; see 'eellm trace'\n"
     "  --trace-format chrome (default: Chrome Trace Event JSON, for Perfetto and\n"
     "                 'eellm trace') or paje (ViTE, pajeng)\n"
     "\n"
-    "Ctrl-C writes a checkpoint and exits; --resume continues. Exit status: 0 done or\n"
+    "Ctrl-C writes a checkpoint and exits; --resume continues. A NaN or inf loss, gradient\n"
+    "norm or learning rate stops the run (status 1) naming the step and the value; a\n"
+    "checkpoint is never replaced by non-finite weights. Exit status: 0 done or\n"
     "interrupted cleanly, 1 runtime failure, 2 bad input (one line on stderr).\n";
 
 /* How the run's events are printed. */
@@ -65,7 +70,8 @@ static void print_start(const struct eellm_train_event *e) {
  * (about 50 over the run). */
 static void print_step(const struct printer *p, const struct eellm_train_event *e) {
   int last = e->step == e->steps;
-  if (!p->tty && !last && e->step % (e->steps / 50 ? e->steps / 50 : 1) != 0) return;
+  if (!p->tty && !last && !e->skipped && e->step % (e->steps / 50 ? e->steps / 50 : 1) != 0)
+    return;
   char eta[32];
   format_duration(e->eta_s, eta, sizeof eta);
   printf("%sstep %u/%u | %.0f tok/s | loss", p->tty ? "\r\033[K" : "", e->step, e->steps,
@@ -73,7 +79,9 @@ static void print_step(const struct printer *p, const struct eellm_train_event *
   for (unsigned k = 0; k < e->n_exits; k++)
     printf(" %s%u:%.3f", k + 1 == e->n_exits ? "final L" : "L", e->exit_layers[k], e->losses[k]);
   printf(" | lr %.2e | ETA %s", e->lr, eta);
-  if (!p->tty || last) putchar('\n');
+  if (e->skipped_steps) printf(" | skipped %u", e->skipped_steps);
+  if (e->skipped) printf(" (step %u: non-finite gradient norm, no update)", e->step);
+  if (!p->tty || last || e->skipped) putchar('\n');
 }
 
 static void print_validation(const struct printer *p, const struct eellm_train_event *e) {
@@ -107,7 +115,7 @@ int cmd_train(int argc, char **argv) {
       {"steps", required_argument, 0, 's'}, {"resume", no_argument, 0, 'r'},
       {"tune-exits", no_argument, 0, 'e'},  {"help", no_argument, 0, 'h'},
       {"trace", required_argument, 0, 'T'}, {"trace-format", required_argument, 0, 'F'},
-      {0, 0, 0, 0}};
+      {"skip-nonfinite", no_argument, 0, 'N'}, {0, 0, 0, 0}};
   struct eellm_train_options o = {0};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -121,6 +129,7 @@ int cmd_train(int argc, char **argv) {
       case 'i': o.init_path = optarg; break;
       case 'r': o.resume = 1; break;
       case 'e': o.tune_exits = 1; break;
+      case 'N': o.skip_nonfinite = 1; break;
       case 'T': o.trace_path = optarg; break;
       case 'F':
         if (eellm_trace_format_parse(optarg, &o.trace_format) != 0) {

@@ -178,13 +178,15 @@ void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t tar
 void eellm_insert_sumsq(starpu_data_handle_t grad, starpu_data_handle_t sumsq,
                         const struct eellm_task_info *info);
 /* clip [2] float (W): clip[0] = sqrt(sum of all sumsq), clip[1] = gradient scale
- * min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0). Any number of sumsq handles. */
+ * min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0; 0 when the norm is not a
+ * finite float). Any number of sumsq handles. */
 void eellm_insert_clip_scale(starpu_data_handle_t *sumsqs, int n, starpu_data_handle_t clip,
                              float max_norm, const struct eellm_task_info *info);
 /* struct eellm_adamw_step (types.h): lr, beta1, beta2, eps, weight_decay, step (1-based).
  * g' = g * clip[1]; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
  * p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p), with
- * mhat = m / (1 - b1^step), vhat = v / (1 - b2^step). clip may be NULL (scale 1). */
+ * mhat = m / (1 - b1^step), vhat = v / (1 - b2^step). clip may be NULL (scale 1).
+ * When clip[0] (the norm) is not finite nothing changes: the step is skipped. */
 void eellm_insert_adamw(starpu_data_handle_t param, starpu_data_handle_t grad,
                         starpu_data_handle_t m, starpu_data_handle_t v,
                         starpu_data_handle_t clip, const struct eellm_adamw_step *hp,
@@ -224,7 +226,8 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
  * exit_temperature)). */
 /* struct eellm_token_choice and struct eellm_sampling: types.h. */
 /* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
- * greedy), choices [M] (W): a vector of struct eellm_token_choice. */
+ * greedy), choices [M] (W): a vector of struct eellm_token_choice. A row with a
+ * non-finite logit gets token -1 (no token can come from it), confidence 0. */
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
                              starpu_data_handle_t choices, const struct eellm_sampling *sampling,
                              const struct eellm_task_info *info);

@@ -1,5 +1,7 @@
 /* StarPU glue of the global gradient norm (per-tensor sums of squares, then one
  * clip scale) and the AdamW update (kernels in cpu/optimizer.c). */
+#include <math.h>
+
 #include "glue.h"
 
 struct clip_args {
@@ -51,9 +53,11 @@ static void common_rows(struct eellm_tensor_view views[4]) {
 }
 
 /* param (RW), grad (R), m (RW), v (RW): matrices or vectors of equal size;
- * clip [2] float (R, optional). */
+ * clip [2] float (R, optional). A non-finite gradient norm in clip[0] skips
+ * the step: parameter and moments stay as they are, bit for bit. */
 static void adamw_cpu(void *buffers[], void *cl_arg) {
   const struct adamw_args *args = cl_arg;
+  if (args->has_clip && !isfinite(((const float *)STARPU_VECTOR_GET_PTR(buffers[4]))[0])) return;
   struct eellm_tensor_view t[4];
   for (int i = 0; i < 4; i++) t[i] = eellm_tensor_view(buffers[i]);
   common_rows(t);

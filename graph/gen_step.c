@@ -202,6 +202,12 @@ static void take_choices(struct call *c) {
   }
   int final = c->head.exit == c->m->spec->n_exits;
   size_t still = 0, before = c->n_und;
+  for (size_t i = 0; i < before; i++)
+    if (choices[i].token < 0 && !c->bad_layer) c->bad_layer = c->head.layer;
+  if (c->bad_layer) { /* non-finite logits: the call stops, every sequence as it is */
+    for (size_t s = 0; s < c->n_seqs; s++) c->seqs[s].done = 1;
+    before = 0;
+  }
   for (size_t i = 0; i < before; i++) {
     if (final || choices[i].confidence >= c->o->threshold)
       emit(c, c->undecided[i], &choices[i], logits ? logits + i * ld : NULL);

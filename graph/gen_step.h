@@ -74,6 +74,7 @@ struct call {
   pthread_mutex_t lock;
   pthread_cond_t finished_cv;
   int arrivals, finished;
+  unsigned bad_layer;            /* a head whose logits were not finite (0: none) */
 };
 
 void *gen_xmalloc(size_t bytes);

@@ -80,5 +80,8 @@ int eellm_model_find(const struct eellm_model *m, const char *name);
 int eellm_model_owns(const struct eellm_model *m, size_t i);
 /* The gradient stage `stage` accumulates tensor i's contributions into. */
 starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage);
+/* 0 when every weight this process holds is finite; else -1 with "PATH: tensor
+ * 'NAME' has a non-finite value (nan) at index I" in err (checkpoint.c). */
+int eellm_model_check_finite(struct eellm_model *m, const char *path, char *err, size_t errlen);
 
 #endif

@@ -43,11 +43,28 @@ static void reduce_shadows(eellm_model *m) {
   }
 }
 
+/* Fault tests: EELLM_FAULT_NAN_GRAD_STEP=S puts a NaN into the first gradient
+ * this process updates at step S (waiting for the backward to finish), as a
+ * numerical blow-up would, so that the non-finite-norm path can be tested. */
+static void fault_nan_gradient(eellm_model *m, unsigned step) {
+  const char *at = getenv("EELLM_FAULT_NAN_GRAD_STEP");
+  if (!at || !*at || strtoul(at, NULL, 10) != step) return;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *t = &m->tensors[i];
+    if (t->frozen || !eellm_model_owns(m, i)) continue;
+    starpu_data_acquire(t->grad, STARPU_RW);
+    ((float *)starpu_data_get_local_ptr(t->grad))[0] = NAN;
+    starpu_data_release(t->grad);
+    return;
+  }
+}
+
 void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
                                   double lr) {
   struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_OPTIMIZER,
                                .micro = -1, .layer = -1};
   reduce_shadows(m);
+  fault_nan_gradient(m, step);
   starpu_data_handle_t *sumsqs = malloc(m->n_tensors * sizeof *sumsqs);
   if (!sumsqs) abort();
   int n = 0;

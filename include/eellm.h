@@ -218,7 +218,9 @@ EELLM_API double eellm_train_spec_lr_at(const Eellm__Train *train, unsigned step
 EELLM_API double eellm_exit_spec_weight_at(const Eellm__Exit *exit, unsigned step);
 /* Submits the global-norm clipping and one AdamW task per trainable tensor for
  * optimizer step `step` (1-based) at learning rate lr; call after the step's
- * micro-batches. The gradient norm is read with eellm_model_grad_norm after a wait. */
+ * micro-batches. The gradient norm is read with eellm_model_grad_norm after a wait.
+ * A gradient norm that is not finite (NaN, inf) skips the step inside the
+ * tasks: no parameter or moment changes. */
 EELLM_API void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsigned step,
                                             double lr);
 EELLM_API double eellm_model_grad_norm(const eellm_model *m);

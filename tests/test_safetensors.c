@@ -1,7 +1,8 @@
 /* safetensors reader/writer and base64: round trips of every dtype (scalar and
  * empty tensors included), every validation error, atomic writes that fail
- * cleanly, a mutation/truncation fuzz loop, and a cross-check against a Python
- * reader and writer (json + struct + numpy). */
+ * cleanly, per-tensor checksums, stale temporary files, a mutation/truncation
+ * fuzz loop, and a cross-check against a Python reader and writer (json +
+ * struct + numpy). */
 #include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "eellm/outfile.h"
 #include "runtime/io/base64.h"
 #include "runtime/io/safetensors.h"
 #include "testutil.h"
@@ -613,6 +615,83 @@ static void test_atomic_write(void) {
   free(big);
 }
 
+/* (g) every tensor carries a CRC32C: a flipped data byte names its tensor;
+ * EELLM_NO_CHECKSUM=1 skips the check; files without checksums still load. */
+static void test_checksums(void) {
+  float x[4] = {1, 2, 3, 4}, y[3] = {5, 6, 7};
+  struct eellm_st_tensor two[] = {{"a.weight", EELLM_F32, 1, {4}, x, 16},
+                                  {"b.bias", EELLM_F32, 1, {3}, y, 12}};
+  const char *path = in_dir("sums.safetensors");
+  tu_ok(eellm_st_write(path, two, 2, NULL, 0, err, sizeof err) == 0, "write with checksums");
+  struct eellm_st_file *f = eellm_st_open(path, err, sizeof err);
+  tu_ok(f && eellm_st_meta(f, "crc32c.a.weight") && strlen(eellm_st_meta(f, "crc32c.b.bias")) == 8,
+        "a crc32c.<name> metadata entry of 8 hex digits per tensor");
+  eellm_st_close(f);
+  size_t n;
+  unsigned char *bytes = read_bytes(path, &n);
+  bytes[n - 1] ^= 0x10; /* the last byte: b.bias's data */
+  const char *bad = in_dir("flipped.safetensors");
+  write_bytes(bad, bytes, n);
+  f = eellm_st_open(bad, err, sizeof err);
+  printf("flipped byte: %s\n", err);
+  tu_ok(!f && strstr(err, bad) && strstr(err, "tensor 'b.bias' fails its checksum (file damaged"),
+        "a flipped data byte fails the checksum of its tensor, named");
+  eellm_st_close(f);
+  setenv("EELLM_NO_CHECKSUM", "1", 1);
+  f = eellm_st_open(bad, err, sizeof err);
+  tu_ok(f && eellm_st_count(f) == 2, "EELLM_NO_CHECKSUM=1 skips the check");
+  eellm_st_close(f);
+  unsetenv("EELLM_NO_CHECKSUM");
+  free(bytes);
+  const char *meta[] = {"crc32c.a.weight", "00000000"};
+  tu_ok(eellm_st_write(path, two, 2, meta, 1, err, sizeof err) == -1 && strstr(err, "reserved"),
+        "crc32c.<tensor> metadata keys are reserved");
+}
+
+/* (h) temporary files of dead writers go at the next write; a live process's stay. */
+static void test_stale_temps(void) {
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, NULL, 0);
+  pid_t live = fork();
+  if (live == 0) {
+    pause();
+    _exit(0);
+  }
+  mkdir(in_dir("stale"), 0755);
+  char name[128];
+  const char *kinds[][2] = {{"x.safetensors.tmp.%ld.0", "dead"},  {"x.safetensors.tmp.%ld.7", "live"},
+                            {"y.safetensors.tmp.%ld.0", "dead"},  {"x.safetensors.tmp.%ldz.0", "dead"},
+                            {"x.safetensors.tmp.%ld", "dead"}};
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    snprintf(name, sizeof name, kinds[i][0], (long)(strcmp(kinds[i][1], "dead") ? live : dead));
+    char path[600];
+    snprintf(path, sizeof path, "%s/stale/%s", dir, name);
+    write_bytes(path, "junk", 4);
+  }
+  float x[1] = {1};
+  struct eellm_st_tensor one = {"x", EELLM_F32, 1, {1}, x, 4};
+  tu_ok(eellm_st_write(in_dir("stale/x.safetensors"), &one, 1, NULL, 0, err, sizeof err) == 0,
+        "write next to stale temporary files");
+  char path[600];
+  snprintf(path, sizeof path, "%s/stale/x.safetensors.tmp.%ld.0", dir, (long)dead);
+  int dead_gone = access(path, F_OK) != 0;
+  snprintf(path, sizeof path, "%s/stale/x.safetensors.tmp.%ld.7", dir, (long)live);
+  int live_kept = access(path, F_OK) == 0;
+  snprintf(path, sizeof path, "%s/stale/y.safetensors.tmp.%ld.0", dir, (long)dead);
+  int other_kept = access(path, F_OK) == 0;
+  snprintf(path, sizeof path, "%s/stale/x.safetensors.tmp.%ldz.0", dir, (long)dead);
+  int odd_kept = access(path, F_OK) == 0;
+  tu_ok(dead_gone && live_kept && other_kept && odd_kept,
+        "a write removes its file's temporaries of dead processes only (live, other names kept)");
+  tu_ok(eellm_outfile_remove_stale(in_dir("stale/x.safetensors")) == 0,
+        "nothing stale is left to remove");
+  kill(live, SIGKILL);
+  waitpid(live, NULL, 0);
+  tu_ok(eellm_outfile_remove_stale(in_dir("stale/x.safetensors")) == 1,
+        "once its process is gone, the live one's temporary file goes too");
+}
+
 static void test_base64(void) {
   /* RFC 4648 section 10 */
   static const char *vectors[][2] = {{"", ""},
@@ -689,8 +768,22 @@ static const char python_script[] =
     "    raw = buf[8:8 + n]\n"
     "    assert raw.rstrip(b' ').endswith(b'}') and n - len(raw.rstrip(b' ')) < 8\n"
     "    header, data = json.loads(raw.decode('utf-8')), buf[8 + n:]\n"
-    "    assert header.pop('__metadata__') == meta\n"
+    "    def crc32c(b):\n"
+    "        crc = 0xffffffff\n"
+    "        for x in b:\n"
+    "            crc ^= x\n"
+    "            for _ in range(8):\n"
+    "                crc = (crc >> 1) ^ (0x82f63b78 & -(crc & 1))\n"
+    "        return crc ^ 0xffffffff\n"
+    "    assert crc32c(b'123456789') == 0xe3069283\n"
+    "    stored = header.pop('__metadata__')\n"
+    "    sums = {k[7:]: v for k, v in stored.items() if k.startswith('crc32c.')}\n"
+    "    assert {k: v for k, v in stored.items() if not k.startswith('crc32c.')} == meta\n"
     "    assert list(header) == list(specs), (list(header), list(specs))\n"
+    "    assert sorted(sums) == sorted(specs), sums\n"
+    "    for name, info in header.items():\n"
+    "        b, e = info['data_offsets']\n"
+    "        assert sums[name] == '%08x' % crc32c(data[b:e]), (name, sums[name])\n"
     "    end = 0\n"
     "    for name, info in header.items():\n"
     "        dtype, shape = specs[name]\n"
@@ -761,7 +854,8 @@ static void test_python(void) {
     printf("numpy missing: Python cross-check skipped\n");
     return;
   }
-  tu_ok(rc == 0, "Python (json + struct + numpy) reads our file: names, shapes, values, padding");
+  tu_ok(rc == 0, "Python (json + struct + numpy) reads our file: names, shapes, values, padding, "
+        "CRC32C checksums");
 
   const char *from_python = in_dir("from_python.safetensors");
   rc = run_python("write", from_python, "{\"format\": \"pt\"}");
@@ -787,6 +881,8 @@ int main(void) {
   test_lenient_inputs();
   test_fuzz();
   test_atomic_write();
+  test_checksums();
+  test_stale_temps();
   test_base64();
   test_python();
   chmod(in_dir("readonly"), 0755); /* so that tu_finish can remove it */

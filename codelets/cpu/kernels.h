@@ -155,7 +155,8 @@ void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
 
 /* Sum of squares of g [rows, cols], in double. */
 double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld);
-/* clip [2] = (sqrt(total), min(1, max_norm / (norm + 1e-6))); scale 1 when max_norm <= 0. */
+/* clip [2] = (sqrt(total), min(1, max_norm / (norm + 1e-6))); scale 1 when max_norm <= 0,
+ * 0 when the norm is not a finite float (a step to skip: see eellm_insert_adamw). */
 void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip);
 /* AdamW (torch.optim.AdamW) on p, g, m, v [rows, cols], each with its own ld;
  * g is scaled by grad_scale first (the clip scale, or 1). */

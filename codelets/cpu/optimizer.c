@@ -17,6 +17,9 @@ void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip) {
   double norm = sqrt(total_sumsq);
   double scale = 1;
   if (max_norm > 0) scale = fmin(1.0, max_norm / (norm + 1e-6));
+  /* A NaN or inf norm (or one past float's range) is a step to skip: the AdamW
+   * kernels see the non-finite clip[0] and change nothing. */
+  if (!isfinite((float)norm)) scale = 0;
   clip[0] = (float)norm;
   clip[1] = (float)scale;
 }

@@ -85,11 +85,21 @@ static void sample_row(const float *z, size_t V, const struct eellm_sampling *s,
   c->logprob = (float)log(w / total);
 }
 
+static int all_finite(const float *z, size_t V) {
+  for (size_t j = 0; j < V; j++)
+    if (!isfinite(z[j])) return 0;
+  return 1;
+}
+
 void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
                           const float *uniforms, const struct eellm_sampling *s,
                           struct eellm_token_choice *choices, void *work) {
   for (size_t m = 0; m < M; m++) {
     const float *z = logits + m * ld;
+    if (!all_finite(z, V)) { /* no token from garbage: the caller stops on -1 */
+      choices[m] = (struct eellm_token_choice){.token = -1, .confidence = 0, .logprob = NAN};
+      continue;
+    }
     choices[m] = greedy_row(z, V, s);
     if (uniforms) sample_row(z, V, s, uniforms[m], work, &choices[m]);
   }

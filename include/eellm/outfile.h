@@ -3,7 +3,9 @@
  * fsyncs the directory. A reader, or a run that fails half-way, never sees a
  * partial file, and a failed run leaves the old file in place. The temporary
  * file, PATH.tmp.<pid>.<n>, is created exclusively, so writers in one process or
- * several never share one, and it is removed on every failure. */
+ * several never share one, and it is removed on every failure. A process killed
+ * mid-write leaves its temporary file behind: open removes those of processes
+ * that no longer exist (kill(pid, 0) fails with ESRCH), never a live one's. */
 #ifndef EELLM_OUTFILE_H
 #define EELLM_OUTFILE_H
 
@@ -26,6 +28,11 @@ struct eellm_outfile {
  * NULL) and the cause in errno, for callers that word their own message. */
 EELLM_API int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err,
                                  size_t errlen);
+/* Removes PATH.tmp.<pid>.<n> files next to path whose process is gone (not
+ * this process's, not a live one's; regular files only). Returns how many. The
+ * pid is checked on this machine: on a file system shared between machines,
+ * call it only where the writers run. */
+EELLM_API long eellm_outfile_remove_stale(const char *path);
 /* Flushes, fsyncs and renames over the target, then fsyncs its directory. A
  * stream whose error flag is set (a write failed) is not committed. On failure
  * before the rename the temporary file is removed and the target is untouched.

@@ -52,6 +52,10 @@ struct eellm_train_event {
   /* TRACE */
   const char *trace_file;       /* this rank's file */
   long trace_tasks;
+  /* STEP, with skip_nonfinite: this step's update was skipped (a non-finite
+   * gradient norm), and how many steps of the run were (resumed runs included) */
+  int skipped;
+  unsigned skipped_steps;
 };
 
 struct eellm_train_options {
@@ -70,11 +74,21 @@ struct eellm_train_options {
    * its own file; on the thread that called eellm_train_run. May be NULL. */
   void (*on_event)(void *ctx, const struct eellm_train_event *event);
   void *ctx;
+  /* A step whose gradient norm is NaN or inf applies no update (parameters and
+   * moments unchanged) and the run goes on, counting it; without it such a step
+   * stops the run. */
+  int skip_nonfinite;
 };
 
 /* Runs the training (under mpirun: brings MPI up, one rank per pipeline
  * stage, every rank calling this). Handles SIGINT and SIGTERM while it runs:
- * they end the run after the current step with a checkpoint. Returns 0 when
+ * they end the run after the current step with a checkpoint. A non-finite
+ * learning rate, exit loss or gradient norm (unless skip_nonfinite skips the
+ * step) stops the run with status 1 and "step N: ..." naming which value and
+ * the checkpoint kept; a checkpoint is never replaced by non-finite weights,
+ * and metrics.jsonl holds JSON numbers only (null for a non-finite one).
+ * Temporary checkpoint files that killed runs left behind are removed at the
+ * start. Returns 0 when
  * done (or interrupted with a checkpoint written), 1 on a runtime failure, 2
  * on bad input; on failure err holds one line, "rank N: "-prefixed on ranks
  * other than 0, or is empty when another rank reports it (bad input is

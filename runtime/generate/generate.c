@@ -53,6 +53,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->m = eellm_model_create(spec, 1, 1, err, errlen);
   eellm_model_spec_free(spec);
   if (!g->m || eellm_model_load(g->m, ckpt, err, errlen) != 0) goto fail;
+  /* A NaN or inf weight would only give garbage tokens: refuse the model. */
+  if (eellm_model_check_finite(g->m, ckpt, err, errlen) != 0) goto fail;
   const char *kind = eellm_model_tokenizer(g->m);
   if (!kind) {
     snprintf(err, errlen, "%s: no tokenizer named in the checkpoint's metadata", ckpt);
@@ -292,5 +294,11 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   for (size_t s = 0; s < n; s++) start_sequence(&c, s, prompts[s], prompt_lens[s], &out[s]);
   gen_run(&c);
   end_call(&c);
+  if (c.bad_layer) {
+    snprintf(err, errlen, "the head at layer %u gave non-finite logits (the weights overflow); "
+             "generation stopped", c.bad_layer);
+    for (size_t s = 0; s < n; s++) eellm_gen_sequence_free(&out[s]);
+    return -1;
+  }
   return 0;
 }

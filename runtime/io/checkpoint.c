@@ -2,6 +2,7 @@
  * Hugging Face name, the binary model spec base64 in __metadata__["spec"].
  * Written atomically by the safetensors writer; read back only when every
  * tensor's name, dtype and shape matches the model's spec. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,34 @@ static char *packed_spec_base64(const Eellm__Model *spec) {
   return text;
 }
 
+/* The first non-finite value of n floats: its index, or -1 if all are finite. */
+static long first_nonfinite(const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(x[i])) return (long)i;
+  return -1;
+}
+
+static int check_finite(const char *path, const char *name, const float *x, size_t n,
+                        const char *consequence, char *err, size_t errlen) {
+  long at = first_nonfinite(x, n);
+  if (at < 0) return 0;
+  snprintf(err, errlen, "%s: tensor '%s' has a non-finite value (%s) at index %ld%s", path, name,
+           isnan(x[at]) ? "NaN" : x[at] > 0 ? "inf" : "-inf", at, consequence);
+  return -1;
+}
+
+int eellm_model_check_finite(eellm_model *m, const char *path, char *err, size_t errlen) {
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    const struct eellm_tensor *t = &m->tensors[i];
+    if (!eellm_model_owns(m, i)) continue;
+    starpu_data_acquire(t->param, STARPU_R);
+    int bad = check_finite(path, t->name, m->params + t->offset, t->numel, "", err, errlen);
+    starpu_data_release(t->param);
+    if (bad) return -1;
+  }
+  return 0;
+}
+
 /* Weights, and with a training state the AdamW moments as optimizer.m.<name>
  * and optimizer.v.<name>, plus step and seed in the metadata. */
 static int write_checkpoint(eellm_model *m, const char *path, const struct eellm_train_state *state,
@@ -46,8 +75,14 @@ static int write_checkpoint(eellm_model *m, const char *path, const struct eellm
     snprintf(err, errlen, "%s: out of memory writing the checkpoint", path);
     goto out;
   }
+  /* A model gone non-finite never replaces the file (the last good checkpoint). */
   for (size_t i = 0; i < per_copy; i++) {
     tensor_entry(m, i, &entries[i]);
+    if (check_finite(path, entries[i].name, entries[i].data, m->tensors[i].numel,
+                     ": not written, the file there is kept", err, errlen) != 0)
+      goto out;
+  }
+  for (size_t i = 0; i < per_copy; i++) {
     if (!state) continue;
     const struct eellm_tensor *t = &m->tensors[i];
     starpu_data_acquire(t->m, STARPU_R);

@@ -1,11 +1,14 @@
 #include "eellm/outfile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Room for ".tmp.<pid>.<n>" and the NUL after the target's path. */
@@ -39,12 +42,51 @@ static int create_temp(struct eellm_outfile *f, size_t tmp_size) {
   return -1;
 }
 
+/* The pid of "<base>.tmp.<pid>.<n>", or 0 if name is not of that form. */
+static long temp_owner(const char *name, const char *base) {
+  size_t len = strlen(base);
+  if (strncmp(name, base, len) != 0 || strncmp(name + len, ".tmp.", 5) != 0) return 0;
+  const char *p = name + len + 5, *digits = p;
+  long pid = 0;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (pid > 100000000L) return 0;
+    pid = pid * 10 + (*p - '0');
+  }
+  if (p == digits || *p++ != '.' || !(*p >= '0' && *p <= '9')) return 0;
+  while (*p >= '0' && *p <= '9') p++;
+  return *p ? 0 : pid;
+}
+
+long eellm_outfile_remove_stale(const char *path) {
+  char *dir_copy = strdup(path), *base_copy = strdup(path);
+  long removed = 0;
+  DIR *d = dir_copy && base_copy ? opendir(dirname(dir_copy)) : NULL;
+  const char *base = d ? basename(base_copy) : NULL;
+  for (struct dirent *e; d && (e = readdir(d));) {
+    long pid = temp_owner(e->d_name, base);
+    if (pid <= 0 || pid == (long)getpid()) continue;
+    /* Only a process that is gone: a live one (or one we may not signal) may be writing. */
+    if (!(kill((pid_t)pid, 0) == -1 && errno == ESRCH)) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    if (unlinkat(dirfd(d), e->d_name, 0) == 0) removed++;
+  }
+  if (d) closedir(d);
+  free(dir_copy);
+  free(base_copy);
+  return removed;
+}
+
 int eellm_outfile_open(struct eellm_outfile *f, const char *path, char *err, size_t errlen) {
   size_t tmp_size = strlen(path) + TMP_SUFFIX_SIZE;
   f->fp = NULL;
   f->path = strdup(path);
   f->tmp = malloc(tmp_size);
   if (!f->path || !f->tmp) return fail(f, path, "cannot create", ENOMEM, err, errlen);
+  int saved = errno;
+  eellm_outfile_remove_stale(path);
+  errno = saved;
   int fd = create_temp(f, tmp_size);
   if (fd < 0) return fail(f, path, "cannot create", errno, err, errlen);
   f->fp = fdopen(fd, "wb");

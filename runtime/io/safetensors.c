@@ -5,11 +5,14 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "eellm/outfile.h"
 
@@ -79,6 +82,65 @@ static const char *format_shape(char *buf, size_t len, int ndim, const int64_t *
     used += (size_t)snprintf(buf + used, len - used, "%s%" PRId64, i ? ", " : "", shape[i]);
   if (used < len) snprintf(buf + used, len - used, "]");
   return buf;
+}
+
+/* ---- checksums ------------------------------------------------------------ */
+
+/* CRC32C (Castagnoli, reflected polynomial 0x82f63b78), as iSCSI and ext4 use
+ * it: SSE4.2's crc32 instruction where the CPU has it, else a table. */
+static uint32_t crc_table[256];
+
+static void crc_init_table(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    crc_table[i] = c;
+  }
+}
+
+static uint32_t crc32c_table(uint32_t crc, const unsigned char *p, size_t n) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, crc_init_table);
+  for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc,
+                                                               const unsigned char *p, size_t n) {
+  uint64_t c = crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t word;
+    memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  crc = (uint32_t)c;
+  for (; n > 0; n--, p++) crc = __builtin_ia32_crc32qi(crc, *p);
+  return crc;
+}
+#endif
+
+static uint32_t crc32c(const void *data, size_t n) {
+  uint32_t crc = 0xffffffffu;
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("sse4.2")) return ~crc32c_sse42(crc, data, n);
+#endif
+  return ~crc32c_table(crc, data, n);
+}
+
+/* The metadata key of a tensor's checksum: "crc32c.<name>", value 8 lowercase hex digits. */
+#define CHECKSUM_PREFIX "crc32c."
+
+static char *checksum_key(const char *name) {
+  size_t n = strlen(CHECKSUM_PREFIX) + strlen(name) + 1;
+  char *key = malloc(n);
+  if (key) snprintf(key, n, CHECKSUM_PREFIX "%s", name);
+  return key;
+}
+
+static int checksums_wanted(void) {
+  const char *off = getenv("EELLM_NO_CHECKSUM");
+  return !off || !*off || strcmp(off, "0") == 0;
 }
 
 /* ---- writer ------------------------------------------------------------- */
@@ -158,7 +220,28 @@ static int add_metadata(const char *path, json_t *header, const char *const *met
   return 0;
 }
 
-/* The header object: __metadata__ first (if any pairs), then the tensors in the
+/* One "crc32c.<name>" metadata entry per tensor (after the caller's pairs). */
+static int add_checksums(const char *path, json_t *header, const struct eellm_st_tensor *tensors,
+                         size_t n, char *err, size_t errlen) {
+  json_t *metadata = json_object_get(header, METADATA_KEY);
+  for (size_t i = 0; i < n; i++) {
+    char *key = checksum_key(tensors[i].name), hex[16];
+    snprintf(hex, sizeof hex, "%08x", crc32c(tensors[i].data, tensors[i].nbytes));
+    if (!key || json_object_get(metadata, key) ||
+        json_object_set_new(metadata, key, json_string(hex)) != 0) {
+      if (key && json_object_get(metadata, key))
+        set_error(err, errlen, path, "metadata key '%s' is reserved for a checksum", key);
+      else
+        set_error(err, errlen, path, "out of memory");
+      free(key);
+      return -1;
+    }
+    free(key);
+  }
+  return 0;
+}
+
+/* The header object: __metadata__ first (if any pairs or tensors), then the tensors in the
  * given order with contiguous data offsets. NULL with err set on bad arguments. */
 static json_t *build_header(const char *path, const struct eellm_st_tensor *tensors, size_t n,
                             const char *const *meta, size_t n_meta, char *err, size_t errlen) {
@@ -167,7 +250,9 @@ static json_t *build_header(const char *path, const struct eellm_st_tensor *tens
     set_error(err, errlen, path, "out of memory");
     return NULL;
   }
-  if (n_meta > 0 && add_metadata(path, header, meta, n_meta, err, errlen) != 0) goto fail;
+  /* Tensors bring their checksums into __metadata__ (first in the header). */
+  if ((n_meta > 0 || n > 0) && add_metadata(path, header, meta, n_meta, err, errlen) != 0)
+    goto fail;
   uint64_t offset = 0;
   for (size_t i = 0; i < n; i++) {
     const struct eellm_st_tensor *t = &tensors[i];
@@ -190,6 +275,7 @@ static json_t *build_header(const char *path, const struct eellm_st_tensor *tens
       goto fail;
     }
   }
+  if (n > 0 && add_checksums(path, header, tensors, n, err, errlen) != 0) goto fail;
   return header;
 fail:
   json_decref(header);
@@ -215,6 +301,15 @@ static int write_all(FILE *fp, const void *bytes, size_t n) {
   return n == 0 || fwrite(bytes, 1, n, fp) == n;
 }
 
+/* Fault tests: EELLM_FAULT_KILL_IN_WRITE=K makes this process's K-th write
+ * kill the process (SIGKILL) half-way through its data, the temporary file
+ * flushed, as a kill at the worst moment would. */
+static int kill_in_this_write(void) {
+  static int writes;
+  const char *k = getenv("EELLM_FAULT_KILL_IN_WRITE");
+  return k && *k && ++writes == atoi(k);
+}
+
 /* Writes the length, header and data through an atomic output file; a failed
  * write stops the loop and makes commit fail with its cause. */
 static int write_atomically(const char *path, const char *header, size_t header_len,
@@ -225,7 +320,11 @@ static int write_atomically(const char *path, const char *header, size_t header_
   unsigned char len_le[8];
   for (int k = 0; k < 8; k++) len_le[k] = (unsigned char)((uint64_t)header_len >> (8 * k));
   int ok = write_all(out.fp, len_le, sizeof len_le) && write_all(out.fp, header, header_len);
-  for (size_t i = 0; ok && i < n; i++) ok = write_all(out.fp, tensors[i].data, tensors[i].nbytes);
+  int kill_at = kill_in_this_write() ? (int)(n / 2) : -1;
+  for (size_t i = 0; ok && i < n; i++) {
+    if ((int)i == kill_at && fflush(out.fp) == 0) raise(SIGKILL);
+    ok = write_all(out.fp, tensors[i].data, tensors[i].nbytes);
+  }
   return eellm_outfile_commit(&out, err, errlen);
 }
 
@@ -497,6 +596,34 @@ static int attach_data(const char *path, struct eellm_st_file *f, char *err, siz
   return 0;
 }
 
+/* Each tensor with a "crc32c.<name>" entry must match it; tensors without one
+ * (files from other writers, or from eellm before checksums) are taken as they are. */
+static int verify_checksums(const char *path, const struct eellm_st_file *f, char *err,
+                            size_t errlen) {
+  if (!f->metadata || !checksums_wanted()) return 0;
+  for (size_t i = 0; i < f->count; i++) {
+    const struct eellm_st_tensor *t = &f->entries[i].t;
+    char *key = checksum_key(t->name);
+    if (!key) {
+      set_error(err, errlen, path, "out of memory");
+      return -1;
+    }
+    const char *want = json_string_value(json_object_get(f->metadata, key));
+    free(key);
+    if (!want) continue;
+    char *end;
+    unsigned long stored = strtoul(want, &end, 16);
+    if (strlen(want) != 8 || *end || crc32c(t->data, t->nbytes) != (uint32_t)stored) {
+      set_error(err, errlen, path,
+                "tensor '%s' fails its checksum (file damaged; EELLM_NO_CHECKSUM=1 skips the "
+                "check)",
+                t->name);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 struct eellm_st_file *eellm_st_open(const char *path, char *err, size_t errlen) {
   char *header = NULL;
   uint64_t header_len, data_len;
@@ -508,6 +635,7 @@ struct eellm_st_file *eellm_st_open(const char *path, char *err, size_t errlen) 
   int rc = read_sections(path, &header, &header_len, &f->data, &data_len, err, errlen);
   rc = rc || index_header(path, f, header, header_len, data_len, err, errlen);
   rc = rc || attach_data(path, f, err, errlen);
+  rc = rc || verify_checksums(path, f, err, errlen);
   free(header);
   if (rc) {
     eellm_st_close(f);

@@ -26,7 +26,10 @@ struct eellm_st_tensor {
  * value; n_meta pairs) atomically: a temp file in the same directory, fwrite,
  * fflush, fsync, rename, then fsync the directory. On any failure the temp file
  * is removed, an existing file at path is untouched, and -1 is returned with a
- * one-line error naming the path in err. Returns 0 on success. */
+ * one-line error naming the path in err. Returns 0 on success. Every tensor's
+ * CRC32C goes into the metadata as "crc32c.<name>": 8 lowercase hex digits
+ * (keys of that form are reserved). Temporary files of dead processes left
+ * next to path (a kill mid-write) are removed first. */
 int eellm_st_write(const char *path, const struct eellm_st_tensor *tensors, size_t n,
                    const char *const *meta, size_t n_meta, char *err, size_t errlen);
 
@@ -34,7 +37,10 @@ int eellm_st_write(const char *path, const struct eellm_st_tensor *tensors, size
 struct eellm_st_file;
 
 /* Reads and validates path; NULL with a one-line error naming the file if it is
- * not a well-formed safetensors file of known dtypes. */
+ * not a well-formed safetensors file of known dtypes, or if a tensor's data does
+ * not match its "crc32c.<name>" checksum ("PATH: tensor 'NAME' fails its
+ * checksum (file damaged; ...)"). Tensors without a checksum (older files,
+ * other writers) load unchecked; EELLM_NO_CHECKSUM=1 skips the check. */
 struct eellm_st_file *eellm_st_open(const char *path, char *err, size_t errlen);
 size_t eellm_st_count(const struct eellm_st_file *f);
 /* The i-th tensor in data offset order; NULL if i >= count. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "eellm.h"
+#include "eellm/outfile.h"
 #include "eellm/tokenizer.h"
 #include "eellm/tokens.h"
 #include "runtime/engine/mpi.h"
@@ -42,6 +43,8 @@ struct run {
   float *weights;                /* per exit */
   char ckpt[4096], metrics[4096];
   FILE *metrics_out;
+  unsigned saved_step;    /* the step of the checkpoint on disk, 0 if none */
+  unsigned skipped_steps; /* updates skipped by skip_nonfinite, resumed runs included */
 };
 
 /* The caller's error buffer for the run under way: one run per process at a
@@ -168,6 +171,8 @@ static int setup_inputs(struct run *r) {
   if (eellm_rank() == 0 && ensure_out_dir(o->out_dir) != 0)
     return fail(2, "%s: cannot create or write the output directory (%s)", o->out_dir,
                 strerror(errno));
+  /* Temporary checkpoints of killed runs: a resume or a new run clears them. */
+  if (eellm_rank() == 0) eellm_outfile_remove_stale(r->ckpt);
   int have_ckpt = access(r->ckpt, F_OK) == 0;
   if (o->resume && !have_ckpt) return fail(2, "%s: no checkpoint to resume from", r->ckpt);
   if (!o->resume && have_ckpt)
@@ -269,23 +274,45 @@ static int validate(struct run *r, double *losses) {
 
 /* ---- reporting ------------------------------------------------------------ */
 
+/* A JSON number in printf format fmt, or null for NaN and infinities (not JSON). */
+static void json_number(FILE *out, const char *fmt, double x) {
+  if (isfinite(x))
+    fprintf(out, fmt, x);
+  else
+    fputs("null", out);
+}
+
 static void json_losses(FILE *out, const char *key, const double *losses, unsigned n) {
   fprintf(out, ", \"%s\": [", key);
-  for (unsigned k = 0; k < n; k++) fprintf(out, "%s%.6f", k ? ", " : "", losses[k]);
+  for (unsigned k = 0; k < n; k++) {
+    if (k) fputs(", ", out);
+    json_number(out, "%.6f", losses[k]);
+  }
   fputc(']', out);
 }
 
 static void log_metrics(struct run *r, unsigned step, double lr, const double *train,
-                        const double *val, double grad_norm, double tokens_per_s, double elapsed) {
+                        const double *val, double grad_norm, double tokens_per_s, double elapsed,
+                        int skipped) {
   FILE *out = r->metrics_out;
-  fprintf(out, "{\"step\": %u, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f, "
-               "\"elapsed_s\": %.3f",
-          step, lr, grad_norm, tokens_per_s, elapsed);
+  fprintf(out, "{\"step\": %u, \"lr\": ", step);
+  json_number(out, "%.6g", lr);
+  fputs(", \"grad_norm\": ", out);
+  json_number(out, "%.6g", grad_norm);
+  fputs(", \"tokens_per_s\": ", out);
+  json_number(out, "%.1f", tokens_per_s);
+  fputs(", \"elapsed_s\": ", out);
+  json_number(out, "%.3f", elapsed);
   json_losses(out, "loss", train, r->n_exits);
   fprintf(out, ", \"exit_weights\": [");
-  for (unsigned k = 0; k < r->n_exits; k++) fprintf(out, "%s%.4f", k ? ", " : "", r->weights[k]);
+  for (unsigned k = 0; k < r->n_exits; k++) {
+    if (k) fputs(", ", out);
+    json_number(out, "%.4f", r->weights[k]);
+  }
   fputc(']', out);
   if (val) json_losses(out, "val_loss", val, r->n_exits);
+  if (skipped) fputs(", \"skipped\": true", out);
+  if (r->skipped_steps) fprintf(out, ", \"skipped_steps\": %u", r->skipped_steps);
   fputs("}\n", out);
   fflush(out);
 }
@@ -299,12 +326,13 @@ static unsigned *exit_layers(const struct run *r) {
 }
 
 static void progress(const struct run *r, unsigned step, double lr, const double *losses,
-                     double grad_norm, double tokens_per_s, double eta_s) {
+                     double grad_norm, double tokens_per_s, double eta_s, int skipped) {
   unsigned *layers = exit_layers(r);
   struct eellm_train_event e = {.kind = EELLM_TRAIN_STEP, .step = step, .steps = r->steps,
                                 .n_exits = r->n_exits, .exit_layers = layers, .losses = losses,
                                 .lr = lr, .grad_norm = grad_norm, .tokens_per_s = tokens_per_s,
-                                .eta_s = eta_s};
+                                .eta_s = eta_s, .skipped = skipped,
+                                .skipped_steps = r->skipped_steps};
   if (layers) report(r, &e);
   free(layers);
 }
@@ -333,8 +361,9 @@ static double unigram_entropy(const struct eellm_token_file *f) {
 
 /* ---- the run -------------------------------------------------------------- */
 
-/* A resumed run drops the metrics of steps after its checkpoint: they are redone. */
-static int truncate_metrics(const char *path, unsigned last_step) {
+/* A resumed run drops the metrics of steps after its checkpoint: they are redone.
+ * *skipped counts the kept lines of skipped steps. */
+static int truncate_metrics(const char *path, unsigned last_step, unsigned *skipped) {
   FILE *in = fopen(path, "r");
   if (!in) return 0;
   char tmp[4200];
@@ -348,7 +377,10 @@ static int truncate_metrics(const char *path, unsigned last_step) {
   size_t cap = 0;
   while (getline(&line, &cap, in) > 0) {
     unsigned step;
-    if (sscanf(line, "{\"step\": %u", &step) == 1 && step <= last_step) fputs(line, out);
+    if (sscanf(line, "{\"step\": %u", &step) == 1 && step <= last_step) {
+      fputs(line, out);
+      if (strstr(line, ", \"skipped\": true")) ++*skipped;
+    }
   }
   free(line);
   fclose(in);
@@ -370,9 +402,63 @@ static void describe(const struct run *r, unsigned start_step) {
 
 static int save(struct run *r, const struct eellm_train_state *state) {
   char err[8192]; /* room for paths of up to 4 KiB */
-  if (eellm_model_save_checkpoint(r->model, r->ckpt, state, err, sizeof err) != 0)
+  if (eellm_model_save_checkpoint(r->model, r->ckpt, state, err, sizeof err) != 0) {
+    if (strstr(err, "non-finite")) /* the weights overflowed: say when */
+      return fail(1, "step %u: %s", state->step, err);
     return fail(1, "%s", err);
+  }
+  r->saved_step = state->step;
   return 0;
+}
+
+/* A value for messages: "NaN", "inf", "-inf", else %g. */
+static const char *value_text(double x, char buf[32]) {
+  if (isnan(x)) return "NaN";
+  snprintf(buf, 32, "%g", x);
+  return buf;
+}
+
+/* What a stop leaves: the checkpoint on disk, if any. */
+static void kept(const struct run *r, char *buf, size_t n) {
+  if (r->saved_step)
+    snprintf(buf, n, "the last good checkpoint (step %u) is kept: %s", r->saved_step, r->ckpt);
+  else
+    snprintf(buf, n, "no checkpoint written");
+}
+
+/* The name of exit k in messages: "exit 0 (layer 1)", "the final head (layer 3)". */
+static void exit_name(const struct run *r, unsigned k, char *buf, size_t n) {
+  unsigned layer = eellm_model_exit_layer(r->model, k);
+  if (k + 1 == r->n_exits)
+    snprintf(buf, n, "the final head (layer %u)", layer);
+  else
+    snprintf(buf, n, "exit %u (layer %u)", k, layer);
+}
+
+/* After step `step`: 0 to go on (*skipped set when skip_nonfinite skipped its
+ * update), or status 1 (every rank) with the reason from rank 0. Every rank
+ * decides alike: the losses are every rank's, the norm is shared. */
+static int check_step(struct run *r, unsigned step, const double *train, double grad_norm,
+                      int *skipped) {
+  int bad_exit = -1;
+  for (unsigned k = 0; k < r->n_exits && bad_exit < 0; k++)
+    if (!isfinite(train[k])) bad_exit = (int)k;
+  int bad_norm = eellm_mpi_max(eellm_rank() == 0 && !isfinite(grad_norm));
+  *skipped = bad_norm && r->o->skip_nonfinite;
+  if (*skipped || (bad_exit < 0 && !bad_norm)) return 0;
+  if (eellm_rank() != 0) return 1;
+  char what[128], left[4300], value[32];
+  kept(r, left, sizeof left);
+  if (bad_exit >= 0) {
+    exit_name(r, (unsigned)bad_exit, what, sizeof what);
+    return fail(1, "step %u: %s has loss %s; stopped: %s%s", step, what,
+                value_text(train[bad_exit], value), left,
+                bad_norm ? "; --skip-nonfinite skips such steps"
+                         : " (its gradient was finite and applied: not a step to skip)");
+  }
+  return fail(1, "step %u: the gradient norm is %s (the losses are finite); stopped: %s; "
+                 "--skip-nonfinite skips such steps",
+              step, value_text(grad_norm, value), left);
 }
 
 static int loop(struct run *r, struct eellm_train_state *state) {
@@ -381,30 +467,33 @@ static int loop(struct run *r, struct eellm_train_state *state) {
   int status = 0;
   double started = now_s(), tokens_per_step = (double)r->train->global_batch * r->seq_len;
   unsigned first = state->step + 1;
+  r->saved_step = state->step; /* a resumed run's checkpoint; 0 for a new run */
   for (unsigned step = first; step <= r->steps && !status; step++) {
     double t0 = now_s(), lr = eellm_train_spec_lr_at(r->train, step);
+    if (!isfinite(lr)) {
+      char left[4300], value[32];
+      kept(r, left, sizeof left);
+      status = eellm_rank() ? 1 : fail(1, "step %u: the learning rate is %s; stopped before the "
+                                          "step: %s", step, value_text(lr, value), left);
+      break;
+    }
     if ((status = train_step(r, step, lr))) break;
     double dt = now_s() - t0;
     for (unsigned k = 0; k < r->n_exits; k++) train[k] = eellm_model_exit_loss(r->model, k);
-    for (unsigned k = 0; k < r->n_exits; k++)
-      if (!isfinite(train[k])) {
-        /* Every rank sees the summed losses: rank 0 speaks for all. */
-        status = eellm_rank() ? 1
-                              : fail(1, "exit %u's loss is %g at step %u; stopping without a "
-                                        "checkpoint",
-                                     k, train[k], step);
-        break;
-      }
-    if (status) break;
+    /* Every rank sees the summed losses; the norm is the root rank's. */
+    double grad_norm = eellm_rank() == 0 ? eellm_model_grad_norm(r->model) : 0;
+    int skipped = 0;
+    if ((status = check_step(r, step, train, grad_norm, &skipped))) break;
+    r->skipped_steps += skipped;
     int eval = r->val && ((r->train->eval_interval && step % r->train->eval_interval == 0) ||
                           step == r->steps);
     if (eval && (status = validate(r, val))) break;
     double elapsed = now_s() - started;
     double eta = elapsed / (step - first + 1) * (r->steps - step);
     if (eellm_rank() == 0) {
-      double grad_norm = eellm_model_grad_norm(r->model);
-      log_metrics(r, step, lr, train, eval ? val : NULL, grad_norm, tokens_per_step / dt, elapsed);
-      progress(r, step, lr, train, grad_norm, tokens_per_step / dt, eta);
+      log_metrics(r, step, lr, train, eval ? val : NULL, grad_norm, tokens_per_step / dt, elapsed,
+                  skipped);
+      progress(r, step, lr, train, grad_norm, tokens_per_step / dt, eta, skipped);
       if (eval) print_validation(r, step, val);
     }
     state->step = step;
@@ -467,7 +556,7 @@ static void cleanup(struct run *r) {
 static int open_outputs(struct run *r, const struct eellm_train_state *state) {
   const struct eellm_train_options *o = r->o;
   if (eellm_rank() != 0) return 0;
-  if (o->resume && truncate_metrics(r->metrics, state->step) != 0)
+  if (o->resume && truncate_metrics(r->metrics, state->step, &r->skipped_steps) != 0)
     return fail(1, "%s: cannot rewrite (%s)", r->metrics, strerror(errno));
   if (!(r->metrics_out = fopen(r->metrics, o->resume ? "a" : "w")))
     return fail(2, "%s: cannot write (%s)", r->metrics, strerror(errno));
