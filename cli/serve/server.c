@@ -60,7 +60,7 @@ struct eellm_server {
   struct eellm_api_model model;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
-  unsigned max_batch, request_slots, header_timeout;
+  unsigned max_batch, request_slots, header_timeout, max_per_client;
   /* The server's own tokenizer: encoding is not thread-safe, so under tok_lock. */
   struct eellm_tokenizer *tok;
   pthread_mutex_t tok_lock;
@@ -452,6 +452,17 @@ struct pending {
   size_t seen; /* bytes peeked so far, with no end of line among them */
 };
 
+static int same_address(const struct pending *a, const struct pending *b) {
+  if (a->addr.ss_family != b->addr.ss_family) return 0;
+  if (a->addr.ss_family == AF_INET)
+    return ((const struct sockaddr_in *)&a->addr)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)&b->addr)->sin_addr.s_addr;
+  if (a->addr.ss_family == AF_INET6)
+    return memcmp(&((const struct sockaddr_in6 *)&a->addr)->sin6_addr,
+                  &((const struct sockaddr_in6 *)&b->addr)->sin6_addr, 16) == 0;
+  return 0;
+}
+
 static void drop_pending(struct pending *p, size_t *n, size_t i) {
   p[i] = p[--*n];
 }
@@ -498,13 +509,16 @@ static int check_pending(struct eellm_server *s, struct pending *p) {
 
 /* Accepts connections and holds each until its request line is complete (no
  * thread per slow client), at most EELLM_SERVER_MAX_PENDING (the oldest goes
- * when another comes) and header_timeout seconds each. Partial lines are
+ * when another comes), max_per_client from one address, and header_timeout
+ * seconds each. Partial lines are
  * looked at again every 50 ms rather than polled (their data stays readable). */
 static void *accept_loop(void *arg) {
   struct eellm_server *s = arg;
   struct pending p[EELLM_SERVER_MAX_PENDING];
   struct pollfd fds[1 + EELLM_SERVER_MAX_PENDING];
-  size_t n = 0;
+  size_t n = 0, closed = 0, refused = 0;
+  struct timespec said;
+  clock_gettime(CLOCK_MONOTONIC, &said);
   for (;;) {
     pthread_mutex_lock(&s->conns_lock);
     int accepting = s->accepting;
@@ -515,15 +529,34 @@ static void *accept_loop(void *arg) {
       fds[1 + i] = (struct pollfd){.fd = p[i].fd, .events = p[i].seen ? 0 : POLLIN};
     poll(fds, 1 + n, 50);
     for (size_t i = n; i-- > 0;)
-      if ((fds[1 + i].revents || p[i].seen || seconds_since(&p[i].since) > s->header_timeout) &&
-          !check_pending(s, &p[i]))
-        drop_pending(p, &n, i);
+      if ((fds[1 + i].revents || p[i].seen || seconds_since(&p[i].since) > s->header_timeout)) {
+        int timed_out = seconds_since(&p[i].since) > s->header_timeout;
+        if (!check_pending(s, &p[i])) {
+          closed += timed_out;
+          drop_pending(p, &n, i);
+        }
+      }
+    if ((closed || refused) && seconds_since(&said) >= 1) {
+      fprintf(stderr,
+              "eellm serve: closed %zu slow connection%s (request line over %u s), refused %zu "
+              "over %u from one address\n",
+              closed, closed == 1 ? "" : "s", s->header_timeout, refused, s->max_per_client);
+      closed = refused = 0;
+      clock_gettime(CLOCK_MONOTONIC, &said);
+    }
     if (!(fds[0].revents & POLLIN)) continue;
     struct pending q = {.addrlen = sizeof q.addr};
     q.fd = accept(s->listen_fd, (struct sockaddr *)&q.addr, &q.addrlen);
     if (q.fd < 0) continue;
     fcntl(q.fd, F_SETFD, FD_CLOEXEC);
     clock_gettime(CLOCK_MONOTONIC, &q.since);
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++) same += same_address(&p[i], &q);
+    if (same >= s->max_per_client) {
+      close(q.fd);
+      refused++;
+      continue;
+    }
     if (n == EELLM_SERVER_MAX_PENDING) {
       size_t oldest = 0;
       for (size_t i = 1; i < n; i++)
@@ -742,6 +775,7 @@ static struct eellm_server *server_create(struct eellm_generator *g,
   s->request_slots = c->request_slots ? c->request_slots : eellm_server_default_request_slots(c->max_batch);
   if (s->request_slots > c->max_batch) s->request_slots = c->max_batch;
   s->header_timeout = c->header_timeout ? c->header_timeout : EELLM_SERVER_HEADER_TIMEOUT;
+  s->max_per_client = c->max_per_client ? c->max_per_client : EELLM_SERVER_MAX_PER_CLIENT;
   s->next_seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
   pthread_mutex_init(&s->tok_lock, NULL);
   pthread_mutex_init(&s->lock, NULL);
@@ -802,8 +836,7 @@ struct eellm_server *eellm_server_start(struct eellm_generator *g,
         0, NULL, NULL, on_request, s,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)EELLM_SERVER_IDLE_TIMEOUT,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)EELLM_SERVER_MAX_CONNECTIONS,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)(c->max_per_client ? c->max_per_client : EELLM_SERVER_MAX_PER_CLIENT),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->max_per_client,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     s->listen_fd = fd;
