@@ -14,6 +14,7 @@
 
 static const char serve_usage[] =
     "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"
+    "                   [--request-slots N] [--header-timeout S]\n"
     "                   [--tokenizer-dir DIR] [--method recompute|pipeline]\n"
     "                   [--exit-rule maxprob|entropy]\n"
     "\n"
@@ -23,8 +24,15 @@ static const char serve_usage[] =
     "  --ckpt RUN           a run directory (its checkpoint.safetensors) or a checkpoint\n"
     "  --host ADDR          address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
     "  --port N             port (default 5000; 0 picks a free one, printed at start)\n"
-    "  --max-batch N        prompts per generator call (default 8): the prompts of\n"
-    "                       concurrent requests with equal options share calls\n"
+    "  --max-batch N        prompts generating at once (default 8): prompts of any\n"
+    "                       requests join the running batch at the next step and\n"
+    "                       leave it when they finish (continuous batching)\n"
+    "  --request-slots N    prompts one request may have generating at once (default\n"
+    "                       max-batch / 2, at least 1): its other prompts wait and\n"
+    "                       join as its earlier ones finish, so a request of many\n"
+    "                       prompts cannot hold back small ones\n"
+    "  --header-timeout S   seconds a client has to send a request's header (default\n"
+    "                       10), however steadily the bytes trickle; bodies have 60\n"
     "  --tokenizer-dir DIR  where gpt2's encoder.json and vocab.bpe are (default\n"
     "                       $EELLM_TOKENIZER_DIR, else data/gpt2)\n"
     "  --method M           recompute (KV recomputation, default) or pipeline\n"
@@ -50,6 +58,9 @@ static const char serve_usage[] =
     "log-probability, when asked). Generation stops early after the end-of-text token\n"
     "(kept) or when the context is full; a prompt must leave room for one token.\n"
     "Bad requests get a 4xx status and {\"error\": \"...\"}; bodies are limited to 1 MiB.\n"
+    "A malformed request line or two different Content-Length headers get 400.\n"
+    "Connections: 64 at most, 16 per client address; past 56, each new one closes\n"
+    "the oldest one still waiting for its header.\n"
     "\n"
     "  curl -X PUT http://127.0.0.1:5000/api -d '{\"prompts\": [\"Hello\"], \"tokens_to_generate\": 16}'\n"
     "\n"
@@ -58,7 +69,7 @@ static const char serve_usage[] =
 
 struct serve_options {
   const char *ckpt, *host, *tokenizer_dir;
-  unsigned port, max_batch;
+  unsigned port, max_batch, request_slots, header_timeout;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
 };
@@ -84,6 +95,7 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
       {"port", required_argument, 0, 'p'},          {"max-batch", required_argument, 0, 'b'},
       {"tokenizer-dir", required_argument, 0, 't'}, {"method", required_argument, 0, 'm'},
       {"exit-rule", required_argument, 0, 'r'},     {"help", no_argument, 0, 'h'},
+      {"request-slots", required_argument, 0, 's'}, {"header-timeout", required_argument, 0, 'T'},
       {0, 0, 0, 0}};
   *o = (struct serve_options){.host = "127.0.0.1", .port = 5000, .max_batch = 8};
   int opt;
@@ -97,6 +109,12 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
         break;
       case 'b':
         if (parse_unsigned("--max-batch", optarg, 1, 1024, &o->max_batch)) return 2;
+        break;
+      case 's':
+        if (parse_unsigned("--request-slots", optarg, 1, 1024, &o->request_slots)) return 2;
+        break;
+      case 'T':
+        if (parse_unsigned("--header-timeout", optarg, 1, 3600, &o->header_timeout)) return 2;
         break;
       case 'm':
         if (strcmp(optarg, "recompute") != 0 && strcmp(optarg, "pipeline") != 0) {
@@ -115,6 +133,11 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
       case 'h': fputs(serve_usage, stdout); return 1;
       default: fputs(serve_usage, stderr); return 2;
     }
+  }
+  if (o->request_slots > o->max_batch) {
+    fprintf(stderr, "eellm serve: --request-slots %u is over --max-batch %u\n", o->request_slots,
+            o->max_batch);
+    return 2;
   }
   if (optind != argc || !o->ckpt) {
     if (!o->ckpt) fprintf(stderr, "eellm serve: --ckpt is required\n");
@@ -165,6 +188,8 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
   struct eellm_server_config c = {.host = o->host,
                                   .port = o->port,
                                   .max_batch = o->max_batch,
+                                  .request_slots = o->request_slots,
+                                  .header_timeout = o->header_timeout,
                                   .tokenizer_dir = o->tokenizer_dir,
                                   .n_layers = spec->n_layers,
                                   .exits = exits,
@@ -179,8 +204,10 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
     return 1;
   }
   const char *open = strchr(o->host, ':') ? "[" : "", *close = *open ? "]" : "";
-  printf("eellm serve: %s on http://%s%s%s:%u/api (context %u, max batch %u)\n", spec->name,
-         open, o->host, close, eellm_server_port(s), eellm_generator_context(g), o->max_batch);
+  printf("eellm serve: %s on http://%s%s%s:%u/api (context %u, max batch %u, %u per request)\n",
+         spec->name, open, o->host, close, eellm_server_port(s), eellm_generator_context(g),
+         o->max_batch,
+         o->request_slots ? o->request_slots : eellm_server_default_request_slots(o->max_batch));
   fflush(stdout);
   wait_for_stop(stop);
   eellm_server_stop(s);

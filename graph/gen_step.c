@@ -224,8 +224,11 @@ static void take_choices(struct call *c) {
 
 /* ---- steps ------------------------------------------------------------------------ */
 
+/* One draw per unfinished sequence and step: a sequence's stream depends on
+ * its own steps alone, whatever else is in the batch. */
 static void draw_uniforms(struct call *c) {
   for (size_t s = 0; s < c->n_seqs; s++) {
+    if (c->seqs[s].done) continue;
     c->seqs[s].uniform = (float)(eellm_splitmix64_next(&c->seqs[s].rng) >> 40) * 0x1p-24f;
   }
 }
@@ -242,7 +245,7 @@ static int begin_step(struct call *c) {
       c->undecided[c->n_und++] = s;
     }
   if (c->n_und == 0) return 0;
-  c->pool = c->g->pools[c->step % 2];
+  c->pool = c->g->pools[c->g->steps++ % 2];
   eellm_pool_reset(c->pool);
   f->positions = keep(c, f->n * sizeof *f->positions);
   f->slots = keep(c, f->n * sizeof *f->slots);
@@ -310,6 +313,7 @@ static int submit_until_decision(struct call *c) {
       return 1;
     }
     end_step(c);
+    if (c->one_step) return 0;
   }
 }
 
@@ -364,9 +368,25 @@ static void go_on(struct call *c) {
   } while (second_to_arrive(c));
 }
 
-void gen_run(struct call *c) {
+void gen_call_init(struct call *c) {
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->finished_cv, NULL);
+}
+
+void gen_call_end(struct call *c) {
+  free_kept(c);
+  free(c->kept);
+  c->kept = NULL;
+  c->cap_kept = 0;
+  pthread_cond_destroy(&c->finished_cv);
+  pthread_mutex_destroy(&c->lock);
+}
+
+/* Runs the chain until it stops (every sequence finished, or the step's end
+ * with one_step). */
+static void run_chain(struct call *c) {
+  c->finished = 0;
+  c->arrivals = 0;
   if (!submit_until_decision(c)) {
     finish(c);
   } else {
@@ -376,9 +396,16 @@ void gen_run(struct call *c) {
   pthread_mutex_lock(&c->lock);
   while (!c->finished) pthread_cond_wait(&c->finished_cv, &c->lock);
   pthread_mutex_unlock(&c->lock);
+}
+
+void gen_run(struct call *c) {
+  gen_call_init(c);
+  run_chain(c);
   starpu_task_wait_for_all();
-  free_kept(c);
-  free(c->kept);
-  pthread_cond_destroy(&c->finished_cv);
-  pthread_mutex_destroy(&c->lock);
+  gen_call_end(c);
+}
+
+void gen_run_step(struct call *c) {
+  c->one_step = 1;
+  run_chain(c);
 }

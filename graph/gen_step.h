@@ -22,6 +22,11 @@ struct eellm_generator {
   /* Steps alternate between two pools: a step's handles are free again two
    * steps later, and reusing them never waits for the previous step's tasks. */
   struct eellm_pool *pools[2];
+  unsigned long steps;         /* steps run, every call and session: picks the pool */
+  /* Continuous batching (eellm_gen_session): which cache slots a session holds,
+   * and how many sessions are open (eellm_generate refuses to run beside one). */
+  unsigned char *slot_taken;
+  unsigned sessions;
 };
 
 /* A prompt's state during a call. */
@@ -30,6 +35,7 @@ struct sequence {
   size_t len, max_len;
   size_t through;    /* positions 0 .. through - 1 have keys and values at every layer */
   int done;
+  int active;        /* the slot holds a sequence (sessions; always 1 in eellm_generate) */
   uint64_t rng;
   float uniform;     /* this step's draw */
   struct eellm_gen_sequence *out;
@@ -60,6 +66,7 @@ struct call {
   int prio_decide;               /* above every catch-up priority */
   /* The step under way. */
   int step, in_step;
+  int one_step;                  /* sessions: the chain stops at the end of a step */
   struct eellm_pool *pool;       /* its handles */
   struct flow f;
   size_t *undecided, n_und;      /* sequences without their token yet */
@@ -81,5 +88,12 @@ void *gen_xmalloc(size_t bytes);
 /* Runs the call's steps; returns once every sequence has finished and every
  * task has run. */
 void gen_run(struct call *c);
+/* Sessions: the call's lock and condition (gen_call_init once, gen_call_end at
+ * the end), and one step: returns once every unfinished sequence has its next
+ * token; PIPELINE's catch-up work of the step may still be running (later
+ * steps' tasks come after it on every cache). */
+void gen_call_init(struct call *c);
+void gen_call_end(struct call *c);
+void gen_run_step(struct call *c);
 
 #endif

@@ -3,7 +3,8 @@
 # steps: valid requests are answered with consistent fields and lengths, early-exit
 # options reach the generator, concurrent requests are all answered, every kind of
 # bad request gets its 4xx and a JSON error at once (even while a long generation
-# runs) and leaves the server running, and SIGTERM stops it cleanly (exit 0).
+# runs) and leaves the server running, a garbage request line and two different
+# Content-Length headers get 400, and SIGTERM stops it cleanly (exit 0).
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -169,11 +170,39 @@ got=$(curl -s --max-time 10 -o "$tmp/get.json" -D "$tmp/get.headers" -w '%{http_
 check "GET /api: 405 with Allow: PUT (got $got)" '[ "$got" = 405 ] && grep -qi "^Allow: PUT" "$tmp/get.headers" && grep -q "\"error\"" "$tmp/get.json"'
 got=$(curl -s --max-time 10 -o "$tmp/path.json" -w '%{http_code}' -X PUT "http://127.0.0.1:$port/nowhere" -d '{}')
 check "PUT /nowhere: 404 (got $got)" '[ "$got" = 404 ] && grep -q "\"error\"" "$tmp/path.json"'
+# raw NAME BYTES: sends BYTES (printf format) on a raw connection; the answer's status line.
+raw() {
+  /usr/bin/python3 - "$port" "$2" > "$tmp/$1.raw" 2>&1 << 'EOT'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(sys.argv[2].encode().decode("unicode_escape").encode("latin-1"))
+answer = b""
+while True:
+    piece = s.recv(4096)
+    if not piece:
+        break
+    answer += piece
+print(answer.decode("latin-1"))
+EOT
+  head -1 "$tmp/$1.raw" | tr -d '\r'
+}
+got=$(raw garbage 'GARBAGE\r\n\r\n')
+check "a garbage request line: 400 (got $got)" '[ "$got" = "HTTP/1.1 400 Bad Request" ] && grep -q "request line" "$tmp/garbage.raw"'
+got=$(raw no-target 'PUT\r\nHost: x\r\n\r\n')
+check "a request line without a target: 400 (got $got)" '[ "$got" = "HTTP/1.1 400 Bad Request" ]'
+got=$(raw two-lengths 'PUT /api HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{}')
+check "two different Content-Length headers: 400 (got $got)" '[ "$got" = "HTTP/1.1 400 Bad Request" ] && grep -q "Content-Length" "$tmp/two-lengths.raw"'
+body='{"prompts": ["ab"], "tokens_to_generate": 2, "temperature": 0}'
+got=$(raw same-lengths "PUT /api HTTP/1.1\r\nHost: x\r\nContent-Length: ${#body}\r\nContent-Length: ${#body}\r\nConnection: close\r\n\r\n$body")
+check "two equal Content-Length headers: 200 (got $got)" '[ "$got" = "HTTP/1.1 200 OK" ]'
+check "the server runs on after them" 'kill -0 $server'
+
 status=$(put after-bad '{"prompts": ["still"], "tokens_to_generate": 3, "temperature": 0}')
 check "valid request after the bad ones: 200 (got $status)" '[ "$status" = 200 ] && answer_ok after-bad "[\"still\"]" 3 0'
 
 # Long generations: 8 sampled requests with their own seeds, 1024 prompts each,
-# 4 per generator call and never sharing calls. Meanwhile a bad request is answered.
+# 2 at a time each (the per-request cap of --max-batch 4). Meanwhile a bad request
+# is answered.
 prompts=$(printf '"x",%.0s' $(seq 1 1023))'"x"'
 long_pids=()
 for i in 1 2 3 4 5 6 7 8; do
@@ -187,7 +216,7 @@ for pid in "${long_pids[@]}"; do kill -0 $pid 2> /dev/null && running=$((running
 check "a bad request while long generations run ($running of 8 unanswered): 400 (got $status)" \
   '[ "$status" = 400 ] && [ $running -gt 0 ]'
 
-# SIGTERM: the running call finishes, the queued requests get 503, the server exits 0.
+# SIGTERM: the running prompts finish, requests with prompts left get 503, the server exits 0.
 kill -TERM $server
 ( sleep 60; kill -KILL $server ) > /dev/null 2>&1 &
 watchdog=$!

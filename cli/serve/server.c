@@ -2,16 +2,20 @@
  * generation queue (one thread owns the generator). */
 #include "server.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <starpu.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,22 +27,30 @@
 struct job {
   const struct eellm_api_request *req;
   struct eellm_gen_sequence *out; /* req->n */
-  size_t taken;                   /* prompts handed to the generator so far */
+  uint64_t seed;                  /* the request's random_seed, or one the server picked */
+  size_t taken;                   /* prompts that got a generator slot so far */
+  size_t running;                 /* of those, the ones not finished */
   int finished;
   unsigned status;                /* HTTP status when it failed, else 0 */
   char err[256];
   struct job *next;
 };
 
-/* One eellm_generate call: prompt i is prompt index[i] of owner[i]. */
-struct batch {
-  size_t n;
-  struct job **owner;
-  size_t *index;
-  const uint16_t **prompts;
-  size_t *lens;
-  struct eellm_gen_sequence *out;
+/* A generator session and the options its sequences share. */
+struct group {
+  struct eellm_gen_session *session;
   struct eellm_gen_options o;
+  unsigned *exit_layers;
+  struct group *next;
+};
+
+/* A connection, from MHD's notice that it started to the one that it closed. */
+struct conn {
+  int fd;
+  enum { WAITING_HEADER, RECEIVING_BODY, ANSWERING } phase;
+  struct timespec since; /* when the phase began */
+  int closing;           /* shut down by the sweeper or an eviction */
+  struct conn *prev, *next;
 };
 
 struct eellm_server {
@@ -48,19 +60,34 @@ struct eellm_server {
   struct eellm_api_model model;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
-  unsigned max_batch;
+  unsigned max_batch, request_slots, header_timeout, max_per_client;
   /* The server's own tokenizer: encoding is not thread-safe, so under tok_lock. */
   struct eellm_tokenizer *tok;
   pthread_mutex_t tok_lock;
-  /* The queue of jobs with prompts not yet taken, and the generation thread. */
+  /* The queue of jobs with prompts not yet in the generator, and the
+   * generation thread, which alone touches the groups and the slots. */
   pthread_mutex_t lock;
   pthread_cond_t work, done;
   struct job *head, *tail;
   int stopping;
   uint64_t next_seed;
-  struct batch batch;
+  struct group *groups;
+  struct job **slot_job;  /* per generator slot: whose prompt it holds */
+  size_t *slot_index;     /* and which */
   pthread_t generation;
   size_t exchanges; /* requests being received or answered, under lock */
+  /* Open connections, oldest first, and the thread that closes slow ones. */
+  pthread_mutex_t conns_lock;
+  pthread_cond_t sweep_cv;
+  struct conn *conns_head, *conns_tail;
+  size_t n_conns;
+  int sweeping;
+  /* The acceptor: new connections wait here, without a thread, until their
+   * request line is in. */
+  int listen_fd;
+  int accepting;
+  pthread_t acceptor;
+  pthread_t sweeper;
 };
 
 /* A connection's request while its body arrives. */
@@ -88,96 +115,162 @@ static void queue_remove(struct eellm_server *s, struct job *job) {
   job->next = NULL;
 }
 
-/* Whether b's prompts may share a generator call with a's: equal outputs need equal
- * options (the parser normalised those without effect), and a sampled request with
- * its own seed keeps its random stream to itself. */
-static int can_share(const struct eellm_api_request *a, const struct eellm_api_request *b) {
-  const struct eellm_gen_options *x = &a->o, *y = &b->o;
-  if (x->max_tokens != y->max_tokens || x->use_early_exit != y->use_early_exit ||
-      x->threshold != y->threshold || x->temperature != y->temperature ||
-      x->top_k != y->top_k || x->top_p != y->top_p || x->n_exit_layers != y->n_exit_layers)
+/* Whether two requests' prompts may share a generator session: equal options
+ * but for tokens_to_generate and the seed, which are per sequence (the parser
+ * normalised the options without effect). */
+static int same_options(const struct eellm_gen_options *x, const struct eellm_gen_options *y) {
+  if (x->use_early_exit != y->use_early_exit || x->threshold != y->threshold ||
+      x->temperature != y->temperature || x->top_k != y->top_k || x->top_p != y->top_p ||
+      x->n_exit_layers != y->n_exit_layers)
     return 0;
   for (size_t i = 0; i < x->n_exit_layers; i++)
     if (x->exit_layers[i] != y->exit_layers[i]) return 0;
-  return x->temperature == 0 || (!a->seeded && !b->seeded);
+  return 1;
 }
 
-/* Fills s->batch from the oldest job and the later ones that can share with it. */
-static void take_batch(struct eellm_server *s) {
-  struct batch *b = &s->batch;
-  struct job *head = s->head;
-  b->n = 0;
-  b->o = head->req->o;
-  b->o.rule = s->rule;
-  b->o.method = s->method;
-  b->o.stop_at_eot = 1;
-  b->o.on_token = NULL;
-  b->o.ctx = NULL;
-  /* A seeded request split over calls gives each call its own stream. */
-  b->o.seed = head->req->seeded ? head->req->o.seed + head->taken : s->next_seed++;
-  for (struct job *j = head; j && b->n < s->max_batch; j = j->next) {
-    if (j != head && !can_share(head->req, j->req)) continue;
-    for (; j->taken < j->req->n && b->n < s->max_batch; b->n++, j->taken++) {
-      b->owner[b->n] = j;
-      b->index[b->n] = j->taken;
-      b->prompts[b->n] = j->req->ids[j->taken];
-      b->lens[b->n] = j->req->lens[j->taken];
-    }
+/* The group for a request's options, opened when there is none; NULL with err. */
+static struct group *group_for(struct eellm_server *s, const struct eellm_gen_options *o,
+                               char *err, size_t errlen) {
+  for (struct group *g = s->groups; g; g = g->next)
+    if (same_options(&g->o, o)) return g;
+  struct group *g = calloc(1, sizeof *g);
+  if (!g) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
   }
-  for (size_t i = 0; i < b->n; i++)
-    if (b->owner[i]->taken == b->owner[i]->req->n) queue_remove(s, b->owner[i]);
+  g->o = *o;
+  g->o.rule = s->rule;
+  g->o.method = s->method;
+  g->o.stop_at_eot = 1;
+  g->o.on_token = NULL;
+  g->o.ctx = NULL;
+  g->exit_layers = malloc((o->n_exit_layers ? o->n_exit_layers : 1) * sizeof *g->exit_layers);
+  if (g->exit_layers) {
+    for (size_t i = 0; i < o->n_exit_layers; i++) g->exit_layers[i] = o->exit_layers[i];
+    g->o.exit_layers = g->exit_layers;
+    g->session = eellm_gen_session_open(s->gen, &g->o, err, errlen);
+  } else {
+    snprintf(err, errlen, "out of memory");
+  }
+  if (!g->session) {
+    free(g->exit_layers);
+    free(g);
+    return NULL;
+  }
+  g->next = s->groups;
+  s->groups = g;
+  return g;
 }
 
-/* Hands the batch's results (or its failure) to their jobs and wakes finished ones. */
-static void settle_batch(struct eellm_server *s, int rc, const char *err) {
-  struct batch *b = &s->batch;
-  for (size_t i = 0; i < b->n; i++) {
-    struct job *job = b->owner[i];
-    if (rc == 0) {
-      job->out[b->index[i]] = b->out[i];
-    } else {
-      eellm_gen_sequence_free(&b->out[i]);
-      job->status = 500;
-      snprintf(job->err, sizeof job->err, "generation failed: %s", err);
-    }
-    memset(&b->out[i], 0, sizeof b->out[i]);
+static void close_groups(struct eellm_server *s) {
+  while (s->groups) {
+    struct group *g = s->groups;
+    s->groups = g->next;
+    eellm_gen_session_close(g->session);
+    free(g->exit_layers);
+    free(g);
   }
-  for (size_t i = 0; i < b->n; i++) {
-    struct job *job = b->owner[i];
-    if (job->status && job->taken < job->req->n) {
-      queue_remove(s, job);
-      job->taken = job->req->n;
-    }
-    if (job->taken == job->req->n) job->finished = 1;
+}
+
+/* A job ends once none of its prompts runs and none will start. */
+static void settle(struct eellm_server *s, struct job *job) {
+  if (job->running == 0 && (job->status || job->taken == job->req->n)) {
+    queue_remove(s, job);
+    job->finished = 1;
+    pthread_cond_broadcast(&s->done);
   }
-  pthread_cond_broadcast(&s->done);
+}
+
+static void fail_job(struct eellm_server *s, struct job *job, unsigned status, const char *why) {
+  if (!job->status) {
+    job->status = status;
+    snprintf(job->err, sizeof job->err, "%s", why);
+  }
+  queue_remove(s, job);
+  settle(s, job);
+}
+
+/* Fills free generator slots, one prompt at a time, each going to the queued
+ * request that has the fewest prompts running (the oldest among equals), and
+ * none to a request already running request_slots prompts. So a new request
+ * joins the running batch at the next step, whatever large ones are under way. */
+static void admit(struct eellm_server *s) {
+  while (!s->stopping && eellm_generator_free_slots(s->gen) > 0) {
+    struct job *pick = NULL;
+    for (struct job *j = s->head; j; j = j->next)
+      if (j->running < s->request_slots && (!pick || j->running < pick->running)) pick = j;
+    if (!pick) return;
+    char err[256];
+    struct group *g = group_for(s, &pick->req->o, err, sizeof err);
+    size_t i = pick->taken;
+    long slot = g ? eellm_gen_session_add(g->session, pick->req->ids[i], pick->req->lens[i],
+                                          pick->req->o.max_tokens, pick->seed, i, err, sizeof err)
+                  : -1;
+    if (slot < 0) {
+      char why[300];
+      snprintf(why, sizeof why, "generation failed: %s", err);
+      fail_job(s, pick, 500, why);
+      continue;
+    }
+    s->slot_job[slot] = pick;
+    s->slot_index[slot] = i;
+    pick->running++;
+    if (++pick->taken == pick->req->n) queue_remove(s, pick);
+  }
+}
+
+/* Hands finished sequences to their jobs and settles those. */
+static void collect(struct eellm_server *s) {
+  for (struct group *g = s->groups; g; g = g->next) {
+    struct eellm_gen_sequence q;
+    long slot;
+    while ((slot = eellm_gen_session_take(g->session, &q)) >= 0) {
+      struct job *job = s->slot_job[slot];
+      s->slot_job[slot] = NULL;
+      job->out[s->slot_index[slot]] = q;
+      job->running--;
+      settle(s, job);
+    }
+  }
+}
+
+static size_t running(const struct eellm_server *s) {
+  size_t n = 0;
+  for (struct group *g = s->groups; g; g = g->next) n += eellm_gen_session_running(g->session);
+  return n;
+}
+
+/* Stopping: no prompt starts any more; requests with prompts left get 503 once
+ * their running ones have finished. */
+static void refuse_queued(struct eellm_server *s) {
+  while (s->head) fail_job(s, s->head, 503, "the server is shutting down");
 }
 
 static void *generation_loop(void *arg) {
   struct eellm_server *s = arg;
-  struct batch *b = &s->batch;
   pthread_mutex_lock(&s->lock);
   for (;;) {
-    if (!s->head && !s->stopping) {
-      /* Idle StarPU workers poll for tasks in a tight loop unless paused. */
-      starpu_pause();
-      while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->lock);
-      starpu_resume();
+    if (s->stopping) refuse_queued(s);
+    admit(s);
+    if (running(s) == 0) {
+      pthread_mutex_unlock(&s->lock);
+      close_groups(s); /* waits for the last steps' tasks */
+      pthread_mutex_lock(&s->lock);
+      if (s->stopping) break;
+      if (!s->head) {
+        /* Idle StarPU workers poll for tasks in a tight loop unless paused. */
+        starpu_pause();
+        while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->lock);
+        starpu_resume();
+      }
+      continue;
     }
-    if (s->stopping) break;
-    take_batch(s);
     pthread_mutex_unlock(&s->lock);
-    char err[256] = "";
-    int rc = eellm_generate(s->gen, b->prompts, b->lens, b->n, &b->o, b->out, err, sizeof err);
+    /* A step of every group in turn: each group's sequences get a token. */
+    for (struct group *g = s->groups; g; g = g->next) eellm_gen_session_step(g->session);
     pthread_mutex_lock(&s->lock);
-    settle_batch(s, rc, err);
+    collect(s);
   }
-  for (struct job *job = s->head; job; job = job->next) {
-    job->status = 503;
-    snprintf(job->err, sizeof job->err, "the server is shutting down");
-    job->finished = 1;
-  }
-  s->head = s->tail = NULL;
   pthread_cond_broadcast(&s->done);
   pthread_mutex_unlock(&s->lock);
   return NULL;
@@ -191,6 +284,7 @@ static unsigned run_job(struct eellm_server *s, struct job *job) {
     snprintf(job->err, sizeof job->err, "the server is shutting down");
     return 503;
   }
+  job->seed = job->req->seeded ? job->req->o.seed : s->next_seed++;
   if (s->tail)
     s->tail->next = job;
   else
@@ -239,6 +333,246 @@ static void free_results(struct eellm_gen_sequence *out, size_t n) {
   free(out);
 }
 
+/* ---- connections: slow ones are closed ---- */
+
+static struct conn *conn_of(struct MHD_Connection *c) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return info ? info->socket_context : NULL;
+}
+
+/* A connection's next phase: its deadline counts from now. */
+static void conn_phase(struct eellm_server *s, struct MHD_Connection *c, int phase) {
+  struct conn *k = conn_of(c);
+  if (!k) return;
+  pthread_mutex_lock(&s->conns_lock);
+  k->phase = phase;
+  clock_gettime(CLOCK_MONOTONIC, &k->since);
+  pthread_mutex_unlock(&s->conns_lock);
+}
+
+/* Wakes the connection's thread with end of input, so that MHD closes it. The
+ * socket stays open until MHD's notice that it closed (which removes the
+ * connection from the list under the same lock), so fd is still this one. */
+static void conn_shut(struct conn *k) {
+  if (k->closing) return;
+  k->closing = 1;
+  shutdown(k->fd, SHUT_RDWR);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+  struct eellm_server *s = cls;
+  pthread_mutex_lock(&s->conns_lock);
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    struct conn *k = calloc(1, sizeof *k);
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (k && info) {
+      k->fd = info->connect_fd;
+      k->phase = WAITING_HEADER;
+      clock_gettime(CLOCK_MONOTONIC, &k->since);
+      k->prev = s->conns_tail;
+      if (s->conns_tail)
+        s->conns_tail->next = k;
+      else
+        s->conns_head = k;
+      s->conns_tail = k;
+      s->n_conns++;
+      /* Past the share kept for new clients, the oldest connection still
+       * waiting for a header (a slow client, or an idle keep-alive) goes. */
+      if (s->n_conns > EELLM_SERVER_MAX_CONNECTIONS - EELLM_SERVER_RESERVED_CONNECTIONS)
+        for (struct conn *o = s->conns_head; o != k; o = o->next)
+          if (o->phase == WAITING_HEADER && !o->closing) {
+            conn_shut(o);
+            break;
+          }
+    } else {
+      free(k);
+      k = NULL;
+    }
+    *socket_context = k;
+  } else if (*socket_context) {
+    struct conn *k = *socket_context;
+    if (k->prev) k->prev->next = k->next; else s->conns_head = k->next;
+    if (k->next) k->next->prev = k->prev; else s->conns_tail = k->prev;
+    s->n_conns--;
+    free(k);
+    *socket_context = NULL;
+  }
+  pthread_mutex_unlock(&s->conns_lock);
+}
+
+/* Four times a second: connections whose header took longer than
+ * header_timeout, or whose body longer than EELLM_SERVER_UPLOAD_TIMEOUT, are
+ * closed. (MHD's own timeout counts silence only: a byte now and then keeps a
+ * connection, and its thread, forever.) */
+static void *sweep_loop(void *arg) {
+  struct eellm_server *s = arg;
+  pthread_mutex_lock(&s->conns_lock);
+  while (s->sweeping) {
+    size_t closed = 0;
+    for (struct conn *k = s->conns_head; k; k = k->next) {
+      double limit = k->phase == WAITING_HEADER   ? (double)s->header_timeout
+                     : k->phase == RECEIVING_BODY ? (double)EELLM_SERVER_UPLOAD_TIMEOUT
+                                                  : -1;
+      if (limit >= 0 && !k->closing && seconds_since(&k->since) > limit) {
+        conn_shut(k);
+        closed++;
+      }
+    }
+    if (closed)
+      fprintf(stderr, "eellm serve: closed %zu slow connection%s (header over %u s or body over %u s)\n",
+              closed, closed == 1 ? "" : "s", s->header_timeout, EELLM_SERVER_UPLOAD_TIMEOUT);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += 250000000;
+    if (deadline.tv_nsec >= 1000000000) deadline.tv_sec++, deadline.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&s->sweep_cv, &s->conns_lock, &deadline);
+  }
+  pthread_mutex_unlock(&s->conns_lock);
+  return NULL;
+}
+
+/* ---- the acceptor ---- */
+
+/* A request line: a method token, a space and a target; MHD checks the rest. */
+static int request_line_ok(const char *line, size_t n) {
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+  size_t i = 0;
+  while (i < n && (isalnum((unsigned char)line[i]) || (line[i] && strchr(tchar, line[i])))) i++;
+  return i > 0 && i + 1 < n && line[i] == ' ' && line[i + 1] != ' ';
+}
+
+struct pending {
+  int fd;
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  struct timespec since;
+  size_t seen; /* bytes peeked so far, with no end of line among them */
+};
+
+static int same_address(const struct pending *a, const struct pending *b) {
+  if (a->addr.ss_family != b->addr.ss_family) return 0;
+  if (a->addr.ss_family == AF_INET)
+    return ((const struct sockaddr_in *)&a->addr)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)&b->addr)->sin_addr.s_addr;
+  if (a->addr.ss_family == AF_INET6)
+    return memcmp(&((const struct sockaddr_in6 *)&a->addr)->sin6_addr,
+                  &((const struct sockaddr_in6 *)&b->addr)->sin6_addr, 16) == 0;
+  return 0;
+}
+
+static void drop_pending(struct pending *p, size_t *n, size_t i) {
+  p[i] = p[--*n];
+}
+
+/* A new connection's first bytes, peeked: 1 while its request line is not
+ * complete, 0 once it was handed to MHD, answered 400 or closed. */
+static int check_pending(struct eellm_server *s, struct pending *p) {
+  char buf[512];
+  ssize_t n = recv(p->fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (seconds_since(&p->since) <= s->header_timeout) return 1;
+    n = 0;
+  }
+  if (n <= 0) {
+    close(p->fd);
+    return 0;
+  }
+  char *end = memchr(buf, '\n', (size_t)n);
+  if (end || (size_t)n == sizeof buf) {
+    size_t len = end ? (size_t)(end - buf) : (size_t)n;
+    if (len && buf[len - 1] == '\r') len--;
+    if (end && len > 0 && !request_line_ok(buf, len)) {
+      static const char answer[] =
+          "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\n"
+          "Content-Length: 39\r\n\r\n{\"error\":\"malformed HTTP request line\"}";
+      fprintf(stderr, "eellm serve: 400 malformed HTTP request line\n");
+      if (send(p->fd, answer, sizeof answer - 1, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+        shutdown(p->fd, SHUT_WR);
+      close(p->fd);
+      return 0;
+    }
+    /* A line too long for the peek, an empty line (allowed before a request)
+     * or a request line: MHD's from here on (it closes the socket if full). */
+    MHD_add_connection(s->daemon, p->fd, (const struct sockaddr *)&p->addr, p->addrlen);
+    return 0;
+  }
+  if (seconds_since(&p->since) > s->header_timeout) {
+    close(p->fd);
+    return 0;
+  }
+  p->seen = (size_t)n;
+  return 1;
+}
+
+/* Accepts connections and holds each until its request line is complete (no
+ * thread per slow client), at most EELLM_SERVER_MAX_PENDING (the oldest goes
+ * when another comes), max_per_client from one address, and header_timeout
+ * seconds each. Partial lines are
+ * looked at again every 50 ms rather than polled (their data stays readable). */
+static void *accept_loop(void *arg) {
+  struct eellm_server *s = arg;
+  struct pending p[EELLM_SERVER_MAX_PENDING];
+  struct pollfd fds[1 + EELLM_SERVER_MAX_PENDING];
+  size_t n = 0, closed = 0, refused = 0;
+  struct timespec said;
+  clock_gettime(CLOCK_MONOTONIC, &said);
+  for (;;) {
+    pthread_mutex_lock(&s->conns_lock);
+    int accepting = s->accepting;
+    pthread_mutex_unlock(&s->conns_lock);
+    if (!accepting) break;
+    fds[0] = (struct pollfd){.fd = s->listen_fd, .events = POLLIN};
+    for (size_t i = 0; i < n; i++)
+      fds[1 + i] = (struct pollfd){.fd = p[i].fd, .events = p[i].seen ? 0 : POLLIN};
+    poll(fds, 1 + n, 50);
+    for (size_t i = n; i-- > 0;)
+      if ((fds[1 + i].revents || p[i].seen || seconds_since(&p[i].since) > s->header_timeout)) {
+        int timed_out = seconds_since(&p[i].since) > s->header_timeout;
+        if (!check_pending(s, &p[i])) {
+          closed += timed_out;
+          drop_pending(p, &n, i);
+        }
+      }
+    if ((closed || refused) && seconds_since(&said) >= 1) {
+      fprintf(stderr,
+              "eellm serve: closed %zu slow connection%s (request line over %u s), refused %zu "
+              "over %u from one address\n",
+              closed, closed == 1 ? "" : "s", s->header_timeout, refused, s->max_per_client);
+      closed = refused = 0;
+      clock_gettime(CLOCK_MONOTONIC, &said);
+    }
+    if (!(fds[0].revents & POLLIN)) continue;
+    struct pending q = {.addrlen = sizeof q.addr};
+    q.fd = accept(s->listen_fd, (struct sockaddr *)&q.addr, &q.addrlen);
+    if (q.fd < 0) continue;
+    fcntl(q.fd, F_SETFD, FD_CLOEXEC);
+    clock_gettime(CLOCK_MONOTONIC, &q.since);
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++) same += same_address(&p[i], &q);
+    if (same >= s->max_per_client) {
+      close(q.fd);
+      refused++;
+      continue;
+    }
+    if (n == EELLM_SERVER_MAX_PENDING) {
+      size_t oldest = 0;
+      for (size_t i = 1; i < n; i++)
+        if (seconds_since(&p[i].since) > seconds_since(&p[oldest].since)) oldest = i;
+      close(p[oldest].fd);
+      drop_pending(p, &n, oldest);
+    }
+    p[n] = q;
+    if (check_pending(s, &p[n])) n++;
+  }
+  for (size_t i = 0; i < n; i++) close(p[i].fd);
+  return NULL;
+}
+
+/* ---- requests ---- */
+
 /* Reads, checks and runs the request in x, and answers it. */
 static enum MHD_Result answer(struct eellm_server *s, struct MHD_Connection *c,
                               const struct exchange *x) {
@@ -254,6 +588,7 @@ static enum MHD_Result answer(struct eellm_server *s, struct MHD_Connection *c,
     eellm_api_request_free(&r);
     return reply_error(c, MHD_HTTP_BAD_REQUEST, "%s", err);
   }
+  conn_phase(s, c, ANSWERING);
   struct job job = {.req = &r, .out = calloc(r.n, sizeof *job.out)};
   unsigned status = job.out ? run_job(s, &job) : 500;
   enum MHD_Result result;
@@ -273,10 +608,35 @@ static enum MHD_Result answer(struct eellm_server *s, struct MHD_Connection *c,
   return result;
 }
 
-/* The first call for a request: wrong paths and methods, and declared bodies over
- * the limit, are answered before any body is read. */
+/* Counts the Content-Length headers and whether they differ. */
+struct lengths {
+  const char *first;
+  int count, differ;
+};
+
+static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value) {
+  (void)kind;
+  struct lengths *l = cls;
+  if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0) return MHD_YES;
+  if (l->count++ == 0)
+    l->first = value;
+  else if (strcmp(l->first, value ? value : "") != 0)
+    l->differ = 1;
+  return MHD_YES;
+}
+
+/* The first call for a request, once its header is in: ambiguous lengths,
+ * wrong paths and methods, and declared bodies over the limit, are answered
+ * before any body is read. */
 static enum MHD_Result begin(struct eellm_server *s, struct MHD_Connection *c, const char *url,
                              const char *method, void **state) {
+  conn_phase(s, c, RECEIVING_BODY);
+  struct lengths lengths = {0};
+  MHD_get_connection_values(c, MHD_HEADER_KIND, count_length, &lengths);
+  if (lengths.differ)
+    return reply_error(c, MHD_HTTP_BAD_REQUEST, "%d different Content-Length headers",
+                       lengths.count);
   if (strcmp(url, "/api") != 0)
     return reply_error(c, MHD_HTTP_NOT_FOUND, "no such path '%.100s': the API is PUT /api", url);
   if (strcmp(method, "PUT") != 0)
@@ -338,8 +698,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **state,
                          enum MHD_RequestTerminationCode why) {
-  (void)c, (void)why;
+  (void)why;
   struct eellm_server *s = cls;
+  conn_phase(s, c, WAITING_HEADER); /* for the next request on the connection */
   struct exchange *x = *state;
   if (!x) return;
   free(x->body);
@@ -383,26 +744,16 @@ static int listen_on(const char *host, unsigned port, unsigned *bound, char *err
   return fd;
 }
 
-static int batch_alloc(struct batch *b, unsigned max_batch) {
-  b->owner = calloc(max_batch, sizeof *b->owner);
-  b->index = calloc(max_batch, sizeof *b->index);
-  b->prompts = calloc(max_batch, sizeof *b->prompts);
-  b->lens = calloc(max_batch, sizeof *b->lens);
-  b->out = calloc(max_batch, sizeof *b->out);
-  return b->owner && b->index && b->prompts && b->lens && b->out ? 0 : -1;
-}
-
 static void server_free(struct eellm_server *s) {
-  free(s->batch.owner);
-  free(s->batch.index);
-  free(s->batch.prompts);
-  free(s->batch.lens);
-  free(s->batch.out);
+  free(s->slot_job);
+  free(s->slot_index);
   eellm_tokenizer_close(s->tok);
   pthread_mutex_destroy(&s->tok_lock);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->work);
   pthread_cond_destroy(&s->done);
+  pthread_mutex_destroy(&s->conns_lock);
+  pthread_cond_destroy(&s->sweep_cv);
   free(s);
 }
 
@@ -421,13 +772,21 @@ static struct eellm_server *server_create(struct eellm_generator *g,
   s->rule = c->rule;
   s->method = c->method;
   s->max_batch = c->max_batch;
+  s->request_slots = c->request_slots ? c->request_slots : eellm_server_default_request_slots(c->max_batch);
+  if (s->request_slots > c->max_batch) s->request_slots = c->max_batch;
+  s->header_timeout = c->header_timeout ? c->header_timeout : EELLM_SERVER_HEADER_TIMEOUT;
+  s->max_per_client = c->max_per_client ? c->max_per_client : EELLM_SERVER_MAX_PER_CLIENT;
   s->next_seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
   pthread_mutex_init(&s->tok_lock, NULL);
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work, NULL);
   pthread_cond_init(&s->done, NULL);
+  pthread_mutex_init(&s->conns_lock, NULL);
+  pthread_cond_init(&s->sweep_cv, NULL);
   const char *kind = eellm_tokenizer_name(eellm_tokenizer_id(eellm_generator_tokenizer(g)));
-  if (batch_alloc(&s->batch, c->max_batch) != 0) {
+  s->slot_job = calloc(c->max_batch, sizeof *s->slot_job);
+  s->slot_index = calloc(c->max_batch, sizeof *s->slot_index);
+  if (!s->slot_job || !s->slot_index) {
     snprintf(err, errlen, "out of memory");
   } else if ((s->tok = eellm_tokenizer_open(kind, c->tokenizer_dir, err, errlen))) {
     if (pthread_create(&s->generation, NULL, generation_loop, s) == 0) return s;
@@ -445,24 +804,49 @@ static void stop_generation(struct eellm_server *s) {
   pthread_join(s->generation, NULL);
 }
 
+static void stop_sweeper(struct eellm_server *s) {
+  pthread_mutex_lock(&s->conns_lock);
+  s->sweeping = 0;
+  pthread_cond_signal(&s->sweep_cv);
+  pthread_mutex_unlock(&s->conns_lock);
+  pthread_join(s->sweeper, NULL);
+}
+
+unsigned eellm_server_default_request_slots(unsigned max_batch) {
+  return max_batch > 1 ? max_batch / 2 : 1;
+}
+
 struct eellm_server *eellm_server_start(struct eellm_generator *g,
                                         const struct eellm_server_config *c, char *err,
                                         size_t errlen) {
   struct eellm_server *s = server_create(g, c, err, errlen);
   if (!s) return NULL;
+  s->sweeping = 1;
+  if (pthread_create(&s->sweeper, NULL, sweep_loop, s) != 0) {
+    snprintf(err, errlen, "cannot start the connection sweeper");
+    stop_generation(s);
+    server_free(s);
+    return NULL;
+  }
   int fd = listen_on(c->host, c->port, &s->port, err, errlen);
   if (fd >= 0) {
     s->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-            MHD_USE_ITC | MHD_USE_ERROR_LOG,
-        0, NULL, NULL, on_request, s, MHD_OPTION_LISTEN_SOCKET, fd,
+            MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET,
+        0, NULL, NULL, on_request, s,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)EELLM_SERVER_IDLE_TIMEOUT,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)EELLM_SERVER_MAX_CONNECTIONS,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->max_per_client,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
-    if (s->daemon) return s;
+    s->listen_fd = fd;
+    s->accepting = 1;
+    if (s->daemon && pthread_create(&s->acceptor, NULL, accept_loop, s) == 0) return s;
+    if (s->daemon) MHD_stop_daemon(s->daemon);
     snprintf(err, errlen, "cannot start the HTTP server on %s port %u", c->host, s->port);
     close(fd);
   }
+  stop_sweeper(s);
   stop_generation(s);
   server_free(s);
   return NULL;
@@ -481,10 +865,14 @@ static void wait_for_answers(struct eellm_server *s) {
 }
 
 void eellm_server_stop(struct eellm_server *s) {
-  MHD_socket listening = MHD_quiesce_daemon(s->daemon);
-  if (listening != MHD_INVALID_SOCKET) close(listening);
+  pthread_mutex_lock(&s->conns_lock);
+  s->accepting = 0;
+  pthread_mutex_unlock(&s->conns_lock);
+  pthread_join(s->acceptor, NULL);
+  close(s->listen_fd);
   stop_generation(s);
   wait_for_answers(s);
   MHD_stop_daemon(s->daemon);
+  stop_sweeper(s);
   server_free(s);
 }

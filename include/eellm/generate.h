@@ -109,6 +109,52 @@ EELLM_API unsigned eellm_generator_stages(const struct eellm_generator *g, unsig
 EELLM_API int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
                                          size_t first, size_t count, float *kv);
 
+/* Added after the first contract: continuous batching.
+ *
+ * A session is a running batch that sequences join and leave between steps.
+ * Each sequence holds one of the generator's max_batch cache slots from
+ * eellm_gen_session_add until eellm_gen_session_take hands its output back;
+ * the sessions of one generator share its slots (several sessions, each with
+ * its own options, may be open and stepped in turn). A step gives every
+ * unfinished sequence of the session its next token; a sequence added before a
+ * step joins it (its whole prompt goes through the layers beside the others'
+ * newest tokens), a finished one stops taking part. What a sequence generates
+ * does not depend on what else is in the batch or when it joined: greedy, the
+ * tokens eellm_generate gives for its prompt alone; sampled, the stream seeded
+ * by (seed, stream) is the one eellm_generate gives the prompt at index
+ * `stream` of a call with o.seed = seed. Both methods: under PIPELINE a step
+ * returns once every sequence has its token, while the deeper stages may still
+ * be filling the caches; the next step's tasks come after that work on every
+ * cache.
+ *
+ * The session's options are o's but for max_tokens and seed, given per
+ * sequence; on_token gets the sequence's slot. eellm_generate refuses to run
+ * while a session is open. Calls on one generator and its sessions are not
+ * reentrant: one thread, or the caller's lock. */
+struct eellm_gen_session;
+
+/* NULL with err on bad options. */
+EELLM_API struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
+                                                           const struct eellm_gen_options *o,
+                                                           char *err, size_t errlen);
+/* Adds a prompt (copied) that joins at the next step: returns its slot (0 ..
+ * max_batch - 1), or -1 with err when no slot is free or the prompt is bad. */
+EELLM_API long eellm_gen_session_add(struct eellm_gen_session *s, const uint16_t *prompt,
+                                     size_t len, unsigned max_tokens, uint64_t seed,
+                                     uint64_t stream, char *err, size_t errlen);
+/* One step; returns how many of the session's sequences are still unfinished
+ * (0 at once when none was). */
+EELLM_API size_t eellm_gen_session_step(struct eellm_gen_session *s);
+EELLM_API size_t eellm_gen_session_running(const struct eellm_gen_session *s);
+/* Hands over a finished sequence's output (free it with eellm_gen_sequence_free)
+ * and frees its slot: returns the slot, or -1 when no sequence has finished. */
+EELLM_API long eellm_gen_session_take(struct eellm_gen_session *s,
+                                      struct eellm_gen_sequence *out);
+/* Drops the unfinished sequences, frees their slots and the session; NULL is a no-op. */
+EELLM_API void eellm_gen_session_close(struct eellm_gen_session *s);
+/* Slots no session holds. */
+EELLM_API unsigned eellm_generator_free_slots(const struct eellm_generator *g);
+
 #ifdef __cplusplus
 }
 #endif

@@ -74,7 +74,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->vocab = spec->vocab_size;
   g->pools[0] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
   g->pools[1] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
-  if (!g->pools[0] || !g->pools[1] || build_caches(g) != 0) {
+  g->slot_taken = calloc(max_batch, 1);
+  if (!g->pools[0] || !g->pools[1] || !g->slot_taken || build_caches(g) != 0) {
     snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
     goto fail;
   }
@@ -96,6 +97,7 @@ void eellm_generator_close(struct eellm_generator *g) {
   free(g->cache);
   free(g->cache_mem);
   free(g->exit_at);
+  free(g->slot_taken);
   eellm_tokenizer_close(g->tok);
   eellm_model_destroy(g->m);
   free(g);
@@ -201,38 +203,48 @@ static int allowed_exits(struct call *c, char *err, size_t errlen) {
   return 0;
 }
 
+static int check_prompt(const struct eellm_generator *g, size_t s, const uint16_t *prompt,
+                        size_t len, char *err, size_t errlen) {
+  if (len < 1 || len > g->context) {
+    snprintf(err, errlen, "prompt %zu has %zu tokens: need 1..%u (the context)", s, len,
+             g->context);
+    return -1;
+  }
+  for (size_t i = 0; i < len; i++)
+    if (prompt[i] >= g->vocab) {
+      snprintf(err, errlen, "prompt %zu: token id %u outside the vocabulary (%zu)", s,
+               (unsigned)prompt[i], g->vocab);
+      return -1;
+    }
+  return 0;
+}
+
 static int check_prompts(const struct eellm_generator *g, const uint16_t *const *prompts,
                          const size_t *lens, size_t n, char *err, size_t errlen) {
   if (n > g->max_batch) {
     snprintf(err, errlen, "%zu prompts: this generator takes at most %u at once", n, g->max_batch);
     return -1;
   }
-  for (size_t s = 0; s < n; s++) {
-    if (lens[s] < 1 || lens[s] > g->context) {
-      snprintf(err, errlen, "prompt %zu has %zu tokens: need 1..%u (the context)", s, lens[s],
-               g->context);
-      return -1;
-    }
-    for (size_t i = 0; i < lens[s]; i++)
-      if (prompts[s][i] >= g->vocab) {
-        snprintf(err, errlen, "prompt %zu: token id %u outside the vocabulary (%zu)", s,
-                 (unsigned)prompts[s][i], g->vocab);
-        return -1;
-      }
-  }
+  for (size_t s = 0; s < n; s++)
+    if (check_prompt(g, s, prompts[s], lens[s], err, errlen) != 0) return -1;
   return 0;
 }
 
+/* Sequence s of the call (its cache slot) from the prompt; its random stream
+ * is seeded by seed and stream. */
 static void start_sequence(struct call *c, size_t s, const uint16_t *prompt, size_t len,
+                           unsigned max_tokens, uint64_t seed, uint64_t stream,
                            struct eellm_gen_sequence *out) {
   struct sequence *q = &c->seqs[s];
-  size_t room = c->g->context - len, n_max = c->o->max_tokens < room ? c->o->max_tokens : room;
+  size_t room = c->g->context - len, n_max = max_tokens < room ? max_tokens : room;
   q->tokens = gen_xmalloc((len + n_max) * sizeof *q->tokens);
   memcpy(q->tokens, prompt, len * sizeof *prompt);
   q->len = len;
   q->max_len = len + n_max;
+  q->through = 0;
   q->done = n_max == 0;
-  q->rng = c->o->seed * 0x2545f4914f6cdd1dull + s;
+  q->active = 1;
+  q->rng = seed * 0x2545f4914f6cdd1dull + stream;
   q->out = out;
   out->tokens = gen_xmalloc(n_max * sizeof *out->tokens);
   out->exit_layers = gen_xmalloc(n_max * sizeof *out->exit_layers);
@@ -284,6 +296,11 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   c.undecided = calloc(n ? n : 1, sizeof *c.undecided);
   c.points = calloc(g->n_layers + 1, sizeof *c.points);
   if (!c.allowed || !c.seqs || !c.undecided || !c.points) abort();
+  if (g->sessions > 0) {
+    snprintf(err, errlen, "the generator has an open session: close it first");
+    end_call(&c);
+    return -1;
+  }
   if (check_options(&c, o, err, errlen) != 0 || allowed_exits(&c, err, errlen) != 0 ||
       check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
     end_call(&c);
@@ -291,7 +308,8 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   }
   assign_stages(&c);
   decision_points(&c);
-  for (size_t s = 0; s < n; s++) start_sequence(&c, s, prompts[s], prompt_lens[s], &out[s]);
+  for (size_t s = 0; s < n; s++)
+    start_sequence(&c, s, prompts[s], prompt_lens[s], o->max_tokens, o->seed, s, &out[s]);
   gen_run(&c);
   end_call(&c);
   if (c.bad_layer) {
@@ -301,4 +319,114 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
     return -1;
   }
   return 0;
+}
+
+/* ---- sessions (continuous batching) ---------------------------------------------- */
+
+struct eellm_gen_session {
+  struct call c;                  /* seqs and undecided: one per cache slot */
+  struct eellm_gen_options o;     /* a copy; o.exit_layers points into exit_layers */
+  unsigned *exit_layers;
+  struct eellm_gen_sequence *outs; /* per slot */
+};
+
+struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
+                                                 const struct eellm_gen_options *o, char *err,
+                                                 size_t errlen) {
+  struct eellm_gen_session *s = calloc(1, sizeof *s);
+  if (!s) abort();
+  s->o = *o;
+  s->exit_layers = gen_xmalloc(o->n_exit_layers * sizeof *s->exit_layers);
+  if (o->n_exit_layers) memcpy(s->exit_layers, o->exit_layers, o->n_exit_layers * sizeof *s->exit_layers);
+  s->o.exit_layers = s->exit_layers;
+  size_t n = g->max_batch;
+  s->c = (struct call){.g = g, .m = g->m, .o = &s->o, .n_seqs = n};
+  struct call *c = &s->c;
+  c->allowed = calloc(g->n_layers, 1);
+  c->seqs = calloc(n, sizeof *c->seqs);
+  c->undecided = calloc(n, sizeof *c->undecided);
+  c->points = calloc(g->n_layers + 1, sizeof *c->points);
+  s->outs = calloc(n, sizeof *s->outs);
+  if (!c->allowed || !c->seqs || !c->undecided || !c->points || !s->outs) abort();
+  for (size_t i = 0; i < n; i++) c->seqs[i].done = 1;
+  if (check_options(c, &s->o, err, errlen) != 0 || allowed_exits(c, err, errlen) != 0) {
+    end_call(c);
+    free(s->outs);
+    free(s->exit_layers);
+    free(s);
+    return NULL;
+  }
+  assign_stages(c);
+  decision_points(c);
+  gen_call_init(c);
+  g->sessions++;
+  return s;
+}
+
+long eellm_gen_session_add(struct eellm_gen_session *s, const uint16_t *prompt, size_t len,
+                           unsigned max_tokens, uint64_t seed, uint64_t stream, char *err,
+                           size_t errlen) {
+  struct eellm_generator *g = s->c.g;
+  if (check_prompt(g, 0, prompt, len, err, errlen) != 0) return -1;
+  size_t slot = 0;
+  while (slot < g->max_batch && g->slot_taken[slot]) slot++;
+  if (slot == g->max_batch) {
+    snprintf(err, errlen, "every one of the generator's %u slots is taken", g->max_batch);
+    return -1;
+  }
+  g->slot_taken[slot] = 1;
+  free(s->c.seqs[slot].tokens);
+  memset(&s->outs[slot], 0, sizeof s->outs[slot]);
+  start_sequence(&s->c, slot, prompt, len, max_tokens, seed, stream, &s->outs[slot]);
+  return (long)slot;
+}
+
+size_t eellm_gen_session_running(const struct eellm_gen_session *s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s->c.n_seqs; i++) n += s->c.seqs[i].active && !s->c.seqs[i].done;
+  return n;
+}
+
+size_t eellm_gen_session_step(struct eellm_gen_session *s) {
+  if (eellm_gen_session_running(s) == 0) return 0;
+  gen_run_step(&s->c);
+  return eellm_gen_session_running(s);
+}
+
+long eellm_gen_session_take(struct eellm_gen_session *s, struct eellm_gen_sequence *out) {
+  for (size_t slot = 0; slot < s->c.n_seqs; slot++) {
+    struct sequence *q = &s->c.seqs[slot];
+    if (!q->active || !q->done) continue;
+    *out = s->outs[slot];
+    memset(&s->outs[slot], 0, sizeof s->outs[slot]);
+    free(q->tokens);
+    q->tokens = NULL;
+    q->active = 0;
+    s->c.g->slot_taken[slot] = 0;
+    return (long)slot;
+  }
+  return -1;
+}
+
+void eellm_gen_session_close(struct eellm_gen_session *s) {
+  if (!s) return;
+  starpu_task_wait_for_all();
+  struct call *c = &s->c;
+  for (size_t slot = 0; slot < c->n_seqs; slot++)
+    if (c->seqs[slot].active) {
+      eellm_gen_sequence_free(&s->outs[slot]);
+      c->g->slot_taken[slot] = 0;
+    }
+  c->g->sessions--;
+  gen_call_end(c);
+  end_call(c);
+  free(s->outs);
+  free(s->exit_layers);
+  free(s);
+}
+
+unsigned eellm_generator_free_slots(const struct eellm_generator *g) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < g->max_batch; i++) n += !g->slot_taken[i];
+  return n;
 }
