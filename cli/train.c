@@ -42,7 +42,8 @@ static const char train_usage[] =
 
 /* How the run's events are printed. */
 struct printer {
-  int tty; /* stdout is a terminal: the progress line is redrawn in place */
+  int tty;             /* stdout is a terminal: the progress line is redrawn in place */
+  int failure_printed; /* the run's error was reported as it happened */
 };
 
 static void format_duration(double s, char *buf, size_t n) {
@@ -93,7 +94,7 @@ static void print_validation(const struct printer *p, const struct eellm_train_e
 }
 
 static void on_event(void *ctx, const struct eellm_train_event *e) {
-  const struct printer *p = ctx;
+  struct printer *p = ctx;
   switch (e->kind) {
     case EELLM_TRAIN_START: print_start(e); break;
     case EELLM_TRAIN_STEP: print_step(p, e); break;
@@ -103,6 +104,11 @@ static void on_event(void *ctx, const struct eellm_train_event *e) {
              p->tty ? "\n" : "", e->step, e->checkpoint);
       break;
     case EELLM_TRAIN_TRACE: printf("trace: %ld tasks in %s\n", e->trace_tasks, e->trace_file); break;
+    case EELLM_TRAIN_FAILED:
+      fflush(stdout);
+      fprintf(stderr, "eellm train: %s\n", e->message);
+      p->failure_printed = 1;
+      break;
   }
   fflush(stdout);
 }
@@ -166,6 +172,6 @@ int cmd_train(int argc, char **argv) {
   o.ctx = &p;
   char err[8400];
   int status = eellm_train_run(&o, err, sizeof err);
-  if (status != 0 && err[0]) fprintf(stderr, "eellm train: %s\n", err);
+  if (status != 0 && err[0] && !p.failure_printed) fprintf(stderr, "eellm train: %s\n", err);
   return status;
 }

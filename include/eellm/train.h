@@ -25,6 +25,7 @@ enum eellm_train_event_kind {
   EELLM_TRAIN_VALIDATION,  /* after every validation pass (eval_interval, last step) */
   EELLM_TRAIN_INTERRUPTED, /* SIGINT or SIGTERM: stopped after `step`, checkpoint written */
   EELLM_TRAIN_TRACE,       /* the trace file of this rank was written */
+  EELLM_TRAIN_FAILED,      /* the run fails: `message` is the error also left in err */
 };
 
 /* What an event carries; fields the kind does not name are 0 or NULL. Pointers
@@ -56,6 +57,9 @@ struct eellm_train_event {
    * gradient norm), and how many steps of the run were (resumed runs included) */
   int skipped;
   unsigned skipped_steps;
+  /* FAILED: the one-line error, reported where it happens (before MPI shuts
+   * down, so that a launcher relays it before any rank's exit ends the job) */
+  const char *message;
 };
 
 struct eellm_train_options {
@@ -71,7 +75,8 @@ struct eellm_train_options {
   const char *trace_path;  /* record every task of the run into this file, or NULL */
   enum eellm_trace_format trace_format;
   /* Called on rank 0 for every event but TRACE, which every rank reports for
-   * its own file; on the thread that called eellm_train_run. May be NULL. */
+   * its own file, and FAILED, which the rank that has the error reports (rank
+   * 0 for bad input); on the thread that called eellm_train_run. May be NULL. */
   void (*on_event)(void *ctx, const struct eellm_train_event *event);
   void *ctx;
   /* A step whose gradient norm is NaN or inf applies no update (parameters and

@@ -51,6 +51,7 @@ struct run {
  * time, as the signal handlers are process-wide too. */
 static char *run_err;
 static size_t run_errlen;
+static const struct eellm_train_options *run_options;
 
 static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The run's one-line error; the first failure is the one reported. Under MPI
@@ -66,6 +67,8 @@ static int fail(int status, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(run_err + at, run_errlen - at, fmt, ap);
   va_end(ap);
+  struct eellm_train_event e = {.kind = EELLM_TRAIN_FAILED, .message = run_err};
+  if (run_options && run_options->on_event) run_options->on_event(run_options->ctx, &e);
   return status;
 }
 
@@ -574,6 +577,7 @@ int eellm_train_run(const struct eellm_train_options *o, char *err, size_t errle
   if (eellm_launched_by_mpirun() && eellm_mpi_init(err, errlen) != 0) return 1;
   run_err = err;
   run_errlen = errlen;
+  run_options = o;
   /* Ranks agree before and after each collective phase, so none waits alone. */
   int status = eellm_mpi_max(setup_inputs(&r));
   if (status == 0) status = eellm_mpi_max(setup_model(&r, &state));
@@ -593,5 +597,6 @@ int eellm_train_run(const struct eellm_train_options *o, char *err, size_t errle
   cleanup(&r);
   run_err = NULL;
   run_errlen = 0;
+  run_options = NULL;
   return status;
 }
