@@ -4,7 +4,7 @@
 # PyTorch computation (tests/torch_eval_parity.py); calibration keeps its target
 # on the calibration half of the validation tokens and, within 3 standard
 # errors, on the held-out half; the threshold lands in the checkpoint's metadata
-# and generate uses it when no --threshold is given; bad usage gets one line.
+# and generate and serve use it when no threshold is given; bad usage gets one line.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -98,6 +98,20 @@ check "generate exits early with it" 'grep -Eq "tokens per exit: layer [12] " "$
 "$eellm" generate --ckpt "$ckpt" --prompt "the quick" --max-tokens 16 --threshold 1 --show-exits \
   > "$tmp/gen1.out" 2> "$tmp/gen1.err"
 check "--threshold 1 overrides it" '! grep -q calibrated "$tmp/gen1.err" && grep -q "tokens per exit: layer 3 (final) 16 (100.0%)" "$tmp/gen1.out"'
+
+# serve: requests without early_exit_thres get the calibrated threshold.
+if command -v curl > /dev/null; then
+  "$eellm" serve --ckpt "$ckpt" --port 0 > "$tmp/serve.out" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do grep -q "/api" "$tmp/serve.out" && break; sleep 0.1; done
+  port=$(sed -n 's/.*:\([0-9]*\)\/api.*/\1/p' "$tmp/serve.out" | head -1)
+  ask() { curl -s -X PUT "http://127.0.0.1:$port/api" -d "{\"prompts\": [\"the quick\"], \"tokens_to_generate\": 12, \"use_early_exit\": true, \"temperature\": 0$1}"; }
+  check "serve announces the calibrated threshold" 'grep -q "default early_exit_thres .* (calibrated)" "$tmp/serve.out"'
+  check "serve exits early without early_exit_thres" 'ask "" | grep -Eq "\"exit_layers\":\[\[[^]]*[12][],]"'
+  check "early_exit_thres 1 still turns exits off" 'ask ", \"early_exit_thres\": 1" | grep -q "\"exit_layers\":\[\[3,3,3,3,3,3,3,3,3,3,3,3\]\]"'
+  kill $server
+  wait $server 2> /dev/null
+fi
 
 # Bad usage: one line, status 2.
 expect_error "calibrate without a target" "one target" \
