@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include <eellm.h>
+#include <eellm/eval.h>
 #include <eellm/generate.h>
 #include <eellm/trace.h>
 #include <eellm/tokenizer.h>
@@ -28,7 +29,9 @@ static const char generate_usage[] =
     "  --ckpt PATH          a checkpoint, or a run directory holding checkpoint.safetensors\n"
     "  --max-tokens N       tokens to generate per prompt (default 64; fewer when the\n"
     "                       context fills, or at the end-of-text token)\n"
-    "  --threshold T        confidence an exit needs, in (0, 1]; 1 (the default) turns exits off\n"
+    "  --threshold T        confidence an exit needs, in (0, 1]; 1 turns exits off; default:\n"
+    "                       the checkpoint's calibrated threshold for the rule (eellm eval\n"
+    "                       --calibrate), else 1\n"
     "  --exit-layers LIST   layers whose exits may fire (default: all)\n"
     "  --exit-rule RULE     maxprob (largest probability, default) or entropy\n"
     "                       (1 - entropy / log vocabulary)\n"
@@ -233,6 +236,7 @@ struct cli {
   struct eellm_gen_options o;
   unsigned *exit_layers;
   int stream, show_exits;
+  int threshold_given;
 };
 
 static int fail(const char *what, const char *detail) {
@@ -279,6 +283,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
         if (parse_number(optarg, 0, 1, &v) != 0 || v == 0)
           return fail("--threshold wants a number in (0, 1], got ", optarg);
         a->o.threshold = (float)v;
+        a->threshold_given = 1;
         break;
       case 'l':
         if (parse_layers(optarg, &a->exit_layers, &a->o.n_exit_layers) != 0)
@@ -395,6 +400,14 @@ static int run(struct cli *a) {
     goto done;
   }
   if (!ids || !prompts || !lens || !out) goto done;
+  /* No --threshold: the one `eellm eval --calibrate` stored for this rule, if any. */
+  float calibrated;
+  if (!a->threshold_given &&
+      eellm_checkpoint_threshold(path, a->o.rule, &calibrated, err, sizeof err) == 1) {
+    a->o.threshold = calibrated;
+    fprintf(stderr, "eellm generate: threshold %.4g (calibrated, from the checkpoint)\n",
+            (double)calibrated);
+  }
   if (a->trace_path && eellm_trace_start(a->trace_path, a->trace_format, 0, 1, err, sizeof err)) {
     fprintf(stderr, "eellm generate: --trace %s\n", err);
     goto done;

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include <eellm.h>
+#include <eellm/eval.h>
 #include <eellm/generate.h>
 #include "serve/server.h"
 
@@ -44,7 +45,9 @@ static const char serve_usage[] =
     "  prompts             list of non-empty strings (at most 1024)\n"
     "  tokens_to_generate  integer from 1 to the context (default 64)\n"
     "  use_early_exit      true or false (default false)\n"
-    "  early_exit_thres    number in (0, 1] (default 1: every token goes through the final head)\n"
+    "  early_exit_thres    number in (0, 1] (default: the checkpoint's calibrated threshold\n"
+    "                      for --exit-rule, from eellm eval --calibrate; else 1, every token\n"
+    "                      through the final head)\n"
     "  exit_layers         list of the model's exit layers that may fire (default []: all;\n"
     "                      the final layer may be listed too)\n"
     "  temperature         number in [0, 100] (default 1; 0: greedy)\n"
@@ -69,6 +72,7 @@ static const char serve_usage[] =
 
 struct serve_options {
   const char *ckpt, *host, *tokenizer_dir;
+  const char *ckpt_path; /* the checkpoint file */
   unsigned port, max_batch, request_slots, header_timeout;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
@@ -196,6 +200,10 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
                                   .n_exits = exits ? spec->n_exits : 0,
                                   .rule = o->rule,
                                   .method = o->method};
+  /* Requests without early_exit_thres get the calibrated threshold, if stored. */
+  char terr[512];
+  if (eellm_checkpoint_threshold(o->ckpt_path, o->rule, &c.threshold, terr, sizeof terr) != 1)
+    c.threshold = 0;
   char err[512];
   struct eellm_server *s = eellm_server_start(g, &c, err, sizeof err);
   if (!s) {
@@ -208,6 +216,8 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
          spec->name, open, o->host, close, eellm_server_port(s), eellm_generator_context(g),
          o->max_batch,
          o->request_slots ? o->request_slots : eellm_server_default_request_slots(o->max_batch));
+  if (c.threshold > 0)
+    printf("eellm serve: default early_exit_thres %.4g (calibrated)\n", (double)c.threshold);
   fflush(stdout);
   wait_for_stop(stop);
   eellm_server_stop(s);
@@ -220,6 +230,7 @@ int cmd_serve(int argc, char **argv) {
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : rc;
   char *ckpt = checkpoint_path(o.ckpt);
+  o.ckpt_path = ckpt;
   char err[512];
   Eellm__Model *spec = ckpt ? eellm_checkpoint_spec(ckpt, err, sizeof err) : NULL;
   if (!spec) {

@@ -3,7 +3,8 @@
  * as StarPU tasks, read each exit's loss, save and load checkpoints.
  *
  * The rest of the installed API is in eellm/: train.h (the training loop and
- * loss plots), generate.h (early-exit generation), tokenizer.h, tokens.h
+ * loss plots), generate.h (early-exit generation), eval.h (evaluation,
+ * threshold sweeps and calibration), tokenizer.h, tokens.h
  * (token files), trace.h (task traces and their figures), outfile.h (atomic
  * output files). Error convention and visibility: eellm/api.h. */
 #ifndef EELLM_H

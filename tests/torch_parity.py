@@ -109,16 +109,28 @@ class EarlyExitModel:
             act = F.gelu(hid, approximate="tanh")
         return r + self.linear(act, prefix + "mlp.c_proj")
 
-    def head(self, x, norm_prefix, head_name, temperature, targets, mask):
+    def head_logits(self, x, norm_prefix, head_name, temperature):
         if norm_prefix:
             x = self.norm(x, norm_prefix)
-        logits = x @ self.p[head_name].T / temperature
+        return x @ self.p[head_name].T / temperature
+
+    def head(self, x, norm_prefix, head_name, temperature, targets, mask):
+        logits = self.head_logits(x, norm_prefix, head_name, temperature)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                              reduction="none")
         m = mask.reshape(-1)
         return (ce * m).sum() / m.sum()
 
     def losses(self, tokens, targets, mask):
+        """Each exit's mean cross-entropy (spec order, the final head last)."""
+        return [self.head(*h, targets, mask) for h in self.heads(tokens)]
+
+    def logits(self, tokens):
+        """Each exit's logits divided by its temperature (spec order, the final head last)."""
+        return [self.head_logits(*h) for h in self.heads(tokens)]
+
+    def heads(self, tokens):
+        """Per exit: the hidden state it reads, its norm, head tensor and temperature."""
         s = self.s
         final_head = "transformer.wte.weight" if s.tie_embeddings else "lm_head.weight"
         x = self.p["transformer.wte.weight"][tokens]
@@ -140,8 +152,8 @@ class EarlyExitModel:
                     z = self.mlp(self.attention(x, ep + "h."), ep + "h.")
                 norm = None if e.structure == self.pb.Exit.PLAIN else ep + "ln_f"
                 head = final_head if e.tied else ep + "lm_head.weight"
-                out[k] = self.head(z, norm, head, e.temperature, targets, mask)
-        out[-1] = self.head(x, "transformer.ln_f", final_head, 1.0, targets, mask)
+                out[k] = (z, norm, head, e.temperature)
+        out[-1] = (x, "transformer.ln_f", final_head, 1.0)
         return out
 
 

@@ -768,7 +768,7 @@ static struct eellm_server *server_create(struct eellm_generator *g,
   }
   s->gen = g;
   s->model = (struct eellm_api_model){eellm_generator_context(g), c->n_layers, c->exits,
-                                      c->n_exits};
+                                      c->n_exits, c->threshold};
   s->rule = c->rule;
   s->method = c->method;
   s->max_batch = c->max_batch;

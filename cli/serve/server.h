@@ -51,6 +51,7 @@ struct eellm_server_config {
   size_t n_exits;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
+  float threshold;            /* early_exit_thres when a request gives none (0: 1) */
 };
 
 struct eellm_server;

@@ -176,7 +176,7 @@ static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
 static int read_options(struct reader *rd, const struct eellm_api_model *m,
                         struct eellm_api_request *r) {
   json_int_t tokens = 64, top_k = 0, seed = -1;
-  double threshold = 1, temperature = 1, top_p = 1;
+  double threshold = m->threshold > 0 ? m->threshold : 1, temperature = 1, top_p = 1;
   int use_early_exit = 0, logprobs = 0;
   char tokens_want[64];
   snprintf(tokens_want, sizeof tokens_want, "an integer from 1 to %u (the context)", m->context);

@@ -41,6 +41,7 @@ struct eellm_api_model {
   unsigned n_layers;
   const unsigned *exits;      /* the layers that have an exit, ascending */
   size_t n_exits;
+  float threshold;            /* early_exit_thres when a request gives none (0: 1) */
 };
 
 struct eellm_api_request {

@@ -12,6 +12,7 @@
 #include "runtime/engine/mpi.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/specio.h"
+#include "eellm/eval.h"
 
 static void tensor_entry(eellm_model *m, size_t i, struct eellm_st_tensor *out) {
   const struct eellm_tensor *t = &m->tensors[i];
@@ -271,4 +272,91 @@ Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen) 
   free(packed);
   eellm_st_close(f);
   return spec;
+}
+
+/* ---- calibrated thresholds (eval.h) ------------------------------------------ */
+
+static const char *threshold_key(enum eellm_exit_rule rule) {
+  return rule == EELLM_EXIT_ENTROPY ? "eellm.threshold.entropy" : "eellm.threshold.maxprob";
+}
+
+int eellm_checkpoint_set_thresholds(const char *path, unsigned rule_set, const float thresholds[2],
+                                    const char *how, char *err, size_t errlen) {
+  struct eellm_st_file *f = eellm_st_open(path, err, errlen);
+  if (!f) return -1;
+  size_t n = eellm_st_count(f), n_keys = eellm_st_meta_keys(f, NULL);
+  struct eellm_st_tensor *tensors = calloc(n ? n : 1, sizeof *tensors);
+  const char **keys = calloc(n_keys + 1, sizeof *keys);
+  const char **meta = calloc(2 * (n_keys + 3), sizeof *meta);
+  char values[2][32];
+  int ret = -1;
+  if (!tensors || !keys || !meta) {
+    snprintf(err, errlen, "%s: out of memory rewriting the checkpoint", path);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) tensors[i] = *eellm_st_at(f, i);
+  eellm_st_meta_keys(f, keys);
+  size_t n_meta = 0;
+  /* Checksums are recomputed by the writer; our keys are replaced. */
+  for (size_t i = 0; i < n_keys; i++) {
+    if (strncmp(keys[i], "crc32c.", 7) == 0 || strcmp(keys[i], "eellm.calibration") == 0 ||
+        (rule_set & 1u && strcmp(keys[i], threshold_key(EELLM_EXIT_MAXPROB)) == 0) ||
+        (rule_set & 2u && strcmp(keys[i], threshold_key(EELLM_EXIT_ENTROPY)) == 0))
+      continue;
+    meta[2 * n_meta] = keys[i];
+    meta[2 * n_meta++ + 1] = eellm_st_meta(f, keys[i]);
+  }
+  for (int rule = 0; rule < 2; rule++) {
+    if (!(rule_set & (1u << rule))) continue;
+    if (!(thresholds[rule] > 0 && thresholds[rule] <= 1)) {
+      snprintf(err, errlen, "threshold %g outside (0, 1]", (double)thresholds[rule]);
+      goto out;
+    }
+    snprintf(values[rule], sizeof values[rule], "%.9g", (double)thresholds[rule]);
+    meta[2 * n_meta] = threshold_key((enum eellm_exit_rule)rule);
+    meta[2 * n_meta++ + 1] = values[rule];
+  }
+  if (how) {
+    meta[2 * n_meta] = "eellm.calibration";
+    meta[2 * n_meta++ + 1] = how;
+  }
+  ret = eellm_st_write(path, tensors, n, meta, n_meta, err, errlen);
+out:
+  free(tensors);
+  free(keys);
+  free(meta);
+  eellm_st_close(f);
+  return ret;
+}
+
+int eellm_checkpoint_threshold(const char *path, enum eellm_exit_rule rule, float *threshold,
+                               char *err, size_t errlen) {
+  struct eellm_st_file *f = eellm_st_open(path, err, errlen);
+  if (!f) return -1;
+  const char *text = eellm_st_meta(f, threshold_key(rule));
+  int ret = 0;
+  if (text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (!*text || *end || !(v > 0 && v <= 1)) {
+      snprintf(err, errlen, "%s: metadata %s is '%s', not a number in (0, 1]", path,
+               threshold_key(rule), text);
+      ret = -1;
+    } else {
+      *threshold = (float)v;
+      ret = 1;
+    }
+  }
+  eellm_st_close(f);
+  return ret;
+}
+
+char *eellm_checkpoint_calibration(const char *path) {
+  char err[256];
+  struct eellm_st_file *f = eellm_st_open(path, err, sizeof err);
+  if (!f) return NULL;
+  const char *text = eellm_st_meta(f, "eellm.calibration");
+  char *copy = text ? strdup(text) : NULL;
+  eellm_st_close(f);
+  return copy;
 }

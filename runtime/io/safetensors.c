@@ -656,6 +656,19 @@ const struct eellm_st_tensor *eellm_st_find(const struct eellm_st_file *f, const
   return NULL;
 }
 
+size_t eellm_st_meta_keys(const struct eellm_st_file *f, const char **keys) {
+  size_t n = 0;
+  const char *key;
+  json_t *value;
+  if (!f->metadata) return 0;
+  json_object_foreach((json_t *)f->metadata, key, value) {
+    (void)value;
+    if (keys) keys[n] = key;
+    n++;
+  }
+  return n;
+}
+
 const char *eellm_st_meta(const struct eellm_st_file *f, const char *key) {
   return f->metadata && key ? json_string_value(json_object_get(f->metadata, key)) : NULL;
 }

@@ -49,6 +49,9 @@ const struct eellm_st_tensor *eellm_st_at(const struct eellm_st_file *f, size_t 
 const struct eellm_st_tensor *eellm_st_find(const struct eellm_st_file *f, const char *name);
 /* The __metadata__ value of key; NULL if absent. */
 const char *eellm_st_meta(const struct eellm_st_file *f, const char *key);
+/* The __metadata__ keys, in the file's order, into keys (NULL: count only);
+ * returns how many. The strings belong to f. */
+size_t eellm_st_meta_keys(const struct eellm_st_file *f, const char **keys);
 /* Frees f and everything it handed out; NULL is allowed. */
 void eellm_st_close(struct eellm_st_file *f);
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "eellm/outfile.h"
+#include "runtime/io/svg.h"
 
 static void set_error(char *err, size_t errlen, const char *fmt, ...) {
   va_list ap;
@@ -177,8 +178,6 @@ enum {
   EMA_MIN_WINDOW = 2, STEPS_PER_EMA_WINDOW = 30
 };
 
-static const char *const palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
 
 struct plot {
   const struct metrics *m;
@@ -300,59 +299,6 @@ static char *run_name(const char *path) {
 
 /* ---- SVG output ------------------------------------------------------------ */
 
-/* Length of the valid UTF-8 character XML allows at s, or 0. */
-static size_t utf8_char(const unsigned char *s) {
-  if (s[0] < 0x80) return s[0] >= 0x20 || s[0] == '\t' || s[0] == '\n' || s[0] == '\r';
-  size_t len = s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
-               : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
-  for (size_t i = 1; i < len; i++)
-    if ((s[i] & 0xc0) != 0x80) return 0;
-  if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0) ||  /* overlong, surrogate */
-      (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90) ||  /* overlong, > U+10FFFF */
-      (s[0] == 0xef && s[1] == 0xbf && s[2] >= 0xbe))                    /* U+FFFE, U+FFFF */
-    return 0;
-  return len;
-}
-
-/* Writes s as XML character data: markup escaped, what XML cannot hold as U+FFFD. */
-static void xml_text(FILE *out, const char *s) {
-  const unsigned char *c = (const unsigned char *)s;
-  while (*c) {
-    size_t len = utf8_char(c);
-    if (!len)
-      fputs("\xef\xbf\xbd", out), len = 1;
-    else if (*c == '&')
-      fputs("&amp;", out);
-    else if (*c == '<')
-      fputs("&lt;", out);
-    else if (*c == '>')
-      fputs("&gt;", out);
-    else if (*c == '"')
-      fputs("&quot;", out);
-    else
-      fwrite(c, 1, len, out);
-    c += len;
-  }
-}
-
-static size_t n_chars(const char *s) {
-  size_t n = 0;
-  for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
-  return n;
-}
-
-/* <text> with escaped content; squeezed into max_width when it would not fit. */
-static void text(FILE *out, double x, double y, double size, double max_width, const char *attrs,
-                 const char *s) {
-  fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"%g\"%s%s", x, y, size, *attrs ? " " : "",
-          attrs);
-  if ((double)n_chars(s) * 0.6 * size > max_width)
-    fprintf(out, " textLength=\"%.0f\" lengthAdjust=\"spacingAndGlyphs\"", max_width);
-  fputc('>', out);
-  xml_text(out, s);
-  fputs("</text>\n", out);
-}
-
 static double px(const struct plot *p, double step) {
   return PLOT_L + (step - p->x0) / (p->x1 - p->x0) * PLOT_W;
 }
@@ -427,19 +373,13 @@ static void draw_validation(FILE *out, struct plot *p, unsigned k, const char *c
 static void draw_series(FILE *out, struct plot *p) {
   fputs("<g clip-path=\"url(#plot-area)\" fill=\"none\" stroke-linejoin=\"round\">\n", out);
   for (unsigned k = 0; k < p->m->n_exits; k++) {
-    const char *colour = palette[k % (sizeof palette / sizeof palette[0])];
+    const char *colour = eellm_svg_colour(k);
     fprintf(out, "<g class=\"exit exit-%u\" stroke=\"%s\">\n", k, colour);
     draw_training(out, p, k);
     draw_validation(out, p, k, colour);
     fputs("</g>\n", out);
   }
   fputs("</g>\n", out);
-}
-
-/* 1, 2 or 5 times a power of ten, giving about `target` intervals over span. */
-static double tick_step(double span, int target) {
-  double raw = span / target, magnitude = pow(10, floor(log10(raw))), f = raw / magnitude;
-  return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * magnitude;
 }
 
 static void format_step(char *buf, size_t n, double v, double x1) {
@@ -450,7 +390,7 @@ static void format_step(char *buf, size_t n, double v, double x1) {
 }
 
 static void draw_x_axis(FILE *out, const struct plot *p) {
-  double step = fmax(1, tick_step(p->x1 - p->x0, 8));
+  double step = fmax(1, eellm_svg_tick_step(p->x1 - p->x0, 8));
   for (double i = ceil(p->x0 / step); i * step <= p->x1 + 1e-9 * step; i++) {
     double x = px(p, i * step);
     char label[32];
@@ -459,13 +399,13 @@ static void draw_x_axis(FILE *out, const struct plot *p) {
             PLOT_T, x, PLOT_B);
     fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#444444\"/>\n", x,
             PLOT_B, x, PLOT_B + 5);
-    text(out, x, PLOT_B + 19, 11, 80, "text-anchor=\"middle\" fill=\"#333333\"", label);
+    eellm_svg_text(out, x, PLOT_B + 19, 11, 80, "text-anchor=\"middle\" fill=\"#333333\"", label);
   }
-  text(out, PLOT_L + PLOT_W / 2.0, PLOT_B + 42, 13, PLOT_W, "text-anchor=\"middle\"", "step");
+  eellm_svg_text(out, PLOT_L + PLOT_W / 2.0, PLOT_B + 42, 13, PLOT_W, "text-anchor=\"middle\"", "step");
 }
 
 static void draw_y_axis(FILE *out, const struct plot *p) {
-  double step = tick_step(p->y1 - p->y0, 6);
+  double step = eellm_svg_tick_step(p->y1 - p->y0, 6);
   int decimals = step >= 1 ? 0 : (int)fmin(10, ceil(-log10(step) - 1e-9));
   for (double i = ceil(p->y0 / step); i * step <= p->y1; i++) {
     double y = py(p, i * step);
@@ -475,12 +415,12 @@ static void draw_y_axis(FILE *out, const struct plot *p) {
             y, PLOT_R, y);
     fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#444444\"/>\n",
             PLOT_L - 5, y, PLOT_L, y);
-    text(out, PLOT_L - 8, y + 4, 11, PLOT_L - 26, "text-anchor=\"end\" fill=\"#333333\"", label);
+    eellm_svg_text(out, PLOT_L - 8, y + 4, 11, PLOT_L - 26, "text-anchor=\"end\" fill=\"#333333\"", label);
   }
   char rotate[64];
   snprintf(rotate, sizeof rotate, "text-anchor=\"middle\" transform=\"rotate(-90 %d %d)\"", 20,
            (PLOT_T + PLOT_B) / 2);
-  text(out, 20, (PLOT_T + PLOT_B) / 2.0, 13, PLOT_H, rotate, "loss (nats/token)");
+  eellm_svg_text(out, 20, (PLOT_T + PLOT_B) / 2.0, 13, PLOT_H, rotate, "loss (nats/token)");
 }
 
 /* Notes, above and below the plot area, how many values lie beyond the y range. */
@@ -489,11 +429,11 @@ static void draw_clip_notes(FILE *out, const struct plot *p) {
   const char *attrs = "class=\"clip-note\" text-anchor=\"end\" fill=\"#666666\"";
   if (p->above) {
     snprintf(note, sizeof note, "\xe2\x86\x91 %zu values above %.3g not shown", p->above, p->y1);
-    text(out, PLOT_R, PLOT_T - 7, 11, PLOT_W, attrs, note);
+    eellm_svg_text(out, PLOT_R, PLOT_T - 7, 11, PLOT_W, attrs, note);
   }
   if (p->below) {
     snprintf(note, sizeof note, "\xe2\x86\x93 %zu values below %.3g not shown", p->below, p->y0);
-    text(out, PLOT_R, PLOT_B + 42, 11, PLOT_W / 2.0 - 30, attrs, note);
+    eellm_svg_text(out, PLOT_R, PLOT_B + 42, 11, PLOT_W / 2.0 - 30, attrs, note);
   }
 }
 
@@ -501,14 +441,14 @@ static void draw_clip_notes(FILE *out, const struct plot *p) {
 static void draw_legend_key(FILE *out, const struct plot *p, double y) {
   fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#555555\" "
                "stroke-width=\"1.5\"/>\n", LEGEND_X, y - 4, LEGEND_X + 24, y - 4);
-  text(out, LEGEND_X + 32, y, 12, LEGEND_W - 32, "",
+  eellm_svg_text(out, LEGEND_X + 32, y, 12, LEGEND_W - 32, "",
        p->ema_window ? "train loss (EMA over raw)" : "train loss");
   y += 20;
   fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#555555\" "
                "stroke-width=\"2.5\" stroke-dasharray=\"7 4\"/>\n"
                "<circle cx=\"%d\" cy=\"%.1f\" r=\"3.5\" fill=\"#555555\"/>\n",
           LEGEND_X, y - 4, LEGEND_X + 24, y - 4, LEGEND_X + 12, y - 4);
-  text(out, LEGEND_X + 32, y, 12, LEGEND_W - 32, "", "validation loss");
+  eellm_svg_text(out, LEGEND_X + 32, y, 12, LEGEND_W - 32, "", "validation loss");
 }
 
 /* Per exit: colour, label and final validation loss (else last training loss). */
@@ -521,31 +461,31 @@ static void draw_legend(FILE *out, const struct plot *p) {
   long long at = p->last_val_step >= 0 ? p->last_val_step : m->recs[m->n - 1].step;
   snprintf(header, sizeof header, "%s loss at step %lld",
            p->last_val_step >= 0 ? "validation" : "train", at);
-  text(out, right, y, 11, LEGEND_W, "text-anchor=\"end\" fill=\"#555555\"", header);
+  eellm_svg_text(out, right, y, 11, LEGEND_W, "text-anchor=\"end\" fill=\"#555555\"", header);
   const struct record *last = &m->recs[m->n - 1];
   for (size_t i = 0; i < m->n; i++)
     if (m->recs[i].step == at) last = &m->recs[i];
   for (unsigned k = 0; k < m->n_exits; k++) {
     y += row;
-    const char *colour = palette[k % (sizeof palette / sizeof palette[0])];
+    const char *colour = eellm_svg_colour(k);
     fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"%s\" "
                  "stroke-width=\"3\"/>\n", LEGEND_X, y - 4, LEGEND_X + 24, y - 4, colour);
-    text(out, LEGEND_X + 32, y, font, LEGEND_W - 32 - 52, "class=\"legend-label\"", p->labels[k]);
+    eellm_svg_text(out, LEGEND_X + 32, y, font, LEGEND_W - 32 - 52, "class=\"legend-label\"", p->labels[k]);
     char value[32];
     snprintf(value, sizeof value, "%.3f",
              p->last_val_step >= 0 ? val_of(m, last)[k] : train_of(m, last)[k]);
-    text(out, right, y, font, 52, "class=\"legend-value\" text-anchor=\"end\"", value);
+    eellm_svg_text(out, right, y, font, 52, "class=\"legend-value\" text-anchor=\"end\"", value);
   }
 }
 
 static void draw_frame_and_title(FILE *out, const struct plot *p) {
   fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
                "stroke=\"#444444\"/>\n", PLOT_L, PLOT_T, PLOT_W, PLOT_H);
-  text(out, PLOT_L, 30, 17, 440, "class=\"title\" font-weight=\"bold\"", p->title);
+  eellm_svg_text(out, PLOT_L, 30, 17, 440, "class=\"title\" font-weight=\"bold\"", p->title);
   char subtitle[96];
   snprintf(subtitle, sizeof subtitle, "loss per exit, steps %lld\xe2\x80\x93%lld, %zu logged",
            p->m->recs[0].step, p->m->recs[p->m->n - 1].step, p->m->n);
-  text(out, WIDTH - 12, 30, 12, 330, "text-anchor=\"end\" fill=\"#555555\"", subtitle);
+  eellm_svg_text(out, WIDTH - 12, 30, 12, 330, "text-anchor=\"end\" fill=\"#555555\"", subtitle);
 }
 
 static void draw(FILE *out, struct plot *p) {
@@ -553,7 +493,7 @@ static void draw(FILE *out, struct plot *p) {
                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                "viewBox=\"0 0 %d %d\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
                "<title>", WIDTH, HEIGHT, WIDTH, HEIGHT);
-  xml_text(out, p->title);
+  eellm_svg_xml(out, p->title);
   fprintf(out, ": loss per exit</title>\n"
                "<defs><clipPath id=\"plot-area\"><rect x=\"%d\" y=\"%d\" width=\"%d\" "
                "height=\"%d\"/></clipPath></defs>\n"
