@@ -121,18 +121,20 @@ static void make_vocabulary(void) {
   fclose(bpe);
 }
 
+/* The files are read once, by eellm_tokenizer_open. */
+static void remove_vocabulary(void) {
+  char path[400];
+  snprintf(path, sizeof path, "%s/encoder.json", dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/vocab.bpe", dir);
+  unlink(path);
+  rmdir(dir);
+}
+
 static void cleanup(void) {
   eellm_tokenizer_close(tok);
   pcre2_match_data_free(match);
   pcre2_code_free(pretokenizer);
-  if (reference) {
-    char path[400];
-    snprintf(path, sizeof path, "%s/encoder.json", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/vocab.bpe", dir);
-    unlink(path);
-    rmdir(dir);
-  }
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -146,6 +148,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   }
   char err[512];
   tok = eellm_tokenizer_open("gpt2", dir, err, sizeof err);
+  if (reference) remove_vocabulary();
   if (!tok) {
     fprintf(stderr, "fuzz_tokenizer_gpt2: %s\n", err);
     abort();
