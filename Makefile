@@ -1,9 +1,11 @@
 # Front door: `make run` and `make test` install what is missing, build, and go.
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test asan clean install
+.PHONY: all deps build run test asan fuzz clean install
 
 all: build
 
@@ -19,8 +21,16 @@ build: deps $(BUILD)/Makefile
 run: build
 	BUILD=$(BUILD) scripts/run-default
 
+# The suite replays every fuzz seed and regression (fuzz_replay_* tests); under
+# CI (CI=true, as CI services set it) it then fuzzes each target for
+# FUZZ_SECONDS too.
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2
+	@if [ "$${CI:-}" = true ]; then $(MAKE) --no-print-directory fuzz; fi
+
+# Each libFuzzer target (tests/fuzz/) for FUZZ_SECONDS, in $(FUZZ_BUILD) (clang).
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_BUILD=$(FUZZ_BUILD) JOBS=$(JOBS) scripts/fuzz
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DEELLM_SANITIZE=ON
@@ -38,4 +48,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

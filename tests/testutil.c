@@ -49,8 +49,10 @@ void tu_start(void) {
 }
 
 int tu_finish(void) {
-  tu_sync_all();
-  eellm_runtime_stop();
+  if (starpu_is_initialized()) { /* tests without tasks (test_placement) never start it */
+    tu_sync_all();
+    eellm_runtime_stop();
+  }
   for (size_t i = 0; i < n_allocations; i++) free(allocations[i]);
   n_allocations = 0;
   for (size_t i = 0; i < n_tempdirs; i++) nftw(tempdirs[i], remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -213,6 +213,14 @@ static int read_options(struct reader *rd, const struct eellm_api_model *m,
   return 0;
 }
 
+/* Control characters in err become '?', so that the message stays one line (the
+ * server logs it): jansson quotes the text near a syntax error as it is, and an
+ * unknown key may hold any character. */
+static void one_line(char *err, size_t errlen) {
+  for (char *c = err; errlen && *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+}
+
 int eellm_api_parse(const char *body, size_t len, const struct eellm_api_model *m,
                     struct eellm_api_request *r, char *err, size_t errlen) {
   memset(r, 0, sizeof *r);
@@ -221,6 +229,7 @@ int eellm_api_parse(const char *body, size_t len, const struct eellm_api_model *
   if (!json) {
     snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
              jerr.text);
+    one_line(err, errlen);
     return -1;
   }
   struct reader rd = {json, err, errlen};
@@ -231,6 +240,7 @@ int eellm_api_parse(const char *body, size_t len, const struct eellm_api_model *
            read_options(&rd, m, r) == 0)
     rc = 0;
   json_decref(json);
+  if (rc) one_line(err, errlen);
   return rc;
 }
 

@@ -262,7 +262,7 @@ Eellm__Model *eellm_checkpoint_spec(const char *path, char *err, size_t errlen) 
   const char *text = eellm_st_meta(f, "spec");
   size_t len = 0;
   unsigned char *packed = text ? eellm_base64_decode(text, &len) : NULL;
-  if (packed) spec = eellm__model__unpack(NULL, len, packed);
+  if (packed) spec = (Eellm__Model *)eellm_spec_unpack(&eellm__model__descriptor, len, packed);
   if (!spec)
     snprintf(err, errlen, "%s: no valid model spec in __metadata__[\"spec\"]", path);
   else if (eellm_model_spec_check(spec, path, err, errlen) != 0) {

@@ -114,6 +114,38 @@ static ProtobufCMessage *parse_text(const char *path, const char *data, size_t l
   return eellm_textpb_parse(data, len, desc, path, locs, err, errlen);
 }
 
+/* Whether msg or a sub-message holds an unknown field numbered 0. */
+static int has_field_zero(const ProtobufCMessage *msg) {
+  for (unsigned i = 0; i < msg->n_unknown_fields; i++)
+    if (msg->unknown_fields[i].tag == 0) return 1;
+  const ProtobufCMessageDescriptor *d = msg->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    const char *m = (const char *)msg + f->offset;
+    size_t n = 1;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      n = *(const size_t *)((const char *)msg + f->quantifier_offset);
+      m = *(const char *const *)m;
+    }
+    for (size_t k = 0; k < n; k++) {
+      const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)m)[k];
+      if (sub && has_field_zero(sub)) return 1;
+    }
+  }
+  return 0;
+}
+
+ProtobufCMessage *eellm_spec_unpack(const ProtobufCMessageDescriptor *desc, size_t len,
+                                    const uint8_t *data) {
+  ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, data);
+  if (msg && has_field_zero(msg)) {
+    protobuf_c_message_free_unpacked(msg, NULL);
+    msg = NULL;
+  }
+  return msg;
+}
+
 ProtobufCMessage *eellm_spec_read(const char *path, const ProtobufCMessageDescriptor *desc,
                                   struct eellm_textpb_locs *locs, char *err, size_t errlen) {
   size_t len;
@@ -123,7 +155,7 @@ ProtobufCMessage *eellm_spec_read(const char *path, const ProtobufCMessageDescri
   if (is_text(path, data, len)) {
     msg = parse_text(path, data, len, desc, locs, err, errlen);
   } else {
-    msg = protobuf_c_message_unpack(desc, NULL, len, (const uint8_t *)data);
+    msg = eellm_spec_unpack(desc, len, (const uint8_t *)data);
     if (!msg) {
       char what[300];
       snprintf(what, sizeof what, "truncated or malformed binary %s", desc->name);

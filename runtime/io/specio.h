@@ -14,6 +14,12 @@
 ProtobufCMessage *eellm_spec_read(const char *path, const ProtobufCMessageDescriptor *desc,
                                   struct eellm_textpb_locs *locs, char *err, size_t errlen);
 
+/* protobuf_c_message_unpack, refusing (NULL) what would not unpack again once
+ * packed: protobuf-c 1.4 reads a non-minimal tag varint of field number 0
+ * (0x82 0x00) as an unknown field, and writes it back as 0x02, which it refuses. */
+ProtobufCMessage *eellm_spec_unpack(const ProtobufCMessageDescriptor *desc, size_t len,
+                                    const uint8_t *data);
+
 /* Writing specs (eellm_spec_write_binary, eellm_spec_write_text): eellm.h. */
 
 /* msg in binary wire format, malloc'd (*len bytes); NULL when out of memory. */

@@ -781,8 +781,8 @@ static int is_present(const ProtobufCMessage *msg, const ProtobufCFieldDescripto
 }
 
 static void print_float(FILE *out, double v, int single) {
-  if (isnan(v)) {
-    fputs("nan", out);
+  if (isnan(v)) { /* keeps the sign, which "-nan" reads back with; the payload is lost */
+    fputs(signbit(v) ? "-nan" : "nan", out);
     return;
   }
   if (isinf(v)) {
