@@ -223,7 +223,9 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
  * by id, when top-k or top-p restrict), at which the cumulative probability
  * exceeds the row's uniform number. `logprob` is the token's log-probability
  * under the distribution it was drawn from (greedy: softmax(logits /
- * exit_temperature)). */
+ * exit_temperature)). `raw_logprob` is log_softmax(logits)[token] and
+ * `raw_maxprob` max softmax(logits), of the logits as they are (no exit
+ * temperature, no sampling restriction). */
 /* struct eellm_token_choice and struct eellm_sampling: types.h. */
 /* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
  * greedy), choices [M] (W): a vector of struct eellm_token_choice. A row with a

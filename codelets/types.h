@@ -15,9 +15,12 @@ struct eellm_adamw_step {
 };
 
 /* One row's outcome of eellm_insert_next_token (see codelets.h). */
+/* raw_logprob and raw_maxprob are of softmax(logits) as they come from the head,
+ * before exit temperature or sampling: log_softmax(logits)[token] and
+ * max softmax(logits) (EE-LLM's logprobs and print_max_prob). */
 struct eellm_token_choice {
   int32_t token;
-  float confidence, logprob, unused;
+  float confidence, logprob, raw_logprob, raw_maxprob;
 };
 
 struct eellm_sampling {

@@ -155,6 +155,8 @@ static void emit(struct call *c, size_t s, const struct eellm_token_choice *choi
   out->tokens[out->n] = token;
   out->exit_layers[out->n] = layer;
   out->logprobs[out->n] = choice->logprob;
+  if (out->raw_logprobs) out->raw_logprobs[out->n] = choice->raw_logprob;
+  if (out->max_probs) out->max_probs[out->n] = choice->raw_maxprob;
   if (out->logits) memcpy(out->logits + out->n * c->g->vocab, logits, c->g->vocab * sizeof *logits);
   out->n++;
   q->tokens[q->len++] = token;

@@ -47,9 +47,10 @@ put() {
     -H 'Content-Type: application/json' --data-binary "$body" "$@"
 }
 
-# answer_ok NAME PROMPTS_JSON MAX_TOKENS LOGPROBS [EXIT_LAYER]: the answer's fields and
-# lengths (byte tokenizer: a prompt's tokens are its bytes), and, when given, the exit
-# every generated token must have used.
+# answer_ok NAME PROMPTS_JSON MAX_TOKENS LOGPROBS [EXIT_LAYER [ECHO]]: the answer's fields
+# and lengths (byte tokenizer: a prompt's tokens are its bytes), and, when given, the exit
+# every generated token must have used (- for any); ECHO 1: the request had echo_prompts
+# true (text, segments and tokens begin with the prompt's).
 answer_ok() {
   local name=$1
   shift
@@ -57,25 +58,33 @@ answer_ok() {
 import json, math, sys
 a = json.load(open(sys.argv[1]))
 prompts, max_tokens, logprobs = json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-exit_layer = int(sys.argv[5]) if len(sys.argv) > 5 else None
+exit_layer = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+echo = len(sys.argv) > 6 and sys.argv[6] == "1"
+# EE-LLM's keys (logprobs null when not asked for) and eellm's own.
+assert set(a) == {"text", "segments", "logprobs", "requst_time", "tokens", "exit_layers"}, sorted(a)
+assert isinstance(a["requst_time"], float) and a["requst_time"] >= 0, a["requst_time"]
 fields = {"text", "segments", "tokens", "exit_layers"} | ({"logprobs"} if logprobs else set())
-assert set(a) == fields, sorted(a)
+assert logprobs or a["logprobs"] is None, a["logprobs"]
 assert all(len(a[f]) == len(prompts) for f in fields), "one entry per prompt"
 for i, p in enumerate(prompts):
     ids, gen = a["tokens"][i], len(a["exit_layers"][i])
+    shown = len(p) if echo else 0
     assert 1 <= gen <= max_tokens, f"prompt {i}: {gen} tokens generated"
-    assert ids[:len(p)] == list(p.encode()) and len(ids) == len(p) + gen, f"prompt {i}: tokens {ids}"
+    assert ids[:shown] == list(p.encode()[:shown]) and len(ids) == shown + gen, f"prompt {i}: tokens {ids}"
     assert all(0 <= t < 257 for t in ids), ids
-    assert 256 not in ids[len(p):-1], "generation went on after the end-of-text token"
-    assert len(a["segments"][i]) == len(ids) and a["segments"][i][:len(p)] == list(p)
-    assert a["text"][i].startswith(p)
+    assert 256 not in ids[shown:-1], "generation went on after the end-of-text token"
+    assert len(a["segments"][i]) == len(ids) and a["segments"][i][:shown] == list(p[:shown])
+    assert a["text"][i].startswith(p[:shown])
     if all(t < 128 or t == 256 for t in ids):
-        assert a["text"][i] == "".join(a["segments"][i]), "text is prompt + generated text"
+        assert a["text"][i] == "".join(a["segments"][i]), "text is (prompt +) generated text"
     assert all(1 <= e <= 3 for e in a["exit_layers"][i]), a["exit_layers"][i]
     if exit_layer is not None:
         assert set(a["exit_layers"][i]) == {exit_layer}, a["exit_layers"][i]
     if logprobs:
         lp = a["logprobs"][i]
+        if echo:
+            assert lp[:len(p) - 1] == [None] * (len(p) - 1), lp
+            lp = lp[len(p) - 1:]
         assert len(lp) == gen and all(isinstance(x, float) and x <= 0 and math.isfinite(x) for x in lp), lp
 print("ok")
 EOT
@@ -86,6 +95,9 @@ EOT
 status=$(put valid '{"prompts": ["the quick", "lazy dog"], "tokens_to_generate": 8, "use_early_exit": true, "early_exit_thres": 1, "temperature": 0, "logprobs": true}')
 check "valid request: 200 (got $status)" '[ "$status" = 200 ]'
 check "valid request: fields and lengths" 'answer_ok valid "[\"the quick\", \"lazy dog\"]" 8 1 3'
+status=$(put valid-echo '{"prompts": ["the quick", "lazy dog"], "tokens_to_generate": 8, "temperature": 0, "logprobs": true, "echo_prompts": true}')
+check "echo_prompts: 200 (got $status), the prompt in text, segments and tokens" \
+  '[ "$status" = 200 ] && answer_ok valid-echo "[\"the quick\", \"lazy dog\"]" 8 1 3 1'
 status=$(put defaults '{"prompts": ["fox"]}')
 # 64 tokens by default, but generation stops when the context (32) is full.
 check "defaults: 200 (got $status), no logprobs" '[ "$status" = 200 ] && answer_ok defaults "[\"fox\"]" 29 0'
@@ -103,7 +115,14 @@ sampled='{"prompts": ["dog", "fox"], "tokens_to_generate": 10, "temperature": 1.
 put seeded-a "$sampled" > /dev/null
 put seeded-b "$sampled" > /dev/null
 check "sampled answers fields and lengths" 'answer_ok seeded-a "[\"dog\", \"fox\"]" 10 0'
-check "the same seed gives the same answer" 'cmp -s "$tmp/seeded-a.json" "$tmp/seeded-b.json"'
+same_answer() { # but for requst_time
+  /usr/bin/python3 -c '
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:])
+a.pop("requst_time"), b.pop("requst_time")
+assert a == b' "$1" "$2"
+}
+check "the same seed gives the same answer" 'same_answer "$tmp/seeded-a.json" "$tmp/seeded-b.json"'
 
 # Concurrent requests (more prompts than --max-batch): every one is answered.
 pids=()
@@ -138,10 +157,10 @@ bad malformed 400 "malformed JSON" '{"prompts": ["a"'
 bad not-object 400 "JSON object" '["a"]'
 bad empty-body 400 "malformed JSON" ''
 bad no-prompts 400 "'prompts' is missing" '{"tokens_to_generate": 4}'
-bad prompts-string 400 "'prompts'" '{"prompts": "a"}'
+bad prompts-number 400 "'prompts'" '{"prompts": 3}'
 bad prompts-empty 400 "'prompts'" '{"prompts": []}'
 bad prompt-number 400 "'prompts[1]'" '{"prompts": ["a", 3]}'
-bad prompt-empty 400 "'prompts[0]'" '{"prompts": [""]}'
+bad prompt-empty 400 "'prompts[0]' is empty: empty prompts need add_BOS" '{"prompts": [""]}'
 bad tokens-negative 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_to_generate": -3}'
 bad tokens-string 400 'not "5"' '{"prompts": ["a"], "tokens_to_generate": "5"}'
 bad tokens-real 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_to_generate": 2.5}'
@@ -149,7 +168,7 @@ bad tokens-over-context 400 "'tokens_to_generate'" '{"prompts": ["a"], "tokens_t
 bad threshold-zero 400 "'early_exit_thres'" '{"prompts": ["a"], "early_exit_thres": 0}'
 bad threshold-over 400 "not 1.5" '{"prompts": ["a"], "early_exit_thres": 1.5}'
 bad threshold-string 400 "'early_exit_thres'" '{"prompts": ["a"], "early_exit_thres": "0.5"}'
-bad top-p-zero 400 "'top_p'" '{"prompts": ["a"], "top_p": 0}'
+bad top-p-negative 400 "'top_p'" '{"prompts": ["a"], "top_p": -0.1}'
 bad top-p-over 400 "'top_p'" '{"prompts": ["a"], "top_p": 1.01}'
 bad top-k-negative 400 "'top_k'" '{"prompts": ["a"], "top_k": -1}'
 bad temperature 400 "'temperature'" '{"prompts": ["a"], "temperature": -0.5}'
@@ -159,7 +178,24 @@ bad logprobs-string 400 "'logprobs'" '{"prompts": ["a"], "logprobs": "yes"}'
 bad exit-layer 400 "'exit_layers[1]'" '{"prompts": ["a"], "exit_layers": [3, 4]}'
 bad exit-layer-zero 400 "'exit_layers[0]'" '{"prompts": ["a"], "exit_layers": [0]}'
 bad exit-layers-int 400 "'exit_layers'" '{"prompts": ["a"], "exit_layers": 1}'
-bad unknown-field 400 "unknown field 'add_BOS'" '{"prompts": ["a"], "add_BOS": true}'
+bad unknown-field 400 "unknown field 'add_bos'" '{"prompts": ["a"], "add_bos": true}'
+bad max-len 400 "max_len is no longer used" '{"prompts": ["a"], "max_len": 4}'
+bad sentences 400 "sentences is no longer used" '{"sentences": ["a"]}'
+bad echo-int 400 "'echo_prompts'" '{"prompts": ["a"], "echo_prompts": 1}'
+bad print-max-prob-string 400 "'print_max_prob'" '{"prompts": ["a"], "print_max_prob": "yes"}'
+bad add-bos-int 400 "'add_BOS'" '{"prompts": ["a"], "add_BOS": 1}'
+bad no-log-int 400 "'no_log'" '{"prompts": ["a"], "no_log": 0}'
+bad stop-on-eol-int 400 "'stop_on_eol'" '{"prompts": ["a"], "stop_on_eol": 1}'
+bad stop-sequences-string 400 "'stop_sequences'" '{"prompts": ["a"], "stop_sequences": "x"}'
+bad stop-sequence-number 400 "'stop_sequences[1]'" '{"prompts": ["a"], "stop_sequences": ["x", 1]}'
+bad stop-sequence-empty 400 "'stop_sequences[0]'" '{"prompts": ["a"], "stop_sequences": [""]}'
+bad top-p-decay-alone 400 "need a 'top_p'" '{"prompts": ["a"], "top_p_decay": 0.9}'
+bad top-p-bound-over 400 "'top_p_bound'" '{"prompts": ["a"], "top_p": 0.5, "top_p_bound": 0.6}'
+bad top-p-decay-unsupported 400 "not supported" '{"prompts": ["a"], "top_p": 0.9, "top_p_decay": 0.5}'
+bad newline-after-colon 400 "not supported" '{"prompts": ["a"], "prevent_newline_after_colon": true}'
+bad beam-width 400 "beam search is not supported" '{"prompts": ["a"], "beam_width": 2}'
+bad beam-width-zero 400 "'beam_width'" '{"prompts": ["a"], "beam_width": 0}'
+bad length-penalty 400 "'length_penalty'" '{"prompts": ["a"], "length_penalty": "x"}'
 bad duplicate-field 400 "duplicate" '{"prompts": ["a"], "prompts": ["b"]}'
 long_prompt=$(printf 'x%.0s' $(seq 1 40))
 bad prompt-over-context 400 "'prompts[1]' is 40 tokens" "{\"prompts\": [\"a\", \"$long_prompt\"]}"
@@ -199,6 +235,132 @@ check "the server runs on after them" 'kill -0 $server'
 
 status=$(put after-bad '{"prompts": ["still"], "tokens_to_generate": 3, "temperature": 0}')
 check "valid request after the bad ones: 200 (got $status)" '[ "$status" = 200 ] && answer_ok after-bad "[\"still\"]" 3 0'
+
+# EE-LLM's client (tools/request_client.py): the JSON it sends for its
+# prompt_example.jsonl's second line (the first, 34 bytes, does not fit the context of
+# 32) and a short one, as its main() builds it (use_early_exit, early_exit_thres 1.0,
+# print_max_prob) and as request()'s defaults do (early_exit_thres 0.8, no
+# print_max_prob); tokens_to_generate 24 rather than its 50 or 100, which EE-LLM too
+# refuses beyond the model's context (32 here). Greedy (top_k 1): each logprob is the
+# log-softmax of the head's logits at its token, the argmax, so exp(logprob) is the
+# max probability (not 0, as under the sampling distribution).
+# client_ok NAME MAX_PROB: 200's keys and figures.
+client_ok() {
+  /usr/bin/python3 - "$tmp/$1.json" "$2" > "$tmp/$1.check" 2>&1 << 'EOT'
+import json, math, sys
+a, max_prob = json.load(open(sys.argv[1])), sys.argv[2] == "1"
+want = {"text", "segments", "logprobs", "requst_time", "tokens", "exit_layers"}
+assert set(a) == want | ({"max_probs"} if max_prob else set()), sorted(a)
+assert isinstance(a["text"][0], str) and len(a["text"]) == 1, a["text"]
+gen = len(a["exit_layers"][0])
+assert 1 <= gen <= 24 and len(a["segments"][0]) == gen and len(a["tokens"][0]) == gen, a
+assert a["text"][0] == "".join(a["segments"][0]) or any(t >= 128 for t in a["tokens"][0])
+lp = a["logprobs"][0]
+assert len(lp) == gen and all(math.isfinite(x) and x < -1e-3 for x in lp), lp
+if max_prob:
+    mp = a["max_probs"][0]
+    assert len(mp) == gen and all(0 < p <= 1 for p in mp), mp
+    for x, p, e in zip(lp, mp, a["exit_layers"][0]):
+        assert e == 3, a["exit_layers"][0]  # threshold 1.0: the final head
+        assert abs(math.exp(x) - p) <= 1e-5 * p, (x, p)
+print("ok")
+EOT
+  grep -q '^ok' "$tmp/$1.check" || { cat "$tmp/$1.check"; return 1; }
+}
+for p in "The capital of China is" "AGI is"; do
+  n=${#p}
+  status=$(put "client-main-$n" "{\"prompts\": [\"$p\"], \"tokens_to_generate\": 24, \"top_k\": 1, \"logprobs\": true, \"random_seed\": 9213, \"echo_prompts\": false, \"early_exit_thres\": 1.0, \"exit_layers\": [], \"use_early_exit\": true, \"print_max_prob\": true}")
+  check "request_client.py's main() request for '$p': 200 (got $status), EE-LLM's keys" \
+    "[ '$status' = 200 ] && client_ok client-main-$n 1"
+  status=$(put "client-default-$n" "{\"prompts\": [\"$p\"], \"tokens_to_generate\": 24, \"top_k\": 1, \"logprobs\": true, \"random_seed\": 9213, \"echo_prompts\": false, \"early_exit_thres\": 0.8, \"exit_layers\": [], \"use_early_exit\": true}")
+  check "request_client.py's request() defaults for '$p': 200 (got $status)" \
+    "[ '$status' = 200 ] && client_ok client-default-$n 0"
+done
+
+# Scoring (tokens_to_generate 0, a single string as prompts, logprobs implied): each
+# token's log-probability after the ones before it under the full model, against
+# eellm eval's final-head loss on the same tokens (one window of all of them).
+score_prompt="the quick brown fox jumps"
+status=$(put score "{\"prompts\": \"$score_prompt\", \"tokens_to_generate\": 0}")
+check "scoring: 200 (got $status)" '[ "$status" = 200 ]'
+/usr/bin/python3 - "$tmp/train.bin" "$tmp/score.bin" "$score_prompt" << 'EOT'
+import struct, sys
+head = open(sys.argv[1], "rb").read(24)
+ids = list(sys.argv[3].encode())
+open(sys.argv[2], "wb").write(head + struct.pack("<Q", len(ids)) + struct.pack(f"<{len(ids)}H", *ids))
+EOT
+"$eellm" eval --ckpt "$tmp/run" --data "$tmp/score.bin" --seq-len $((${#score_prompt} - 1)) --batch 1 \
+  --exit-rule maxprob --json "$tmp/score-eval.json" --svg "$tmp/score-eval.svg" > "$tmp/score-eval.out" 2>&1
+score_check() {
+  /usr/bin/python3 - "$tmp/score.json" "$tmp/score-eval.json" "$score_prompt" << 'EOT'
+import json, math, sys
+a, ev, p = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+assert set(a) == {"text", "segments", "logprobs", "requst_time", "tokens", "exit_layers"}, sorted(a)
+assert a["text"] == [p] and a["segments"] == [list(p)] and a["tokens"] == [list(p.encode())], a
+assert a["exit_layers"] == [[]], a["exit_layers"]
+lp = a["logprobs"][0]
+assert len(lp) == len(p) - 1 and all(math.isfinite(x) and x < 0 for x in lp), lp
+final = [e for e in ev["exits"] if e["final"]][0]["loss"]
+assert ev["tokens"] == len(p) - 1, ev["tokens"]
+mine = -sum(lp) / len(lp)
+print(f"scoring: mean -logprob {mine:.6f}, eellm eval final loss {final:.6f}")
+assert abs(mine - final) <= 1e-4 * max(1, final), (mine, final)
+print("ok")
+EOT
+}
+score_check > "$tmp/score.check" 2>&1
+cat "$tmp/score.check"
+check "scoring matches eellm eval's final-head loss" 'grep -q "^ok" "$tmp/score.check"'
+# The prefix's figures do not change with what follows (causal), and add_BOS prepends
+# the end-of-text token (256), which makes an empty prompt scorable.
+status=$(put score-bos "{\"prompts\": [\"$score_prompt\", \"\", \"t\"], \"tokens_to_generate\": 0, \"add_BOS\": true, \"logprobs\": false}")
+check "scoring with add_BOS: 200 (got $status), the same figures after the BOS one" \
+  "[ '$status' = 200 ] && /usr/bin/python3 -c '
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+lp = b[\"logprobs\"]
+assert b[\"tokens\"][0][0] == 256 and b[\"tokens\"][1] == [256] and b[\"tokens\"][2] == [256, 116], b[\"tokens\"]
+assert len(lp[0]) == len(a[\"logprobs\"][0]) + 1 and lp[1] == [] and len(lp[2]) == 1, lp
+' '$tmp/score.json' '$tmp/score-bos.json'"
+status=$(put score-one '{"prompts": ["x"], "tokens_to_generate": 0}')
+check "scoring a one-token prompt: 200 (got $status), no figures" \
+  "[ '$status' = 200 ] && grep -q '\"logprobs\":\\[\\[\\]\\]' '$tmp/score-one.json'"
+
+# stop_sequences: the answer ends with the token that completes the first one found in
+# the generated text; stop_on_eol likewise at a newline.
+status=$(put nostop '{"prompts": ["the lazy dog"], "tokens_to_generate": 20, "temperature": 0}')
+stop=$(/usr/bin/python3 -c '
+import json, sys
+ids = json.load(open(sys.argv[1]))["tokens"][0]
+c = [t for t in ids[1:] if 32 <= t < 127 and chr(t) not in "\"\\"]
+print(json.dumps(chr(c[0]) if c else "NONE"))' "$tmp/nostop.json")
+echo "stop sequence: $stop"
+status=$(put stop "{\"prompts\": [\"the lazy dog\"], \"tokens_to_generate\": 20, \"temperature\": 0, \"stop_sequences\": [\"never there\", $stop]}")
+check "stop_sequences $stop: 200 (got $status), the answer cut after it" \
+  "[ '$status' = 200 ] && /usr/bin/python3 -c '
+import json, sys
+full, cut, s = json.load(open(sys.argv[1]))[\"tokens\"][0], json.load(open(sys.argv[2])), sys.argv[3]
+ids = cut[\"tokens\"][0]
+n = full.index(ord(s)) + 1 if s != \"NONE\" else len(full)
+assert ids == full[:n] and len(cut[\"exit_layers\"][0]) == n, (full, ids, s)
+' '$tmp/nostop.json' '$tmp/stop.json' $stop"
+status=$(put eol '{"prompts": ["the lazy dog"], "tokens_to_generate": 20, "temperature": 0, "stop_on_eol": true}')
+check "stop_on_eol: 200 (got $status), no newline but at the end" \
+  "[ '$status' = 200 ] && /usr/bin/python3 -c '
+import json, sys
+ids = json.load(open(sys.argv[1]))[\"tokens\"][0]
+assert 10 not in ids[:-1], ids
+' '$tmp/eol.json'"
+
+# Accepted without effect here: top_p 0 (EE-LLM's off), a top_p_decay held by a
+# top_p_bound equal to top_p, length_penalty (beam search only); no_log keeps the
+# request out of the server's log.
+logged=$(grep -c "eellm serve: 200" "$tmp/log")
+status=$(put no-effect '{"prompts": ["dog"], "tokens_to_generate": 4, "top_p": 0, "length_penalty": 1.5, "no_log": true, "prevent_newline_after_colon": false}')
+check "top_p 0, length_penalty, no_log: 200 (got $status), not logged" \
+  "[ '$status' = 200 ] && answer_ok no-effect '[\"dog\"]' 4 0 && [ \$(grep -c 'eellm serve: 200' '$tmp/log') = $logged ]"
+status=$(put decay-held '{"prompts": ["dog"], "tokens_to_generate": 4, "top_p": 0.9, "top_p_decay": 0.5, "top_p_bound": 0.9}')
+check "top_p_decay held by top_p_bound = top_p: 200 (got $status)" "[ '$status' = 200 ]"
 
 # Long generations: 8 sampled requests with their own seeds, 1024 prompts each,
 # 2 at a time each (the per-request cap of --max-batch 4). Meanwhile a bad request

@@ -314,8 +314,8 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   tu_sync_all();
 
   int tokens_equal = 1;
-  float *got = tu_alloc(2 * M);
-  double *want = tu_alloc_f64(2 * M);
+  float *got = tu_alloc(2 * M), *got_raw = tu_alloc(2 * M);
+  double *want = tu_alloc_f64(2 * M), *want_raw = tu_alloc_f64(2 * M);
   for (size_t m = 0; m < M; m++) {
     double z[64];
     for (int j = 0; j < V; j++) z[j] = logits[m * ((size_t)V + 2) + (size_t)j];
@@ -325,12 +325,22 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
     got[2 * m + 1] = choices[m].logprob;
     want[2 * m] = r.confidence;
     want[2 * m + 1] = r.logprob;
+    /* Of softmax(z) as it is, whatever the exit temperature and sampling. */
+    double max = z[0], sum = 0;
+    for (int j = 1; j < V; j++) max = z[j] > max ? z[j] : max;
+    for (int j = 0; j < V; j++) sum += exp(z[j] - max);
+    got_raw[2 * m] = choices[m].raw_logprob;
+    got_raw[2 * m + 1] = choices[m].raw_maxprob;
+    want_raw[2 * m] = z[r.token] - max - log(sum);
+    want_raw[2 * m + 1] = 1 / sum;
   }
   char what[160];
   snprintf(what, sizeof what, "%s: tokens", c->name);
   tu_ok(tokens_equal, what);
   snprintf(what, sizeof what, "%s: confidence, logprob", c->name);
   check(what, got, want, 2 * M, RTOL, ATOL);
+  snprintf(what, sizeof what, "%s: raw logprob, raw max probability", c->name);
+  check(what, got_raw, want_raw, 2 * M, RTOL, ATOL);
   free(choices);
 }
 

@@ -121,7 +121,7 @@ static void queue_remove(struct eellm_server *s, struct job *job) {
 static int same_options(const struct eellm_gen_options *x, const struct eellm_gen_options *y) {
   if (x->use_early_exit != y->use_early_exit || x->threshold != y->threshold ||
       x->temperature != y->temperature || x->top_k != y->top_k || x->top_p != y->top_p ||
-      x->n_exit_layers != y->n_exit_layers)
+      x->n_exit_layers != y->n_exit_layers || x->keep_logits != y->keep_logits)
     return 0;
   for (size_t i = 0; i < x->n_exit_layers; i++)
     if (x->exit_layers[i] != y->exit_layers[i]) return 0;
@@ -174,7 +174,7 @@ static void close_groups(struct eellm_server *s) {
 
 /* A job ends once none of its prompts runs and none will start. */
 static void settle(struct eellm_server *s, struct job *job) {
-  if (job->running == 0 && (job->status || job->taken == job->req->n)) {
+  if (job->running == 0 && (job->status || job->taken == job->req->n_runs)) {
     queue_remove(s, job);
     job->finished = 1;
     pthread_cond_broadcast(&s->done);
@@ -203,7 +203,8 @@ static void admit(struct eellm_server *s) {
     char err[256];
     struct group *g = group_for(s, &pick->req->o, err, sizeof err);
     size_t i = pick->taken;
-    long slot = g ? eellm_gen_session_add(g->session, pick->req->ids[i], pick->req->lens[i],
+    long slot = g ? eellm_gen_session_add(g->session, pick->req->run_ids[i],
+                                          pick->req->run_lens[i],
                                           pick->req->o.max_tokens, pick->seed, i, err, sizeof err)
                   : -1;
     if (slot < 0) {
@@ -215,7 +216,7 @@ static void admit(struct eellm_server *s) {
     s->slot_job[slot] = pick;
     s->slot_index[slot] = i;
     pick->running++;
-    if (++pick->taken == pick->req->n) queue_remove(s, pick);
+    if (++pick->taken == pick->req->n_runs) queue_remove(s, pick);
   }
 }
 
@@ -589,21 +590,23 @@ static enum MHD_Result answer(struct eellm_server *s, struct MHD_Connection *c,
     return reply_error(c, MHD_HTTP_BAD_REQUEST, "%s", err);
   }
   conn_phase(s, c, ANSWERING);
-  struct job job = {.req = &r, .out = calloc(r.n, sizeof *job.out)};
-  unsigned status = job.out ? run_job(s, &job) : 500;
+  struct job job = {.req = &r, .out = calloc(r.n_runs ? r.n_runs : 1, sizeof *job.out)};
+  /* Scoring one-token prompts runs nothing. */
+  unsigned status = !job.out ? 500 : r.n_runs ? run_job(s, &job) : 200;
   enum MHD_Result result;
   if (status != 200) {
     result = reply_error(c, status, "%s", job.out ? job.err : "out of memory");
   } else {
+    r.request_time = seconds_since(&x->start);
     char *json = eellm_api_answer(&r, job.out, s->tok);
     size_t generated = 0;
-    for (size_t i = 0; i < r.n; i++) generated += job.out[i].n;
-    if (json)
+    for (size_t i = 0; i < r.n_runs; i++) generated += job.out[i].n;
+    if (json && !r.no_log)
       fprintf(stderr, "eellm serve: 200 prompts %zu, tokens generated %zu, %.2f s\n", r.n,
               generated, seconds_since(&x->start));
     result = json ? reply(c, 200, json) : reply_error(c, 500, "out of memory writing the answer");
   }
-  free_results(job.out, r.n);
+  free_results(job.out, r.n_runs);
   eellm_api_request_free(&r);
   return result;
 }
@@ -768,7 +771,8 @@ static struct eellm_server *server_create(struct eellm_generator *g,
   }
   s->gen = g;
   s->model = (struct eellm_api_model){eellm_generator_context(g), c->n_layers, c->exits,
-                                      c->n_exits, c->threshold};
+                                      c->n_exits, c->threshold, eellm_generator_vocab(g),
+                                      eellm_tokenizer_eot_id(eellm_generator_tokenizer(g))};
   s->rule = c->rule;
   s->method = c->method;
   s->max_batch = c->max_batch;

@@ -11,7 +11,11 @@
 
 static const char *const fields[] = {
     "prompts",     "tokens_to_generate", "use_early_exit", "early_exit_thres", "exit_layers",
-    "temperature", "top_k",              "top_p",          "random_seed",      "logprobs"};
+    "temperature", "top_k",              "top_p",          "random_seed",      "logprobs",
+    /* EE-LLM's others */
+    "echo_prompts", "print_max_prob", "top_p_decay", "top_p_bound", "add_BOS",
+    "stop_sequences", "prevent_newline_after_colon", "no_log", "stop_on_eol", "beam_width",
+    "length_penalty"};
 
 /* The body being read and where its first error goes. */
 struct reader {
@@ -44,6 +48,15 @@ static int field_error(struct reader *rd, const char *field, const json_t *value
 static int check_known_fields(struct reader *rd) {
   const char *key;
   json_t *value;
+  /* EE-LLM's answers to its old fields. */
+  if (json_object_get(rd->body, "max_len")) {
+    snprintf(rd->err, rd->errlen, "max_len is no longer used.  Replace with tokens_to_generate");
+    return -1;
+  }
+  if (json_object_get(rd->body, "sentences")) {
+    snprintf(rd->err, rd->errlen, "sentences is no longer used.  Replace with prompts");
+    return -1;
+  }
   json_object_foreach(rd->body, key, value) {
     size_t i = 0;
     while (i < sizeof fields / sizeof fields[0] && strcmp(key, fields[i]) != 0) i++;
@@ -51,7 +64,9 @@ static int check_known_fields(struct reader *rd) {
       snprintf(rd->err, rd->errlen,
                "unknown field '%.60s' (the fields: prompts, tokens_to_generate, "
                "use_early_exit, early_exit_thres, exit_layers, temperature, top_k, top_p, "
-               "random_seed, logprobs)",
+               "random_seed, logprobs, echo_prompts, print_max_prob, top_p_decay, "
+               "top_p_bound, add_BOS, stop_sequences, prevent_newline_after_colon, no_log, "
+               "stop_on_eol, beam_width, length_penalty)",
                key);
       return -1;
     }
@@ -89,12 +104,26 @@ static int read_bool(struct reader *rd, const char *field, int *out) {
   return 0;
 }
 
+static int read_prompt_list(struct reader *rd, struct eellm_api_request *r, json_t *list);
+
 static int read_prompts(struct reader *rd, struct eellm_api_request *r) {
   json_t *list = json_object_get(rd->body, "prompts");
   if (!list) {
     snprintf(rd->err, rd->errlen, "'prompts' is missing: give a list of strings");
     return -1;
   }
+  json_t *single = NULL; /* EE-LLM: a single string is a list of one */
+  if (json_is_string(list)) {
+    single = json_array();
+    json_array_append(single, list);
+    list = single;
+  }
+  int rc = read_prompt_list(rd, r, list);
+  json_decref(single);
+  return rc;
+}
+
+static int read_prompt_list(struct reader *rd, struct eellm_api_request *r, json_t *list) {
   if (!json_is_array(list) || json_array_size(list) == 0 ||
       json_array_size(list) > EELLM_API_MAX_PROMPTS) {
     char want[64];
@@ -113,10 +142,10 @@ static int read_prompts(struct reader *rd, struct eellm_api_request *r) {
   r->n = n;
   for (size_t i = 0; i < n; i++) {
     json_t *prompt = json_array_get(list, i);
-    if (!json_is_string(prompt) || json_string_length(prompt) == 0) {
+    if (!json_is_string(prompt)) { /* empty ones: checked with add_BOS */
       char field[48];
       snprintf(field, sizeof field, "prompts[%zu]", i);
-      return field_error(rd, field, prompt, "a non-empty string");
+      return field_error(rd, field, prompt, "a string");
     }
     r->text_lens[i] = json_string_length(prompt);
     if (!(r->texts[i] = strdup(json_string_value(prompt)))) {
@@ -173,33 +202,116 @@ static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
   return 0;
 }
 
+static int read_stop_sequences(struct reader *rd, struct eellm_api_request *r) {
+  json_t *list = json_object_get(rd->body, "stop_sequences");
+  if (!list || json_is_null(list)) return 0;
+  if (!json_is_array(list)) return field_error(rd, "stop_sequences", list, "a list of strings");
+  size_t n = json_array_size(list);
+  if (n && !(r->stop_sequences = calloc(n, sizeof *r->stop_sequences))) {
+    snprintf(rd->err, rd->errlen, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *v = json_array_get(list, i);
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+      char field[48];
+      snprintf(field, sizeof field, "stop_sequences[%zu]", i);
+      return field_error(rd, field, v, "a non-empty string");
+    }
+    if (!(r->stop_sequences[i] = strdup(json_string_value(v)))) {
+      snprintf(rd->err, rd->errlen, "out of memory");
+      return -1;
+    }
+    r->n_stop_sequences = i + 1;
+  }
+  return 0;
+}
+
 static int read_options(struct reader *rd, const struct eellm_api_model *m,
                         struct eellm_api_request *r) {
-  json_int_t tokens = 64, top_k = 0, seed = -1;
+  json_int_t tokens = 64, top_k = 0, seed = -1, beam_width = 0;
   double threshold = m->threshold > 0 ? m->threshold : 1, temperature = 1, top_p = 1;
-  int use_early_exit = 0, logprobs = 0;
-  char tokens_want[64];
-  snprintf(tokens_want, sizeof tokens_want, "an integer from 1 to %u (the context)", m->context);
-  if (read_integer(rd, "tokens_to_generate", 1, m->context, tokens_want, &tokens) ||
+  double top_p_decay = 0, top_p_bound = 0, length_penalty = 1;
+  int use_early_exit = 0, logprobs = 0, newline = 0;
+  char tokens_want[80];
+  snprintf(tokens_want, sizeof tokens_want,
+           "an integer from 0 (scoring) to %u (the context)", m->context);
+  if (read_integer(rd, "tokens_to_generate", 0, m->context, tokens_want, &tokens) ||
       read_bool(rd, "use_early_exit", &use_early_exit) ||
       read_number(rd, "early_exit_thres", 0, 1, 1, "a number in (0, 1]", &threshold) ||
       read_exit_layers(rd, m, r) ||
       read_number(rd, "temperature", 0, 0, 100, "a number in [0, 100]", &temperature) ||
       read_integer(rd, "top_k", 0, UINT32_MAX, "an integer >= 0", &top_k) ||
-      read_number(rd, "top_p", 0, 1, 1, "a number in (0, 1]", &top_p) ||
+      read_number(rd, "top_p", 0, 0, 1, "a number in [0, 1] (0 or 1: off)", &top_p) ||
       read_integer(rd, "random_seed", 0, INT64_MAX, "an integer >= 0", &seed) ||
-      read_bool(rd, "logprobs", &logprobs))
+      read_bool(rd, "logprobs", &logprobs) || read_bool(rd, "echo_prompts", &r->echo_prompts) ||
+      read_bool(rd, "print_max_prob", &r->print_max_prob) ||
+      read_number(rd, "top_p_decay", 0, 0, 1, "a number in [0, 1]", &top_p_decay) ||
+      read_number(rd, "top_p_bound", 0, 1, 1, "a number in (0, 1]", &top_p_bound) ||
+      read_bool(rd, "add_BOS", &r->add_bos) || read_stop_sequences(rd, r) ||
+      read_bool(rd, "prevent_newline_after_colon", &newline) ||
+      read_bool(rd, "no_log", &r->no_log) || read_bool(rd, "stop_on_eol", &r->stop_on_eol) ||
+      read_integer(rd, "beam_width", 1, INT64_MAX, "an integer >= 1", &beam_width) ||
+      read_number(rd, "length_penalty", -1e30, 0, 1e30, "a number", &length_penalty))
     return -1;
+  int top_p_on = top_p > 0 && top_p < 1;
+  if ((json_object_get(rd->body, "top_p_decay") || json_object_get(rd->body, "top_p_bound")) &&
+      !top_p_on) {
+    snprintf(rd->err, rd->errlen, "'top_p_decay' and 'top_p_bound' need a 'top_p' in (0, 1)");
+    return -1;
+  }
+  if (top_p_bound > top_p) {
+    snprintf(rd->err, rd->errlen, "'top_p_bound' (%g) must not exceed 'top_p' (%g)",
+             top_p_bound, top_p);
+    return -1;
+  }
+  if (top_p_decay > 0 && top_p_decay < 1 && top_p_bound < top_p && temperature > 0) {
+    snprintf(rd->err, rd->errlen,
+             "'top_p_decay' below 1 is not supported yet (top_p stays fixed: give 0 or 1, "
+             "or a 'top_p_bound' equal to 'top_p')");
+    return -1;
+  }
+  if (newline) {
+    snprintf(rd->err, rd->errlen, "'prevent_newline_after_colon': true is not supported yet");
+    return -1;
+  }
+  if (beam_width) {
+    snprintf(rd->err, rd->errlen,
+             "'beam_width': beam search is not supported (EE-LLM's server ignores it too); "
+             "leave it out");
+    return -1;
+  }
+  (void)length_penalty; /* EE-LLM: beam search only */
+  for (size_t i = 0; i < r->n; i++)
+    if (r->text_lens[i] == 0 && !r->add_bos) {
+      snprintf(rd->err, rd->errlen, "'prompts[%zu]' is empty: empty prompts need add_BOS true",
+               i);
+      return -1;
+    }
   struct eellm_gen_options *o = &r->o;
   o->max_tokens = (unsigned)tokens;
   o->use_early_exit = use_early_exit;
   o->threshold = (float)threshold;
   o->temperature = (float)temperature;
   o->top_k = (unsigned)top_k;
-  o->top_p = (float)top_p;
+  o->top_p = top_p_on ? (float)top_p : 1;
   o->seed = seed >= 0 ? (uint64_t)seed : 0;
   r->seeded = seed >= 0;
   r->logprobs = logprobs;
+  if (tokens == 0) { /* scoring: the prompt's log-probabilities under the full model */
+    if (!m->vocab) {
+      snprintf(rd->err, rd->errlen, "'tokens_to_generate': 0 (scoring) is not available here");
+      return -1;
+    }
+    r->scoring = 1;
+    r->vocab = m->vocab;
+    r->logprobs = 1; /* EE-LLM: tokens_to_generate 0 implies logprobs */
+    o->max_tokens = 1;
+    o->use_early_exit = 0;
+    o->temperature = 0;
+    o->keep_logits = 1;
+  }
   if (!o->use_early_exit) {
     o->threshold = 1;
     o->n_exit_layers = 0;
@@ -248,7 +360,8 @@ int eellm_api_encode(struct eellm_api_request *r, const struct eellm_api_model *
                      struct eellm_tokenizer *tok, char *err, size_t errlen) {
   for (size_t i = 0; i < r->n; i++) {
     struct eellm_ids ids = {0};
-    if (eellm_tokenizer_encode(tok, r->texts[i], r->text_lens[i], &ids) != 0) {
+    if ((r->add_bos && eellm_ids_push(&ids, m->bos) != 0) ||
+        eellm_tokenizer_encode(tok, r->texts[i], r->text_lens[i], &ids) != 0) {
       free(ids.v);
       snprintf(err, errlen, "out of memory");
       return -1;
@@ -263,6 +376,27 @@ int eellm_api_encode(struct eellm_api_request *r, const struct eellm_api_model *
       return -1;
     }
   }
+  /* What the generator runs. */
+  size_t runs = 0;
+  for (size_t i = 0; i < r->n; i++) runs += r->scoring ? (r->lens[i] ? r->lens[i] - 1 : 0) : 1;
+  r->run_ids = malloc((runs ? runs : 1) * sizeof *r->run_ids);
+  r->run_lens = malloc((runs ? runs : 1) * sizeof *r->run_lens);
+  if (!r->run_ids || !r->run_lens) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0, k = 0; i < r->n; i++) {
+    if (!r->scoring) {
+      r->run_ids[k] = r->ids[i];
+      r->run_lens[k++] = r->lens[i];
+    } else {
+      for (size_t t = 1; t < r->lens[i]; t++) {
+        r->run_ids[k] = r->ids[i];
+        r->run_lens[k++] = t;
+      }
+    }
+  }
+  r->n_runs = runs;
   return 0;
 }
 
@@ -276,6 +410,10 @@ void eellm_api_request_free(struct eellm_api_request *r) {
   free(r->ids);
   free(r->lens);
   free(r->exit_layers);
+  for (size_t i = 0; i < r->n_stop_sequences; i++) free(r->stop_sequences[i]);
+  free(r->stop_sequences);
+  free(r->run_ids);
+  free(r->run_lens);
   memset(r, 0, sizeof *r);
 }
 
@@ -322,7 +460,7 @@ static json_t *text_value(const char *s, size_t n) {
 
 /* The answer's lists, one entry per prompt. */
 struct answer {
-  json_t *text, *segments, *tokens, *exit_layers, *logprobs;
+  json_t *text, *segments, *tokens, *exit_layers, *logprobs, *max_probs;
 };
 
 static int add_tokens(json_t *segments, json_t *tokens, const uint16_t *ids, size_t n,
@@ -338,50 +476,139 @@ static int add_tokens(json_t *segments, json_t *tokens, const uint16_t *ids, siz
   return 0;
 }
 
+static json_t *number_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
+/* How many of gen's tokens to keep: through the first one whose text completes a stop
+ * sequence (or, stop_on_eol, holds a newline), all when none does. The generator ran on
+ * past it; what it made before does not depend on what came after, so the answer is the
+ * one stopping there would give. -1 when a token is outside the vocabulary. */
+static long kept_tokens(const struct eellm_api_request *r, const struct eellm_gen_sequence *gen,
+                        const struct eellm_tokenizer *tok) {
+  if (!r->n_stop_sequences && !r->stop_on_eol) return (long)gen->n;
+  struct eellm_bytes text = {0};
+  size_t *ends = malloc((gen->n ? gen->n : 1) * sizeof *ends);
+  long keep = (long)gen->n;
+  if (!ends) return -1;
+  for (size_t t = 0; t < gen->n && keep >= 0; t++) {
+    if (eellm_tokenizer_decode(tok, &gen->tokens[t], 1, &text) != 0) keep = -1;
+    ends[t] = text.n;
+  }
+  size_t stop = SIZE_MAX; /* the byte where the first stop sequence ends */
+  for (size_t k = 0; keep >= 0 && k < r->n_stop_sequences + (r->stop_on_eol != 0); k++) {
+    const char *seq = k < r->n_stop_sequences ? r->stop_sequences[k] : "\n";
+    size_t len = strlen(seq);
+    for (size_t at = 0; at + len <= text.n && at + len < stop; at++)
+      if (memcmp(text.v + at, seq, len) == 0) {
+        stop = at + len;
+        break;
+      }
+  }
+  if (keep >= 0 && stop != SIZE_MAX)
+    for (size_t t = 0; t < gen->n; t++)
+      if (ends[t] >= stop) {
+        keep = (long)t + 1;
+        break;
+      }
+  free(ends);
+  free(text.v);
+  return keep;
+}
+
 static int add_sequence(struct answer *a, const struct eellm_api_request *r, size_t i,
                         const struct eellm_gen_sequence *gen, const struct eellm_tokenizer *tok) {
   struct eellm_bytes text = {0};
   json_t *segments = json_array(), *tokens = json_array(), *exits = json_array();
   json_t *logprobs = r->logprobs ? json_array() : NULL;
-  int rc = eellm_tokenizer_decode(tok, gen->tokens, gen->n, &text);
+  json_t *max_probs = r->print_max_prob ? json_array() : NULL;
+  long kept = kept_tokens(r, gen, tok);
+  size_t n = kept < 0 ? 0 : (size_t)kept;
+  int rc = kept < 0 || eellm_tokenizer_decode(tok, gen->tokens, n, &text);
+  size_t prompt_len = r->echo_prompts ? r->text_lens[i] : 0;
   if (rc == 0) {
-    char *whole = malloc(r->text_lens[i] + text.n + 1);
+    char *whole = malloc(prompt_len + text.n + 1);
     if (whole) {
-      memcpy(whole, r->texts[i], r->text_lens[i]);
-      memcpy(whole + r->text_lens[i], text.v, text.n);
+      memcpy(whole, r->texts[i], prompt_len);
+      memcpy(whole + prompt_len, text.v, text.n);
     }
-    rc = !whole || json_array_append_new(a->text, text_value(whole, r->text_lens[i] + text.n));
+    rc = !whole || json_array_append_new(a->text, text_value(whole, prompt_len + text.n));
     free(whole);
   }
   free(text.v);
-  rc = rc || add_tokens(segments, tokens, r->ids[i], r->lens[i], tok) ||
-       add_tokens(segments, tokens, gen->tokens, gen->n, tok);
-  for (size_t t = 0; t < gen->n && rc == 0; t++) {
+  if (r->echo_prompts) rc = rc || add_tokens(segments, tokens, r->ids[i], r->lens[i], tok);
+  rc = rc || add_tokens(segments, tokens, gen->tokens, n, tok);
+  /* Echoed, logprobs[k] is that of segments[k + 1], as EE-LLM's: the prompt's are null. */
+  if (logprobs && r->echo_prompts)
+    for (size_t t = 1; t < r->lens[i] && rc == 0; t++)
+      rc = json_array_append_new(logprobs, json_null());
+  for (size_t t = 0; t < n && rc == 0; t++) {
     rc = json_array_append_new(exits, json_integer(gen->exit_layers[t]));
+    /* A sequence without the raw figures (not from the generator) shows null. */
     if (logprobs)
-      rc = rc || json_array_append_new(logprobs, isfinite(gen->logprobs[t])
-                                                     ? json_real(gen->logprobs[t])
-                                                     : json_null());
+      rc = rc || json_array_append_new(
+                     logprobs, number_or_null(gen->raw_logprobs ? gen->raw_logprobs[t] : NAN));
+    if (max_probs)
+      rc = rc || json_array_append_new(
+                     max_probs, number_or_null(gen->max_probs ? gen->max_probs[t] : NAN));
   }
   rc = json_array_append_new(a->segments, segments) || rc;
   rc = json_array_append_new(a->tokens, tokens) || rc;
   rc = json_array_append_new(a->exit_layers, exits) || rc;
-  if (r->logprobs) rc = json_array_append_new(a->logprobs, logprobs) || rc;
+  if (logprobs) rc = json_array_append_new(a->logprobs, logprobs) || rc;
+  if (max_probs) rc = json_array_append_new(a->max_probs, max_probs) || rc;
+  return rc ? -1 : 0;
+}
+
+/* Scoring: the prompt echoed, and for each token after the first its log-probability
+ * under the final head given the ones before it: from run k's kept logits. */
+static int add_score(struct answer *a, const struct eellm_api_request *r, size_t i,
+                     const struct eellm_gen_sequence *runs, unsigned vocab,
+                     const struct eellm_tokenizer *tok) {
+  json_t *segments = json_array(), *tokens = json_array(), *logprobs = json_array();
+  int rc = json_array_append_new(a->text, text_value(r->texts[i], r->text_lens[i])) ||
+           add_tokens(segments, tokens, r->ids[i], r->lens[i], tok);
+  for (size_t t = 1; t < r->lens[i] && rc == 0; t++) {
+    const struct eellm_gen_sequence *run = &runs[t - 1];
+    uint16_t next = r->ids[i][t];
+    if (run->n < 1 || !run->logits || next >= vocab) {
+      rc = -1;
+      break;
+    }
+    const float *z = run->logits;
+    double max = z[0], sum = 0;
+    for (unsigned j = 1; j < vocab; j++) max = z[j] > max ? z[j] : max;
+    for (unsigned j = 0; j < vocab; j++) sum += exp((double)z[j] - max);
+    rc = json_array_append_new(logprobs, number_or_null((double)z[next] - max - log(sum)));
+  }
+  rc = json_array_append_new(a->segments, segments) || rc;
+  rc = json_array_append_new(a->tokens, tokens) || rc;
+  rc = json_array_append_new(a->exit_layers, json_array()) || rc;
+  rc = json_array_append_new(a->logprobs, logprobs) || rc;
+  if (a->max_probs) rc = json_array_append_new(a->max_probs, json_array()) || rc;
   return rc ? -1 : 0;
 }
 
 char *eellm_api_answer(const struct eellm_api_request *r, const struct eellm_gen_sequence *out,
                        const struct eellm_tokenizer *tok) {
   struct answer a = {json_array(), json_array(), json_array(), json_array(),
-                     r->logprobs ? json_array() : NULL};
+                     r->logprobs ? json_array() : NULL, r->print_max_prob ? json_array() : NULL};
   int rc = 0;
-  for (size_t i = 0; i < r->n && rc == 0; i++) rc = add_sequence(&a, r, i, &out[i], tok);
+  for (size_t i = 0, k = 0; i < r->n && rc == 0; i++) {
+    if (r->scoring) {
+      rc = add_score(&a, r, i, out + k, r->vocab, tok);
+      k += r->lens[i] ? r->lens[i] - 1 : 0;
+    } else {
+      rc = add_sequence(&a, r, i, &out[i], tok);
+    }
+  }
   json_t *answer = json_object();
   rc = json_object_set_new(answer, "text", a.text) || rc;
   rc = json_object_set_new(answer, "segments", a.segments) || rc;
+  /* EE-LLM's key is always there, null when not asked for. */
+  rc = json_object_set_new(answer, "logprobs", a.logprobs ? a.logprobs : json_null()) || rc;
+  rc = json_object_set_new(answer, "requst_time", json_real(r->request_time)) || rc;
   rc = json_object_set_new(answer, "tokens", a.tokens) || rc;
   rc = json_object_set_new(answer, "exit_layers", a.exit_layers) || rc;
-  if (r->logprobs) rc = json_object_set_new(answer, "logprobs", a.logprobs) || rc;
+  if (a.max_probs) rc = json_object_set_new(answer, "max_probs", a.max_probs) || rc;
   char *json = rc ? NULL : json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(9));
   json_decref(answer);
   return json;

@@ -1,25 +1,49 @@
 /* The JSON API of eellm serve (EE-LLM's): requests read and checked, answers written.
  *
- * Request (PUT /api), every field but prompts optional:
- *   prompts             non-empty list of non-empty strings (at most EELLM_API_MAX_PROMPTS)
- *   tokens_to_generate  integer from 1 to the context, default 64
- *   use_early_exit      boolean, default false
- *   early_exit_thres    number in (0, 1], default 1 (1: every token goes through the final head)
+ * Request (PUT /api), every field but prompts optional; EE-LLM's server's fields:
+ *   prompts             a string, or a non-empty list of strings (at most
+ *                       EELLM_API_MAX_PROMPTS); empty ones need add_BOS
+ *   tokens_to_generate  integer from 0 to the context, default 64; 0: scoring (below)
+ *   use_early_exit      boolean, default false (EE-LLM: on whenever the key is present,
+ *                       even false; here its value counts)
+ *   early_exit_thres    number in (0, 1], default the checkpoint's calibrated one, else 1
+ *                       (1: every token goes through the final head)
  *   exit_layers         list of the model's exit layers allowed to fire, default [] (all);
  *                       the final layer may be listed too (the final head always may)
- *   temperature         number in [0, 100], default 1 (0: greedy)
+ *   temperature         number in [0, 100], default 1 (0: greedy; EE-LLM's default is 0)
  *   top_k               integer >= 0, default 0 (off)
- *   top_p               number in (0, 1], default 1 (off)
- *   random_seed         integer >= 0, default: one the server picks
- *   logprobs            boolean, default false
- * Unknown fields are errors.
+ *   top_p               number in [0, 1], default 1 (0 or 1: off)
+ *   top_p_decay, top_p_bound  numbers in [0, 1] and (0, top_p], need a top_p in (0, 1):
+ *                       EE-LLM multiplies top_p by the decay after each token, not going
+ *                       under the bound; only settings where top_p stays fixed (decay 0 or
+ *                       1, bound = top_p, or greedy) are taken, others get 400
+ *   random_seed         integer >= 0, default: one the server picks (EE-LLM: 1234)
+ *   logprobs            boolean, default false (true when scoring)
+ *   echo_prompts        boolean, default false: text, segments and tokens begin with the
+ *                       prompt's, logprobs with null for the prompt's tokens after the first
+ *   print_max_prob      boolean, default false: the answer has max_probs
+ *   add_BOS             boolean, default false: the end-of-text token goes first
+ *   stop_sequences      list of non-empty strings, default none: the answer ends with the
+ *                       token that completes the first one found in the generated text
+ *   stop_on_eol         boolean, default false: likewise at a newline
+ *   prevent_newline_after_colon  boolean; true gets 400 (not supported)
+ *   no_log              boolean, default false: true keeps the request out of the log
+ *   beam_width          integer >= 1; given, 400 (no beam search; EE-LLM ignores it)
+ *   length_penalty      number, no effect (EE-LLM: beam search only)
+ *   max_len, sentences  400 with EE-LLM's message; other unknown fields are errors.
  *
- * Answer, one entry per prompt:
- *   text         the prompt followed by the generated text
- *   segments     each token of prompt and generation as a string
- *   tokens       the ids of prompt and generation
+ * Answer, one entry per prompt in each list:
+ *   text         the generated text (echo_prompts: the prompt followed by it)
+ *   segments     each token of it as a string
+ *   logprobs     per generated token, log_softmax of the producing head's logits at it
+ *                (EE-LLM's); null when not asked for
+ *   requst_time  seconds from the request's arrival to its answer (EE-LLM's spelling)
+ *   tokens       the ids of the tokens in segments
  *   exit_layers  for each generated token, the layer whose exit produced it (n_layers: final)
- *   logprobs     for each generated token, its log-probability (only when asked)
+ *   max_probs    print_max_prob: per generated token, the head's largest probability
+ * Scoring (tokens_to_generate 0): text is the prompt as sent, segments and tokens its
+ * tokens (add_BOS's first), logprobs has, for each token after the first, its log-probability after
+ * the ones before it under the full model (the final head), exit_layers are empty.
  * Generation stops early after the end-of-text token (kept) or when the context is full;
  * a prompt must leave room for one token. Bytes that are not valid UTF-8 (a
  * token holding part of a character) appear as U+FFFD. */
@@ -42,6 +66,9 @@ struct eellm_api_model {
   const unsigned *exits;      /* the layers that have an exit, ascending */
   size_t n_exits;
   float threshold;            /* early_exit_thres when a request gives none (0: 1) */
+  /* Added for EE-LLM's fields: */
+  unsigned vocab;             /* the model's (a logits row), for scoring; 0: no scoring */
+  uint16_t bos;               /* add_BOS's token (EE-LLM: the end-of-text id) */
 };
 
 struct eellm_api_request {
@@ -54,6 +81,19 @@ struct eellm_api_request {
   unsigned *exit_layers;
   int seeded;                 /* random_seed given */
   int logprobs;
+  /* Added for EE-LLM's fields (see the header comment): */
+  int echo_prompts, print_max_prob, add_bos, no_log, stop_on_eol;
+  int scoring;                /* tokens_to_generate 0 */
+  char **stop_sequences;
+  size_t n_stop_sequences;
+  /* What the generator runs, set by eellm_api_encode: the prompts, or when scoring
+   * every prefix of each prompt of 1 .. len - 1 tokens, for one token at the final
+   * head with its logits kept (run_ids point into ids). */
+  size_t n_runs;
+  const uint16_t **run_ids;
+  size_t *run_lens;
+  double request_time;        /* seconds, set by the caller before eellm_api_answer */
+  unsigned vocab;             /* scoring: the model's */
 };
 
 /* Reads and checks a request body into r (zeroed first). 0, or -1 with a message naming
@@ -68,7 +108,8 @@ int eellm_api_encode(struct eellm_api_request *r, const struct eellm_api_model *
                      struct eellm_tokenizer *tok, char *err, size_t errlen);
 void eellm_api_request_free(struct eellm_api_request *r);
 
-/* The answer to r for its generations out[r->n], as JSON text (malloc'd); NULL when out
+/* The answer to r for its generations out[r->n_runs] (one per prompt, or when scoring
+ * one per run), as JSON text (malloc'd); NULL when out
  * of memory or a token is outside the vocabulary. */
 char *eellm_api_answer(const struct eellm_api_request *r, const struct eellm_gen_sequence *out,
                        const struct eellm_tokenizer *tok);

@@ -41,7 +41,16 @@ static struct eellm_token_choice greedy_row(const float *z, size_t V,
   }
   /* entropy = log(sum) - E[shifted]; the largest probability is exp(0) / sum. */
   double entropy = log(sum) - weighted / sum;
-  struct eellm_token_choice c = {.token = (int32_t)best, .logprob = (float)-log(sum)};
+  /* The same of the raw logits (exit temperature 1), for raw_logprob / raw_maxprob. */
+  double raw_sum = sum;
+  if (s->exit_temperature != 1) {
+    raw_sum = 0;
+    for (size_t j = 0; j < V; j++) raw_sum += exp((double)z[j] - z[best]);
+  }
+  struct eellm_token_choice c = {.token = (int32_t)best,
+                                 .logprob = (float)-log(sum),
+                                 .raw_logprob = (float)-log(raw_sum),
+                                 .raw_maxprob = (float)(1 / raw_sum)};
   c.confidence = s->entropy_rule ? (float)(V > 1 ? 1 - entropy / log((double)V) : 1)
                                  : (float)(1 / sum);
   return c;
@@ -81,6 +90,9 @@ static void sample_row(const float *z, size_t V, const struct eellm_sampling *s,
     }
   }
   w = exp(((double)order[pick].z - max) * beta);
+  /* raw_logprob of the drawn token: greedy_row left that of the argmax, max logit zb. */
+  float zb = z[c->token];
+  c->raw_logprob = (float)((double)c->raw_logprob + ((double)order[pick].z - zb));
   c->token = order[pick].id;
   c->logprob = (float)log(w / total);
 }
@@ -97,7 +109,8 @@ void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
   for (size_t m = 0; m < M; m++) {
     const float *z = logits + m * ld;
     if (!all_finite(z, V)) { /* no token from garbage: the caller stops on -1 */
-      choices[m] = (struct eellm_token_choice){.token = -1, .confidence = 0, .logprob = NAN};
+      choices[m] = (struct eellm_token_choice){.token = -1, .confidence = 0, .logprob = NAN,
+                                                .raw_logprob = NAN, .raw_maxprob = NAN};
       continue;
     }
     choices[m] = greedy_row(z, V, s);

@@ -58,6 +58,10 @@ struct eellm_gen_sequence {
   float *logprobs;              /* log-probability of each token under the distribution it was drawn from */
   size_t n;
   float *logits;                /* keep_logits: n x vocab, each token's exit's logits; else NULL */
+  /* Added after the first contract: of the producing exit's logits as they are (no exit
+   * temperature, no sampling restriction; EE-LLM's logprobs and print_max_prob). */
+  float *raw_logprobs;          /* log_softmax(logits)[token] */
+  float *max_probs;             /* max softmax(logits) */
 };
 
 struct eellm_generator;
@@ -154,6 +158,10 @@ EELLM_API long eellm_gen_session_take(struct eellm_gen_session *s,
 EELLM_API void eellm_gen_session_close(struct eellm_gen_session *s);
 /* Slots no session holds. */
 EELLM_API unsigned eellm_generator_free_slots(const struct eellm_generator *g);
+
+/* Added after the first contract: the model's vocabulary (the length of a logits row,
+ * which may exceed the tokenizer's). */
+EELLM_API unsigned eellm_generator_vocab(const struct eellm_generator *g);
 
 #ifdef __cplusplus
 }

@@ -154,6 +154,8 @@ void eellm_gen_sequence_free(struct eellm_gen_sequence *s) {
   free(s->exit_layers);
   free(s->logprobs);
   free(s->logits);
+  free(s->raw_logprobs);
+  free(s->max_probs);
   memset(s, 0, sizeof *s);
 }
 
@@ -249,6 +251,8 @@ static void start_sequence(struct call *c, size_t s, const uint16_t *prompt, siz
   out->tokens = gen_xmalloc(n_max * sizeof *out->tokens);
   out->exit_layers = gen_xmalloc(n_max * sizeof *out->exit_layers);
   out->logprobs = gen_xmalloc(n_max * sizeof *out->logprobs);
+  out->raw_logprobs = gen_xmalloc(n_max * sizeof *out->raw_logprobs);
+  out->max_probs = gen_xmalloc(n_max * sizeof *out->max_probs);
   if (c->o->keep_logits) out->logits = gen_xmalloc(n_max * c->g->vocab * sizeof *out->logits);
 }
 
@@ -430,3 +434,5 @@ unsigned eellm_generator_free_slots(const struct eellm_generator *g) {
   for (unsigned i = 0; i < g->max_batch; i++) n += !g->slot_taken[i];
   return n;
 }
+
+unsigned eellm_generator_vocab(const struct eellm_generator *g) { return (unsigned)g->vocab; }
