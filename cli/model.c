@@ -58,17 +58,22 @@ static void print_params(const Eellm__Model *m, const struct eellm_model_spec_co
   printf("  %-34s %14.0f %10s\n", "each layer", eellm_model_spec_layer_params(m),
          human(eellm_model_spec_layer_params(m), b1, sizeof b1));
   char label[64];
+  int shared = 0;
   snprintf(label, sizeof label, "layers (%u)", m->n_layers);
   printf("  %-34s %14.0f %10s\n", label, c->params_layers, human(c->params_layers, b1, sizeof b1));
   printf("  %-34s %14.0f %10s\n", m->tie_embeddings ? "final head (ln_f; tied to wte)" : "final head (ln_f + lm_head)",
          c->params_final_head, human(c->params_final_head, b1, sizeof b1));
   for (unsigned k = 0; k < m->n_exits; k++) {
-    snprintf(label, sizeof label, "exit %u (layer %u, %s%s)", k, m->exits[k]->layer,
-             structure_name(m->exits[k]->structure), m->exits[k]->tied ? ", tied" : "");
+    snprintf(label, sizeof label, "exit %u (layer %u, %s%s%s)", k, m->exits[k]->layer,
+             structure_name(m->exits[k]->structure),
+             m->exits[k]->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT ? "*" : "",
+             m->exits[k]->tied ? ", tied" : "");
     double p = eellm_model_spec_exit_params(m, k);
     printf("  %-34s %14.0f %10s\n", label, p, human(p, b1, sizeof b1));
+    shared |= m->exits[k]->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT;
   }
   printf("  %-34s %14.0f %10s\n", "total", c->params_total, human(c->params_total, b1, sizeof b1));
+  if (shared) printf("  MLP*: reads its layer's ln_2 output, no ln_2 of its own\n");
 }
 
 static void print_flops(const Eellm__Model *m, const struct eellm_model_spec_costs *c) {
@@ -95,6 +100,7 @@ static void print_exits(const Eellm__Model *m) {
   }
   printf("  %-3s %-6s %-9s %-9s %-7s %-7s %-11s %s\n", "#", "layer", "placement", "structure",
          "head", "weight", "temperature", "schedule");
+  int notes = 0;
   for (unsigned k = 0; k < m->n_exits; k++) {
     const Eellm__Exit *e = m->exits[k];
     char schedule[64] = "constant";
@@ -106,6 +112,16 @@ static void print_exits(const Eellm__Model *m) {
            e->placement == EELLM__EXIT__PLACEMENT__PRE ? "pre" : "post",
            structure_name(e->structure), e->tied ? "tied" : "own", e->loss_weight, e->temperature,
            schedule);
+    notes |= e->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT || e->dynamic_weight;
+  }
+  if (!notes) return;
+  for (unsigned k = 0; k < m->n_exits; k++) {
+    const Eellm__Exit *e = m->exits[k];
+    if (e->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT)
+      printf("  exit %u: its MLP reads layer %u's own ln_2 output (EE-LLM's exit MLP)\n", k,
+             e->layer);
+    if (e->dynamic_weight)
+      printf("  exit %u: dynamic loss weight, each token's loss times the exit's confidence\n", k);
   }
 }
 

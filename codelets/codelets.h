@@ -161,17 +161,19 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
 
 /* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */
 /* logits [N, V], targets [N] int32, mask [N] float (0 or 1), stats [2] double (W):
- * stats[0] = sum over masked rows of -log softmax(logits / temperature)[target],
- * stats[1] = sum of the mask. */
+ * stats[0] = sum over masked rows of c * -log softmax(logits / temperature)[target],
+ * stats[1] = sum of the mask; c = 1, or with `dynamic` the row's confidence
+ * max_j softmax(logits / temperature)_j (EE-LLM's dynamic exit-loss weight). */
 void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
-                           float temperature, const struct eellm_task_info *info);
-/* dlogits [N, V] (W) = scale * mask * (softmax(logits / T) - onehot) / (T * stats[1]):
- * the gradient of scale * (mean masked cross-entropy). Zero when the mask is empty. */
+                           float temperature, int dynamic, const struct eellm_task_info *info);
+/* dlogits [N, V] (W) = scale * mask * c * (softmax(logits / T) - onehot) / (T * stats[1]):
+ * the gradient of scale * (mean masked cross-entropy, weighted by c held
+ * constant, as EE-LLM computes it under no_grad). Zero when the mask is empty. */
 void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
                            starpu_data_handle_t dlogits, float scale, float temperature,
-                           const struct eellm_task_info *info);
+                           int dynamic, const struct eellm_task_info *info);
 
 /* ---- optimizer.c: global gradient norm and AdamW ------------------------ */
 /* sumsq [1] double (W) = sum of squares of grad (matrix or vector). */

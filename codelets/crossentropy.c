@@ -1,10 +1,12 @@
-/* StarPU glue of the softmax cross-entropy over the vocabulary with a loss mask
- * and a temperature (kernels in cpu/crossentropy.c). */
+/* StarPU glue of the softmax cross-entropy over the vocabulary with a loss mask,
+ * a temperature and an optional per-row confidence weight (kernels in
+ * cpu/crossentropy.c). */
 #include "glue.h"
 
 struct xent_args {
   float temperature;
   float scale; /* backward only */
+  int dynamic; /* weigh each row by its largest probability */
 };
 
 EELLM_CODELET(xent_fwd)
@@ -17,7 +19,7 @@ static void xent_fwd_cpu(void *buffers[], void *cl_arg) {
   eellm_cpu_xent_fwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]), args->temperature,
-                     (double *)STARPU_VECTOR_GET_PTR(buffers[3]));
+                     args->dynamic, (double *)STARPU_VECTOR_GET_PTR(buffers[3]));
 }
 
 /* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (R),
@@ -29,7 +31,7 @@ static void xent_bwd_cpu(void *buffers[], void *cl_arg) {
                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]),
                      (const double *)STARPU_VECTOR_GET_PTR(buffers[3]), args->scale,
-                     args->temperature, (float *)dz.ptr, dz.ld);
+                     args->temperature, args->dynamic, (float *)dz.ptr, dz.ld);
 }
 
 static void check_temperature(float temperature) {
@@ -41,9 +43,10 @@ static void check_temperature(float temperature) {
 
 void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
-                           float temperature, const struct eellm_task_info *info) {
+                           float temperature, int dynamic,
+                           const struct eellm_task_info *info) {
   check_temperature(temperature);
-  struct xent_args args = {temperature, 0};
+  struct xent_args args = {temperature, 0, dynamic};
   struct starpu_data_descr buffers[] = {
       {logits, STARPU_R},
       {targets, STARPU_R},
@@ -56,9 +59,9 @@ void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t tar
 void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
                            starpu_data_handle_t dlogits, float scale, float temperature,
-                           const struct eellm_task_info *info) {
+                           int dynamic, const struct eellm_task_info *info) {
   check_temperature(temperature);
-  struct xent_args args = {temperature, scale};
+  struct xent_args args = {temperature, scale, dynamic};
   struct starpu_data_descr buffers[] = {
       {logits, STARPU_R},
       {targets, STARPU_R},

@@ -68,11 +68,16 @@ static void add_linear(struct builder *b, const char *prefix, const char *name, 
   }
 }
 
-static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
+/* An MLP's ln_2 (unless shared, below), c_fc and c_proj. */
+static void add_mlp_linears(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
   size_t d = b->m->spec->d_model;
-  add_norm(b, prefix, "ln_2.", &p->ln2_w, &p->ln2_b);
   add_linear(b, prefix, "mlp.c_fc.", d, b->m->fc_out, &p->fc_w, &p->fc_b);
   add_linear(b, prefix, "mlp.c_proj.", b->m->d_ffn, d, &p->proj_w, &p->proj_b);
+}
+
+static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
+  add_norm(b, prefix, "ln_2.", &p->ln2_w, &p->ln2_b);
+  add_mlp_linears(b, prefix, p);
 }
 
 static void add_layer(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
@@ -95,9 +100,18 @@ static void add_exit(struct builder *b, unsigned k) {
   x->layer = e->layer;
   x->structure = e->structure;
   x->temperature = e->temperature;
+  x->dynamic_weight = e->dynamic_weight;
   x->block = no_layer;
   x->lnf_w = x->lnf_b = -1;
-  if (e->structure == EELLM__EXIT__STRUCTURE__MLP) add_mlp(b, prefix, &x->block);
+  if (e->structure == EELLM__EXIT__STRUCTURE__MLP &&
+      e->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT) {
+    /* The layer's own ln_2: the exit's branch reads the same ln_2(r) as the layer's MLP. */
+    x->block.ln2_w = m->layers[e->layer - 1].ln2_w;
+    x->block.ln2_b = m->layers[e->layer - 1].ln2_b;
+    add_mlp_linears(b, prefix, &x->block);
+  } else if (e->structure == EELLM__EXIT__STRUCTURE__MLP) {
+    add_mlp(b, prefix, &x->block);
+  }
   if (e->structure == EELLM__EXIT__STRUCTURE__BLOCK) {
     char block_prefix[32];
     snprintf(block_prefix, sizeof block_prefix, "exits.%u.h.", k);
@@ -146,23 +160,30 @@ static starpu_data_handle_t register_tensor(const struct eellm_model *m,
   return h;
 }
 
-/* Head weights read on stages that do not own them get a gradient there. */
+/* A gradient of `tensor` on `stage` unless the stage owns it or has one. */
+static void add_shadow(struct eellm_model *m, int tensor, unsigned stage) {
+  if (tensor < 0 || m->tensors[tensor].owner == stage) return;
+  for (size_t i = 0; i < m->n_shadows; i++)
+    if (m->shadows[i].tensor == tensor && m->shadows[i].stage == stage) return;
+  struct eellm_shadow *sh = &m->shadows[m->n_shadows++];
+  sh->tensor = tensor;
+  sh->stage = stage;
+  sh->grad = register_tensor(m, &m->tensors[tensor], NULL, stage);
+}
+
+/* Head weights read on stages that do not own them get a gradient there, and
+ * so does the layer's ln_2 an MLP exit shares (a PRE exit runs on the next
+ * layer's stage). */
 static void add_shadows(struct eellm_model *m) {
-  size_t cap = m->spec->n_exits + 1;
+  size_t cap = 3 * (size_t)m->spec->n_exits + 1;
   m->shadows = calloc(cap, sizeof *m->shadows);
   if (!m->shadows) abort();
   for (unsigned k = 0; k <= m->spec->n_exits; k++) {
-    int head = k < m->spec->n_exits ? m->exits[k].head_w : m->head_w;
     unsigned stage = eellm_exit_stage(&m->place, k);
-    if (m->tensors[head].owner == stage) continue;
-    int known = 0;
-    for (size_t i = 0; i < m->n_shadows; i++)
-      known |= m->shadows[i].tensor == head && m->shadows[i].stage == stage;
-    if (known) continue;
-    struct eellm_shadow *sh = &m->shadows[m->n_shadows++];
-    sh->tensor = head;
-    sh->stage = stage;
-    sh->grad = register_tensor(m, &m->tensors[head], NULL, stage);
+    add_shadow(m, k < m->spec->n_exits ? m->exits[k].head_w : m->head_w, stage);
+    if (k == m->spec->n_exits || m->exits[k].structure != EELLM__EXIT__STRUCTURE__MLP) continue;
+    add_shadow(m, m->exits[k].block.ln2_w, stage);
+    add_shadow(m, m->exits[k].block.ln2_b, stage);
   }
 }
 

@@ -32,10 +32,12 @@ struct eellm_layer_params {
 struct eellm_exit_params {
   unsigned layer;            /* 1-based layer whose output the exit reads */
   Eellm__Exit__Structure structure;
-  struct eellm_layer_params block; /* BLOCK: a whole layer; MLP: ln2, fc, proj only */
+  struct eellm_layer_params block; /* BLOCK: a whole layer; MLP: ln2, fc, proj only (ln2:
+                                      the layer's own for mlp_input LAYER_NORM_OUTPUT) */
   int lnf_w, lnf_b;          /* NORM, MLP, BLOCK */
   int head_w;                /* [V, D], the exit's own or the final head's */
   float temperature;
+  int dynamic_weight;        /* EE-LLM's dynamic exit-loss weight (model.proto) */
 };
 
 /* The gradient a stage accumulates for a tensor another stage owns (a tied

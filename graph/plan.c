@@ -36,7 +36,11 @@ double eellm_model_spec_exit_params(const Eellm__Model *m, unsigned k) {
   double head = e->tied ? 0 : (double)m->vocab_size * m->d_model;
   switch (e->structure) {
     case EELLM__EXIT__STRUCTURE__PLAIN: return head;
-    case EELLM__EXIT__STRUCTURE__MLP: return mlp_params(m) + norm_params(m) + head;
+    case EELLM__EXIT__STRUCTURE__MLP: {
+      /* LAYER_NORM_OUTPUT: the branch reads the layer's ln_2, no norm of its own before it. */
+      double shared = e->mlp_input == EELLM__EXIT__MLP_INPUT__LAYER_NORM_OUTPUT ? norm_params(m) : 0;
+      return mlp_params(m) - shared + norm_params(m) + head;
+    }
     case EELLM__EXIT__STRUCTURE__BLOCK:
       return eellm_model_spec_layer_params(m) + norm_params(m) + head;
     default: return norm_params(m) + head;

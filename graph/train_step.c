@@ -4,7 +4,10 @@
  *
  * Residual stream: resid[0] is the embedding output, resid[k] the output of
  * layer k (1-based); exit e reads resid[layer_e] (an MLP exit reads layer
- * layer_e's post-attention residual). Backward keeps one gradient buffer `dres`
+ * layer_e's post-attention residual r; with mlp_input LAYER_NORM_OUTPUT its
+ * body recomputes the layer's ln_2(r) with the layer's tensors, so its
+ * gradient w.r.t. r already went through that norm, and the norm's gain and
+ * bias gradients land in the layer's, as in EE-LLM). Backward keeps one gradient buffer `dres`
  * per micro-batch and stage and updates it in place, layer by layer, as llm.c
  * does; entering a stage copies the gradient that arrived from the next one.
  *
@@ -128,11 +131,13 @@ static void head_loss(struct micro *mb, const struct eellm_head *h, const struct
   struct eellm_head_acts a;
   starpu_data_handle_t logits = eellm_head_forward(&mb->pass, h, x, &a, ti);
   *l->logits = logits;
-  eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, loss_ti);
+  /* Dynamic weighting shapes the training loss; forward-only passes report plain CE. */
+  int dynamic = h->dynamic_weight && mb->backward;
+  eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, dynamic, loss_ti);
   if (l->scale == 0) return;
   starpu_data_handle_t dlogits = act(mb, mb->m->spec->vocab_size);
   eellm_insert_xent_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
-                        h->temperature, loss_ti);
+                        h->temperature, dynamic, loss_ti);
   eellm_head_backward(&mb->pass, h, x, &a, dlogits, dx, bwd_ti);
 }
 

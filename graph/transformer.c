@@ -139,7 +139,8 @@ struct eellm_head eellm_head_of(const struct eellm_model *m, unsigned exit) {
   const struct eellm_exit_params *e = &m->exits[exit];
   return (struct eellm_head){.exit = exit, .layer = e->layer, .structure = e->structure,
                              .block = &e->block, .norm_w = e->lnf_w, .norm_b = e->lnf_b,
-                             .head_w = e->head_w, .temperature = e->temperature};
+                             .head_w = e->head_w, .temperature = e->temperature,
+                             .dynamic_weight = e->dynamic_weight};
 }
 
 starpu_data_handle_t eellm_body_input(const struct eellm_head *h, starpu_data_handle_t x,

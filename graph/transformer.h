@@ -71,7 +71,10 @@ void eellm_attention_backward(const struct eellm_pass *p, const struct eellm_lay
 
 /* An exit's head, or the final head (exit == n_exits). An exit reads layer
  * `layer`'s output x through its body: none for NORM and PLAIN exits, an MLP
- * (ln2, fc, proj) on the layer's post-attention residual r for MLP exits, a
+ * (ln2, fc, proj) on the layer's post-attention residual r for MLP exits (ln2
+ * the layer's own tensors for mlp_input LAYER_NORM_OUTPUT: the body recomputes
+ * the layer's ln_2(r), and its backward adds into the layer's ln_2 gradients
+ * and returns d r through that norm, which the caller adds to the layer's), a
  * layer of its own on x for BLOCK exits; then norm (none for PLAIN) and
  * lm_head. */
 struct eellm_head {
@@ -80,6 +83,7 @@ struct eellm_head {
   const struct eellm_layer_params *block;
   int norm_w, norm_b, head_w;
   float temperature;
+  int dynamic_weight; /* the loss weighs each token by the head's confidence */
 };
 
 struct eellm_head eellm_head_of(const struct eellm_model *m, unsigned exit);

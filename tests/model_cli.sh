@@ -43,6 +43,8 @@ exits { layer: 2 structure: MLP }'
 expect_error "two exits on one layer" "twoexits\.txtpb:7:.*'exits\[1\]\.layer': value 2: exits\[0\] is on that layer too" "$eellm" model "$tmp/twoexits.txtpb"
 bad negweight 'exits { layer: 2 loss_weight: -0.5 }'
 expect_error "negative weight" "negweight\.txtpb:6:.*'exits\[0\]\.loss_weight': value -0.5 is negative" "$eellm" model "$tmp/negweight.txtpb"
+bad mlpinput 'exits { layer: 2 structure: NORM mlp_input: LAYER_NORM_OUTPUT }'
+expect_error "mlp_input on a NORM exit" "mlpinput\.txtpb:6:.*'exits\[0\]\.mlp_input': a non-default mlp_input applies to MLP exits only, this one is NORM" "$eellm" model "$tmp/mlpinput.txtpb"
 bad enum 'norm: LAYERNROM'
 expect_error "bad enum" "enum\.txtpb:6:.*LAYERNROM" "$eellm" model "$tmp/enum.txtpb"
 bad unclosed 'exits { layer: 2'

@@ -76,4 +76,19 @@ close "$tmp/single5" "$tmp/from-single" > "$tmp/close-b" 2>&1
 status=$?
 check "and its losses continue the single-process run ($(cat "$tmp/close-b"))" '[ $status -eq 0 ]'
 
+# An MLP exit reading its layer's ln_2 (mlp_input: LAYER_NORM_OUTPUT), PRE so it
+# runs on the next layer's stage: that ln_2's gradient from the exit crosses
+# stages as a shadow gradient; with dynamic_weight too, P=2 matches one process.
+sed 's/placement: PRE structure: MLP /placement: PRE structure: MLP mlp_input: LAYER_NORM_OUTPUT dynamic_weight: true /' \
+  $model > "$tmp/shared.txtpb"
+"$eellm" train --model "$tmp/shared.txtpb" --data "$tmp/train.bin" --train "$tmp/pp1.txtpb" --out "$tmp/shared1" --steps 3 > /dev/null 2>&1
+status=$?
+check "shared ln_2 exit, single process" '[ $status -eq 0 ] && grep -q LAYER_NORM_OUTPUT "$tmp/shared.txtpb"'
+mpi 2 "$eellm" train --model "$tmp/shared.txtpb" --data "$tmp/train.bin" --train "$tmp/pp2.txtpb" --out "$tmp/shared2" --steps 3 > "$tmp/shared2.log" 2>&1
+status=$?
+check "shared ln_2 exit, P=2 run exits 0" '[ $status -eq 0 ]'
+close "$tmp/shared1" "$tmp/shared2" > "$tmp/closeshared" 2>&1
+status=$?
+check "shared ln_2 exit, P=2 losses equal the single process's ($(cat "$tmp/closeshared"))" '[ $status -eq 0 ]'
+
 finish pipeline_mpi

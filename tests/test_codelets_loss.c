@@ -73,9 +73,9 @@ static void xent_case(const struct eellm_task_info *ti, void *ctx) {
   starpu_data_handle_t h_logits = tu_matrix(logits, c->N, c->V);
   starpu_data_handle_t h_targets = tu_vector_i32(targets, c->N), h_mask = tu_vector(mask, c->N);
   starpu_data_handle_t h_stats = tu_vector_f64(stats, 2);
-  eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, ti);
+  eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, 0, ti);
   eellm_insert_xent_bwd(h_logits, h_targets, h_mask, h_stats, tu_matrix(dlogits, c->N, c->V),
-                        c->scale, c->temperature, ti);
+                        c->scale, c->temperature, 0, ti);
   tu_sync_all();
 
   struct xent_ref r = {c, tu_to_f64(logits, c->N * c->V), targets, mask};

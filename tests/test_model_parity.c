@@ -2,7 +2,9 @@
  * step of two micro-batches as StarPU tasks, writes the weights through a real
  * eellm checkpoint and the batch, losses and gradients beside it, and has
  * tests/torch_parity.py rebuild the model in PyTorch (float64) and compare
- * every exit's loss and every parameter's gradient (max relative error 1e-4). */
+ * every exit's loss and every parameter's gradient (max relative error 1e-4).
+ * parity_exitopts.txtpb covers EE-LLM's exit options: MLP exits reading the
+ * layer's ln_2 output and dynamically weighted exit losses. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,5 +113,6 @@ int main(void) {
   tu_seed(11);
   check_model("tests/specs/parity_gpt.txtpb");
   check_model("tests/specs/parity_llama.txtpb");
+  check_model("tests/specs/parity_exitopts.txtpb");
   return tu_finish();
 }

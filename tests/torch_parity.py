@@ -101,8 +101,9 @@ class EarlyExitModel:
         att = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
         return x + self.linear(att.transpose(1, 2).reshape(b, t, d), prefix + "attn.c_proj")
 
-    def mlp(self, r, prefix):
-        hid = self.linear(self.norm(r, prefix + "ln_2"), prefix + "mlp.c_fc")
+    def mlp(self, r, prefix, norm_prefix=None):
+        """r + proj(act(fc(ln_2(r)))); ln_2 from norm_prefix (default: prefix's own)."""
+        hid = self.linear(self.norm(r, (norm_prefix or prefix) + "ln_2"), prefix + "mlp.c_fc")
         if self.s.activation == self.pb.Model.SWIGLU:
             act = F.silu(hid[..., :self.d_ffn]) * hid[..., self.d_ffn:]
         else:
@@ -114,23 +115,31 @@ class EarlyExitModel:
             x = self.norm(x, norm_prefix)
         return x @ self.p[head_name].T / temperature
 
-    def head(self, x, norm_prefix, head_name, temperature, targets, mask):
+    def head(self, x, norm_prefix, head_name, temperature, dynamic, targets, mask):
         logits = self.head_logits(x, norm_prefix, head_name, temperature)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                             reduction="none")
+        flat = logits.reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
+        if dynamic:
+            # EE-LLM's early_exit_processing: each token's loss times the exit's
+            # largest probability, computed under no_grad.
+            with torch.no_grad():
+                confidence = F.softmax(flat, dim=-1).max(dim=-1).values
+            ce = ce * confidence
         m = mask.reshape(-1)
         return (ce * m).sum() / m.sum()
 
     def losses(self, tokens, targets, mask):
-        """Each exit's mean cross-entropy (spec order, the final head last)."""
+        """Each exit's training loss: mean cross-entropy, weighted per token by the
+        exit's confidence for dynamic_weight exits (spec order, the final head last)."""
         return [self.head(*h, targets, mask) for h in self.heads(tokens)]
 
     def logits(self, tokens):
         """Each exit's logits divided by its temperature (spec order, the final head last)."""
-        return [self.head_logits(*h) for h in self.heads(tokens)]
+        return [self.head_logits(*h[:4]) for h in self.heads(tokens)]
 
     def heads(self, tokens):
-        """Per exit: the hidden state it reads, its norm, head tensor and temperature."""
+        """Per exit: the hidden state it reads, its norm, head tensor, temperature and
+        whether its loss is dynamically weighted."""
         s = self.s
         final_head = "transformer.wte.weight" if s.tie_embeddings else "lm_head.weight"
         x = self.p["transformer.wte.weight"][tokens]
@@ -147,13 +156,15 @@ class EarlyExitModel:
                 ep = f"exits.{k}."
                 z = x
                 if e.structure == self.pb.Exit.MLP:
-                    z = self.mlp(r, ep)
+                    # LAYER_NORM_OUTPUT: the branch reads the layer's own ln_2(r).
+                    shared = e.mlp_input == self.pb.Exit.LAYER_NORM_OUTPUT
+                    z = self.mlp(r, ep, prefix if shared else None)
                 elif e.structure == self.pb.Exit.BLOCK:
                     z = self.mlp(self.attention(x, ep + "h."), ep + "h.")
                 norm = None if e.structure == self.pb.Exit.PLAIN else ep + "ln_f"
                 head = final_head if e.tied else ep + "lm_head.weight"
-                out[k] = (z, norm, head, e.temperature)
-        out[-1] = (x, "transformer.ln_f", final_head, 1.0)
+                out[k] = (z, norm, head, e.temperature, e.dynamic_weight)
+        out[-1] = (x, "transformer.ln_f", final_head, 1.0, False)
         return out
 
 

@@ -1,4 +1,6 @@
-/* Softmax cross-entropy over the vocabulary with a loss mask and a temperature. */
+/* Softmax cross-entropy over the vocabulary with a loss mask and a temperature,
+ * optionally weighted per row by the softmax's largest probability (EE-LLM's
+ * dynamic exit-loss weight, detached). */
 #include <math.h>
 
 #include "kernels.h"
@@ -18,7 +20,7 @@ static double shifted_exp_sum(const float *z, size_t V, float max, float inv_tem
 
 void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, float temperature,
-                        double *stats) {
+                        int dynamic, double *stats) {
   float inv_temp = 1.0f / temperature;
   double loss = 0, count = 0;
   for (size_t r = 0; r < n; r++) {
@@ -27,8 +29,10 @@ void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
     eellm_cpu_check_index("cross-entropy target", targets[r], V);
     float max = row_max(z, V);
     /* -log softmax(z / T)[t] = log(sum_j exp((z_j - max) / T)) + (max - z_t) / T */
-    double row_loss = log(shifted_exp_sum(z, V, max, inv_temp)) +
-                      ((double)max - z[targets[r]]) / temperature;
+    double sum = shifted_exp_sum(z, V, max, inv_temp);
+    double row_loss = log(sum) + ((double)max - z[targets[r]]) / temperature;
+    /* The largest probability is exp(0) / sum: the confidence weight. */
+    if (dynamic) row_loss /= sum;
     loss += mask[r] * row_loss;
     count += mask[r];
   }
@@ -36,15 +40,17 @@ void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
   stats[1] = count;
 }
 
-/* dz [V] = coef * (softmax(z / T) - onehot(target)). */
+/* dz [V] = coef * c * (softmax(z / T) - onehot(target)); c = 1, or with
+ * `dynamic` the largest probability, 1 / sum, taken as a constant. */
 static void xent_row_grad(const float *z, size_t V, int32_t target, float inv_temp, double coef,
-                          float *dz) {
+                          int dynamic, float *dz) {
   float max = row_max(z, V);
   double sum = 0;
   for (size_t j = 0; j < V; j++) {
     dz[j] = expf((z[j] - max) * inv_temp);
     sum += dz[j];
   }
+  if (dynamic) coef /= sum;
   float prob_coef = (float)(coef / sum);
   for (size_t j = 0; j < V; j++) dz[j] *= prob_coef;
   dz[target] -= (float)coef;
@@ -52,7 +58,8 @@ static void xent_row_grad(const float *z, size_t V, int32_t target, float inv_te
 
 void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, const double *stats,
-                        float scale, float temperature, float *dlogits, size_t ld_d) {
+                        float scale, float temperature, int dynamic, float *dlogits,
+                        size_t ld_d) {
   double count = stats[1];
   for (size_t r = 0; r < n; r++) {
     float *dz = dlogits + r * ld_d;
@@ -62,6 +69,6 @@ void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
     }
     eellm_cpu_check_index("cross-entropy target", targets[r], V);
     double coef = (double)scale * mask[r] / ((double)temperature * count);
-    xent_row_grad(logits + r * ld, V, targets[r], 1.0f / temperature, coef, dz);
+    xent_row_grad(logits + r * ld, V, targets[r], 1.0f / temperature, coef, dynamic, dz);
   }
 }

@@ -141,15 +141,17 @@ void eellm_cpu_attention_cached(size_t n, size_t H, size_t hd, size_t capacity, 
 /* ---- crossentropy.c ------------------------------------------------------ */
 
 /* logits [n, V], targets [n], mask [n] (0 or 1) -> stats [2] double:
- * sum over masked rows of -log softmax(logits / temperature)[target], mask sum. */
+ * sum over masked rows of c * -log softmax(logits / temperature)[target], mask
+ * sum; c = 1, or with `dynamic` the row's confidence max_j softmax(logits / T)_j. */
 void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, float temperature,
-                        double *stats);
-/* dlogits [n, V] = scale * mask * (softmax(logits / T) - onehot) / (T * stats[1]);
- * zero rows where the mask or stats[1] is 0. */
+                        int dynamic, double *stats);
+/* dlogits [n, V] = scale * mask * c * (softmax(logits / T) - onehot) / (T * stats[1]),
+ * c as above, a constant (not differentiated); zero rows where the mask or
+ * stats[1] is 0. */
 void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, const double *stats,
-                        float scale, float temperature, float *dlogits, size_t ld_d);
+                        float scale, float temperature, int dynamic, float *dlogits, size_t ld_d);
 
 /* ---- optimizer.c --------------------------------------------------------- */
 

@@ -140,6 +140,13 @@ static int check_exit(const struct checker *c, const Eellm__Model *m, size_t k,
   if (!(e->temperature > 0))
     return fail(c, msg, "temperature", 0, FIELD("temperature"), "value %g must be positive",
                 e->temperature);
+  if (e->mlp_input != EELLM__EXIT__MLP_INPUT__PRIVATE_NORM &&
+      e->structure != EELLM__EXIT__STRUCTURE__MLP) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&eellm__exit__structure__descriptor, e->structure);
+    return fail(c, msg, "mlp_input", 0, FIELD("mlp_input"),
+                "a non-default mlp_input applies to MLP exits only, this one is %s", v ? v->name : "?");
+  }
   if (e->schedule && !(e->schedule->init >= 0))
     return fail(c, &e->schedule->base, "init", 0, FIELD("schedule.init"), "value %g is negative",
                 e->schedule->init);
