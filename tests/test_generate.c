@@ -10,7 +10,10 @@
  *   every layer's keys and values of every fed position equal a prefill's;
  * - batches of prompts of different lengths give what each prompt gives alone;
  * - sampling is reproducible; the context, max_tokens and end-of-text end
- *   sequences; bad requests get an error. */
+ *   sequences; bad requests get an error;
+ * - speculative decoding (greedy) gives the full model's tokens, exits off,
+ *   token for token (logits within 1e-4), alone and in a batch, with every
+ *   exit as draft exit and 1 or 3 drafts a round, and leaves complete caches. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,6 +445,107 @@ static void test_end_of_text(struct fixture *f) {
   unlink(path);
 }
 
+
+/* Speculative (greedy) against the full model (recompute, exits off). */
+static void test_speculative(struct fixture *f) {
+  static const char *texts[] = {"The state of", "Hello", "We hold", "In the year"};
+  static const char *batch_texts[MAX_BATCH] = {"The", "United States", "Fellow citizens of"};
+  const size_t n_texts = sizeof texts / sizeof *texts;
+  uint16_t ids[4][32], bids[MAX_BATCH][32], all[64];
+  size_t lens[4], blens[MAX_BATCH];
+  const uint16_t *bprompts[MAX_BATCH];
+  struct eellm_gen_options full = greedy(1);
+  full.max_tokens = 20;
+  struct eellm_gen_sequence want[4], bwant[MAX_BATCH], got, bgot[MAX_BATCH];
+  for (size_t t = 0; t < n_texts; t++) {
+    lens[t] = text_prompt(texts[t], ids[t]);
+    generate_one(f, ids[t], lens[t], &full, &want[t]);
+  }
+  for (size_t s = 0; s < MAX_BATCH; s++) {
+    blens[s] = text_prompt(batch_texts[s], bids[s]);
+    bprompts[s] = bids[s];
+  }
+  generate(f, bprompts, blens, MAX_BATCH, &full, bwant);
+  unsigned layers[16];
+  size_t n_exit = eellm_generator_exit_layers(f->gen, layers);
+  static const unsigned drafts[] = {1, 3};
+  char what[200];
+  size_t kept_anywhere = 0;
+  for (size_t e = 0; e < n_exit; e++)
+    for (size_t d = 0; d < 2; d++) {
+      struct eellm_gen_options o = full;
+      o.method = EELLM_GEN_SPECULATIVE;
+      o.draft_exit_layer = layers[e];
+      o.draft_tokens = drafts[d];
+      int equal = 1, final = 1;
+      double worst = 0;
+      size_t drafted = 0, accepted = 0, dr, ac;
+      for (size_t t = 0; t < n_texts; t++) {
+        generate_one(f, ids[t], lens[t], &o, &got);
+        eellm_generator_speculation(f->gen, NULL, &dr, &ac);
+        drafted += dr;
+        accepted += ac;
+        equal &= same_output(&want[t], &got, 1e-4);
+        for (size_t i = 0; i < got.n; i++) final &= got.exit_layers[i] == f->L;
+        for (size_t i = 0; equal && i < got.n * f->V; i++)
+          worst = fmax(worst, fabs(got.logits[i] - want[t].logits[i]));
+        if (t == 0 && e == 0 && d == 1) {
+          memcpy(all, ids[t], lens[t] * sizeof *all);
+          memcpy(all + lens[t], got.tokens, got.n * sizeof *all);
+          snprintf(what, sizeof what, "%s speculative, draft exit %u", f->name, layers[e]);
+          check_cache_complete(f, what, 0, all, lens[t] + got.n - 1);
+        }
+        eellm_gen_sequence_free(&got);
+      }
+      generate(f, bprompts, blens, MAX_BATCH, &o, bgot);
+      int batch_equal = 1;
+      for (size_t s = 0; s < MAX_BATCH; s++) {
+        batch_equal &= same_output(&bwant[s], &bgot[s], 1e-4);
+        eellm_gen_sequence_free(&bgot[s]);
+      }
+      snprintf(what, sizeof what,
+               "%s speculative, draft exit %u, %u drafts: the full model's tokens "
+               "(%zu/%zu drafts kept, logits err %.1e)",
+               f->name, layers[e], drafts[d], accepted, drafted, worst);
+      printf("  %s\n", what);
+      tu_ok(equal && final && worst <= LOGIT_ATOL, what);
+      kept_anywhere += accepted;
+      snprintf(what, sizeof what, "%s speculative, draft exit %u, %u drafts: a batch of 3",
+               f->name, layers[e], drafts[d]);
+      tu_ok(batch_equal, what);
+    }
+  tu_ok(kept_anywhere > 0, "speculative: some drafts are kept (the accepting path runs)");
+  for (size_t t = 0; t < n_texts; t++) eellm_gen_sequence_free(&want[t]);
+  for (size_t s = 0; s < MAX_BATCH; s++) eellm_gen_sequence_free(&bwant[s]);
+
+  /* Refused requests. */
+  char err[256];
+  struct eellm_gen_options o = full;
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = f->L;
+  o.draft_tokens = 2;
+  const uint16_t *one = ids[0];
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
+            strstr(err, "draft exit layer"),
+        "speculative: a draft exit layer without an exit is refused");
+  o.draft_exit_layer = layers[0];
+  o.draft_tokens = 0;
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
+            strstr(err, "draft tokens"),
+        "speculative: 0 draft tokens are refused");
+  o.draft_tokens = EELLM_MAX_DRAFT_TOKENS + 1;
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1,
+        "speculative: too many draft tokens are refused");
+  o.draft_tokens = 2;
+  o.temperature = 0.8f;
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
+            strstr(err, "greedy"),
+        "speculative: sampling is refused (greedy only)");
+  o.temperature = 0;
+  tu_ok(eellm_gen_session_open(f->gen, &o, err, sizeof err) == NULL && strstr(err, "session"),
+        "speculative: sessions refuse it");
+}
+
 int main(void) {
   tu_start();
   if (!mkdtemp(tmpdir)) return 1;
@@ -455,6 +559,7 @@ int main(void) {
   test_batch(&gpt, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
   test_sampling(&gpt);
+  test_speculative(&gpt);
   test_limits_and_errors(&gpt);
   test_end_of_text(&gpt);
   fixture_close(&gpt);
@@ -464,6 +569,7 @@ int main(void) {
   test_exits_on(&llama, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
   test_batch(&llama, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&llama, EELLM_GEN_PIPELINE, 0.8f);
+  test_speculative(&llama);
   fixture_close(&llama);
   rmdir(tmpdir);
   return tu_finish();
