@@ -40,10 +40,11 @@ static const char generate_usage[] =
     "                       that left early are recomputed with the next token going deeper;\n"
     "                       pipeline: the model runs as stages and a token that leaves early\n"
     "                       lets the next one start while later stages fill their caches;\n"
-    "                       speculative (greedy only): the exit at --draft-exit drafts\n"
-    "                       tokens through the shallow layers, the full model verifies them\n"
-    "                       in one pass and keeps the prefix it agrees with plus its own\n"
-    "                       next token: the full model's tokens (exits off), sooner\n"
+    "                       speculative: the exit at --draft-exit drafts tokens through\n"
+    "                       the shallow layers, the full model verifies them in one pass\n"
+    "                       and keeps the prefix it agrees with plus its own next token:\n"
+    "                       greedy, the full model's tokens (exits off); sampled, its\n"
+    "                       distribution (speculative sampling's acceptance rule)\n"
     "  --draft-exit L       speculative: the layer of the exit that drafts (required)\n"
     "  --draft-tokens N     speculative: tokens drafted a round, 1..16 (default 3)\n"
     "  --stages P           pipeline stages (default: split at the exits; 2 without exits)\n"
@@ -364,8 +365,6 @@ static int parse_args(int argc, char **argv, struct cli *a) {
     return fail("--draft-exit and --draft-tokens go with --method speculative", NULL);
   if (spec && !a->o.draft_exit_layer)
     return fail("--method speculative needs --draft-exit L (a layer with an exit)", NULL);
-  if (spec && a->o.temperature > 0)
-    return fail("--method speculative is greedy only: no --temperature", NULL);
   if (a->prompt_file && read_prompt_file(&a->prompts, a->prompt_file) != 0)
     return fail("cannot read --prompt-file ", a->prompt_file);
   if (a->prompts.n == 0) return fail("no prompt: give --prompt TEXT or --prompt-file FILE", NULL);

@@ -13,7 +13,10 @@
  *   sequences; bad requests get an error;
  * - speculative decoding (greedy) gives the full model's tokens, exits off,
  *   token for token (logits within 1e-4), alone and in a batch, with every
- *   exit as draft exit and 1 or 3 drafts a round, and leaves complete caches. */
+ *   exit as draft exit and 1 or 3 drafts a round, and leaves complete caches;
+ *   speculative sampling: the first token's frequencies over 2560 streams
+ *   (top-4) within a chi-square bound of the full model's distribution, which
+ *   a rule keeping every draft, or one redrawing from p on a rejection, fails. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -537,13 +540,121 @@ static void test_speculative(struct fixture *f) {
   tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1,
         "speculative: too many draft tokens are refused");
   o.draft_tokens = 2;
-  o.temperature = 0.8f;
-  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
-            strstr(err, "greedy"),
-        "speculative: sampling is refused (greedy only)");
-  o.temperature = 0;
   tu_ok(eellm_gen_session_open(f->gen, &o, err, sizeof err) == NULL && strstr(err, "session"),
         "speculative: sessions refuse it");
+}
+
+/* The sampling distribution of exit k's logits z at temperature T and top-k K. */
+static void top_k_probs(const float *z, unsigned V, double T, unsigned K, double *probs) {
+  double max = z[argmax(z, V)], total = 0;
+  for (unsigned j = 0; j < V; j++) {
+    unsigned above = 0;
+    for (unsigned i = 0; i < V; i++) above += z[i] > z[j] || (z[i] == z[j] && i < j);
+    probs[j] = above < K ? exp((z[j] - max) / T) : 0;
+    total += probs[j];
+  }
+  for (unsigned j = 0; j < V; j++) probs[j] /= total;
+}
+
+/* Pearson's chi-square of counts (n draws) against probs; a count where probs
+ * is 0 gives infinity. */
+static double chi_square(const size_t *counts, size_t n, const double *probs, unsigned V) {
+  double chi = 0;
+  for (unsigned j = 0; j < V; j++) {
+    double e = n * probs[j];
+    if (e == 0) {
+      if (counts[j]) return INFINITY;
+      continue;
+    }
+    chi += (counts[j] - e) * (counts[j] - e) / e;
+  }
+  return chi;
+}
+
+/* Speculative sampling: the first token's empirical frequencies over many
+ * streams against the full model's distribution (top-4, so 3 degrees of
+ * freedom: chi-square 16.3 is the 0.001 quantile), and far from the draft
+ * exit's, which a rule keeping every draft would give. */
+static void test_speculative_sampling(struct fixture *f, unsigned draft_layer, unsigned k) {
+  enum { SLOTS = 64, CALLS = 40, TOP_K = 4 };
+  char err[512];
+  struct eellm_generator *g = eellm_generator_open(f->ckpt, NULL, SLOTS, err, sizeof err);
+  if (!g) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  uint16_t prompt[32];
+  size_t plen = text_prompt("The state of", prompt);
+  const uint16_t *prompts[SLOTS];
+  size_t lens[SLOTS];
+  for (size_t s = 0; s < SLOTS; s++) {
+    prompts[s] = prompt;
+    lens[s] = plen;
+  }
+  const Eellm__Model *spec = eellm_model_spec(f->ref);
+  double *p = tu_alloc_f64(f->V), *q = tu_alloc_f64(f->V);
+  float temperature = 1.2f;
+  top_k_probs(ref_logits(f, prompt, plen, f->n_exits - 1), f->V, temperature, TOP_K, p);
+  top_k_probs(ref_logits(f, prompt, plen, k), f->V, spec->exits[k]->temperature * temperature,
+              TOP_K, q);
+  struct eellm_gen_options o = greedy(1);
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = draft_layer;
+  o.draft_tokens = 2;
+  o.max_tokens = 3;
+  o.stop_at_eot = 0;
+  o.keep_logits = 0;
+  o.temperature = temperature;
+  o.top_k = TOP_K;
+  size_t *counts = calloc(f->V, sizeof *counts), n = 0, drafted = 0, kept = 0, dr, ac;
+  struct eellm_gen_sequence out[SLOTS];
+  for (unsigned call = 0; call < CALLS; call++) {
+    o.seed = 1000 + call;
+    if (eellm_generate(g, prompts, lens, SLOTS, &o, out, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      exit(1);
+    }
+    eellm_generator_speculation(g, NULL, &dr, &ac);
+    drafted += dr;
+    kept += ac;
+    for (size_t s = 0; s < SLOTS; s++) {
+      if (out[s].n > 0) counts[out[s].tokens[0]]++, n++;
+      eellm_gen_sequence_free(&out[s]);
+    }
+  }
+  /* Two wrong rules: keep every draft (q), or on a rejection draw from p
+   * instead of norm(max(0, p - q)): min(p, q) + TV(p, q) p. */
+  double tv = 0, *resample_p = tu_alloc_f64(f->V);
+  for (unsigned j = 0; j < f->V; j++) tv += fabs(p[j] - q[j]) / 2;
+  for (unsigned j = 0; j < f->V; j++) resample_p[j] = fmin(p[j], q[j]) + tv * p[j];
+  double chi_p = chi_square(counts, n, p, f->V), chi_q = chi_square(counts, n, q, f->V);
+  double chi_r = chi_square(counts, n, resample_p, f->V);
+  char what[300];
+  snprintf(what, sizeof what,
+           "%s speculative sampling, draft exit %u: %zu first tokens, chi-square %.1f against "
+           "the full model (< 16.3); wrong rules: %.0f (keep all), %.0f (redraw from p); "
+           "TV(p, q) %.2f, %zu/%zu drafts kept",
+           f->name, draft_layer, n, chi_p, chi_q, chi_r, tv, kept, drafted);
+  printf("  %s\n", what);
+  tu_ok(n == SLOTS * CALLS && chi_p < 16.3, what);
+  tu_ok(chi_q > 100, "speculative sampling: the test fails a rule keeping every draft");
+  if (tv > 0.2 && tv < 0.8) {
+    tu_ok(chi_r > 50, "speculative sampling: the test fails a rule redrawing from p");
+    tu_ok(kept > 0 && kept < drafted, "speculative sampling: some drafts kept, some not");
+  }
+
+  /* The same seed gives the same tokens; the stream follows the sequence. */
+  struct eellm_gen_sequence a, b;
+  o.max_tokens = 12;
+  o.seed = 9;
+  const uint16_t *one = prompt;
+  eellm_generate(g, &one, &plen, 1, &o, &a, err, sizeof err);
+  eellm_generate(g, &one, &plen, 1, &o, &b, err, sizeof err);
+  tu_ok(a.n == 12 && same_output(&a, &b, 0), "speculative sampling: the same seed, the same tokens");
+  eellm_gen_sequence_free(&a);
+  eellm_gen_sequence_free(&b);
+  free(counts);
+  eellm_generator_close(g);
 }
 
 int main(void) {
@@ -560,6 +671,8 @@ int main(void) {
   test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
   test_sampling(&gpt);
   test_speculative(&gpt);
+  test_speculative_sampling(&gpt, 1, 0);
+  test_speculative_sampling(&gpt, 4, 3);
   test_limits_and_errors(&gpt);
   test_end_of_text(&gpt);
   fixture_close(&gpt);
@@ -570,6 +683,7 @@ int main(void) {
   test_batch(&llama, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&llama, EELLM_GEN_PIPELINE, 0.8f);
   test_speculative(&llama);
+  test_speculative_sampling(&llama, 2, 1);
   fixture_close(&llama);
   rmdir(tmpdir);
   return tu_finish();

@@ -14,15 +14,21 @@
  *   the exited token's forward only to fill their caches (no recomputation).
  *   Stages are StarPU tasks with dependencies on the per-layer caches, so the
  *   overlap comes from the runtime, not from a hand-written schedule.
- * - SPECULATIVE (LayerSkip-style self-speculation, greedy only): per round,
+ * - SPECULATIVE (LayerSkip-style self-speculation): per round,
  *   the exit at draft_exit_layer L drafts draft_tokens tokens one at a time
  *   through layers 1..L (filling their caches); the layers after L then verify
  *   them in one batched pass over the draft's layer-L outputs (layers <= L are
  *   not run again), the final head on every drafted position; the longest
  *   prefix the final head agrees with is kept, plus the final head's token
- *   after it. The tokens are the full model's (exits off), token for token;
- *   every token reports the final layer. use_early_exit and threshold are
- *   ignored; temperature must be 0; sessions refuse it.
+ *   after it. Greedy, the tokens are the full model's (exits off), token for
+ *   token; sampled, drafts are drawn from the draft exit and kept by the
+ *   speculative-sampling rule (keep x with probability min(1, p(x) / q(x)),
+ *   else draw from norm(max(0, p - q))), p and q the final head's and the
+ *   draft exit's distributions at the same temperature, top-k and top-p, so
+ *   tokens follow the full model's distribution (not the same draws as
+ *   RECOMPUTE's). Every token reports the final layer; use_early_exit and
+ *   threshold are ignored; on_token runs on the calling thread; sessions
+ *   refuse it.
  * Several prompts form one batch; every sequence makes its own exit decisions. */
 #ifndef EELLM_GENERATE_H
 #define EELLM_GENERATE_H
@@ -37,7 +43,11 @@ extern "C" {
 #endif
 
 enum eellm_exit_rule { EELLM_EXIT_MAXPROB = 0, EELLM_EXIT_ENTROPY = 1 };
-enum eellm_gen_method { EELLM_GEN_RECOMPUTE = 0, EELLM_GEN_PIPELINE = 1, EELLM_GEN_SPECULATIVE = 2 };
+enum eellm_gen_method {
+  EELLM_GEN_RECOMPUTE = 0,
+  EELLM_GEN_PIPELINE = 1,
+  EELLM_GEN_SPECULATIVE = 2
+};
 
 struct eellm_gen_options {
   unsigned max_tokens;          /* tokens to generate per prompt */

@@ -185,10 +185,6 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
                EELLM_MAX_DRAFT_TOKENS);
       return -1;
     }
-    if (o->temperature > 0) {
-      snprintf(err, errlen, "speculative decoding is greedy only for now (temperature 0)");
-      return -1;
-    }
   }
   if (!(o->temperature >= 0 && isfinite(o->temperature)) || !(o->top_p >= 0 && o->top_p <= 1)) {
     snprintf(err, errlen, "temperature %g (want >= 0) or top_p %g (want 0..1) out of range",
