@@ -2,7 +2,8 @@
 # eellm generate end to end on a tiny model trained for a few steps: a run
 # directory or a checkpoint file, the exits table and summary, streaming gives
 # the same text, several prompts (flags or a file) form one batch, both methods
-# agree, sampling is reproducible, and bad input gets one line and status 2.
+# agree, speculative decoding gives the full model's tokens, sampling is
+# reproducible, and bad input gets one line and status 2.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -62,6 +63,10 @@ for L in 1 2; do
   status=$?
   check "speculative, draft exit $L: the full model's tokens ($(grep -o "[0-9]* of [0-9]* drafts kept" "$tmp/spec$L"))" '[ $status -eq 0 ] && cmp -s <(grep -v "^mean\|^speculation" "$tmp/full") <(grep -v "^mean\|^speculation" "$tmp/spec$L")'
 done
+gen --prompt "the" --max-tokens 20 --method speculative --draft-exit 2 --temperature 0.9 --top-k 20 --seed 3 > "$tmp/ss1"
+status=$?
+gen --prompt "the" --max-tokens 20 --method speculative --draft-exit 2 --temperature 0.9 --top-k 20 --seed 3 > "$tmp/ss2"
+check "speculative sampling with a seed is reproducible" '[ $status -eq 0 ] && [ -s "$tmp/ss1" ] && cmp -s "$tmp/ss1" "$tmp/ss2"'
 check "speculative --show-exits: drafts kept" 'grep -Eq "^speculation: draft exit layer 2, [0-9]+ rounds, [0-9]+ of [0-9]+ drafts kept" "$tmp/spec2"'
 expect_error "speculative without --draft-exit" "--draft-exit" "$eellm" generate --ckpt "$tmp/run" --prompt x --method speculative
 expect_error "draft exit without an exit" "draft exit layer 3" "$eellm" generate --ckpt "$tmp/run" --prompt x --method speculative --draft-exit 3
