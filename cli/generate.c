@@ -17,8 +17,9 @@
 static const char generate_usage[] =
     "usage: eellm generate --ckpt RUN_DIR|FILE (--prompt TEXT... | --prompt-file FILE)\n"
     "                      [--max-tokens N] [--threshold T] [--exit-layers A,B,...]\n"
-    "                      [--exit-rule maxprob|entropy] [--method recompute|pipeline]\n"
-    "                      [--stages P] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
+    "                      [--exit-rule maxprob|entropy]\n"
+    "                      [--method recompute|pipeline|speculative] [--stages P]\n"
+    "                      [--draft-exit L] [--draft-tokens N] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--stream] [--show-exits] [--ignore-eot] [--tokenizer-dir DIR]\n"
     "                      [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
@@ -38,7 +39,14 @@ static const char generate_usage[] =
     "  --method M           recompute (default): deeper layers' keys and values of tokens\n"
     "                       that left early are recomputed with the next token going deeper;\n"
     "                       pipeline: the model runs as stages and a token that leaves early\n"
-    "                       lets the next one start while later stages fill their caches\n"
+    "                       lets the next one start while later stages fill their caches;\n"
+    "                       speculative: the exit at --draft-exit drafts tokens through\n"
+    "                       the shallow layers, the full model verifies them in one pass\n"
+    "                       and keeps the prefix it agrees with plus its own next token:\n"
+    "                       greedy, the full model's tokens (exits off); sampled, its\n"
+    "                       distribution (speculative sampling's acceptance rule)\n"
+    "  --draft-exit L       speculative: the layer of the exit that drafts (required)\n"
+    "  --draft-tokens N     speculative: tokens drafted a round, 1..16 (default 3)\n"
     "  --stages P           pipeline stages (default: split at the exits; 2 without exits)\n"
     "  --temperature X      0 (default) is greedy; > 0 samples\n"
     "  --top-k K            sample among the K most likely tokens (0: all)\n"
@@ -46,7 +54,7 @@ static const char generate_usage[] =
     "  --seed S             random seed for sampling (default 0)\n"
     "  --stream             print tokens as they are produced\n"
     "  --show-exits         a table of each token's exit, and a summary: tokens per exit,\n"
-    "                       mean exit layer, tokens/s\n"
+    "                       mean exit layer, tokens/s (speculative: drafts kept)\n"
     "  --ignore-eot         go on past the end-of-text token\n"
     "  --trace FILE         record every task (kind, layer, worker, times) into FILE;\n"
     "                       see 'eellm trace'\n"
@@ -237,6 +245,7 @@ struct cli {
   unsigned *exit_layers;
   int stream, show_exits;
   int threshold_given;
+  int draft_given;
 };
 
 static int fail(const char *what, const char *detail) {
@@ -256,9 +265,10 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"show-exits", no_argument, 0, 'e'},        {"ignore-eot", no_argument, 0, 'i'},
       {"tokenizer-dir", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
       {"trace", required_argument, 0, 'R'},       {"trace-format", required_argument, 0, 'F'},
+      {"draft-exit", required_argument, 0, 'D'},  {"draft-tokens", required_argument, 0, 'N'},
       {0, 0, 0, 0}};
   a->o = (struct eellm_gen_options){.max_tokens = 64, .use_early_exit = 1, .threshold = 1,
-                                    .top_p = 1, .stop_at_eot = 1};
+                                    .top_p = 1, .stop_at_eot = 1, .draft_tokens = 3};
   int opt;
   double v;
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -296,9 +306,24 @@ static int parse_args(int argc, char **argv, struct cli *a) {
         a->o.rule = strcmp(optarg, "entropy") == 0 ? EELLM_EXIT_ENTROPY : EELLM_EXIT_MAXPROB;
         break;
       case 'm':
-        if (strcmp(optarg, "recompute") && strcmp(optarg, "pipeline"))
-          return fail("--method is recompute or pipeline, got ", optarg);
-        a->o.method = strcmp(optarg, "pipeline") == 0 ? EELLM_GEN_PIPELINE : EELLM_GEN_RECOMPUTE;
+        if (strcmp(optarg, "recompute") && strcmp(optarg, "pipeline") &&
+            strcmp(optarg, "speculative"))
+          return fail("--method is recompute, pipeline or speculative, got ", optarg);
+        a->o.method = strcmp(optarg, "pipeline") == 0      ? EELLM_GEN_PIPELINE
+                      : strcmp(optarg, "speculative") == 0 ? EELLM_GEN_SPECULATIVE
+                                                           : EELLM_GEN_RECOMPUTE;
+        break;
+      case 'D':
+        if (parse_number(optarg, 1, 100000, &v) != 0 || v != (unsigned)v)
+          return fail("--draft-exit wants a layer, got ", optarg);
+        a->o.draft_exit_layer = (unsigned)v;
+        a->draft_given = 1;
+        break;
+      case 'N':
+        if (parse_number(optarg, 1, EELLM_MAX_DRAFT_TOKENS, &v) != 0 || v != (unsigned)v)
+          return fail("--draft-tokens wants a count in 1..16, got ", optarg);
+        a->o.draft_tokens = (unsigned)v;
+        a->draft_given = 1;
         break;
       case 'S':
         if (parse_number(optarg, 1, 100000, &v) != 0 || v != (unsigned)v)
@@ -335,6 +360,11 @@ static int parse_args(int argc, char **argv, struct cli *a) {
   }
   if (optind != argc) return fail("unexpected argument ", argv[optind]);
   if (!a->ckpt) return fail("--ckpt is required", NULL);
+  int spec = a->o.method == EELLM_GEN_SPECULATIVE;
+  if (a->draft_given && !spec)
+    return fail("--draft-exit and --draft-tokens go with --method speculative", NULL);
+  if (spec && !a->o.draft_exit_layer)
+    return fail("--method speculative needs --draft-exit L (a layer with an exit)", NULL);
   if (a->prompt_file && read_prompt_file(&a->prompts, a->prompt_file) != 0)
     return fail("cannot read --prompt-file ", a->prompt_file);
   if (a->prompts.n == 0) return fail("no prompt: give --prompt TEXT or --prompt-file FILE", NULL);
@@ -374,6 +404,13 @@ static void print_results(struct cli *a, struct printer *pr, struct eellm_genera
   }
   if (a->show_exits) print_summary(out, a->prompts.n, n_layers, seconds);
   if (a->show_exits && a->o.method == EELLM_GEN_PIPELINE) print_stages(g, a->o.stages);
+  if (a->show_exits && a->o.method == EELLM_GEN_SPECULATIVE) {
+    size_t rounds, drafted, kept;
+    eellm_generator_speculation(g, &rounds, &drafted, &kept);
+    printf("speculation: draft exit layer %u, %zu rounds, %zu of %zu drafts kept (%.1f%%)\n",
+           a->o.draft_exit_layer, rounds, kept, drafted,
+           drafted ? 100.0 * (double)kept / (double)drafted : 0.0);
+  }
   free(exits);
 }
 

@@ -158,6 +158,10 @@ void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
  * previous content). */
 void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
                              const struct eellm_task_info *info);
+/* m [R, C] (W) = the R * C elements at data, row after row, copied at
+ * submission as for eellm_insert_vector_set. */
+void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
+                             const struct eellm_task_info *info);
 
 /* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */
 /* logits [N, V], targets [N] int32, mask [N] float (0 or 1), stats [2] double (W):

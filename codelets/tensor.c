@@ -46,10 +46,10 @@ static void copy_cpu(void *buffers[], void *cl_arg) {
   eellm_cpu_copy(dst.rows, dst.cols, dst.elemsize, src.ptr, src.ld, dst.ptr, dst.ld);
 }
 
-/* v [N] (W) = cl_arg's N elements. */
+/* v [N] or [R, C] (W) = cl_arg's N (R * C, row by row) elements. */
 static void vector_set_cpu(void *buffers[], void *cl_arg) {
   struct eellm_tensor_view v = eellm_tensor_view(buffers[0]);
-  eellm_cpu_copy(1, v.cols, v.elemsize, cl_arg, v.cols, v.ptr, v.ld);
+  eellm_cpu_copy(v.rows, v.cols, v.elemsize, cl_arg, v.cols, v.ptr, v.ld);
 }
 
 void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info) {
@@ -76,4 +76,12 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
   /* eellm_submit copies data into the task's argument now. */
   eellm_submit(&vector_set_cl, buffers, 1, data,
                starpu_vector_get_nx(v) * starpu_vector_get_elemsize(v), info);
+}
+
+void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
+                             const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[] = {{m, STARPU_W}};
+  eellm_submit(&vector_set_cl, buffers, 1, data,
+               starpu_matrix_get_nx(m) * starpu_matrix_get_ny(m) * starpu_matrix_get_elemsize(m),
+               info);
 }

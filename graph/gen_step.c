@@ -26,10 +26,12 @@
  *   caches, the higher its tasks' priority.
  * Every attention task reads and writes its layer's cache handle, so StarPU's
  * sequential consistency orders the writes and reads of keys and values. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "codelets/cpu/kernels.h"
 #include "eellm/tokenizer.h"
 #include "graph/gen_step.h"
 #include "runtime/engine/splitmix.h"
@@ -119,10 +121,26 @@ static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head 
   return eellm_head_forward(&p, h, y, &a, ti);
 }
 
-/* Head `exit` on the newest row of each undecided sequence, and the task that
- * turns its logits into choices. */
-static void submit_head(struct call *c, unsigned exit) {
+/* Head `exit` on the flow rows `rows` (M of them, uniforms: their draws, read
+ * when sampling; NULL: greedy choices), and the task that turns its logits
+ * into choices. */
+static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
+                           const float *uniforms, size_t M) {
   c->head = eellm_head_of(c->m, exit);
+  int final = exit == c->m->spec->n_exits;
+  struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,
+                                        c->prio_decide, (int)c->head.layer - 1);
+  c->logits = head_logits(c, &c->head, rows, M, &ti);
+  c->choices = eellm_pool_vector(c->pool, M, sizeof(struct eellm_token_choice));
+  const struct eellm_gen_options *o = c->o;
+  struct eellm_sampling s = {c->head.temperature, o->rule == EELLM_EXIT_ENTROPY,
+                             uniforms ? o->temperature : 0, o->top_k, o->top_p};
+  starpu_data_handle_t u = s.temperature > 0 ? input(c, uniforms, M, sizeof *uniforms) : NULL;
+  eellm_insert_next_token(c->logits, u, c->choices, &s, &ti);
+}
+
+/* Head `exit` on the newest row of each undecided sequence, and its choices. */
+static void submit_head(struct call *c, unsigned exit) {
   size_t M = c->n_und;
   int32_t *rows = keep(c, M * sizeof *rows);
   float *uniforms = keep(c, M * sizeof *uniforms);
@@ -131,16 +149,7 @@ static void submit_head(struct call *c, unsigned exit) {
       if (c->f.seq[row] == c->undecided[i]) rows[i] = (int32_t)row;
     uniforms[i] = c->seqs[c->undecided[i]].uniform;
   }
-  int final = exit == c->m->spec->n_exits;
-  struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,
-                                        c->prio_decide, (int)c->head.layer - 1);
-  c->logits = head_logits(c, &c->head, rows, M, &ti);
-  c->choices = eellm_pool_vector(c->pool, M, sizeof(struct eellm_token_choice));
-  const struct eellm_gen_options *o = c->o;
-  struct eellm_sampling s = {c->head.temperature, o->rule == EELLM_EXIT_ENTROPY, o->temperature,
-                             o->top_k, o->top_p};
-  starpu_data_handle_t u = o->temperature > 0 ? input(c, uniforms, M, sizeof *uniforms) : NULL;
-  eellm_insert_next_token(c->logits, u, c->choices, &s, &ti);
+  submit_head_on(c, exit, rows, uniforms, M);
 }
 
 /* ---- decisions -------------------------------------------------------------------- */
@@ -410,4 +419,317 @@ void gen_run(struct call *c) {
 void gen_run_step(struct call *c) {
   c->one_step = 1;
   run_chain(c);
+}
+
+/* ---- speculative decoding (LayerSkip-style self-speculation) ---------------------
+ *
+ * Simple rather than fast: each phase of a round (a draft pass, the
+ * verification) submits its tasks, brings what the host needs back with a
+ * blocking acquire and waits for its tasks before the next phase.
+ *
+ * A round, for every unfinished sequence (positions 0 .. first - 1 complete at
+ * every layer, tokens 0 .. len - 1 known, nd = min(draft_tokens, room - 1)
+ * drafts so that a round never passes max_len):
+ * - draft pass 0 feeds positions first .. len - 1 through layers 1..L, pass j
+ *   >= 1 feeds draft j - 1 at position len + j - 1; after pass j < nd the
+ *   draft exit gives draft j (position len + j) on the sequence's newest row.
+ *   Every pass writes its rows' keys and values into layers 1..L's caches and
+ *   leaves their layer-L outputs on the host;
+ * - the verification feeds those layer-L outputs, positions first .. len + nd
+ *   - 1, through layers L+1..n_layers (writing their caches), and the final
+ *   head on positions len - 1 .. len + nd - 1: its greedy token at position
+ *   len - 1 + j is the full model's next token after the prefix ending in
+ *   draft j - 1. The tokens are emitted one after the other while they equal
+ *   the drafts; the first that differs (or the one after every draft) is the
+ *   last of the round.
+ *   Sampling, the drafts are drawn from the draft exit's distribution q and
+ *   the host applies the speculative-sampling rule against the final head's
+ *   p (both at the request's temperature, top-k and top-p): draft j stays with
+ *   probability min(1, p/q), else the round's last token is drawn from
+ *   norm(max(0, p - q)); after every draft it is drawn from p. So each token
+ *   follows the full model's distribution. A sequence's draws come from its own
+ *   stream, in a fixed order (the drafts, then the verification's).
+ * Then positions 0 .. len' - 2 (len' the new length) hold the keys and values
+ * of the kept tokens at every layer: through = len' - 1. Positions from len' -
+ * 1 on may hold a rejected draft's: the next round's first pass writes len' - 1
+ * and every later position before a row reads it (cached attention stores a
+ * task's rows first and reads positions up to the row's own only). */
+
+struct spec_seq {
+  size_t s;          /* the sequence */
+  size_t first, len; /* its through and len when the round began */
+  unsigned nd;       /* drafts this round */
+  uint16_t drafts[EELLM_MAX_DRAFT_TOKENS];
+  float *x;          /* [len + nd - first, D]: layer L's outputs of positions first .. */
+  float *qlogits;    /* sampling: [nd, V], the draft exit's logits of each draft */
+};
+
+/* A uniform number in [0, 1) from sequence q's stream: 24 bits (for the
+ * next-token task, as draw_uniforms) or 53. */
+static float spec_uniform24(struct sequence *q) {
+  return (float)(eellm_splitmix64_next(&q->rng) >> 40) * 0x1p-24f;
+}
+
+static double spec_uniform53(struct sequence *q) {
+  return (double)(eellm_splitmix64_next(&q->rng) >> 11) * 0x1p-53;
+}
+
+/* The first id, in id order, at which the cumulative weight exceeds u times the
+ * total (the last id of positive weight when rounding leaves none). */
+static int32_t spec_pick(const double *w, size_t V, double u) {
+  double total = 0, acc = 0;
+  for (size_t j = 0; j < V; j++) total += w[j];
+  size_t last = 0;
+  for (size_t j = 0; j < V; j++) {
+    if (w[j] <= 0) continue;
+    last = j;
+    acc += w[j];
+    if (acc > u * total) return (int32_t)j;
+  }
+  return (int32_t)last;
+}
+
+static void spec_phase_begin(struct call *c) {
+  c->pool = c->g->pools[c->g->steps++ % 2];
+  eellm_pool_reset(c->pool);
+}
+
+static void spec_phase_end(struct call *c) {
+  starpu_task_wait_for_all();
+  free_kept(c);
+  c->step++;
+}
+
+/* The flow of n rows (kept arrays); x is the caller's. */
+static void spec_flow(struct call *c, size_t n, int32_t *positions, int32_t *slots, size_t *seq) {
+  struct flow *f = &c->f;
+  memset(f, 0, sizeof *f);
+  f->n = n;
+  f->positions = positions;
+  f->slots = slots;
+  f->seq = seq;
+  f->positions_h = input(c, positions, n, sizeof(int32_t));
+  f->slots_h = input(c, slots, n, sizeof(int32_t));
+}
+
+/* Draft pass j: returns 0 when an exit gave non-finite logits. */
+static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsigned j) {
+  const unsigned L = c->o->draft_exit_layer;
+  const size_t D = c->m->spec->d_model;
+  spec_phase_begin(c);
+  size_t rows = 0;
+  for (size_t i = 0; i < n; i++) rows += j == 0 ? ss[i].len - ss[i].first : ss[i].nd >= j;
+  int32_t *positions = keep(c, rows * sizeof *positions), *slots = keep(c, rows * sizeof *slots);
+  size_t *seq = keep(c, rows * sizeof *seq), *head_of = keep(c, n * sizeof *head_of);
+  int32_t *tokens = keep(c, rows * sizeof *tokens), *heads = keep(c, n * sizeof *heads);
+  float *uniforms = keep(c, n * sizeof *uniforms);
+  int sampling = c->o->temperature > 0;
+  size_t row = 0, M = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct spec_seq *p = &ss[i];
+    const struct sequence *q = &c->seqs[p->s];
+    if (j > 0 && p->nd < j) continue;
+    size_t from = j == 0 ? p->first : p->len + j - 1, to = j == 0 ? p->len : from + 1;
+    for (size_t pos = from; pos < to; pos++, row++) {
+      positions[row] = (int32_t)pos;
+      slots[row] = (int32_t)p->s;
+      seq[row] = p->s;
+      tokens[row] = pos < p->len ? q->tokens[pos] : p->drafts[pos - p->len];
+    }
+    if (p->nd > j) {
+      if (sampling) uniforms[M] = spec_uniform24(&c->seqs[p->s]);
+      heads[M] = (int32_t)(row - 1);
+      head_of[M++] = i;
+    }
+  }
+  spec_flow(c, rows, positions, slots, seq);
+  c->f.x = temp(c, rows, D);
+  struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
+  eellm_insert_embed_at(input(c, tokens, rows, sizeof *tokens), c->f.positions_h,
+                        eellm_param(c->m, c->m->wte), eellm_param(c->m, c->m->wpe), c->f.x, &ti);
+  for (unsigned l = 0; l < L; l++) submit_layer(c, l, c->prio_decide);
+  if (M) submit_head_on(c, (unsigned)c->g->exit_at[L - 1], heads, uniforms, M);
+  starpu_data_acquire(c->f.x, STARPU_R);
+  const float *x = (const float *)starpu_matrix_get_local_ptr(c->f.x);
+  size_t ld = starpu_matrix_get_local_ld(c->f.x);
+  for (row = 0; row < rows; row++) {
+    struct spec_seq *p = NULL;
+    for (size_t i = 0; i < n && !p; i++)
+      if (ss[i].s == seq[row]) p = &ss[i];
+    memcpy(p->x + ((size_t)positions[row] - p->first) * D, x + row * ld, D * sizeof *x);
+  }
+  starpu_data_release(c->f.x);
+  int ok = 1;
+  if (M && sampling) { /* q, for the acceptance rule */
+    starpu_data_acquire(c->logits, STARPU_R);
+    const float *z = (const float *)starpu_matrix_get_local_ptr(c->logits);
+    size_t ldz = starpu_matrix_get_local_ld(c->logits), V = c->g->vocab;
+    for (size_t m = 0; m < M; m++)
+      memcpy(ss[head_of[m]].qlogits + j * V, z + m * ldz, V * sizeof *z);
+    starpu_data_release(c->logits);
+  }
+  if (M) {
+    starpu_data_acquire(c->choices, STARPU_R);
+    const struct eellm_token_choice *choices =
+        (const struct eellm_token_choice *)starpu_vector_get_local_ptr(c->choices);
+    for (size_t m = 0; m < M; m++) {
+      if (choices[m].token < 0) ok = 0;
+      else ss[head_of[m]].drafts[j] = (uint16_t)choices[m].token;
+    }
+    starpu_data_release(c->choices);
+  }
+  spec_phase_end(c);
+  if (!ok) c->bad_layer = L;
+  return ok;
+}
+
+/* The verification and the tokens kept: returns 0 on non-finite logits. */
+static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
+  const unsigned L = c->o->draft_exit_layer, n_layers = c->m->spec->n_layers;
+  const size_t D = c->m->spec->d_model;
+  spec_phase_begin(c);
+  size_t rows = 0, M = 0;
+  for (size_t i = 0; i < n; i++) {
+    rows += ss[i].len + ss[i].nd - ss[i].first;
+    M += ss[i].nd + 1;
+  }
+  int32_t *positions = keep(c, rows * sizeof *positions), *slots = keep(c, rows * sizeof *slots);
+  size_t *seq = keep(c, rows * sizeof *seq);
+  int32_t *heads = keep(c, M * sizeof *heads);
+  float *x = keep(c, rows * D * sizeof *x);
+  size_t row = 0, m = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct spec_seq *p = &ss[i];
+    for (size_t pos = p->first; pos < p->len + p->nd; pos++, row++) {
+      positions[row] = (int32_t)pos;
+      slots[row] = (int32_t)p->s;
+      seq[row] = p->s;
+      memcpy(x + row * D, p->x + (pos - p->first) * D, D * sizeof *x);
+      if (pos + 1 >= p->len) heads[m++] = (int32_t)row;
+    }
+  }
+  spec_flow(c, rows, positions, slots, seq);
+  c->f.x = temp(c, rows, D);
+  struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
+  eellm_insert_matrix_set(c->f.x, x, &ti);
+  for (unsigned l = L; l < n_layers; l++) submit_layer(c, l, c->prio_decide);
+  submit_head_on(c, c->m->spec->n_exits, heads, NULL, M);
+  const float *logits = NULL;
+  size_t ld = 0;
+  int sampling = c->o->temperature > 0;
+  if (c->o->keep_logits || sampling) {
+    starpu_data_acquire(c->logits, STARPU_R);
+    logits = (const float *)starpu_matrix_get_local_ptr(c->logits);
+    ld = starpu_matrix_get_local_ld(c->logits);
+  }
+  starpu_data_acquire(c->choices, STARPU_R);
+  const struct eellm_token_choice *choices =
+      (const struct eellm_token_choice *)starpu_vector_get_local_ptr(c->choices);
+  int ok = 1;
+  for (m = 0; m < M; m++) ok &= choices[m].token >= 0;
+  m = 0;
+  size_t V = c->g->vocab;
+  const struct eellm_gen_options *o = c->o;
+  struct eellm_sampling sp = {c->head.temperature, 0, o->temperature, o->top_k, o->top_p};
+  struct eellm_sampling sq = sp;
+  sq.exit_temperature = eellm_head_of(c->m, (unsigned)c->g->exit_at[L - 1]).temperature;
+  double *P = NULL, *Q = NULL, *R = NULL;
+  void *work = NULL;
+  if (sampling) {
+    P = gen_xmalloc(3 * V * sizeof *P);
+    Q = P + V;
+    R = Q + V;
+    work = gen_xmalloc(eellm_cpu_next_token_work_bytes(V, 1));
+  }
+  for (size_t i = 0; ok && i < n; i++) {
+    struct spec_seq *p = &ss[i];
+    struct sequence *q = &c->seqs[p->s];
+    for (unsigned j = 0; j <= p->nd; j++) {
+      const float *z = logits ? logits + (m + j) * ld : NULL;
+      const struct eellm_token_choice *ch = &choices[m + j];
+      struct eellm_token_choice mine;
+      int agrees;
+      if (!sampling) {
+        agrees = j < p->nd && ch->token == p->drafts[j];
+      } else {
+        /* Speculative sampling: draft x (drawn from q) stays with probability
+         * min(1, p(x) / q(x)); else the token comes from norm(max(0, p - q));
+         * after every draft, from p. */
+        eellm_cpu_sampling_probs(z, V, &sp, work, P);
+        agrees = 0;
+        if (j < p->nd) {
+          unsigned x = p->drafts[j];
+          eellm_cpu_sampling_probs(p->qlogits + (size_t)j * V, V, &sq, work, Q);
+          agrees = spec_uniform53(q) * Q[x] < P[x];
+          if (!agrees) {
+            double left = 0;
+            for (size_t v = 0; v < V; v++) left += R[v] = P[v] > Q[v] ? P[v] - Q[v] : 0;
+            if (!(left > 0)) memcpy(R, P, V * sizeof *R);
+          }
+        }
+        int32_t token = agrees ? (int32_t)p->drafts[j] : spec_pick(j < p->nd ? R : P, V,
+                                                                    spec_uniform53(q));
+        mine = (struct eellm_token_choice){.token = token, .logprob = (float)log(P[token])};
+        ch = &mine;
+      }
+      emit(c, p->s, ch, o->keep_logits ? z : NULL);
+      c->spec_accepted += agrees;
+      if (q->done || !agrees) break;
+    }
+    q->through = q->len - 1;
+    c->spec_rounds++;
+    c->spec_drafted += p->nd;
+    m += p->nd + 1;
+  }
+  free(P);
+  free(work);
+  starpu_data_release(c->choices);
+  if (logits) starpu_data_release(c->logits);
+  spec_phase_end(c);
+  if (!ok) c->bad_layer = n_layers;
+  return ok;
+}
+
+/* One round for every unfinished sequence: returns 0 when none was left. */
+static int spec_round(struct call *c, struct spec_seq *ss) {
+  const unsigned N = c->o->draft_tokens;
+  const size_t D = c->m->spec->d_model;
+  size_t n = 0;
+  unsigned most = 0;
+  for (size_t s = 0; s < c->n_seqs; s++) {
+    struct sequence *q = &c->seqs[s];
+    if (q->done) continue;
+    struct spec_seq *p = &ss[n++];
+    p->s = s;
+    p->first = q->through;
+    p->len = q->len;
+    size_t room = q->max_len - q->len; /* >= 1: the sequence is not done */
+    p->nd = room - 1 < N ? (unsigned)(room - 1) : N;
+    p->x = gen_xmalloc((p->len + p->nd - p->first) * D * sizeof *p->x);
+    p->qlogits = c->o->temperature > 0 ? gen_xmalloc(p->nd * c->g->vocab * sizeof(float)) : NULL;
+    if (p->nd > most) most = p->nd;
+  }
+  if (n == 0) return 0;
+  int ok = 1;
+  for (unsigned j = 0; ok && j <= most; j++) ok = spec_draft_pass(c, ss, n, j);
+  if (ok) ok = spec_verify(c, ss, n);
+  for (size_t i = 0; i < n; i++) {
+    free(ss[i].x);
+    free(ss[i].qlogits);
+  }
+  if (!ok)
+    for (size_t s = 0; s < c->n_seqs; s++) c->seqs[s].done = 1;
+  return ok;
+}
+
+void gen_run_speculative(struct call *c) {
+  gen_call_init(c);
+  memset(c->allowed, 0, c->m->spec->n_layers);
+  c->allowed[c->o->draft_exit_layer - 1] = 1; /* a BLOCK draft exit's layer fills its cache */
+  struct spec_seq *ss = gen_xmalloc((c->n_seqs ? c->n_seqs : 1) * sizeof *ss);
+  while (spec_round(c, ss)) {
+  }
+  free(ss);
+  starpu_task_wait_for_all();
+  gen_call_end(c);
 }

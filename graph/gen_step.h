@@ -27,6 +27,8 @@ struct eellm_generator {
    * and how many sessions are open (eellm_generate refuses to run beside one). */
   unsigned char *slot_taken;
   unsigned sessions;
+  /* The last SPECULATIVE call's rounds (summed over sequences), drafts and drafts kept. */
+  size_t spec_rounds, spec_drafted, spec_accepted;
 };
 
 /* A prompt's state during a call. */
@@ -82,6 +84,8 @@ struct call {
   pthread_cond_t finished_cv;
   int arrivals, finished;
   unsigned bad_layer;            /* a head whose logits were not finite (0: none) */
+  /* SPECULATIVE: rounds (per sequence), drafts made and drafts kept. */
+  size_t spec_rounds, spec_drafted, spec_accepted;
 };
 
 void *gen_xmalloc(size_t bytes);
@@ -95,5 +99,7 @@ void gen_run(struct call *c);
 void gen_call_init(struct call *c);
 void gen_call_end(struct call *c);
 void gen_run_step(struct call *c);
+/* SPECULATIVE (greedy): the call's rounds until every sequence has finished. */
+void gen_run_speculative(struct call *c);
 
 #endif

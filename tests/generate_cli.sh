@@ -2,7 +2,8 @@
 # eellm generate end to end on a tiny model trained for a few steps: a run
 # directory or a checkpoint file, the exits table and summary, streaming gives
 # the same text, several prompts (flags or a file) form one batch, both methods
-# agree, sampling is reproducible, and bad input gets one line and status 2.
+# agree, speculative decoding gives the full model's tokens, sampling is
+# reproducible, and bad input gets one line and status 2.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -54,6 +55,23 @@ check "--stages 3" '[ $status -eq 0 ]'
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --exit-rule entropy --exit-layers 2 --show-exits > "$tmp/entropy"
 status=$?
 check "--exit-rule entropy --exit-layers 2: no token from layer 1" '[ $status -eq 0 ] && ! grep -q "^ *[0-9]\+ \+1 " "$tmp/entropy"'
+
+# Speculative: the full model's tokens (exits off), every exit drafting.
+gen --prompt "the lazy" --prompt "number 7" --max-tokens 16 --threshold 1 --show-exits > "$tmp/full"
+for L in 1 2; do
+  gen --prompt "the lazy" --prompt "number 7" --max-tokens 16 --method speculative --draft-exit $L --draft-tokens 3 --show-exits > "$tmp/spec$L"
+  status=$?
+  check "speculative, draft exit $L: the full model's tokens ($(grep -o "[0-9]* of [0-9]* drafts kept" "$tmp/spec$L"))" '[ $status -eq 0 ] && cmp -s <(grep -v "^mean\|^speculation" "$tmp/full") <(grep -v "^mean\|^speculation" "$tmp/spec$L")'
+done
+gen --prompt "the" --max-tokens 20 --method speculative --draft-exit 2 --temperature 0.9 --top-k 20 --seed 3 > "$tmp/ss1"
+status=$?
+gen --prompt "the" --max-tokens 20 --method speculative --draft-exit 2 --temperature 0.9 --top-k 20 --seed 3 > "$tmp/ss2"
+check "speculative sampling with a seed is reproducible" '[ $status -eq 0 ] && [ -s "$tmp/ss1" ] && cmp -s "$tmp/ss1" "$tmp/ss2"'
+check "speculative --show-exits: drafts kept" 'grep -Eq "^speculation: draft exit layer 2, [0-9]+ rounds, [0-9]+ of [0-9]+ drafts kept" "$tmp/spec2"'
+expect_error "speculative without --draft-exit" "--draft-exit" "$eellm" generate --ckpt "$tmp/run" --prompt x --method speculative
+expect_error "draft exit without an exit" "draft exit layer 3" "$eellm" generate --ckpt "$tmp/run" --prompt x --method speculative --draft-exit 3
+expect_error "draft tokens 17" "--draft-tokens" "$eellm" generate --ckpt "$tmp/run" --prompt x --method speculative --draft-exit 1 --draft-tokens 17
+expect_error "--draft-exit without speculative" "--method speculative" "$eellm" generate --ckpt "$tmp/run" --prompt x --draft-exit 1
 
 gen --prompt "the quick" --prompt "number 7" --max-tokens 10 --threshold 0.4 > "$tmp/two"
 check "two prompts: two sections" 'grep -q "^==> prompt 1 <==" "$tmp/two" && grep -q "^==> prompt 2 <==" "$tmp/two"'

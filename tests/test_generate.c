@@ -10,7 +10,13 @@
  *   every layer's keys and values of every fed position equal a prefill's;
  * - batches of prompts of different lengths give what each prompt gives alone;
  * - sampling is reproducible; the context, max_tokens and end-of-text end
- *   sequences; bad requests get an error. */
+ *   sequences; bad requests get an error;
+ * - speculative decoding (greedy) gives the full model's tokens, exits off,
+ *   token for token (logits within 1e-4), alone and in a batch, with every
+ *   exit as draft exit and 1 or 3 drafts a round, and leaves complete caches;
+ *   speculative sampling: the first token's frequencies over 2560 streams
+ *   (top-4) within a chi-square bound of the full model's distribution, which
+ *   a rule keeping every draft, or one redrawing from p on a rejection, fails. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,6 +448,215 @@ static void test_end_of_text(struct fixture *f) {
   unlink(path);
 }
 
+
+/* Speculative (greedy) against the full model (recompute, exits off). */
+static void test_speculative(struct fixture *f) {
+  static const char *texts[] = {"The state of", "Hello", "We hold", "In the year"};
+  static const char *batch_texts[MAX_BATCH] = {"The", "United States", "Fellow citizens of"};
+  const size_t n_texts = sizeof texts / sizeof *texts;
+  uint16_t ids[4][32], bids[MAX_BATCH][32], all[64];
+  size_t lens[4], blens[MAX_BATCH];
+  const uint16_t *bprompts[MAX_BATCH];
+  struct eellm_gen_options full = greedy(1);
+  full.max_tokens = 20;
+  struct eellm_gen_sequence want[4], bwant[MAX_BATCH], got, bgot[MAX_BATCH];
+  for (size_t t = 0; t < n_texts; t++) {
+    lens[t] = text_prompt(texts[t], ids[t]);
+    generate_one(f, ids[t], lens[t], &full, &want[t]);
+  }
+  for (size_t s = 0; s < MAX_BATCH; s++) {
+    blens[s] = text_prompt(batch_texts[s], bids[s]);
+    bprompts[s] = bids[s];
+  }
+  generate(f, bprompts, blens, MAX_BATCH, &full, bwant);
+  unsigned layers[16];
+  size_t n_exit = eellm_generator_exit_layers(f->gen, layers);
+  static const unsigned drafts[] = {1, 3};
+  char what[200];
+  size_t kept_anywhere = 0;
+  for (size_t e = 0; e < n_exit; e++)
+    for (size_t d = 0; d < 2; d++) {
+      struct eellm_gen_options o = full;
+      o.method = EELLM_GEN_SPECULATIVE;
+      o.draft_exit_layer = layers[e];
+      o.draft_tokens = drafts[d];
+      int equal = 1, final = 1;
+      double worst = 0;
+      size_t drafted = 0, accepted = 0, dr, ac;
+      for (size_t t = 0; t < n_texts; t++) {
+        generate_one(f, ids[t], lens[t], &o, &got);
+        eellm_generator_speculation(f->gen, NULL, &dr, &ac);
+        drafted += dr;
+        accepted += ac;
+        equal &= same_output(&want[t], &got, 1e-4);
+        for (size_t i = 0; i < got.n; i++) final &= got.exit_layers[i] == f->L;
+        for (size_t i = 0; equal && i < got.n * f->V; i++)
+          worst = fmax(worst, fabs(got.logits[i] - want[t].logits[i]));
+        if (t == 0 && e == 0 && d == 1) {
+          memcpy(all, ids[t], lens[t] * sizeof *all);
+          memcpy(all + lens[t], got.tokens, got.n * sizeof *all);
+          snprintf(what, sizeof what, "%s speculative, draft exit %u", f->name, layers[e]);
+          check_cache_complete(f, what, 0, all, lens[t] + got.n - 1);
+        }
+        eellm_gen_sequence_free(&got);
+      }
+      generate(f, bprompts, blens, MAX_BATCH, &o, bgot);
+      int batch_equal = 1;
+      for (size_t s = 0; s < MAX_BATCH; s++) {
+        batch_equal &= same_output(&bwant[s], &bgot[s], 1e-4);
+        eellm_gen_sequence_free(&bgot[s]);
+      }
+      snprintf(what, sizeof what,
+               "%s speculative, draft exit %u, %u drafts: the full model's tokens "
+               "(%zu/%zu drafts kept, logits err %.1e)",
+               f->name, layers[e], drafts[d], accepted, drafted, worst);
+      printf("  %s\n", what);
+      tu_ok(equal && final && worst <= LOGIT_ATOL, what);
+      kept_anywhere += accepted;
+      snprintf(what, sizeof what, "%s speculative, draft exit %u, %u drafts: a batch of 3",
+               f->name, layers[e], drafts[d]);
+      tu_ok(batch_equal, what);
+    }
+  tu_ok(kept_anywhere > 0, "speculative: some drafts are kept (the accepting path runs)");
+  for (size_t t = 0; t < n_texts; t++) eellm_gen_sequence_free(&want[t]);
+  for (size_t s = 0; s < MAX_BATCH; s++) eellm_gen_sequence_free(&bwant[s]);
+
+  /* Refused requests. */
+  char err[256];
+  struct eellm_gen_options o = full;
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = f->L;
+  o.draft_tokens = 2;
+  const uint16_t *one = ids[0];
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
+            strstr(err, "draft exit layer"),
+        "speculative: a draft exit layer without an exit is refused");
+  o.draft_exit_layer = layers[0];
+  o.draft_tokens = 0;
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1 &&
+            strstr(err, "draft tokens"),
+        "speculative: 0 draft tokens are refused");
+  o.draft_tokens = EELLM_MAX_DRAFT_TOKENS + 1;
+  tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1,
+        "speculative: too many draft tokens are refused");
+  o.draft_tokens = 2;
+  tu_ok(eellm_gen_session_open(f->gen, &o, err, sizeof err) == NULL && strstr(err, "session"),
+        "speculative: sessions refuse it");
+}
+
+/* The sampling distribution of exit k's logits z at temperature T and top-k K. */
+static void top_k_probs(const float *z, unsigned V, double T, unsigned K, double *probs) {
+  double max = z[argmax(z, V)], total = 0;
+  for (unsigned j = 0; j < V; j++) {
+    unsigned above = 0;
+    for (unsigned i = 0; i < V; i++) above += z[i] > z[j] || (z[i] == z[j] && i < j);
+    probs[j] = above < K ? exp((z[j] - max) / T) : 0;
+    total += probs[j];
+  }
+  for (unsigned j = 0; j < V; j++) probs[j] /= total;
+}
+
+/* Pearson's chi-square of counts (n draws) against probs; a count where probs
+ * is 0 gives infinity. */
+static double chi_square(const size_t *counts, size_t n, const double *probs, unsigned V) {
+  double chi = 0;
+  for (unsigned j = 0; j < V; j++) {
+    double e = n * probs[j];
+    if (e == 0) {
+      if (counts[j]) return INFINITY;
+      continue;
+    }
+    chi += (counts[j] - e) * (counts[j] - e) / e;
+  }
+  return chi;
+}
+
+/* Speculative sampling: the first token's empirical frequencies over many
+ * streams against the full model's distribution (top-4, so 3 degrees of
+ * freedom: chi-square 16.3 is the 0.001 quantile), and far from the draft
+ * exit's, which a rule keeping every draft would give. */
+static void test_speculative_sampling(struct fixture *f, unsigned draft_layer, unsigned k) {
+  enum { SLOTS = 64, CALLS = 40, TOP_K = 4 };
+  char err[512];
+  struct eellm_generator *g = eellm_generator_open(f->ckpt, NULL, SLOTS, err, sizeof err);
+  if (!g) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  uint16_t prompt[32];
+  size_t plen = text_prompt("The state of", prompt);
+  const uint16_t *prompts[SLOTS];
+  size_t lens[SLOTS];
+  for (size_t s = 0; s < SLOTS; s++) {
+    prompts[s] = prompt;
+    lens[s] = plen;
+  }
+  const Eellm__Model *spec = eellm_model_spec(f->ref);
+  double *p = tu_alloc_f64(f->V), *q = tu_alloc_f64(f->V);
+  float temperature = 1.2f;
+  top_k_probs(ref_logits(f, prompt, plen, f->n_exits - 1), f->V, temperature, TOP_K, p);
+  top_k_probs(ref_logits(f, prompt, plen, k), f->V, spec->exits[k]->temperature * temperature,
+              TOP_K, q);
+  struct eellm_gen_options o = greedy(1);
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = draft_layer;
+  o.draft_tokens = 2;
+  o.max_tokens = 3;
+  o.stop_at_eot = 0;
+  o.keep_logits = 0;
+  o.temperature = temperature;
+  o.top_k = TOP_K;
+  size_t *counts = calloc(f->V, sizeof *counts), n = 0, drafted = 0, kept = 0, dr, ac;
+  struct eellm_gen_sequence out[SLOTS];
+  for (unsigned call = 0; call < CALLS; call++) {
+    o.seed = 1000 + call;
+    if (eellm_generate(g, prompts, lens, SLOTS, &o, out, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      exit(1);
+    }
+    eellm_generator_speculation(g, NULL, &dr, &ac);
+    drafted += dr;
+    kept += ac;
+    for (size_t s = 0; s < SLOTS; s++) {
+      if (out[s].n > 0) counts[out[s].tokens[0]]++, n++;
+      eellm_gen_sequence_free(&out[s]);
+    }
+  }
+  /* Two wrong rules: keep every draft (q), or on a rejection draw from p
+   * instead of norm(max(0, p - q)): min(p, q) + TV(p, q) p. */
+  double tv = 0, *resample_p = tu_alloc_f64(f->V);
+  for (unsigned j = 0; j < f->V; j++) tv += fabs(p[j] - q[j]) / 2;
+  for (unsigned j = 0; j < f->V; j++) resample_p[j] = fmin(p[j], q[j]) + tv * p[j];
+  double chi_p = chi_square(counts, n, p, f->V), chi_q = chi_square(counts, n, q, f->V);
+  double chi_r = chi_square(counts, n, resample_p, f->V);
+  char what[300];
+  snprintf(what, sizeof what,
+           "%s speculative sampling, draft exit %u: %zu first tokens, chi-square %.1f against "
+           "the full model (< 16.3); wrong rules: %.0f (keep all), %.0f (redraw from p); "
+           "TV(p, q) %.2f, %zu/%zu drafts kept",
+           f->name, draft_layer, n, chi_p, chi_q, chi_r, tv, kept, drafted);
+  printf("  %s\n", what);
+  tu_ok(n == SLOTS * CALLS && chi_p < 16.3, what);
+  tu_ok(chi_q > 100, "speculative sampling: the test fails a rule keeping every draft");
+  if (tv > 0.2 && tv < 0.8) {
+    tu_ok(chi_r > 50, "speculative sampling: the test fails a rule redrawing from p");
+    tu_ok(kept > 0 && kept < drafted, "speculative sampling: some drafts kept, some not");
+  }
+
+  /* The same seed gives the same tokens; the stream follows the sequence. */
+  struct eellm_gen_sequence a, b;
+  o.max_tokens = 12;
+  o.seed = 9;
+  const uint16_t *one = prompt;
+  eellm_generate(g, &one, &plen, 1, &o, &a, err, sizeof err);
+  eellm_generate(g, &one, &plen, 1, &o, &b, err, sizeof err);
+  tu_ok(a.n == 12 && same_output(&a, &b, 0), "speculative sampling: the same seed, the same tokens");
+  eellm_gen_sequence_free(&a);
+  eellm_gen_sequence_free(&b);
+  free(counts);
+  eellm_generator_close(g);
+}
+
 int main(void) {
   tu_start();
   if (!mkdtemp(tmpdir)) return 1;
@@ -455,6 +670,9 @@ int main(void) {
   test_batch(&gpt, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
   test_sampling(&gpt);
+  test_speculative(&gpt);
+  test_speculative_sampling(&gpt, 1, 0);
+  test_speculative_sampling(&gpt, 4, 3);
   test_limits_and_errors(&gpt);
   test_end_of_text(&gpt);
   fixture_close(&gpt);
@@ -464,6 +682,8 @@ int main(void) {
   test_exits_on(&llama, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
   test_batch(&llama, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&llama, EELLM_GEN_PIPELINE, 0.8f);
+  test_speculative(&llama);
+  test_speculative_sampling(&llama, 2, 1);
   fixture_close(&llama);
   rmdir(tmpdir);
   return tu_finish();

@@ -175,6 +175,11 @@ void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
                           const float *uniforms, const struct eellm_sampling *s,
                           struct eellm_token_choice *choices, void *work);
 
+/* The distribution eellm_cpu_next_token samples a row z [V] from: probs [V]
+ * (0 off the top-k / top-p set); work: eellm_cpu_next_token_work_bytes(V, 1). */
+void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,
+                              void *work, double *probs);
+
 /* ---- tensor.c: whole-tensor helpers, any element size ------------------- */
 
 /* t [rows, cols] of elemsize-byte elements, ld in elements: zero (padding kept). */

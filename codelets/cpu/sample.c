@@ -97,6 +97,33 @@ static void sample_row(const float *z, size_t V, const struct eellm_sampling *s,
   c->logprob = (float)log(w / total);
 }
 
+void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,
+                              void *work, double *probs) {
+  struct ranked *order = work;
+  double beta = 1.0 / ((double)s->exit_temperature * s->temperature);
+  size_t kept = V;
+  for (size_t j = 0; j < V; j++) order[j] = (struct ranked){z[j], (int32_t)j};
+  if (filtering(s, V)) {
+    qsort(order, V, sizeof *order, by_logit_desc);
+    if (s->top_k > 0 && s->top_k < V) kept = s->top_k;
+  }
+  float max = order[0].z;
+  for (size_t j = 1; j < kept; j++) max = order[j].z > max ? order[j].z : max;
+  double total = 0;
+  for (size_t j = 0; j < kept; j++) total += exp(((double)order[j].z - max) * beta);
+  if (s->top_p > 0 && s->top_p < 1) {
+    double mass = 0;
+    size_t nucleus = 0;
+    while (nucleus < kept && mass < s->top_p * total)
+      mass += exp(((double)order[nucleus++].z - max) * beta);
+    kept = nucleus;
+    total = mass;
+  }
+  for (size_t j = 0; j < V; j++) probs[j] = 0;
+  for (size_t j = 0; j < kept; j++)
+    probs[order[j].id] = exp(((double)order[j].z - max) * beta) / total;
+}
+
 static int all_finite(const float *z, size_t V) {
   for (size_t j = 0; j < V; j++)
     if (!isfinite(z[j])) return 0;

@@ -14,6 +14,21 @@
  *   the exited token's forward only to fill their caches (no recomputation).
  *   Stages are StarPU tasks with dependencies on the per-layer caches, so the
  *   overlap comes from the runtime, not from a hand-written schedule.
+ * - SPECULATIVE (LayerSkip-style self-speculation): per round,
+ *   the exit at draft_exit_layer L drafts draft_tokens tokens one at a time
+ *   through layers 1..L (filling their caches); the layers after L then verify
+ *   them in one batched pass over the draft's layer-L outputs (layers <= L are
+ *   not run again), the final head on every drafted position; the longest
+ *   prefix the final head agrees with is kept, plus the final head's token
+ *   after it. Greedy, the tokens are the full model's (exits off), token for
+ *   token; sampled, drafts are drawn from the draft exit and kept by the
+ *   speculative-sampling rule (keep x with probability min(1, p(x) / q(x)),
+ *   else draw from norm(max(0, p - q))), p and q the final head's and the
+ *   draft exit's distributions at the same temperature, top-k and top-p, so
+ *   tokens follow the full model's distribution (not the same draws as
+ *   RECOMPUTE's). Every token reports the final layer; use_early_exit and
+ *   threshold are ignored; on_token runs on the calling thread; sessions
+ *   refuse it.
  * Several prompts form one batch; every sequence makes its own exit decisions. */
 #ifndef EELLM_GENERATE_H
 #define EELLM_GENERATE_H
@@ -28,7 +43,11 @@ extern "C" {
 #endif
 
 enum eellm_exit_rule { EELLM_EXIT_MAXPROB = 0, EELLM_EXIT_ENTROPY = 1 };
-enum eellm_gen_method { EELLM_GEN_RECOMPUTE = 0, EELLM_GEN_PIPELINE = 1 };
+enum eellm_gen_method {
+  EELLM_GEN_RECOMPUTE = 0,
+  EELLM_GEN_PIPELINE = 1,
+  EELLM_GEN_SPECULATIVE = 2
+};
 
 struct eellm_gen_options {
   unsigned max_tokens;          /* tokens to generate per prompt */
@@ -49,7 +68,13 @@ struct eellm_gen_options {
   /* Added after the first contract: */
   unsigned stages;              /* PIPELINE: stages (0 = split at the exits; 2 without exits) */
   int keep_logits;              /* fill eellm_gen_sequence.logits (tests, analysis) */
+  /* SPECULATIVE (added later): the exit at layer draft_exit_layer drafts
+   * draft_tokens (1..EELLM_MAX_DRAFT_TOKENS) tokens per round. */
+  unsigned draft_exit_layer;
+  unsigned draft_tokens;
 };
+
+#define EELLM_MAX_DRAFT_TOKENS 16
 
 /* What one prompt produced. */
 struct eellm_gen_sequence {
@@ -156,6 +181,12 @@ EELLM_API long eellm_gen_session_take(struct eellm_gen_session *s,
                                       struct eellm_gen_sequence *out);
 /* Drops the unfinished sequences, frees their slots and the session; NULL is a no-op. */
 EELLM_API void eellm_gen_session_close(struct eellm_gen_session *s);
+/* Added later: after an eellm_generate call with method SPECULATIVE, its rounds
+ * (summed over the sequences), the tokens the draft exit proposed and how many
+ * of them the full model kept (each round also adds one token of the full
+ * model's own); zeros after a call of another method. */
+EELLM_API void eellm_generator_speculation(const struct eellm_generator *g, size_t *rounds,
+                                           size_t *drafted, size_t *accepted);
 /* Slots no session holds. */
 EELLM_API unsigned eellm_generator_free_slots(const struct eellm_generator *g);
 

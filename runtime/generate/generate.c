@@ -171,9 +171,22 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
     snprintf(err, errlen, "unknown exit rule %d", (int)o->rule);
     return -1;
   }
-  if (o->method != EELLM_GEN_RECOMPUTE && o->method != EELLM_GEN_PIPELINE) {
+  if (o->method != EELLM_GEN_RECOMPUTE && o->method != EELLM_GEN_PIPELINE &&
+      o->method != EELLM_GEN_SPECULATIVE) {
     snprintf(err, errlen, "unknown generation method %d", (int)o->method);
     return -1;
+  }
+  if (o->method == EELLM_GEN_SPECULATIVE) {
+    unsigned L = o->draft_exit_layer;
+    if (L < 1 || L > c->g->n_layers || c->g->exit_at[L - 1] < 0) {
+      snprintf(err, errlen, "draft exit layer %u: the model has no exit there", L);
+      return -1;
+    }
+    if (o->draft_tokens < 1 || o->draft_tokens > EELLM_MAX_DRAFT_TOKENS) {
+      snprintf(err, errlen, "draft tokens %u outside 1..%u", o->draft_tokens,
+               EELLM_MAX_DRAFT_TOKENS);
+      return -1;
+    }
   }
   if (!(o->temperature >= 0 && isfinite(o->temperature)) || !(o->top_p >= 0 && o->top_p <= 1)) {
     snprintf(err, errlen, "temperature %g (want >= 0) or top_p %g (want 0..1) out of range",
@@ -314,7 +327,15 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   decision_points(&c);
   for (size_t s = 0; s < n; s++)
     start_sequence(&c, s, prompts[s], prompt_lens[s], o->max_tokens, o->seed, s, &out[s]);
-  gen_run(&c);
+  g->spec_rounds = g->spec_drafted = g->spec_accepted = 0;
+  if (o->method == EELLM_GEN_SPECULATIVE) {
+    gen_run_speculative(&c);
+    g->spec_rounds = c.spec_rounds;
+    g->spec_drafted = c.spec_drafted;
+    g->spec_accepted = c.spec_accepted;
+  } else {
+    gen_run(&c);
+  }
   end_call(&c);
   if (c.bad_layer) {
     snprintf(err, errlen, "the head at layer %u gave non-finite logits (the weights overflow); "
@@ -353,7 +374,11 @@ struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
   s->outs = calloc(n, sizeof *s->outs);
   if (!c->allowed || !c->seqs || !c->undecided || !c->points || !s->outs) abort();
   for (size_t i = 0; i < n; i++) c->seqs[i].done = 1;
-  if (check_options(c, &s->o, err, errlen) != 0 || allowed_exits(c, err, errlen) != 0) {
+  int spec = o->method == EELLM_GEN_SPECULATIVE;
+  if (spec)
+    snprintf(err, errlen, "speculative decoding is not available in sessions (continuous "
+             "batching) yet");
+  if (spec || check_options(c, &s->o, err, errlen) != 0 || allowed_exits(c, err, errlen) != 0) {
     end_call(c);
     free(s->outs);
     free(s->exit_layers);
@@ -427,6 +452,13 @@ void eellm_gen_session_close(struct eellm_gen_session *s) {
   free(s->outs);
   free(s->exit_layers);
   free(s);
+}
+
+void eellm_generator_speculation(const struct eellm_generator *g, size_t *rounds,
+                                 size_t *drafted, size_t *accepted) {
+  if (rounds) *rounds = g->spec_rounds;
+  if (drafted) *drafted = g->spec_drafted;
+  if (accepted) *accepted = g->spec_accepted;
 }
 
 unsigned eellm_generator_free_slots(const struct eellm_generator *g) {
