@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_line.h"
 #include "server_api.h"
 #include <eellm/tokenizer.h>
 
@@ -437,14 +438,6 @@ static void *sweep_loop(void *arg) {
 
 /* ---- the acceptor ---- */
 
-/* A request line: a method token, a space and a target; MHD checks the rest. */
-static int request_line_ok(const char *line, size_t n) {
-  static const char tchar[] = "!#$%&'*+-.^_`|~";
-  size_t i = 0;
-  while (i < n && (isalnum((unsigned char)line[i]) || (line[i] && strchr(tchar, line[i])))) i++;
-  return i > 0 && i + 1 < n && line[i] == ' ' && line[i + 1] != ' ';
-}
-
 struct pending {
   int fd;
   struct sockaddr_storage addr;
@@ -481,11 +474,9 @@ static int check_pending(struct eellm_server *s, struct pending *p) {
     close(p->fd);
     return 0;
   }
-  char *end = memchr(buf, '\n', (size_t)n);
-  if (end || (size_t)n == sizeof buf) {
-    size_t len = end ? (size_t)(end - buf) : (size_t)n;
-    if (len && buf[len - 1] == '\r') len--;
-    if (end && len > 0 && !request_line_ok(buf, len)) {
+  enum eellm_http_line line = eellm_http_first_line(buf, (size_t)n, sizeof buf);
+  if (line != EELLM_HTTP_LINE_INCOMPLETE) {
+    if (line == EELLM_HTTP_LINE_BAD) {
       static const char answer[] =
           "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\n"
           "Content-Length: 39\r\n\r\n{\"error\":\"malformed HTTP request line\"}";

@@ -41,11 +41,14 @@ static void check_accepted(const uint8_t *data, size_t size, struct eellm_api_re
   FUZZ_CHECK(r->n >= 1 && r->n <= EELLM_API_MAX_PROMPTS, "%zu prompts", r->n);
   json_t *body = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
   FUZZ_CHECK(json_is_object(body), "accepted a body that is not a JSON object");
+  /* A list of strings, or one string (EE-LLM's client may send either); an
+   * empty prompt only with add_BOS. */
   json_t *prompts = json_object_get(body, "prompts");
-  FUZZ_CHECK(json_array_size(prompts) == r->n, "prompt count");
+  int single = json_is_string(prompts);
+  FUZZ_CHECK(single ? r->n == 1 : json_array_size(prompts) == r->n, "prompt count");
   for (size_t i = 0; i < r->n; i++) {
-    json_t *p = json_array_get(prompts, i);
-    FUZZ_CHECK(r->text_lens[i] > 0 && r->text_lens[i] == json_string_length(p) &&
+    json_t *p = single ? prompts : json_array_get(prompts, i);
+    FUZZ_CHECK((r->text_lens[i] > 0 || r->add_bos) && r->text_lens[i] == json_string_length(p) &&
                    memcmp(r->texts[i], json_string_value(p), r->text_lens[i]) == 0 &&
                    r->texts[i][r->text_lens[i]] == '\0',
                "prompt %zu is not the string sent", i);
