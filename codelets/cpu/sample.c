@@ -56,72 +56,68 @@ static struct eellm_token_choice greedy_row(const float *z, size_t V,
   return c;
 }
 
+/* The tokens softmax(z * beta) may draw as eellm_sampling restricts them: the
+ * first `kept` of order (in id order, or by decreasing logit when top-k or
+ * top-p restrict), their largest logit and their total weight. */
+struct restricted {
+  size_t kept;
+  float max;
+  double beta, total;
+};
+
+static struct restricted restrict_row(const float *z, size_t V, const struct eellm_sampling *s,
+                                      struct ranked *order) {
+  struct restricted r = {.kept = V,
+                         .beta = 1.0 / ((double)s->exit_temperature * s->temperature)};
+  for (size_t j = 0; j < V; j++) order[j] = (struct ranked){z[j], (int32_t)j};
+  if (filtering(s, V)) {
+    qsort(order, V, sizeof *order, by_logit_desc);
+    if (s->top_k > 0 && s->top_k < V) r.kept = s->top_k;
+  }
+  r.max = order[0].z;
+  for (size_t j = 1; j < r.kept; j++) r.max = order[j].z > r.max ? order[j].z : r.max;
+  for (size_t j = 0; j < r.kept; j++) r.total += exp(((double)order[j].z - r.max) * r.beta);
+  if (s->top_p > 0 && s->top_p < 1) {
+    double mass = 0;
+    size_t nucleus = 0;
+    while (nucleus < r.kept && mass < s->top_p * r.total)
+      mass += exp(((double)order[nucleus++].z - r.max) * r.beta);
+    r.kept = nucleus;
+    r.total = mass;
+  }
+  return r;
+}
+
 /* Draws with uniform u from softmax(z * beta) restricted as eellm_sampling says;
  * order [V] is work. Sets the choice's token and logprob. */
 static void sample_row(const float *z, size_t V, const struct eellm_sampling *s, float u,
                        struct ranked *order, struct eellm_token_choice *c) {
-  double beta = 1.0 / ((double)s->exit_temperature * s->temperature);
-  size_t kept = V;
-  for (size_t j = 0; j < V; j++) order[j] = (struct ranked){z[j], (int32_t)j};
-  if (filtering(s, V)) {
-    qsort(order, V, sizeof *order, by_logit_desc);
-    if (s->top_k > 0 && s->top_k < V) kept = s->top_k;
-  }
-  float max = order[0].z;
-  for (size_t j = 1; j < kept; j++) max = order[j].z > max ? order[j].z : max;
-  double total = 0;
-  for (size_t j = 0; j < kept; j++) total += exp(((double)order[j].z - max) * beta);
-  if (s->top_p > 0 && s->top_p < 1) {
-    double mass = 0;
-    size_t nucleus = 0;
-    while (nucleus < kept && mass < s->top_p * total)
-      mass += exp(((double)order[nucleus++].z - max) * beta);
-    kept = nucleus;
-    total = mass;
-  }
-  double target = u * total, acc = 0, w = 0;
-  size_t pick = kept - 1;
-  for (size_t j = 0; j < kept; j++) {
-    w = exp(((double)order[j].z - max) * beta);
+  struct restricted r = restrict_row(z, V, s, order);
+  double target = u * r.total, acc = 0, w = 0;
+  size_t pick = r.kept - 1;
+  for (size_t j = 0; j < r.kept; j++) {
+    w = exp(((double)order[j].z - r.max) * r.beta);
     acc += w;
     if (acc > target) {
       pick = j;
       break;
     }
   }
-  w = exp(((double)order[pick].z - max) * beta);
+  w = exp(((double)order[pick].z - r.max) * r.beta);
   /* raw_logprob of the drawn token: greedy_row left that of the argmax, max logit zb. */
   float zb = z[c->token];
   c->raw_logprob = (float)((double)c->raw_logprob + ((double)order[pick].z - zb));
   c->token = order[pick].id;
-  c->logprob = (float)log(w / total);
+  c->logprob = (float)log(w / r.total);
 }
 
 void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,
                               void *work, double *probs) {
   struct ranked *order = work;
-  double beta = 1.0 / ((double)s->exit_temperature * s->temperature);
-  size_t kept = V;
-  for (size_t j = 0; j < V; j++) order[j] = (struct ranked){z[j], (int32_t)j};
-  if (filtering(s, V)) {
-    qsort(order, V, sizeof *order, by_logit_desc);
-    if (s->top_k > 0 && s->top_k < V) kept = s->top_k;
-  }
-  float max = order[0].z;
-  for (size_t j = 1; j < kept; j++) max = order[j].z > max ? order[j].z : max;
-  double total = 0;
-  for (size_t j = 0; j < kept; j++) total += exp(((double)order[j].z - max) * beta);
-  if (s->top_p > 0 && s->top_p < 1) {
-    double mass = 0;
-    size_t nucleus = 0;
-    while (nucleus < kept && mass < s->top_p * total)
-      mass += exp(((double)order[nucleus++].z - max) * beta);
-    kept = nucleus;
-    total = mass;
-  }
+  struct restricted r = restrict_row(z, V, s, order);
   for (size_t j = 0; j < V; j++) probs[j] = 0;
-  for (size_t j = 0; j < kept; j++)
-    probs[order[j].id] = exp(((double)order[j].z - max) * beta) / total;
+  for (size_t j = 0; j < r.kept; j++)
+    probs[order[j].id] = exp(((double)order[j].z - r.max) * r.beta) / r.total;
 }
 
 static int all_finite(const float *z, size_t V) {

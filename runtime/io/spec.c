@@ -41,18 +41,6 @@ unsigned eellm_model_spec_ffn_size(const Eellm__Model *spec) {
   return spec->ffn_size ? spec->ffn_size : 4 * spec->d_model;
 }
 
-/* "A, B or C": the names of an enum's values. */
-static void enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed) {
-  size_t o = 0;
-  buf[0] = '\0';
-  for (unsigned i = 0; i < ed->n_values && o < size; i++) {
-    const char *sep = i == 0 ? "" : i + 1 == ed->n_values ? " or " : ", ";
-    int n = snprintf(buf + o, size - o, "%s%s", sep, ed->values[i].name);
-    if (n < 0) break;
-    o += (size_t)n;
-  }
-}
-
 /* The checks every field of a type gets, from the descriptors alone: an enum
  * holds one of its values, a float or double is finite; in msg and its
  * sub-messages, repeated fields included, present or not (an absent field
@@ -93,7 +81,7 @@ static int check_fields(const struct checker *c, const ProtobufCMessage *msg, co
         memcpy(&e, value, sizeof e);
         if (!protobuf_c_enum_descriptor_get_value(f->descriptor, e)) {
           char names[256];
-          enum_names(names, sizeof names, f->descriptor);
+          eellm_textpb_enum_names(names, sizeof names, f->descriptor);
           return fail(c, msg, f->name, (unsigned)k, path, "unknown enum value %d (expected %s)", e,
                       names);
         }

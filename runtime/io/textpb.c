@@ -427,8 +427,7 @@ static int read_bool(struct parser *p, const ProtobufCMessageDescriptor *md,
   return fail_value(p, md, f, "true or false", s);
 }
 
-/* "A, B or C": the names of an enum's values. */
-static void enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed) {
+void eellm_textpb_enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed) {
   size_t o = 0;
   buf[0] = '\0';
   for (unsigned i = 0; i < ed->n_values && o < size; i++) {
@@ -444,7 +443,7 @@ static int read_enum(struct parser *p, const ProtobufCMessageDescriptor *md,
                      union value *v) {
   const ProtobufCEnumDescriptor *ed = f->descriptor;
   char names[512];
-  enum_names(names, sizeof names, ed);
+  eellm_textpb_enum_names(names, sizeof names, ed);
   char buf[MAX_NAME];
   uint64_t magnitude;
   if (!s->neg && s->tok.kind == TOK_IDENT) {

@@ -39,4 +39,7 @@ ProtobufCMessage *eellm_textpb_parse(const char *text, size_t len,
  * or -1 if writing failed. */
 int eellm_textpb_print(FILE *out, const ProtobufCMessage *msg);
 
+/* "A, B or C": the names of an enum's values, for messages (cut to size). */
+void eellm_textpb_enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed);
+
 #endif
