@@ -9,11 +9,7 @@ eellm="$build/eellm"
 export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
 
 model=tests/specs/pipe.txtpb
-mkdir "$tmp/corpus"
-for d in 1 2 3; do
-  for i in $(seq 1 80); do echo "pipeline stage $d passes activation $i forward and gradient $i back."; done > "$tmp/corpus/doc$d.txt"
-done
-"$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
+byte_corpus 3 80
 { grep -v '^steps:' tests/specs/pipe.train.txtpb; echo "steps: 100000"; echo "parallelism { pp: 2 }"; } > "$tmp/long.txtpb"
 { grep -v '^steps:' tests/specs/pipe.train.txtpb; echo "parallelism { pp: 2 }"; } > "$tmp/pp2.txtpb"
 
