@@ -89,9 +89,15 @@ no_errors() {
 if command -v wrk > /dev/null; then
   load alone
   check "wrk alone: no errors ($(cat "$tmp/alone.load"))" no_errors alone
-  # Flat memory: the last samples no higher than the first ones plus 8 MiB.
+  # Flat memory: the last samples no higher than the first ones plus 8 MiB. Not
+  # under AddressSanitizer (make asan), whose quarantine keeps freed memory
+  # resident and grows by design.
   first=$(head -3 "$tmp/alone.rss" | sort -n | tail -1) last=$(tail -3 "$tmp/alone.rss" | sort -n | tail -1)
-  check "wrk alone: flat memory (RSS $first kB, then $last kB)" '[ $((last - first)) -lt 8192 ]'
+  if nm "$eellm" 2>/dev/null | grep -q __asan_init; then
+    echo "wrk alone: RSS $first kB, then $last kB (not checked: ASan build)"
+  else
+    check "wrk alone: flat memory (RSS $first kB, then $last kB)" '[ $((last - first)) -lt 8192 ]'
+  fi
   $client slow "$port" 9 35 35 > "$tmp/slow2" 2>&1 &
   slow=$!
   curl -s -o /dev/null -w '%{http_code}' --max-time 60 -X PUT "$url" -d "$big" > "$tmp/big2.status" &
