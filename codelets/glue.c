@@ -6,7 +6,7 @@
 #include <string.h>
 
 #define MIN_SCRATCH_LOG2 8 /* 256 bytes */
-#define N_SCRATCH 48
+#define N_SCRATCH 32 /* up to 2^31 bytes: a vector of 1-byte elements counts in uint32_t */
 
 static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
 static starpu_data_handle_t scratch[N_SCRATCH]; /* [c]: 2^c bytes */

@@ -303,28 +303,39 @@ static void assign_stages(struct call *c) {
   c->prio_decide = (int)layout.pp;
 }
 
+/* A call on g for n sequences under options o: its buffers, checked options,
+ * stages and decision points. 0, or -1 with err (nothing left to free). */
+static int begin_call(struct call *c, struct eellm_generator *g,
+                      const struct eellm_gen_options *o, size_t n, char *err, size_t errlen) {
+  *c = (struct call){.g = g, .m = g->m, .o = o, .n_seqs = n};
+  c->allowed = calloc(g->n_layers, 1);
+  c->seqs = calloc(n ? n : 1, sizeof *c->seqs);
+  c->undecided = calloc(n ? n : 1, sizeof *c->undecided);
+  c->points = calloc(g->n_layers + 1, sizeof *c->points);
+  if (!c->allowed || !c->seqs || !c->undecided || !c->points) abort();
+  if (check_options(c, o, err, errlen) != 0 || allowed_exits(c, err, errlen) != 0) {
+    end_call(c);
+    return -1;
+  }
+  assign_stages(c);
+  decision_points(c);
+  return 0;
+}
+
 int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
                    const size_t *prompt_lens, size_t n, const struct eellm_gen_options *o,
                    struct eellm_gen_sequence *out, char *err, size_t errlen) {
-  struct call c = {.g = g, .m = g->m, .o = o, .n_seqs = n};
+  struct call c;
   for (size_t s = 0; s < n; s++) memset(&out[s], 0, sizeof out[s]);
-  c.allowed = calloc(g->n_layers, 1);
-  c.seqs = calloc(n ? n : 1, sizeof *c.seqs);
-  c.undecided = calloc(n ? n : 1, sizeof *c.undecided);
-  c.points = calloc(g->n_layers + 1, sizeof *c.points);
-  if (!c.allowed || !c.seqs || !c.undecided || !c.points) abort();
   if (g->sessions > 0) {
     snprintf(err, errlen, "the generator has an open session: close it first");
+    return -1;
+  }
+  if (begin_call(&c, g, o, n, err, errlen) != 0) return -1;
+  if (check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
     end_call(&c);
     return -1;
   }
-  if (check_options(&c, o, err, errlen) != 0 || allowed_exits(&c, err, errlen) != 0 ||
-      check_prompts(g, prompts, prompt_lens, n, err, errlen) != 0) {
-    end_call(&c);
-    return -1;
-  }
-  assign_stages(&c);
-  decision_points(&c);
   for (size_t s = 0; s < n; s++)
     start_sequence(&c, s, prompts[s], prompt_lens[s], o->max_tokens, o->seed, s, &out[s]);
   g->spec_rounds = g->spec_drafted = g->spec_accepted = 0;
@@ -362,31 +373,26 @@ struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
   if (!s) abort();
   s->o = *o;
   s->exit_layers = gen_xmalloc(o->n_exit_layers * sizeof *s->exit_layers);
-  if (o->n_exit_layers) memcpy(s->exit_layers, o->exit_layers, o->n_exit_layers * sizeof *s->exit_layers);
+  if (o->n_exit_layers)
+    memcpy(s->exit_layers, o->exit_layers, o->n_exit_layers * sizeof *s->exit_layers);
   s->o.exit_layers = s->exit_layers;
-  size_t n = g->max_batch;
-  s->c = (struct call){.g = g, .m = g->m, .o = &s->o, .n_seqs = n};
-  struct call *c = &s->c;
-  c->allowed = calloc(g->n_layers, 1);
-  c->seqs = calloc(n, sizeof *c->seqs);
-  c->undecided = calloc(n, sizeof *c->undecided);
-  c->points = calloc(g->n_layers + 1, sizeof *c->points);
-  s->outs = calloc(n, sizeof *s->outs);
-  if (!c->allowed || !c->seqs || !c->undecided || !c->points || !s->outs) abort();
-  for (size_t i = 0; i < n; i++) c->seqs[i].done = 1;
-  int spec = o->method == EELLM_GEN_SPECULATIVE;
-  if (spec)
+  if (o->method == EELLM_GEN_SPECULATIVE) {
     snprintf(err, errlen, "speculative decoding is not available in sessions (continuous "
              "batching) yet");
-  if (spec || check_options(c, &s->o, err, errlen) != 0 || allowed_exits(c, err, errlen) != 0) {
-    end_call(c);
-    free(s->outs);
     free(s->exit_layers);
     free(s);
     return NULL;
   }
-  assign_stages(c);
-  decision_points(c);
+  size_t n = g->max_batch;
+  struct call *c = &s->c;
+  if (begin_call(c, g, &s->o, n, err, errlen) != 0) {
+    free(s->exit_layers);
+    free(s);
+    return NULL;
+  }
+  s->outs = calloc(n, sizeof *s->outs);
+  if (!s->outs) abort();
+  for (size_t i = 0; i < n; i++) c->seqs[i].done = 1;
   gen_call_init(c);
   g->sessions++;
   return s;

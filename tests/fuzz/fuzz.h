@@ -69,6 +69,21 @@ static inline const char *fuzz_tmpdir(void) {
   return dir;
 }
 
+/* A file `name` in fuzz_tmpdir() for a target's output, removed with the
+ * directory when the process exits. */
+static char fuzz_out[300];
+static inline void fuzz_out_remove(void) {
+  unlink(fuzz_out);
+  rmdir(fuzz_tmpdir());
+}
+static inline const char *fuzz_out_path(const char *name) {
+  if (!fuzz_out[0]) {
+    snprintf(fuzz_out, sizeof fuzz_out, "%s/%s", fuzz_tmpdir(), name);
+    atexit(fuzz_out_remove);
+  }
+  return fuzz_out;
+}
+
 /* The whole contents of a file, malloc'd; NULL if it cannot be read. */
 static inline uint8_t *fuzz_slurp(const char *path, size_t *size) {
   FILE *f = fopen(path, "rb");

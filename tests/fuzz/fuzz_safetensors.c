@@ -13,19 +13,6 @@
 
 #include "runtime/io/safetensors.h"
 
-static char out_path[300];
-
-static void cleanup(void) {
-  unlink(out_path);
-  rmdir(fuzz_tmpdir());
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  (void)argc, (void)argv;
-  snprintf(out_path, sizeof out_path, "%s/out.safetensors", fuzz_tmpdir());
-  atexit(cleanup);
-  return 0;
-}
 
 static int same_tensor(const struct eellm_st_tensor *a, const struct eellm_st_tensor *b) {
   return strcmp(a->name, b->name) == 0 && a->dtype == b->dtype && a->ndim == b->ndim &&
@@ -34,7 +21,7 @@ static int same_tensor(const struct eellm_st_tensor *a, const struct eellm_st_te
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (!out_path[0]) LLVMFuzzerInitialize(NULL, NULL);
+  const char *out_path = fuzz_out_path("out.safetensors");
   const char *path = fuzz_memfile(data, size);
   if (!path) return 0;
   char err[512] = "";

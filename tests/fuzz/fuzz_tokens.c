@@ -9,19 +9,6 @@
 #include "eellm/tokenizer.h"
 #include "eellm/tokens.h"
 
-static char out_path[300];
-
-static void cleanup(void) {
-  unlink(out_path);
-  rmdir(fuzz_tmpdir());
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  (void)argc, (void)argv;
-  snprintf(out_path, sizeof out_path, "%s/out.bin", fuzz_tmpdir());
-  atexit(cleanup);
-  return 0;
-}
 
 static uint64_t le(const uint8_t *p, int bytes) {
   uint64_t v = 0;
@@ -30,7 +17,7 @@ static uint64_t le(const uint8_t *p, int bytes) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (!out_path[0]) LLVMFuzzerInitialize(NULL, NULL);
+  const char *out_path = fuzz_out_path("out.bin");
   const char *path = fuzz_memfile(data, size);
   if (!path) return 0;
   char err[512] = "";
