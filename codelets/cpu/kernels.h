@@ -175,6 +175,16 @@ void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
                           const float *uniforms, const struct eellm_sampling *s,
                           struct eellm_token_choice *choices, void *work);
 
+/* softmax(z * inv_t) of a row z [V], in double: the argmax (the first largest
+ * logit), the largest probability, 1 - entropy / log V (the two exit rules'
+ * confidences) and log_sum, with which token t's log-probability is
+ * (z[t] - z[argmax]) * inv_t - log_sum. */
+struct eellm_softmax_stats {
+  size_t argmax;
+  double maxprob, entropy_conf, log_sum;
+};
+struct eellm_softmax_stats eellm_cpu_softmax_stats(const float *z, size_t V, double inv_t);
+
 /* The distribution eellm_cpu_next_token samples a row z [V] from: probs [V]
  * (0 off the top-k / top-p set); work: eellm_cpu_next_token_work_bytes(V, 1). */
 void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,

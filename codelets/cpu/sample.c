@@ -27,10 +27,7 @@ static int filtering(const struct eellm_sampling *s, size_t V) {
   return (s->top_k > 0 && s->top_k < V) || (s->top_p > 0 && s->top_p < 1);
 }
 
-/* Confidence of softmax(z / exit_temperature) and the greedy choice, in double. */
-static struct eellm_token_choice greedy_row(const float *z, size_t V,
-                                            const struct eellm_sampling *s) {
-  double inv_t = 1.0 / s->exit_temperature;
+struct eellm_softmax_stats eellm_cpu_softmax_stats(const float *z, size_t V, double inv_t) {
   size_t best = 0;
   for (size_t j = 1; j < V; j++) best = z[j] > z[best] ? j : best;
   double sum = 0, weighted = 0;
@@ -41,18 +38,23 @@ static struct eellm_token_choice greedy_row(const float *z, size_t V,
   }
   /* entropy = log(sum) - E[shifted]; the largest probability is exp(0) / sum. */
   double entropy = log(sum) - weighted / sum;
+  return (struct eellm_softmax_stats){.argmax = best, .maxprob = 1 / sum,
+                                      .entropy_conf = V > 1 ? 1 - entropy / log((double)V) : 1,
+                                      .log_sum = log(sum)};
+}
+
+/* Confidence of softmax(z / exit_temperature) and the greedy choice, in double. */
+static struct eellm_token_choice greedy_row(const float *z, size_t V,
+                                            const struct eellm_sampling *s) {
+  struct eellm_softmax_stats st = eellm_cpu_softmax_stats(z, V, 1.0 / s->exit_temperature);
   /* The same of the raw logits (exit temperature 1), for raw_logprob / raw_maxprob. */
-  double raw_sum = sum;
-  if (s->exit_temperature != 1) {
-    raw_sum = 0;
-    for (size_t j = 0; j < V; j++) raw_sum += exp((double)z[j] - z[best]);
-  }
-  struct eellm_token_choice c = {.token = (int32_t)best,
-                                 .logprob = (float)-log(sum),
-                                 .raw_logprob = (float)-log(raw_sum),
-                                 .raw_maxprob = (float)(1 / raw_sum)};
-  c.confidence = s->entropy_rule ? (float)(V > 1 ? 1 - entropy / log((double)V) : 1)
-                                 : (float)(1 / sum);
+  struct eellm_softmax_stats raw =
+      s->exit_temperature == 1 ? st : eellm_cpu_softmax_stats(z, V, 1.0);
+  struct eellm_token_choice c = {.token = (int32_t)st.argmax,
+                                 .logprob = (float)-st.log_sum,
+                                 .raw_logprob = (float)-raw.log_sum,
+                                 .raw_maxprob = (float)raw.maxprob};
+  c.confidence = (float)(s->entropy_rule ? st.entropy_conf : st.maxprob);
   return c;
 }
 

@@ -8,6 +8,7 @@
 
 #include "eellm.h"
 #include "eellm/eval.h"
+#include "codelets/cpu/kernels.h"
 #include "graph/model.h"
 #include "runtime/engine/mpi.h"
 
@@ -82,28 +83,20 @@ static struct eellm_eval *new_eval(eellm_model *m, size_t n) {
   return e;
 }
 
-/* One row's figures at exit j from its logits z [V], as the sampling kernel
- * computes confidence (codelets/cpu/sample.c): in double, the greedy token
- * the first largest logit. Returns the argmax, or -1 for non-finite logits. */
+/* One row's figures at exit j from its logits z [V], as generation's sampling
+ * kernel computes them (eellm_cpu_softmax_stats). Returns the argmax, or -1
+ * for non-finite logits. */
 static long reduce_row(struct eellm_eval *e, size_t i, unsigned j, const float *z, size_t V,
                        int32_t target) {
-  size_t best = 0;
-  for (size_t v = 0; v < V; v++) {
+  for (size_t v = 0; v < V; v++)
     if (!isfinite(z[v])) return -1;
-    if (z[v] > z[best]) best = v;
-  }
-  double inv_t = 1.0 / e->temperature[j], sum = 0, weighted = 0;
-  for (size_t v = 0; v < V; v++) {
-    double shifted = ((double)z[v] - z[best]) * inv_t, x = exp(shifted);
-    sum += x;
-    weighted += x * shifted;
-  }
-  double entropy = log(sum) - weighted / sum;
+  double inv_t = 1.0 / e->temperature[j];
+  struct eellm_softmax_stats st = eellm_cpu_softmax_stats(z, V, inv_t);
   size_t cell = i * e->E + j;
-  e->conf[EELLM_EXIT_MAXPROB][cell] = (float)(1 / sum);
-  e->conf[EELLM_EXIT_ENTROPY][cell] = (float)(V > 1 ? 1 - entropy / log((double)V) : 1);
-  e->logp[cell] = (float)(((double)z[target] - z[best]) * inv_t - log(sum));
-  return (long)best;
+  e->conf[EELLM_EXIT_MAXPROB][cell] = (float)st.maxprob;
+  e->conf[EELLM_EXIT_ENTROPY][cell] = (float)st.entropy_conf;
+  e->logp[cell] = (float)(((double)z[target] - z[st.argmax]) * inv_t - st.log_sum);
+  return (long)st.argmax;
 }
 
 /* The scored rows of a micro-batch: rows[r] is the token index of row r, or
