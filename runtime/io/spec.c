@@ -57,13 +57,9 @@ static int check_fields(const struct checker *c, const ProtobufCMessage *msg, co
       case PROTOBUF_C_TYPE_MESSAGE: size = sizeof(ProtobufCMessage *); break;
       default: continue;
     }
-    const char *member = (const char *)msg + f->offset;
-    size_t count = 1;
+    size_t count;
+    const char *member = eellm_pb_values(msg, f, &count);
     int repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
-    if (repeated) {
-      count = *(const size_t *)((const char *)msg + f->quantifier_offset);
-      member = *(const char *const *)member;
-    }
     for (size_t k = 0; k < count; k++) {
       const char *value = member + k * size;
       char path[256];

@@ -122,14 +122,10 @@ static int has_field_zero(const ProtobufCMessage *msg) {
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
     if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    const char *m = (const char *)msg + f->offset;
-    size_t n = 1;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      n = *(const size_t *)((const char *)msg + f->quantifier_offset);
-      m = *(const char *const *)m;
-    }
+    size_t n;
+    const ProtobufCMessage *const *subs = eellm_pb_values(msg, f, &n);
     for (size_t k = 0; k < n; k++) {
-      const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)m)[k];
+      const ProtobufCMessage *sub = subs[k];
       if (sub && has_field_zero(sub)) return 1;
     }
   }

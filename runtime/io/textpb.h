@@ -39,6 +39,19 @@ ProtobufCMessage *eellm_textpb_parse(const char *text, size_t len,
  * or -1 if writing failed. */
 int eellm_textpb_print(FILE *out, const ProtobufCMessage *msg);
 
+/* Where field f of msg keeps its values, and how many there are: a repeated
+ * field's array and count, or the singular member itself and 1 (set or not). */
+static inline const void *eellm_pb_values(const ProtobufCMessage *msg,
+                                          const ProtobufCFieldDescriptor *f, size_t *n) {
+  const char *member = (const char *)msg + f->offset;
+  if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+    *n = 1;
+    return member;
+  }
+  *n = *(const size_t *)((const char *)msg + f->quantifier_offset);
+  return *(const char *const *)member;
+}
+
 /* "A, B or C": the names of an enum's values, for messages (cut to size). */
 void eellm_textpb_enum_names(char *buf, size_t size, const ProtobufCEnumDescriptor *ed);
 

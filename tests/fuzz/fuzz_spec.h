@@ -43,12 +43,8 @@ static inline void fuzz_strip_unknown(ProtobufCMessage *msg) {
   const ProtobufCMessageDescriptor *d = msg->descriptor;
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
-    char *m = (char *)msg + f->offset;
-    size_t n = 1;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      n = *(size_t *)((char *)msg + f->quantifier_offset);
-      m = *(char **)m;
-    }
+    size_t n;
+    char *m = (char *)eellm_pb_values(msg, f, &n); /* msg is the caller's to change */
     for (size_t k = 0; k < n; k++) {
       if (f->type == PROTOBUF_C_TYPE_MESSAGE && ((ProtobufCMessage **)m)[k])
         fuzz_strip_unknown(((ProtobufCMessage **)m)[k]);
@@ -95,12 +91,8 @@ static inline int fuzz_enums_known(const ProtobufCMessage *msg) {
   const ProtobufCMessageDescriptor *d = msg->descriptor;
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
-    const char *m = (const char *)msg + f->offset;
-    size_t n = 1;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      n = *(const size_t *)((const char *)msg + f->quantifier_offset);
-      m = *(const char *const *)m;
-    }
+    size_t n;
+    const char *m = eellm_pb_values(msg, f, &n);
     for (size_t k = 0; k < n; k++) {
       if (f->type == PROTOBUF_C_TYPE_ENUM &&
           !protobuf_c_enum_descriptor_get_value(f->descriptor, ((const int *)m)[k]))
