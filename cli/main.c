@@ -11,7 +11,7 @@ static const struct {
 } commands[] = {
     {"model", cmd_model, "describe, validate and convert a model spec (.txtpb or .pb)"},
     {"train", cmd_train, "train an early-exit model on a token file (checkpoints, resume, EE-Tuning)"},
-    {"generate", cmd_generate, "generate text with early exits and KV caches (recompute or pipeline)"},
+    {"generate", cmd_generate, "generate text with early exits and KV caches (recompute, pipeline, speculative)"},
     {"eval", cmd_eval, "validation loss per exit, threshold sweep and calibrated thresholds"},
     {"convert", cmd_convert, "add-exits: add early exits to a trained model's checkpoint"},
     {"plot", cmd_plot, "draw a run's loss per exit (metrics.jsonl) as an SVG"},
