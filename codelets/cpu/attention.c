@@ -78,8 +78,7 @@ void eellm_cpu_causal_softmax(size_t rows, size_t keys, size_t first_seen, float
 static void scaled_scores(size_t rows, size_t keys, size_t hd, const float *q, size_t ld_q,
                           const float *k, size_t ld_k, float *scores) {
   float scale = 1.0f / sqrtf((float)hd);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)hd, scale, q,
-              (int)ld_q, k, (int)ld_k, 0.0f, scores, (int)keys);
+  eellm_cpu_matmul(rows, keys, hd, 1, scale, q, ld_q, k, ld_k, 0.0f, scores, keys);
 }
 
 void eellm_cpu_attend(size_t rows, size_t keys, size_t first_seen, size_t hd, const float *q,
@@ -87,8 +86,7 @@ void eellm_cpu_attend(size_t rows, size_t keys, size_t first_seen, size_t hd, co
                       float *out, size_t ld_out, float *scores, float *lse, size_t ld_lse) {
   scaled_scores(rows, keys, hd, q, ld_q, k, ld_k, scores);
   eellm_cpu_causal_softmax(rows, keys, first_seen, scores, keys, lse, ld_lse);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)hd, (int)keys, 1.0f,
-              scores, (int)keys, v, (int)ld_v, 0.0f, out, (int)ld_out);
+  eellm_cpu_matmul(rows, hd, keys, 0, 1.0f, scores, keys, v, ld_v, 0.0f, out, ld_out);
 }
 
 /* ---- training attention: whole sequences ---------------------------------- */

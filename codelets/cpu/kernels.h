@@ -53,6 +53,12 @@ void eellm_cpu_norm_bwd(size_t n, size_t dim, enum eellm_norm_kind kind, int bet
 
 /* ---- linear.c ------------------------------------------------------------ */
 
+/* c [n, m] = alpha a [n, k] @ B + beta c; B is [k, m], or [m, k] used
+ * transposed with transpose_b. One row (decoding) runs as a matrix-vector
+ * product. */
+void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
+                      size_t ld_a, const float *b, size_t ld_b, float beta, float *c, size_t ld_c);
+
 /* y [n, m] = x [n, k] @ W (+ b [m]) (+ res [n, m]); W is [k, m], or [m, k] used
  * transposed with transpose_w. b, res may be NULL. */
 void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const float *x,

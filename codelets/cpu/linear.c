@@ -4,6 +4,23 @@
 
 #include "kernels.h"
 
+void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
+                      size_t ld_a, const float *b, size_t ld_b, float beta, float *c,
+                      size_t ld_c) {
+  if (n == 1) {
+    /* c^T = B^T a^T: sgemv streams B once; a one-row sgemm repacks all of B. */
+    if (transpose_b)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)k, alpha, b, (int)ld_b, a, 1, beta, c,
+                  1);
+    else
+      cblas_sgemv(CblasRowMajor, CblasTrans, (int)k, (int)m, alpha, b, (int)ld_b, a, 1, beta, c,
+                  1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, (int)n, (int)m,
+              (int)k, alpha, a, (int)ld_a, b, (int)ld_b, beta, c, (int)ld_c);
+}
+
 /* Bias and residual are written first and the product added on top. */
 void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const float *x,
                           size_t ld_x, const float *w, size_t ld_w, const float *b,
@@ -15,9 +32,7 @@ void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const f
         y_row[c] = (b ? b[c] : 0.0f) + (res ? res[r * ld_res + c] : 0.0f);
     }
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_w ? CblasTrans : CblasNoTrans, (int)n,
-              (int)m, (int)k, 1.0f, x, (int)ld_x, w, (int)ld_w, (b || res) ? 1.0f : 0.0f, y,
-              (int)ld_y);
+  eellm_cpu_matmul(n, m, k, transpose_w, 1.0f, x, ld_x, w, ld_w, (b || res) ? 1.0f : 0.0f, y, ld_y);
 }
 
 void eellm_cpu_add_column_sums(size_t rows, size_t cols, const float *a, size_t ld_a, float *dst,
