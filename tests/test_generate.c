@@ -401,9 +401,140 @@ static void test_limits_and_errors(struct fixture *f) {
   o.top_p = 1.5f;
   tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
         "top_p 1.5 is refused");
+  o.top_p = 0.9f;
+  o.top_p_decay = 1.5f;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "top_p_decay"),
+        "top_p_decay 1.5 is refused");
+  o.top_p_decay = 0.5f;
+  o.top_p_bound = -0.1f;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "top_p_bound"),
+        "top_p_bound -0.1 is refused");
+  o.top_p_bound = 0;
   prompt[0] = (uint16_t)f->V;
   tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
         "a token id outside the vocabulary is refused");
+}
+
+/* top_p_decay, top_p_bound: the rule, EE-LLM's; then, sampled with a bound below
+ * any top probability, every token after the first is its logits' argmax (a
+ * nucleus of one, probability 1), recompute and speculative, while without the
+ * decay some are not. */
+static void test_top_p_decay(struct fixture *f) {
+  struct eellm_gen_options o = greedy(1);
+  o.top_p = 0.9f;
+  o.top_p_decay = 0.5f;
+  o.top_p_bound = 0.2f;
+  float top_p = o.top_p;
+  int rule = 1;
+  for (int k = 0; k < 6; k++, top_p = eellm_gen_next_top_p(&o, top_p))
+    rule &= fabs(top_p - fmax(0.9 * pow(0.5, k), 0.2)) < 1e-6;
+  o.top_p_bound = 0;
+  top_p = eellm_gen_next_top_p(&o, eellm_gen_next_top_p(&o, o.top_p));
+  rule &= fabs(top_p - 0.225) < 1e-6;
+  o.top_p_decay = 0;
+  rule &= eellm_gen_next_top_p(&o, 0.9f) == 0.9f;
+  o.top_p_decay = 0.5f;
+  rule &= eellm_gen_next_top_p(&o, 0) == 0; /* top-p off stays off */
+  tu_ok(rule, "top_p_decay: top_p, top_p * decay, ... not under top_p_bound (EE-LLM's rule)");
+
+  uint16_t ids[32];
+  const uint16_t *one = ids;
+  size_t len = text_prompt("We hold", ids);
+  o.temperature = 1;
+  o.top_p = 0.95f;
+  o.top_p_decay = 1e-3f;
+  o.top_p_bound = 1e-4f; /* under 1 / vocabulary */
+  o.max_tokens = 12;
+  o.stop_at_eot = 0;
+  unsigned layers[16];
+  eellm_generator_exit_layers(f->gen, layers);
+  size_t not_argmax[3] = {0, 0, 0}, later = 0;
+  for (int run = 0; run < 3; run++) {
+    struct eellm_gen_options r = o;
+    if (run == 1) {
+      r.method = EELLM_GEN_SPECULATIVE;
+      r.draft_exit_layer = layers[0];
+      r.draft_tokens = 3;
+    }
+    if (run == 2) r.top_p_decay = r.top_p_bound = 0;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+      struct eellm_gen_sequence s;
+      r.seed = seed;
+      generate_one(f, one, len, &r, &s);
+      for (size_t i = 1; i < s.n; i++) {
+        not_argmax[run] += s.tokens[i] != argmax(s.logits + i * f->V, f->V);
+        later += run == 0 && s.logprobs[i] != 0;
+      }
+      eellm_gen_sequence_free(&s);
+    }
+  }
+  char what[200];
+  snprintf(what, sizeof what,
+           "%s top_p_decay: after the first token, the argmax only (%zu, speculative %zu, "
+           "without the decay %zu not)",
+           f->name, not_argmax[0], not_argmax[1], not_argmax[2]);
+  printf("  %s\n", what);
+  tu_ok(not_argmax[0] == 0 && not_argmax[1] == 0 && later == 0 && not_argmax[2] > 0, what);
+}
+
+/* prevent_newline_after_colon on a model whose '\n' (tied) embedding row is 1.5
+ * times that of the full model's greedy token after "Fellow citizens:", so that
+ * '\n' wins there: with the option, it never follows ':' (the second choice does),
+ * and speculative decoding gives the same tokens. */
+static void test_newline_after_colon(struct fixture *f) {
+  uint16_t ids[32];
+  const uint16_t *one = ids;
+  size_t len = text_prompt("Fellow citizens:", ids);
+  struct eellm_gen_options o = greedy(1);
+  o.max_tokens = 8;
+  struct eellm_gen_sequence plain, off, on, spec;
+  generate_one(f, one, len, &o, &plain);
+  unsigned d = eellm_model_spec(f->ref)->d_model, choice = plain.tokens[0];
+  eellm_model_sync(f->ref);
+  float *wte = NULL;
+  for (size_t i = 0; i < eellm_model_n_tensors(f->ref); i++)
+    if (strcmp(eellm_model_tensor_name(f->ref, i), "transformer.wte.weight") == 0)
+      wte = eellm_model_tensor_data(f->ref, i);
+  float saved[64];
+  memcpy(saved, wte + '\n' * d, d * sizeof *wte);
+  for (unsigned j = 0; j < d; j++) wte['\n' * d + j] = 1.5f * wte[choice * d + j];
+  char path[300], err[256];
+  snprintf(path, sizeof path, "%s/newline.safetensors", tmpdir);
+  struct eellm_generator *g = NULL;
+  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
+      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  memcpy(wte + '\n' * d, saved, d * sizeof *wte);
+  eellm_generate(g, &one, &len, 1, &o, &off, err, sizeof err);
+  o.prevent_newline_after_colon = 1;
+  eellm_generate(g, &one, &len, 1, &o, &on, err, sizeof err);
+  unsigned layers[16];
+  eellm_generator_exit_layers(g, layers);
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = layers[0];
+  o.draft_tokens = 3;
+  eellm_generate(g, &one, &len, 1, &o, &spec, err, sizeof err);
+  int after_colon = 0;
+  for (size_t i = 1; i < on.n; i++) after_colon |= on.tokens[i - 1] == ':' && on.tokens[i] == '\n';
+  char what[160];
+  snprintf(what, sizeof what, "%s: the edited model gives '\\n' after ':' (%u), the full model %u",
+           f->name, off.n ? off.tokens[0] : 0, choice);
+  printf("  %s\n", what);
+  tu_ok(off.n > 0 && off.tokens[0] == '\n', what);
+  tu_ok(on.n > 0 && on.tokens[0] == choice && !after_colon,
+        "prevent_newline_after_colon: no '\\n' after ':', the next best token instead");
+  tu_ok(same_output(&on, &spec, 1e-4),
+        "prevent_newline_after_colon: speculative decoding gives the same tokens");
+  eellm_gen_sequence_free(&plain);
+  eellm_gen_sequence_free(&off);
+  eellm_gen_sequence_free(&on);
+  eellm_gen_sequence_free(&spec);
+  eellm_generator_close(g);
+  unlink(path);
 }
 
 /* A final head that always prefers end-of-text: ln_f's gain 0 and its bias
@@ -539,9 +670,6 @@ static void test_speculative(struct fixture *f) {
   o.draft_tokens = EELLM_MAX_DRAFT_TOKENS + 1;
   tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1,
         "speculative: too many draft tokens are refused");
-  o.draft_tokens = 2;
-  tu_ok(eellm_gen_session_open(f->gen, &o, err, sizeof err) == NULL && strstr(err, "session"),
-        "speculative: sessions refuse it");
 }
 
 /* The sampling distribution of exit k's logits z at temperature T and top-k K. */
@@ -674,6 +802,8 @@ int main(void) {
   test_speculative_sampling(&gpt, 1, 0);
   test_speculative_sampling(&gpt, 4, 3);
   test_limits_and_errors(&gpt);
+  test_top_p_decay(&gpt);
+  test_newline_after_colon(&gpt);
   test_end_of_text(&gpt);
   fixture_close(&gpt);
 
