@@ -479,6 +479,20 @@ static void test_top_p_decay(struct fixture *f) {
   tu_ok(not_argmax[0] == 0 && not_argmax[1] == 0 && later == 0 && not_argmax[2] > 0, what);
 }
 
+/* A generator of one slot on f->ref as it is now, saved as tmpdir/NAME.safetensors (path). */
+static struct eellm_generator *open_edited(struct fixture *f, const char *name, char *path,
+                                           size_t n) {
+  char err[256];
+  snprintf(path, n, "%s/%s.safetensors", tmpdir, name);
+  struct eellm_generator *g = NULL;
+  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
+      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  return g;
+}
+
 /* prevent_newline_after_colon on a model whose '\n' (tied) embedding row is 1.5
  * times that of the full model's greedy token after "Fellow citizens:", so that
  * '\n' wins there: with the option, it never follows ':' (the second choice does),
@@ -501,13 +515,7 @@ static void test_newline_after_colon(struct fixture *f) {
   memcpy(saved, wte + '\n' * d, d * sizeof *wte);
   for (unsigned j = 0; j < d; j++) wte['\n' * d + j] = 1.5f * wte[choice * d + j];
   char path[300], err[256];
-  snprintf(path, sizeof path, "%s/newline.safetensors", tmpdir);
-  struct eellm_generator *g = NULL;
-  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
-      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
-    fprintf(stderr, "%s\n", err);
-    exit(1);
-  }
+  struct eellm_generator *g = open_edited(f, "newline", path, sizeof path);
   memcpy(wte + '\n' * d, saved, d * sizeof *wte);
   eellm_generate(g, &one, &len, 1, &o, &off, err, sizeof err);
   o.prevent_newline_after_colon = 1;
@@ -555,13 +563,7 @@ static void test_end_of_text(struct fixture *f) {
     wte[256 * d + j] = 10 * bias[j];
   }
   char path[300], err[256];
-  snprintf(path, sizeof path, "%s/eot.safetensors", tmpdir);
-  struct eellm_generator *g = NULL;
-  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
-      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
-    fprintf(stderr, "%s\n", err);
-    exit(1);
-  }
+  struct eellm_generator *g = open_edited(f, "eot", path, sizeof path);
   uint16_t prompt[2] = {'a', 'b'};
   const uint16_t *one = prompt;
   size_t len = 2;
