@@ -446,11 +446,15 @@ static void run_chain(struct call *c) {
  *   last of the round.
  *   Sampling, the drafts are drawn from the draft exit's distribution q and
  *   the host applies the speculative-sampling rule against the final head's
- *   p (both at the request's temperature, top-k and top-p): draft j stays with
+ *   p (both at the request's temperature and top-k, and the position's own
+ *   limits: top-p after top_p_decay, the newline ban): draft j stays with
  *   probability min(1, p/q), else the round's last token is drawn from
  *   norm(max(0, p - q)); after every draft it is drawn from p. So each token
  *   follows the full model's distribution. A sequence's draws come from its own
  *   stream, in a fixed order (the drafts, then the verification's).
+ * A round depends on nothing but its sequences' states, so sequences of a
+ * session may join (through 0: the first pass feeds the whole prompt) or
+ * leave between rounds; eellm_generate runs rounds until all have finished.
  * Then positions 0 .. len' - 2 (len' the new length) hold the keys and values
  * of the kept tokens at every layer: through = len' - 1. Positions from len' -
  * 1 on may hold a rejected draft's: the next round's first pass writes len' - 1
