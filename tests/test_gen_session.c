@@ -176,10 +176,17 @@ static void test_joining(struct fixture *f, enum eellm_gen_method method, float 
   tu_ok(equal, what);
 }
 
-/* Two sessions (exits on, exits off) on one generator's slots, stepped in turn. */
+/* Two sessions (exits on, exits off; speculative: beside pipeline with exits on)
+ * on one generator's slots, stepped in turn. */
 static void test_two_sessions(struct fixture *f, enum eellm_gen_method method) {
-  struct eellm_gen_options on = options(method, 0.8f, 0), off = options(method, 1, 0);
-  off.use_early_exit = 0;
+  /* Speculative rounds beside a pipeline session, whose catch-up outlasts its steps. */
+  int speculative = method == EELLM_GEN_SPECULATIVE;
+  struct eellm_gen_options on = options(method, 0.8f, 0);
+  struct eellm_gen_options off = options(speculative ? EELLM_GEN_PIPELINE : method, 1, 0);
+  if (speculative)
+    off.threshold = 0.8f;
+  else
+    off.use_early_exit = 0;
   char err[512];
   struct eellm_gen_session *a = eellm_gen_session_open(f->gen, &on, err, sizeof err);
   struct eellm_gen_session *b = eellm_gen_session_open(f->gen, &off, err, sizeof err);
@@ -224,8 +231,8 @@ static void test_two_sessions(struct fixture *f, enum eellm_gen_method method) {
   }
   for (size_t k = 0; k < done; k++) eellm_gen_sequence_free(&got[k]);
   char what[160];
-  snprintf(what, sizeof what, "%s %s: two sessions (exits on, off) stepped in turn = alone",
-           f->name, method_name(method));
+  snprintf(what, sizeof what, "%s %s: two sessions (%s) stepped in turn = alone", f->name,
+           method_name(method), speculative ? "beside pipeline, exits on" : "exits on, off");
   printf("  %s\n", what);
   tu_ok(equal, what);
   tu_ok(eellm_generator_free_slots(f->gen) == MAX_BATCH, "sessions closed: every slot free");
