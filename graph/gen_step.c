@@ -146,7 +146,11 @@ static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
   struct eellm_sampling s = {c->head.temperature, o->rule == EELLM_EXIT_ENTROPY,
                              uniforms ? o->temperature : 0, o->top_k, o->top_p};
   starpu_data_handle_t u = s.temperature > 0 ? input(c, uniforms, M, sizeof *uniforms) : NULL;
-  eellm_insert_next_token(c->logits, u, input(c, limits, M, sizeof *limits), c->choices, &s, &ti);
+  /* Rows differ from o's sampling only under a decay or the ban: else no input task. */
+  int limited =
+      o->prevent_newline_after_colon || (u && eellm_gen_next_top_p(o, o->top_p) != o->top_p);
+  starpu_data_handle_t l = limited ? input(c, limits, M, sizeof *limits) : NULL;
+  eellm_insert_next_token(c->logits, u, l, c->choices, &s, &ti);
 }
 
 /* Head `exit` on the newest row of each undecided sequence, and its choices. */
