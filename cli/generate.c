@@ -20,6 +20,7 @@ static const char generate_usage[] =
     "                      [--exit-rule maxprob|entropy]\n"
     "                      [--method recompute|pipeline|speculative] [--stages P]\n"
     "                      [--draft-exit L] [--draft-tokens N] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
+    "                      [--top-p-decay D [--top-p-bound B]] [--prevent-newline-after-colon]\n"
     "                      [--stream] [--show-exits] [--ignore-eot] [--tokenizer-dir DIR]\n"
     "                      [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
@@ -51,6 +52,10 @@ static const char generate_usage[] =
     "  --temperature X      0 (default) is greedy; > 0 samples\n"
     "  --top-k K            sample among the K most likely tokens (0: all)\n"
     "  --top-p P            sample from the smallest set holding probability P (1: all)\n"
+    "  --top-p-decay D      after each token of a sequence, top-p P becomes P * D, in\n"
+    "                       (0, 1] (EE-LLM's top_p_decay; default: P stays)\n"
+    "  --top-p-bound B      and never goes under B, in (0, 1] (default: no bound)\n"
+    "  --prevent-newline-after-colon  never a newline right after a ':' token (EE-LLM's)\n"
     "  --seed S             random seed for sampling (default 0)\n"
     "  --stream             print tokens as they are produced\n"
     "  --show-exits         a table of each token's exit, and a summary: tokens per exit,\n"
@@ -253,6 +258,17 @@ static int fail(const char *what, const char *detail) {
   return 2;
 }
 
+/* Option `name`'s value text, a number in (0, 1], into *out: 0, or 2 after a message. */
+static int parse_fraction(const char *name, const char *text, float *out) {
+  double v;
+  if (parse_number(text, 0, 1, &v) != 0 || v == 0) {
+    fprintf(stderr, "eellm generate: %s wants a number in (0, 1], got %s\n", name, text);
+    return 2;
+  }
+  *out = (float)v;
+  return 0;
+}
+
 static int parse_args(int argc, char **argv, struct cli *a) {
   static const struct option options[] = {
       {"ckpt", required_argument, 0, 'c'},        {"prompt", required_argument, 0, 'p'},
@@ -266,6 +282,8 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"tokenizer-dir", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
       {"trace", required_argument, 0, 'R'},       {"trace-format", required_argument, 0, 'F'},
       {"draft-exit", required_argument, 0, 'D'},  {"draft-tokens", required_argument, 0, 'N'},
+      {"top-p-decay", required_argument, 0, 'y'}, {"top-p-bound", required_argument, 0, 'b'},
+      {"prevent-newline-after-colon", no_argument, 0, 'C'},
       {0, 0, 0, 0}};
   a->o = (struct eellm_gen_options){.max_tokens = 64, .use_early_exit = 1, .threshold = 1,
                                     .top_p = 1, .stop_at_eot = 1, .draft_tokens = 3};
@@ -290,9 +308,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
         a->o.max_tokens = (unsigned)v;
         break;
       case 't':
-        if (parse_number(optarg, 0, 1, &v) != 0 || v == 0)
-          return fail("--threshold wants a number in (0, 1], got ", optarg);
-        a->o.threshold = (float)v;
+        if (parse_fraction("--threshold", optarg, &a->o.threshold)) return 2;
         a->threshold_given = 1;
         break;
       case 'l':
@@ -341,10 +357,15 @@ static int parse_args(int argc, char **argv, struct cli *a) {
         a->o.top_k = (unsigned)v;
         break;
       case 'P':
-        if (parse_number(optarg, 0, 1, &v) != 0 || v == 0)
-          return fail("--top-p wants a number in (0, 1], got ", optarg);
-        a->o.top_p = (float)v;
+        if (parse_fraction("--top-p", optarg, &a->o.top_p)) return 2;
         break;
+      case 'y':
+        if (parse_fraction("--top-p-decay", optarg, &a->o.top_p_decay)) return 2;
+        break;
+      case 'b':
+        if (parse_fraction("--top-p-bound", optarg, &a->o.top_p_bound)) return 2;
+        break;
+      case 'C': a->o.prevent_newline_after_colon = 1; break;
       case 's':
         if (parse_number(optarg, 0, 1.8e19, &v) != 0 || v != (double)(unsigned long long)v)
           return fail("--seed wants a non-negative integer, got ", optarg);
@@ -365,6 +386,8 @@ static int parse_args(int argc, char **argv, struct cli *a) {
     return fail("--draft-exit and --draft-tokens go with --method speculative", NULL);
   if (spec && !a->o.draft_exit_layer)
     return fail("--method speculative needs --draft-exit L (a layer with an exit)", NULL);
+  if (a->o.top_p_bound > 0 && a->o.top_p_decay == 0)
+    return fail("--top-p-bound goes with --top-p-decay", NULL);
   if (a->prompt_file && read_prompt_file(&a->prompts, a->prompt_file) != 0)
     return fail("cannot read --prompt-file ", a->prompt_file);
   if (a->prompts.n == 0) return fail("no prompt: give --prompt TEXT or --prompt-file FILE", NULL);

@@ -234,10 +234,13 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
  * temperature, no sampling restriction). */
 /* struct eellm_token_choice and struct eellm_sampling: types.h. */
 /* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
- * greedy), choices [M] (W): a vector of struct eellm_token_choice. A row with a
- * non-finite logit gets token -1 (no token can come from it), confidence 0. */
+ * greedy), limits [M] struct eellm_row_limit (each row's top_p and banned token;
+ * NULL: the sampling's top_p, none banned), choices [M] (W): a vector of struct
+ * eellm_token_choice. A row with a non-finite logit gets token -1 (no token can
+ * come from it), confidence 0. */
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
-                             starpu_data_handle_t choices, const struct eellm_sampling *sampling,
+                             starpu_data_handle_t limits, starpu_data_handle_t choices,
+                             const struct eellm_sampling *sampling,
                              const struct eellm_task_info *info);
 
 #endif

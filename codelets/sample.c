@@ -4,42 +4,50 @@
 
 struct next_token_args {
   struct eellm_sampling s;
-  int has_uniforms;
+  int has_uniforms, has_limits;
 };
 
 EELLM_CODELET(next_token)
 
-/* logits [M, V] (R), uniforms [M] float (R, optional), choices [M] (W),
- * work (SCRATCH, with uniforms). */
+/* logits [M, V] (R), uniforms [M] float (R, optional), limits [M] (R, optional),
+ * choices [M] (W), work (SCRATCH, with uniforms or limits). */
 static void next_token_cpu(void *buffers[], void *cl_arg) {
   const struct next_token_args *args = cl_arg;
   int b = 0;
   struct eellm_tensor_view z = eellm_tensor_view(buffers[b++]);
   const float *uniforms = NULL;
+  const struct eellm_row_limit *limits = NULL;
   if (args->has_uniforms) uniforms = (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+  if (args->has_limits)
+    limits = (const struct eellm_row_limit *)STARPU_VECTOR_GET_PTR(buffers[b++]);
   struct eellm_token_choice *choices =
       (struct eellm_token_choice *)STARPU_VECTOR_GET_PTR(buffers[b++]);
-  void *work = uniforms ? (void *)STARPU_VECTOR_GET_PTR(buffers[b]) : NULL;
-  eellm_cpu_next_token(z.rows, z.cols, (const float *)z.ptr, z.ld, uniforms, &args->s, choices,
-                       work);
+  void *work = uniforms || limits ? (void *)STARPU_VECTOR_GET_PTR(buffers[b]) : NULL;
+  eellm_cpu_next_token(z.rows, z.cols, (const float *)z.ptr, z.ld, uniforms, limits, &args->s,
+                       choices, work);
 }
 
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
-                             starpu_data_handle_t choices, const struct eellm_sampling *sampling,
+                             starpu_data_handle_t limits, starpu_data_handle_t choices,
+                             const struct eellm_sampling *sampling,
                              const struct eellm_task_info *info) {
   if (starpu_vector_get_elemsize(choices) != sizeof(struct eellm_token_choice) ||
+      (limits && starpu_vector_get_elemsize(limits) != sizeof(struct eellm_row_limit)) ||
       (sampling->temperature > 0) != (uniforms != NULL)) {
-    fprintf(stderr, "eellm: next_token: choices must hold struct eellm_token_choice, and "
-                    "uniforms come with a temperature > 0 only\n");
+    fprintf(stderr,
+            "eellm: next_token: choices must hold struct eellm_token_choice, limits "
+            "struct eellm_row_limit, and uniforms come with a temperature > 0 only\n");
     abort();
   }
-  struct next_token_args args = {*sampling, uniforms != NULL};
-  struct starpu_data_descr buffers[4];
+  struct next_token_args args = {*sampling, uniforms != NULL, limits != NULL};
+  struct starpu_data_descr buffers[5];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){logits, STARPU_R};
   if (uniforms) buffers[n++] = (struct starpu_data_descr){uniforms, STARPU_R};
+  if (limits) buffers[n++] = (struct starpu_data_descr){limits, STARPU_R};
   buffers[n++] = (struct starpu_data_descr){choices, STARPU_W};
-  n = eellm_add_scratch(
-      buffers, n, eellm_cpu_next_token_work_bytes(starpu_matrix_get_nx(logits), uniforms != NULL));
+  n = eellm_add_scratch(buffers, n,
+                        eellm_cpu_next_token_work_bytes(starpu_matrix_get_nx(logits),
+                                                        uniforms != NULL, limits != NULL));
   eellm_submit(&next_token_cl, buffers, n, &args, sizeof args, info);
 }

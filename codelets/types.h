@@ -31,4 +31,12 @@ struct eellm_sampling {
   float top_p;
 };
 
+/* One row's own limits in eellm_insert_next_token (optional): its top_p, in place
+ * of the sampling's, and a token it may not give (-1: none), whose logit counts as
+ * -1e10 (EE-LLM's ban) in everything the row's choice reports. */
+struct eellm_row_limit {
+  float top_p;
+  int32_t banned;
+};
+
 #endif

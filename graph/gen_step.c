@@ -121,11 +121,21 @@ static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head 
   return eellm_head_forward(&p, h, y, &a, ti);
 }
 
+/* The limits of a head row of sequence q whose input is token `before`, for the
+ * token `ahead` tokens after q's next one. */
+static struct eellm_row_limit row_limit(const struct call *c, const struct sequence *q,
+                                        uint16_t before, unsigned ahead) {
+  float top_p = q->top_p;
+  for (unsigned k = 0; k < ahead; k++) top_p = eellm_gen_next_top_p(c->o, top_p);
+  int ban = c->o->prevent_newline_after_colon && before == c->g->colon;
+  return (struct eellm_row_limit){top_p, ban ? c->g->newline : -1};
+}
+
 /* Head `exit` on the flow rows `rows` (M of them, uniforms: their draws, read
- * when sampling; NULL: greedy choices), and the task that turns its logits
- * into choices. */
+ * when sampling; NULL: greedy choices; limits: theirs), and the task that turns
+ * its logits into choices. */
 static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
-                           const float *uniforms, size_t M) {
+                           const float *uniforms, const struct eellm_row_limit *limits, size_t M) {
   c->head = eellm_head_of(c->m, exit);
   int final = exit == c->m->spec->n_exits;
   struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,
@@ -136,7 +146,11 @@ static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
   struct eellm_sampling s = {c->head.temperature, o->rule == EELLM_EXIT_ENTROPY,
                              uniforms ? o->temperature : 0, o->top_k, o->top_p};
   starpu_data_handle_t u = s.temperature > 0 ? input(c, uniforms, M, sizeof *uniforms) : NULL;
-  eellm_insert_next_token(c->logits, u, c->choices, &s, &ti);
+  /* Rows differ from o's sampling only under a decay or the ban: else no input task. */
+  int limited =
+      o->prevent_newline_after_colon || (u && eellm_gen_next_top_p(o, o->top_p) != o->top_p);
+  starpu_data_handle_t l = limited ? input(c, limits, M, sizeof *limits) : NULL;
+  eellm_insert_next_token(c->logits, u, l, c->choices, &s, &ti);
 }
 
 /* Head `exit` on the newest row of each undecided sequence, and its choices. */
@@ -144,12 +158,15 @@ static void submit_head(struct call *c, unsigned exit) {
   size_t M = c->n_und;
   int32_t *rows = keep(c, M * sizeof *rows);
   float *uniforms = keep(c, M * sizeof *uniforms);
+  struct eellm_row_limit *limits = keep(c, M * sizeof *limits);
   for (size_t i = 0; i < M; i++) {
+    const struct sequence *q = &c->seqs[c->undecided[i]];
     for (size_t row = 0; row < c->f.n; row++)
       if (c->f.seq[row] == c->undecided[i]) rows[i] = (int32_t)row;
-    uniforms[i] = c->seqs[c->undecided[i]].uniform;
+    uniforms[i] = q->uniform;
+    limits[i] = row_limit(c, q, q->tokens[q->len - 1], 0);
   }
-  submit_head_on(c, exit, rows, uniforms, M);
+  submit_head_on(c, exit, rows, uniforms, limits, M);
 }
 
 /* ---- decisions -------------------------------------------------------------------- */
@@ -169,6 +186,7 @@ static void emit(struct call *c, size_t s, const struct eellm_token_choice *choi
   if (out->logits) memcpy(out->logits + out->n * c->g->vocab, logits, c->g->vocab * sizeof *logits);
   out->n++;
   q->tokens[q->len++] = token;
+  q->top_p = eellm_gen_next_top_p(c->o, q->top_p);
   if (c->o->on_token) c->o->on_token(c->o->ctx, s, token, layer, choice->logprob);
   q->done = q->len >= q->max_len ||
             (c->o->stop_at_eot && token == eellm_tokenizer_eot_id(c->g->tok));
@@ -409,18 +427,6 @@ static void run_chain(struct call *c) {
   pthread_mutex_unlock(&c->lock);
 }
 
-void gen_run(struct call *c) {
-  gen_call_init(c);
-  run_chain(c);
-  starpu_task_wait_for_all();
-  gen_call_end(c);
-}
-
-void gen_run_step(struct call *c) {
-  c->one_step = 1;
-  run_chain(c);
-}
-
 /* ---- speculative decoding (LayerSkip-style self-speculation) ---------------------
  *
  * Simple rather than fast: each phase of a round (a draft pass, the
@@ -444,11 +450,15 @@ void gen_run_step(struct call *c) {
  *   last of the round.
  *   Sampling, the drafts are drawn from the draft exit's distribution q and
  *   the host applies the speculative-sampling rule against the final head's
- *   p (both at the request's temperature, top-k and top-p): draft j stays with
+ *   p (both at the request's temperature and top-k, and the position's own
+ *   limits: top-p after top_p_decay, the newline ban): draft j stays with
  *   probability min(1, p/q), else the round's last token is drawn from
  *   norm(max(0, p - q)); after every draft it is drawn from p. So each token
  *   follows the full model's distribution. A sequence's draws come from its own
  *   stream, in a fixed order (the drafts, then the verification's).
+ * A round depends on nothing but its sequences' states, so sequences of a
+ * session may join (through 0: the first pass feeds the whole prompt) or
+ * leave between rounds; eellm_generate runs rounds until all have finished.
  * Then positions 0 .. len' - 2 (len' the new length) hold the keys and values
  * of the kept tokens at every layer: through = len' - 1. Positions from len' -
  * 1 on may hold a rejected draft's: the next round's first pass writes len' - 1
@@ -523,6 +533,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
   size_t *seq = keep(c, rows * sizeof *seq), *head_of = keep(c, n * sizeof *head_of);
   int32_t *tokens = keep(c, rows * sizeof *tokens), *heads = keep(c, n * sizeof *heads);
   float *uniforms = keep(c, n * sizeof *uniforms);
+  struct eellm_row_limit *limits = keep(c, n * sizeof *limits);
   int sampling = c->o->temperature > 0;
   size_t row = 0, M = 0;
   for (size_t i = 0; i < n; i++) {
@@ -538,6 +549,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
     }
     if (p->nd > j) {
       if (sampling) uniforms[M] = spec_uniform24(&c->seqs[p->s]);
+      limits[M] = row_limit(c, q, (uint16_t)tokens[row - 1], j);
       heads[M] = (int32_t)(row - 1);
       head_of[M++] = i;
     }
@@ -548,7 +560,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
   eellm_insert_embed_at(input(c, tokens, rows, sizeof *tokens), c->f.positions_h,
                         eellm_param(c->m, c->m->wte), eellm_param(c->m, c->m->wpe), c->f.x, &ti);
   for (unsigned l = 0; l < L; l++) submit_layer(c, l, c->prio_decide);
-  if (M) submit_head_on(c, (unsigned)c->g->exit_at[L - 1], heads, uniforms, M);
+  if (M) submit_head_on(c, (unsigned)c->g->exit_at[L - 1], heads, uniforms, limits, M);
   starpu_data_acquire(c->f.x, STARPU_R);
   const float *x = (const float *)starpu_matrix_get_local_ptr(c->f.x);
   size_t ld = starpu_matrix_get_local_ld(c->f.x);
@@ -596,16 +608,21 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
   int32_t *positions = keep(c, rows * sizeof *positions), *slots = keep(c, rows * sizeof *slots);
   size_t *seq = keep(c, rows * sizeof *seq);
   int32_t *heads = keep(c, M * sizeof *heads);
+  struct eellm_row_limit *limits = keep(c, M * sizeof *limits);
   float *x = keep(c, rows * D * sizeof *x);
   size_t row = 0, m = 0;
   for (size_t i = 0; i < n; i++) {
     struct spec_seq *p = &ss[i];
+    const struct sequence *q = &c->seqs[p->s];
     for (size_t pos = p->first; pos < p->len + p->nd; pos++, row++) {
       positions[row] = (int32_t)pos;
       slots[row] = (int32_t)p->s;
       seq[row] = p->s;
       memcpy(x + row * D, p->x + (pos - p->first) * D, D * sizeof *x);
-      if (pos + 1 >= p->len) heads[m++] = (int32_t)row;
+      if (pos + 1 < p->len) continue;
+      uint16_t before = pos < p->len ? q->tokens[pos] : p->drafts[pos - p->len];
+      limits[m] = row_limit(c, q, before, (unsigned)(pos + 1 - p->len));
+      heads[m++] = (int32_t)row;
     }
   }
   spec_flow(c, rows, positions, slots, seq);
@@ -613,7 +630,7 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
   eellm_insert_matrix_set(c->f.x, x, &ti);
   for (unsigned l = L; l < n_layers; l++) submit_layer(c, l, c->prio_decide);
-  submit_head_on(c, c->m->spec->n_exits, heads, NULL, M);
+  submit_head_on(c, c->m->spec->n_exits, heads, NULL, limits, M);
   const float *logits = NULL;
   size_t ld = 0;
   int sampling = c->o->temperature > 0;
@@ -639,7 +656,7 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
     P = gen_xmalloc(3 * V * sizeof *P);
     Q = P + V;
     R = Q + V;
-    work = gen_xmalloc(eellm_cpu_next_token_work_bytes(V, 1));
+    work = gen_xmalloc(eellm_cpu_next_token_work_bytes(V, 1, 1));
   }
   for (size_t i = 0; ok && i < n; i++) {
     struct spec_seq *p = &ss[i];
@@ -655,11 +672,12 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
         /* Speculative sampling: draft x (drawn from q) stays with probability
          * min(1, p(x) / q(x)); else the token comes from norm(max(0, p - q));
          * after every draft, from p. */
-        eellm_cpu_sampling_probs(z, V, &sp, work, P);
+        const struct eellm_row_limit *limit = &limits[m + j];
+        eellm_cpu_sampling_probs(z, V, &sp, limit, work, P);
         agrees = 0;
         if (j < p->nd) {
           unsigned x = p->drafts[j];
-          eellm_cpu_sampling_probs(p->qlogits + (size_t)j * V, V, &sq, work, Q);
+          eellm_cpu_sampling_probs(p->qlogits + (size_t)j * V, V, &sq, limit, work, Q);
           agrees = spec_uniform53(q) * Q[x] < P[x];
           if (!agrees) {
             double left = 0;
@@ -691,9 +709,10 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
 }
 
 /* One round for every unfinished sequence: returns 0 when none was left. */
-static int spec_round(struct call *c, struct spec_seq *ss) {
+static int spec_round(struct call *c) {
   const unsigned N = c->o->draft_tokens;
   const size_t D = c->m->spec->d_model;
+  struct spec_seq *ss = gen_xmalloc((c->n_seqs ? c->n_seqs : 1) * sizeof *ss);
   size_t n = 0;
   unsigned most = 0;
   for (size_t s = 0; s < c->n_seqs; s++) {
@@ -709,27 +728,35 @@ static int spec_round(struct call *c, struct spec_seq *ss) {
     p->qlogits = c->o->temperature > 0 ? gen_xmalloc(p->nd * c->g->vocab * sizeof(float)) : NULL;
     if (p->nd > most) most = p->nd;
   }
-  if (n == 0) return 0;
   int ok = 1;
-  for (unsigned j = 0; ok && j <= most; j++) ok = spec_draft_pass(c, ss, n, j);
-  if (ok) ok = spec_verify(c, ss, n);
+  for (unsigned j = 0; n && ok && j <= most; j++) ok = spec_draft_pass(c, ss, n, j);
+  if (n && ok) ok = spec_verify(c, ss, n);
   for (size_t i = 0; i < n; i++) {
     free(ss[i].x);
     free(ss[i].qlogits);
   }
+  free(ss);
   if (!ok)
     for (size_t s = 0; s < c->n_seqs; s++) c->seqs[s].done = 1;
-  return ok;
+  return n && ok;
 }
 
-void gen_run_speculative(struct call *c) {
+/* ---- the entry points --------------------------------------------------------- */
+
+void gen_run(struct call *c) {
   gen_call_init(c);
-  memset(c->allowed, 0, c->m->spec->n_layers);
-  c->allowed[c->o->draft_exit_layer - 1] = 1; /* a BLOCK draft exit's layer fills its cache */
-  struct spec_seq *ss = gen_xmalloc((c->n_seqs ? c->n_seqs : 1) * sizeof *ss);
-  while (spec_round(c, ss)) {
-  }
-  free(ss);
+  if (c->o->method == EELLM_GEN_SPECULATIVE)
+    while (spec_round(c)) continue;
+  else
+    run_chain(c);
   starpu_task_wait_for_all();
   gen_call_end(c);
+}
+
+void gen_run_step(struct call *c) {
+  c->one_step = 1;
+  if (c->o->method == EELLM_GEN_SPECULATIVE)
+    spec_round(c);
+  else
+    run_chain(c);
 }

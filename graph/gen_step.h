@@ -29,6 +29,8 @@ struct eellm_generator {
   unsigned sessions;
   /* The last SPECULATIVE call's rounds (summed over sequences), drafts and drafts kept. */
   size_t spec_rounds, spec_drafted, spec_accepted;
+  /* The first ids ":" and "\n" encode to (prevent_newline_after_colon), -1 if none. */
+  int32_t colon, newline;
 };
 
 /* A prompt's state during a call. */
@@ -40,6 +42,7 @@ struct sequence {
   int active;        /* the slot holds a sequence (sessions; always 1 in eellm_generate) */
   uint64_t rng;
   float uniform;     /* this step's draw */
+  float top_p;       /* for its next token (top_p_decay) */
   struct eellm_gen_sequence *out;
 };
 
@@ -89,17 +92,15 @@ struct call {
 };
 
 void *gen_xmalloc(size_t bytes);
-/* Runs the call's steps; returns once every sequence has finished and every
- * task has run. */
+/* Runs the call's steps (SPECULATIVE: rounds); returns once every sequence has
+ * finished and every task has run. */
 void gen_run(struct call *c);
 /* Sessions: the call's lock and condition (gen_call_init once, gen_call_end at
- * the end), and one step: returns once every unfinished sequence has its next
- * token; PIPELINE's catch-up work of the step may still be running (later
- * steps' tasks come after it on every cache). */
+ * the end), and one step (SPECULATIVE: one round): returns once every unfinished
+ * sequence has its next token; PIPELINE's catch-up work of the step may still be
+ * running (later steps' tasks come after it on every cache). */
 void gen_call_init(struct call *c);
 void gen_call_end(struct call *c);
 void gen_run_step(struct call *c);
-/* SPECULATIVE (greedy): the call's rounds until every sequence has finished. */
-void gen_run_speculative(struct call *c);
 
 #endif

@@ -86,6 +86,18 @@ check "--stream with two prompts tags tokens" 'grep -q "^\[1\] " "$tmp/two-strea
 gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --seed 3 > "$tmp/s1"
 gen --prompt "the" --max-tokens 20 --temperature 0.9 --top-k 20 --top-p 0.9 --seed 3 > "$tmp/s2"
 check "sampling with a seed is reproducible" '[ -s "$tmp/s1" ] && cmp -s "$tmp/s1" "$tmp/s2"'
+# --top-p-decay with a bound below 1 / vocabulary: every token after the first is drawn
+# from a nucleus of one (log-probability 0 under the sampling distribution).
+gen --prompt "the" --max-tokens 10 --threshold 1 --temperature 1 --top-p 0.95 --top-p-decay 0.001 \
+  --top-p-bound 0.0001 --seed 3 --show-exits --ignore-eot > "$tmp/decay"
+status=$?
+check "--top-p-decay, --top-p-bound: a nucleus of one after the first token" \
+  '[ $status -eq 0 ] && [ "$(grep -Ec "^ +[1-9][0-9]* +3 \(final\) +-?0\.000 " "$tmp/decay")" -eq 9 ]'
+gen --prompt "a:" --max-tokens 20 --temperature 2 --seed 1 --prevent-newline-after-colon --ignore-eot \
+  > "$tmp/colon"
+status=$?
+check "--prevent-newline-after-colon: no newline after ':'" \
+  '[ $status -eq 0 ] && ! head -c -1 "$tmp/colon" | grep -q ":$"'
 
 expect_error "no --ckpt" "--ckpt is required" "$eellm" generate --prompt x
 expect_error "no prompt" "no prompt" "$eellm" generate --ckpt "$tmp/run"
@@ -96,6 +108,8 @@ expect_error "unknown method" "--method" "$eellm" generate --ckpt "$tmp/run" --p
 expect_error "exit layer without an exit" "exit layer 7" "$eellm" generate --ckpt "$tmp/run" --prompt x --threshold 0.5 --exit-layers 7
 expect_error "too many stages" "stages" "$eellm" generate --ckpt "$tmp/run" --prompt x --method pipeline --stages 9
 expect_error "prompt longer than the context" "context" "$eellm" generate --ckpt "$tmp/run" --prompt "$(printf 'x%.0s' $(seq 1 40))"
+expect_error "top-p bound without a decay" "--top-p-bound goes with --top-p-decay" "$eellm" generate --ckpt "$tmp/run" --prompt x --top-p-bound 0.5
+expect_error "top-p decay 0" "--top-p-decay" "$eellm" generate --ckpt "$tmp/run" --prompt x --top-p-decay 0
 expect_error "missing prompt file" "prompts-none" "$eellm" generate --ckpt "$tmp/run" --prompt-file "$tmp/prompts-none.txt"
 # --trace: every task of the generation, readable by eellm trace.
 gen --prompt "the lazy" --max-tokens 8 --threshold 0.5 --method pipeline --trace "$tmp/gen.json" > /dev/null 2> "$tmp/trace.err"

@@ -191,8 +191,15 @@ bad stop-sequence-number 400 "'stop_sequences[1]'" '{"prompts": ["a"], "stop_seq
 bad stop-sequence-empty 400 "'stop_sequences[0]'" '{"prompts": ["a"], "stop_sequences": [""]}'
 bad top-p-decay-alone 400 "need a 'top_p'" '{"prompts": ["a"], "top_p_decay": 0.9}'
 bad top-p-bound-over 400 "'top_p_bound'" '{"prompts": ["a"], "top_p": 0.5, "top_p_bound": 0.6}'
-bad top-p-decay-unsupported 400 "not supported" '{"prompts": ["a"], "top_p": 0.9, "top_p_decay": 0.5}'
-bad newline-after-colon 400 "not supported" '{"prompts": ["a"], "prevent_newline_after_colon": true}'
+bad top-p-decay-top-p-0 400 "need a 'top_p'" '{"prompts": ["a"], "top_p": 0, "top_p_decay": 0.5}'
+bad top-p-decay-over 400 "'top_p_decay'" '{"prompts": ["a"], "top_p": 0.9, "top_p_decay": 1.5}'
+bad newline-after-colon-int 400 "'prevent_newline_after_colon'" '{"prompts": ["a"], "prevent_newline_after_colon": 1}'
+bad method 400 "'method' must be \"recompute\", \"pipeline\" or \"speculative\", not \"beam\"" '{"prompts": ["a"], "method": "beam"}'
+bad draft-exit-final 400 "'draft_exit' must be a layer with an exit (the model's: 1, 2), not 3" '{"prompts": ["a"], "method": "speculative", "draft_exit": 3}'
+bad draft-exit-string 400 "'draft_exit'" '{"prompts": ["a"], "method": "speculative", "draft_exit": "1"}'
+bad draft-exit-missing 400 "needs 'draft_exit'" '{"prompts": ["a"], "method": "speculative"}'
+bad draft-tokens-over 400 "'draft_tokens' must be an integer from 1 to 16, not 17" '{"prompts": ["a"], "method": "speculative", "draft_exit": 1, "draft_tokens": 17}'
+bad draft-without-method 400 "go with" '{"prompts": ["a"], "draft_exit": 1}'
 bad beam-width 400 "beam search is not supported" '{"prompts": ["a"], "beam_width": 2}'
 bad beam-width-zero 400 "'beam_width'" '{"prompts": ["a"], "beam_width": 0}'
 bad length-penalty 400 "'length_penalty'" '{"prompts": ["a"], "length_penalty": "x"}'
@@ -361,6 +368,65 @@ check "top_p 0, length_penalty, no_log: 200 (got $status), not logged" \
   "[ '$status' = 200 ] && answer_ok no-effect '[\"dog\"]' 4 0 && [ \$(grep -c 'eellm serve: 200' '$tmp/log') = $logged ]"
 status=$(put decay-held '{"prompts": ["dog"], "tokens_to_generate": 4, "top_p": 0.9, "top_p_decay": 0.5, "top_p_bound": 0.9}')
 check "top_p_decay held by top_p_bound = top_p: 200 (got $status)" "[ '$status' = 200 ]"
+
+# top_p_decay with a bound below 1 / vocabulary: after the first token, a nucleus of one,
+# so each token is its head's argmax (exp(logprob) = max_prob); without the decay some
+# are not (a two-step model is nearly uniform).
+# argmax_after_first NAME: how many tokens after the first are not the argmax.
+argmax_after_first() {
+  /usr/bin/python3 -c '
+import json, math, sys
+a = json.load(open(sys.argv[1]))
+print(sum(abs(math.exp(x) - p) > 1e-5 * p for lp, mp in zip(a["logprobs"], a["max_probs"])
+          for x, p in list(zip(lp, mp))[1:]))' "$tmp/$1.json"
+}
+decay='"prompts": ["dog", "fox"], "tokens_to_generate": 12, "temperature": 1, "top_p": 0.95, "random_seed": 5, "logprobs": true, "print_max_prob": true'
+status=$(put decay "{$decay, \"top_p_decay\": 0.001, \"top_p_bound\": 0.0001}")
+put no-decay "{$decay}" > /dev/null
+check "top_p_decay 0.001, top_p_bound 1e-4: 200 (got $status), the argmax after the first token ($(argmax_after_first decay) not; without the decay $(argmax_after_first no-decay) not)" \
+  "[ '$status' = 200 ] && [ \$(argmax_after_first decay) = 0 ] && [ \$(argmax_after_first no-decay) -gt 0 ]"
+
+# prevent_newline_after_colon: no newline (10) right after ':' (58), greedy and sampled.
+status=$(put colon '{"prompts": ["note:", "a: b:", ":"], "tokens_to_generate": 20, "temperature": 2, "random_seed": 1, "prevent_newline_after_colon": true}')
+check "prevent_newline_after_colon: 200 (got $status), no newline after ':'" \
+  "[ '$status' = 200 ] && /usr/bin/python3 -c '
+import json, sys
+for p, ids in zip([\"note:\", \"a: b:\", \":\"], json.load(open(sys.argv[1]))[\"tokens\"]):
+    seq = list(p.encode()) + ids
+    assert all(not (x == 58 and y == 10) for x, y in zip(seq, seq[1:])), seq
+' '$tmp/colon.json'"
+
+# Speculative decoding: greedy, the full model's tokens (exits off), whatever the draft
+# exit and draft count, with several such requests batched together and beside others.
+spec_prompts='["the quick", "lazy dog", "fox"]'
+status=$(put full "{\"prompts\": $spec_prompts, \"tokens_to_generate\": 16, \"temperature\": 0}")
+check "full-depth greedy: 200 (got $status)" "[ '$status' = 200 ]"
+spec_pids=()
+for d in 1 2; do
+  for n in 1 3; do
+    put "spec-$d-$n" "{\"prompts\": $spec_prompts, \"tokens_to_generate\": 16, \"temperature\": 0, \"method\": \"speculative\", \"draft_exit\": $d, \"draft_tokens\": $n}" > "$tmp/spec-$d-$n.status" &
+    spec_pids+=($!)
+  done
+done
+put spec-beside '{"prompts": ["number 1", "fox 2"], "tokens_to_generate": 5, "temperature": 0, "use_early_exit": true, "early_exit_thres": 0.001}' > "$tmp/spec-beside.status" &
+spec_pids+=($!)
+wait "${spec_pids[@]}"
+for d in 1 2; do
+  for n in 1 3; do
+    got=$(cat "$tmp/spec-$d-$n.status")
+    check "speculative, draft_exit $d, draft_tokens $n: 200 (got $got), the full model's tokens" \
+      "[ '$got' = 200 ] && answer_ok spec-$d-$n '$spec_prompts' 16 0 3 && /usr/bin/python3 -c '
+import json, sys
+full, spec = (json.load(open(f)) for f in sys.argv[1:])
+assert spec[\"tokens\"] == full[\"tokens\"] and spec[\"text\"] == full[\"text\"], (spec, full)
+' '$tmp/full.json' '$tmp/spec-$d-$n.json'"
+  done
+done
+check "an early-exit request beside them: 200" \
+  "[ \$(cat '$tmp/spec-beside.status') = 200 ] && answer_ok spec-beside '[\"number 1\", \"fox 2\"]' 5 0 1"
+status=$(put spec-sampled '{"prompts": ["dog", "fox"], "tokens_to_generate": 10, "temperature": 1.5, "top_k": 50, "random_seed": 42, "method": "speculative", "draft_exit": 2}')
+check "speculative sampling: 200 (got $status)" \
+  "[ '$status' = 200 ] && answer_ok spec-sampled '[\"dog\", \"fox\"]' 10 0 3"
 
 # Long generations: 8 sampled requests with their own seeds, 1024 prompts each,
 # 2 at a time each (the per-request cap of --max-batch 4). Meanwhile a bad request

@@ -295,7 +295,16 @@ struct pick_run {
   const struct pick_case *c;
   size_t M;
   int V;
+  int limited; /* rows with their own limits: odd rows top-p 0.5, every third its argmax banned */
 };
+
+static struct eellm_row_limit row_limit(const struct pick_run *run, size_t m, const float *z) {
+  struct eellm_row_limit limit = {m % 2 ? 0.5f : run->c->s.top_p, -1};
+  if (m % 3 == 0)
+    for (int j = limit.banned = 0; j < run->V; j++)
+      limit.banned = z[j] > z[limit.banned] ? j : limit.banned;
+  return limit;
+}
 
 static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   const struct pick_run *run = ctx;
@@ -308,8 +317,15 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   starpu_data_handle_t h_choices;
   starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, M, sizeof *choices);
   int sampling = c->s.temperature > 0;
+  struct eellm_row_limit *limits = calloc(M, sizeof *limits);
+  if (!limits) exit(1);
+  for (size_t m = 0; m < M; m++) limits[m] = row_limit(run, m, logits + m * ((size_t)V + 2));
+  starpu_data_handle_t h_limits = NULL;
+  if (run->limited)
+    starpu_vector_data_register(&h_limits, STARPU_MAIN_RAM, (uintptr_t)limits, M, sizeof *limits);
   eellm_insert_next_token(tu_matrix_ld(logits, M, (size_t)V, (size_t)V + 2),
-                          sampling ? tu_vector(uniforms, M) : NULL, h_choices, &c->s, ti);
+                          sampling ? tu_vector(uniforms, M) : NULL, h_limits, h_choices, &c->s, ti);
+  if (h_limits) starpu_data_unregister(h_limits);
   starpu_data_unregister(h_choices);
   tu_sync_all();
 
@@ -319,7 +335,12 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   for (size_t m = 0; m < M; m++) {
     double z[64];
     for (int j = 0; j < V; j++) z[j] = logits[m * ((size_t)V + 2) + (size_t)j];
-    struct ref_choice r = ref_pick(z, V, &c->s, uniforms[m]);
+    struct eellm_sampling row_s = c->s;
+    if (run->limited) {
+      row_s.top_p = limits[m].top_p;
+      if (limits[m].banned >= 0) z[limits[m].banned] = -1e10;
+    }
+    struct ref_choice r = ref_pick(z, V, &row_s, uniforms[m]);
     tokens_equal &= choices[m].token == r.token;
     got[2 * m] = choices[m].confidence;
     got[2 * m + 1] = choices[m].logprob;
@@ -342,6 +363,7 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   snprintf(what, sizeof what, "%s: raw logprob, raw max probability", c->name);
   check(what, got_raw, want_raw, 2 * M, RTOL, ATOL);
   free(choices);
+  free(limits);
 }
 
 /* Many draws from one row: the sampled frequencies follow the restricted distribution. */
@@ -360,7 +382,8 @@ static void test_sampling_frequencies(const struct eellm_task_info *ti, void *ct
   starpu_data_handle_t h_choices;
   starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, DRAWS,
                               sizeof *choices);
-  eellm_insert_next_token(tu_matrix(logits, DRAWS, V), tu_vector(uniforms, DRAWS), h_choices, &s, ti);
+  eellm_insert_next_token(tu_matrix(logits, DRAWS, V), tu_vector(uniforms, DRAWS), NULL, h_choices,
+                          &s, ti);
   starpu_data_unregister(h_choices);
   tu_sync_all();
   double count[V] = {0}, e1 = exp(2.0), e3 = exp(1.8), e5 = exp(1.2), total = e1 + e3 + e5;
@@ -407,10 +430,12 @@ int main(void) {
       {"sampling top-k 10 top-p 0.9, entropy", {1, 1, 0.7f, 10, 0.9f}},
   };
   for (size_t i = 0; i < sizeof pick_cases / sizeof pick_cases[0]; i++) {
-    struct pick_run runs[2] = {{&pick_cases[i], 5, 37}, {&pick_cases[i], 1, 2}};
-    for (int r = 0; r < 2; r++) {
-      char what[96];
-      snprintf(what, sizeof what, "%s M=%zu V=%d", pick_cases[i].name, runs[r].M, runs[r].V);
+    struct pick_run runs[3] = {
+        {&pick_cases[i], 5, 37, 0}, {&pick_cases[i], 1, 2, 0}, {&pick_cases[i], 6, 37, 1}};
+    for (int r = 0; r < 3; r++) {
+      char what[112];
+      snprintf(what, sizeof what, "%s M=%zu V=%d%s", pick_cases[i].name, runs[r].M, runs[r].V,
+               runs[r].limited ? ", row limits" : "");
       tu_for_each_backend(what, pick_op, test_next_token, &runs[r]);
     }
   }

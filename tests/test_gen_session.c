@@ -1,8 +1,10 @@
 /* Continuous batching (eellm_gen_session, include/eellm/generate.h) on the two
- * tiny models of test_generate.c, under both methods, exits on:
+ * tiny models of test_generate.c, under every method, exits on (speculative:
+ * the exit at layer 1 drafting 3 tokens a round, a step a round):
  * - prompts joining a running batch at different steps, into the slots that
  *   finished ones leave, each with its own max_tokens, give what each gives
- *   alone with eellm_generate (greedy: same tokens and exits);
+ *   alone with eellm_generate (greedy: same tokens and exits; speculative,
+ *   also the full model's tokens, exits off);
  * - sampled, a sequence seeded (seed, i) gives what eellm_generate gives the
  *   prompt at index i of a call with that seed, whenever it joins;
  * - two sessions with different options share the generator's slots, stepped
@@ -65,7 +67,14 @@ static struct eellm_gen_options options(enum eellm_gen_method method, float thre
                                         float temperature) {
   return (struct eellm_gen_options){.max_tokens = 16, .use_early_exit = 1, .threshold = threshold,
                                     .top_p = 1, .stop_at_eot = 1, .method = method,
-                                    .temperature = temperature, .top_k = 40, .seed = 5};
+                                    .temperature = temperature, .top_k = 40, .seed = 5,
+                                    .draft_exit_layer = 1, .draft_tokens = 3};
+}
+
+static const char *method_name(enum eellm_gen_method method) {
+  return method == EELLM_GEN_PIPELINE      ? "pipeline"
+         : method == EELLM_GEN_SPECULATIVE ? "speculative"
+                                           : "recompute";
 }
 
 static int same_output(const struct eellm_gen_sequence *a, const struct eellm_gen_sequence *b) {
@@ -138,12 +147,21 @@ static int run_session(struct fixture *f, const struct eellm_gen_options *o, siz
 static void test_joining(struct fixture *f, enum eellm_gen_method method, float temperature) {
   struct eellm_gen_options o = options(method, 0.8f, temperature);
   size_t n = temperature > 0 ? MAX_BATCH : N_PROMPTS;
+  struct eellm_gen_options full = o;
+  full.method = EELLM_GEN_RECOMPUTE;
+  full.use_early_exit = 0;
+  int lossless = method == EELLM_GEN_SPECULATIVE && temperature == 0;
   struct eellm_gen_sequence got[N_PROMPTS], want;
   int steps = run_session(f, &o, n, got), equal = 1;
   size_t early = 0;
   for (size_t i = 0; i < n; i++) {
     reference(f, &o, i, &want);
     equal &= same_output(&got[i], &want);
+    if (lossless) {
+      eellm_gen_sequence_free(&want);
+      reference(f, &full, i, &want);
+      equal &= same_output(&got[i], &want);
+    }
     for (size_t k = 0; k < want.n; k++) early += want.exit_layers[k] < eellm_generator_n_layers(f->gen);
     eellm_gen_sequence_free(&want);
     eellm_gen_sequence_free(&got[i]);
@@ -151,17 +169,24 @@ static void test_joining(struct fixture *f, enum eellm_gen_method method, float 
   char what[200];
   snprintf(what, sizeof what,
            "%s %s, %s: %zu prompts joining a session of %d slots over %d steps = eellm_generate "
-           "(%zu early exits)",
-           f->name, method == EELLM_GEN_PIPELINE ? "pipeline" : "recompute",
-           temperature > 0 ? "sampled" : "greedy", n, MAX_BATCH, steps, early);
+           "(%zu early exits)%s",
+           f->name, method_name(method), temperature > 0 ? "sampled" : "greedy", n, MAX_BATCH,
+           steps, early, lossless ? " = the full model's tokens" : "");
   printf("  %s\n", what);
   tu_ok(equal, what);
 }
 
-/* Two sessions (exits on, exits off) on one generator's slots, stepped in turn. */
+/* Two sessions (exits on, exits off; speculative: beside pipeline with exits on)
+ * on one generator's slots, stepped in turn. */
 static void test_two_sessions(struct fixture *f, enum eellm_gen_method method) {
-  struct eellm_gen_options on = options(method, 0.8f, 0), off = options(method, 1, 0);
-  off.use_early_exit = 0;
+  /* Speculative rounds beside a pipeline session, whose catch-up outlasts its steps. */
+  int speculative = method == EELLM_GEN_SPECULATIVE;
+  struct eellm_gen_options on = options(method, 0.8f, 0);
+  struct eellm_gen_options off = options(speculative ? EELLM_GEN_PIPELINE : method, 1, 0);
+  if (speculative)
+    off.threshold = 0.8f;
+  else
+    off.use_early_exit = 0;
   char err[512];
   struct eellm_gen_session *a = eellm_gen_session_open(f->gen, &on, err, sizeof err);
   struct eellm_gen_session *b = eellm_gen_session_open(f->gen, &off, err, sizeof err);
@@ -206,8 +231,8 @@ static void test_two_sessions(struct fixture *f, enum eellm_gen_method method) {
   }
   for (size_t k = 0; k < done; k++) eellm_gen_sequence_free(&got[k]);
   char what[160];
-  snprintf(what, sizeof what, "%s %s: two sessions (exits on, off) stepped in turn = alone",
-           f->name, method == EELLM_GEN_PIPELINE ? "pipeline" : "recompute");
+  snprintf(what, sizeof what, "%s %s: two sessions (%s) stepped in turn = alone", f->name,
+           method_name(method), speculative ? "beside pipeline, exits on" : "exits on, off");
   printf("  %s\n", what);
   tu_ok(equal, what);
   tu_ok(eellm_generator_free_slots(f->gen) == MAX_BATCH, "sessions closed: every slot free");
@@ -239,11 +264,12 @@ static void test_errors(struct fixture *f) {
 static void run(const char *spec, uint64_t seed, int errors) {
   struct fixture f = {0};
   fixture_open(&f, spec, seed);
-  for (int m = 0; m < 2; m++) {
-    enum eellm_gen_method method = m ? EELLM_GEN_PIPELINE : EELLM_GEN_RECOMPUTE;
-    test_joining(&f, method, 0);
-    test_joining(&f, method, 0.9f);
-    test_two_sessions(&f, method);
+  static const enum eellm_gen_method methods[] = {EELLM_GEN_RECOMPUTE, EELLM_GEN_PIPELINE,
+                                                  EELLM_GEN_SPECULATIVE};
+  for (int m = 0; m < 3; m++) {
+    test_joining(&f, methods[m], 0);
+    test_joining(&f, methods[m], 0.9f);
+    test_two_sessions(&f, methods[m]);
   }
   if (errors) test_errors(&f);
   eellm_generator_close(f.gen);

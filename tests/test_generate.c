@@ -16,7 +16,11 @@
  *   exit as draft exit and 1 or 3 drafts a round, and leaves complete caches;
  *   speculative sampling: the first token's frequencies over 2560 streams
  *   (top-4) within a chi-square bound of the full model's distribution, which
- *   a rule keeping every draft, or one redrawing from p on a rejection, fails. */
+ *   a rule keeping every draft, or one redrawing from p on a rejection, fails;
+ * - top_p_decay follows EE-LLM's rule, and once top-p falls under every
+ *   probability each token is its logits' argmax (recompute and speculative);
+ * - prevent_newline_after_colon, byte and GPT-2 tokenizers, on a model edited
+ *   to prefer the newline after the colon: the next best token instead. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +29,7 @@
 
 #include "eellm.h"
 #include "eellm/generate.h"
+#include "eellm/tokenizer.h"
 #include "testutil.h"
 
 #define MAX_BATCH 3
@@ -401,9 +406,188 @@ static void test_limits_and_errors(struct fixture *f) {
   o.top_p = 1.5f;
   tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
         "top_p 1.5 is refused");
+  o.top_p = 0.9f;
+  o.top_p_decay = 1.5f;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "top_p_decay"),
+        "top_p_decay 1.5 is refused");
+  o.top_p_decay = 0.5f;
+  o.top_p_bound = -0.1f;
+  tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1 &&
+            strstr(err, "top_p_bound"),
+        "top_p_bound -0.1 is refused");
+  o.top_p_bound = 0;
   prompt[0] = (uint16_t)f->V;
   tu_ok(eellm_generate(f->gen, prompts, lens, 1, &o, s, err, sizeof err) == -1,
         "a token id outside the vocabulary is refused");
+}
+
+/* top_p_decay, top_p_bound: the rule, EE-LLM's; then, sampled with a bound below
+ * any top probability, every token after the first is its logits' argmax (a
+ * nucleus of one, probability 1), recompute and speculative, while without the
+ * decay some are not. */
+static void test_top_p_decay(struct fixture *f) {
+  struct eellm_gen_options o = greedy(1);
+  o.top_p = 0.9f;
+  o.top_p_decay = 0.5f;
+  o.top_p_bound = 0.2f;
+  float top_p = o.top_p;
+  int rule = 1;
+  for (int k = 0; k < 6; k++, top_p = eellm_gen_next_top_p(&o, top_p))
+    rule &= fabs(top_p - fmax(0.9 * pow(0.5, k), 0.2)) < 1e-6;
+  o.top_p_bound = 0;
+  top_p = eellm_gen_next_top_p(&o, eellm_gen_next_top_p(&o, o.top_p));
+  rule &= fabs(top_p - 0.225) < 1e-6;
+  o.top_p_decay = 0;
+  rule &= eellm_gen_next_top_p(&o, 0.9f) == 0.9f;
+  o.top_p_decay = 0.5f;
+  rule &= eellm_gen_next_top_p(&o, 0) == 0; /* top-p off stays off */
+  tu_ok(rule, "top_p_decay: top_p, top_p * decay, ... not under top_p_bound (EE-LLM's rule)");
+
+  uint16_t ids[32];
+  const uint16_t *one = ids;
+  size_t len = text_prompt("We hold", ids);
+  o.temperature = 1;
+  o.top_p = 0.95f;
+  o.top_p_decay = 1e-3f;
+  o.top_p_bound = 1e-4f; /* under 1 / vocabulary */
+  o.max_tokens = 12;
+  o.stop_at_eot = 0;
+  unsigned layers[16];
+  eellm_generator_exit_layers(f->gen, layers);
+  size_t not_argmax[3] = {0, 0, 0}, later = 0;
+  for (int run = 0; run < 3; run++) {
+    struct eellm_gen_options r = o;
+    if (run == 1) {
+      r.method = EELLM_GEN_SPECULATIVE;
+      r.draft_exit_layer = layers[0];
+      r.draft_tokens = 3;
+    }
+    if (run == 2) r.top_p_decay = r.top_p_bound = 0;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+      struct eellm_gen_sequence s;
+      r.seed = seed;
+      generate_one(f, one, len, &r, &s);
+      for (size_t i = 1; i < s.n; i++) {
+        not_argmax[run] += s.tokens[i] != argmax(s.logits + i * f->V, f->V);
+        later += run == 0 && s.logprobs[i] != 0;
+      }
+      eellm_gen_sequence_free(&s);
+    }
+  }
+  char what[200];
+  snprintf(what, sizeof what,
+           "%s top_p_decay: after the first token, the argmax only (%zu, speculative %zu, "
+           "without the decay %zu not)",
+           f->name, not_argmax[0], not_argmax[1], not_argmax[2]);
+  printf("  %s\n", what);
+  tu_ok(not_argmax[0] == 0 && not_argmax[1] == 0 && later == 0 && not_argmax[2] > 0, what);
+}
+
+/* A generator of one slot on model m as it is now, saved as tmpdir/NAME.safetensors (path). */
+static struct eellm_generator *open_saved(eellm_model *m, const char *name, char *path, size_t n) {
+  char err[256];
+  snprintf(path, n, "%s/%s.safetensors", tmpdir, name);
+  struct eellm_generator *g = NULL;
+  if (eellm_model_save(m, path, err, sizeof err) != 0 ||
+      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  return g;
+}
+
+/* The prompt alone through g under o. */
+static void generate_on(struct eellm_generator *g, const uint16_t *prompt, size_t len,
+                        const struct eellm_gen_options *o, struct eellm_gen_sequence *out) {
+  char err[256];
+  if (eellm_generate(g, &prompt, &len, 1, o, out, err, sizeof err) != 0) {
+    fprintf(stderr, "eellm_generate: %s\n", err);
+    exit(1);
+  }
+}
+
+/* prevent_newline_after_colon on model m (its tokenizer's ids `newline` for "\n"
+ * and prompt[len - 1] for ":"), edited so that newline's (tied) embedding row is
+ * 1.5 times that of the greedy token after the prompt, which then loses to
+ * newline: with the option, newline never follows the colon (that token does),
+ * and speculative decoding gives the same tokens. */
+static void check_newline_ban(eellm_model *m, const char *kind, const uint16_t *prompt,
+                              size_t len, uint16_t newline) {
+  char path[300];
+  struct eellm_generator *g = open_saved(m, "newline", path, sizeof path);
+  struct eellm_gen_options o = greedy(1);
+  o.max_tokens = 8;
+  struct eellm_gen_sequence plain, off, on, spec;
+  generate_on(g, prompt, len, &o, &plain);
+  eellm_generator_close(g);
+  unsigned d = eellm_model_spec(m)->d_model, choice = plain.tokens[0];
+  eellm_model_sync(m);
+  float *wte = NULL;
+  for (size_t i = 0; i < eellm_model_n_tensors(m); i++)
+    if (strcmp(eellm_model_tensor_name(m, i), "transformer.wte.weight") == 0)
+      wte = eellm_model_tensor_data(m, i);
+  float saved[64];
+  memcpy(saved, wte + (size_t)newline * d, d * sizeof *wte);
+  for (unsigned j = 0; j < d; j++) wte[(size_t)newline * d + j] = 1.5f * wte[choice * d + j];
+  g = open_saved(m, "newline", path, sizeof path);
+  memcpy(wte + (size_t)newline * d, saved, d * sizeof *wte);
+  generate_on(g, prompt, len, &o, &off);
+  o.prevent_newline_after_colon = 1;
+  generate_on(g, prompt, len, &o, &on);
+  unsigned layers[16];
+  eellm_generator_exit_layers(g, layers);
+  o.method = EELLM_GEN_SPECULATIVE;
+  o.draft_exit_layer = layers[0];
+  o.draft_tokens = 3;
+  generate_on(g, prompt, len, &o, &spec);
+  int after_colon = 0;
+  for (size_t i = 1; i < on.n; i++)
+    after_colon |= on.tokens[i - 1] == prompt[len - 1] && on.tokens[i] == newline;
+  char what[200];
+  snprintf(what, sizeof what, "%s, %s: the edited model gives newline %u after the colon %u (%u)",
+           eellm_model_spec(m)->name, kind, newline, prompt[len - 1], off.tokens[0]);
+  printf("  %s\n", what);
+  tu_ok(off.tokens[0] == newline, what);
+  snprintf(what, sizeof what, "%s prevent_newline_after_colon: no newline after the colon, %u "
+           "(the next best token) instead", kind, choice);
+  tu_ok(on.tokens[0] == choice && !after_colon, what);
+  snprintf(what, sizeof what, "%s prevent_newline_after_colon: speculative, the same tokens", kind);
+  tu_ok(same_output(&on, &spec, 1e-4), what);
+  eellm_gen_sequence_free(&plain);
+  eellm_gen_sequence_free(&off);
+  eellm_gen_sequence_free(&on);
+  eellm_gen_sequence_free(&spec);
+  eellm_generator_close(g);
+  unlink(path);
+}
+
+/* The ban under both tokenizers: bytes (":" 58, "\n" 10) and GPT-2 (":" 25, "\n"
+ * 198), the latter on the GPT model widened to GPT-2's vocabulary. */
+static void test_newline_after_colon(struct fixture *f) {
+  uint16_t ids[32];
+  size_t len = text_prompt("Fellow citizens:", ids);
+  check_newline_ban(f->ref, "byte", ids, len, '\n');
+  char err[512];
+  if (system("scripts/fetch-tokenizer data/gpt2") != 0) exit(1); /* as test_tokenizer */
+  Eellm__Model *spec = eellm_model_spec_load("tests/specs/gen_gpt.txtpb", err, sizeof err);
+  struct eellm_tokenizer *tok = eellm_tokenizer_open("gpt2", "data/gpt2", err, sizeof err);
+  if (!spec || !tok) {
+    fprintf(stderr, "%s\n", err);
+    exit(1);
+  }
+  spec->vocab_size = eellm_tokenizer_vocab_size(tok);
+  eellm_model *m = eellm_model_create(spec, 1, spec->context_length, err, sizeof err);
+  eellm_model_spec_free(spec);
+  struct eellm_ids prompt = {0};
+  if (!m || eellm_tokenizer_encode(tok, "Fellow citizens:", 16, &prompt) != 0) exit(1);
+  eellm_model_init(m, 3);
+  eellm_model_set_tokenizer(m, "gpt2");
+  tu_ok(prompt.n > 1 && prompt.v[prompt.n - 1] == 25, "gpt2: the prompt ends with ':' (25)");
+  check_newline_ban(m, "gpt2", prompt.v, prompt.n, 198);
+  free(prompt.v);
+  eellm_tokenizer_close(tok);
+  eellm_model_destroy(m);
 }
 
 /* A final head that always prefers end-of-text: ln_f's gain 0 and its bias
@@ -424,13 +608,7 @@ static void test_end_of_text(struct fixture *f) {
     wte[256 * d + j] = 10 * bias[j];
   }
   char path[300], err[256];
-  snprintf(path, sizeof path, "%s/eot.safetensors", tmpdir);
-  struct eellm_generator *g = NULL;
-  if (eellm_model_save(f->ref, path, err, sizeof err) != 0 ||
-      !(g = eellm_generator_open(path, NULL, 1, err, sizeof err))) {
-    fprintf(stderr, "%s\n", err);
-    exit(1);
-  }
+  struct eellm_generator *g = open_saved(f->ref, "eot", path, sizeof path);
   uint16_t prompt[2] = {'a', 'b'};
   const uint16_t *one = prompt;
   size_t len = 2;
@@ -539,9 +717,6 @@ static void test_speculative(struct fixture *f) {
   o.draft_tokens = EELLM_MAX_DRAFT_TOKENS + 1;
   tu_ok(eellm_generate(f->gen, &one, &lens[0], 1, &o, &got, err, sizeof err) == -1,
         "speculative: too many draft tokens are refused");
-  o.draft_tokens = 2;
-  tu_ok(eellm_gen_session_open(f->gen, &o, err, sizeof err) == NULL && strstr(err, "session"),
-        "speculative: sessions refuse it");
 }
 
 /* The sampling distribution of exit k's logits z at temperature T and top-k K. */
@@ -674,6 +849,8 @@ int main(void) {
   test_speculative_sampling(&gpt, 1, 0);
   test_speculative_sampling(&gpt, 4, 3);
   test_limits_and_errors(&gpt);
+  test_top_p_decay(&gpt);
+  test_newline_after_colon(&gpt);
   test_end_of_text(&gpt);
   fixture_close(&gpt);
 

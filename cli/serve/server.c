@@ -60,7 +60,6 @@ struct eellm_server {
   struct eellm_generator *gen;
   struct eellm_api_model model;
   enum eellm_exit_rule rule;
-  enum eellm_gen_method method;
   unsigned max_batch, request_slots, header_timeout, max_per_client;
   /* The server's own tokenizer: encoding is not thread-safe, so under tok_lock. */
   struct eellm_tokenizer *tok;
@@ -122,7 +121,11 @@ static void queue_remove(struct eellm_server *s, struct job *job) {
 static int same_options(const struct eellm_gen_options *x, const struct eellm_gen_options *y) {
   if (x->use_early_exit != y->use_early_exit || x->threshold != y->threshold ||
       x->temperature != y->temperature || x->top_k != y->top_k || x->top_p != y->top_p ||
-      x->n_exit_layers != y->n_exit_layers || x->keep_logits != y->keep_logits)
+      x->n_exit_layers != y->n_exit_layers || x->keep_logits != y->keep_logits ||
+      x->method != y->method || x->draft_exit_layer != y->draft_exit_layer ||
+      x->draft_tokens != y->draft_tokens || x->top_p_decay != y->top_p_decay ||
+      x->top_p_bound != y->top_p_bound ||
+      x->prevent_newline_after_colon != y->prevent_newline_after_colon)
     return 0;
   for (size_t i = 0; i < x->n_exit_layers; i++)
     if (x->exit_layers[i] != y->exit_layers[i]) return 0;
@@ -141,7 +144,6 @@ static struct group *group_for(struct eellm_server *s, const struct eellm_gen_op
   }
   g->o = *o;
   g->o.rule = s->rule;
-  g->o.method = s->method;
   g->o.stop_at_eot = 1;
   g->o.on_token = NULL;
   g->o.ctx = NULL;
@@ -763,9 +765,9 @@ static struct eellm_server *server_create(struct eellm_generator *g,
   s->gen = g;
   s->model = (struct eellm_api_model){eellm_generator_context(g), c->n_layers, c->exits,
                                       c->n_exits, c->threshold, eellm_generator_vocab(g),
-                                      eellm_tokenizer_eot_id(eellm_generator_tokenizer(g))};
+                                      eellm_tokenizer_eot_id(eellm_generator_tokenizer(g)),
+                                      c->method};
   s->rule = c->rule;
-  s->method = c->method;
   s->max_batch = c->max_batch;
   s->request_slots = c->request_slots ? c->request_slots : eellm_server_default_request_slots(c->max_batch);
   if (s->request_slots > c->max_batch) s->request_slots = c->max_batch;

@@ -50,7 +50,7 @@ struct eellm_server_config {
   const unsigned *exits;      /* its exit layers, ascending */
   size_t n_exits;
   enum eellm_exit_rule rule;
-  enum eellm_gen_method method;
+  enum eellm_gen_method method; /* a request's without "method" */
   float threshold;            /* early_exit_thres when a request gives none (0: 1) */
 };
 

@@ -15,7 +15,9 @@ static const char *const fields[] = {
     /* EE-LLM's others */
     "echo_prompts", "print_max_prob", "top_p_decay", "top_p_bound", "add_BOS",
     "stop_sequences", "prevent_newline_after_colon", "no_log", "stop_on_eol", "beam_width",
-    "length_penalty"};
+    "length_penalty",
+    /* eellm's */
+    "method", "draft_exit", "draft_tokens"};
 
 /* The body being read and where its first error goes. */
 struct reader {
@@ -66,7 +68,7 @@ static int check_known_fields(struct reader *rd) {
                "use_early_exit, early_exit_thres, exit_layers, temperature, top_k, top_p, "
                "random_seed, logprobs, echo_prompts, print_max_prob, top_p_decay, "
                "top_p_bound, add_BOS, stop_sequences, prevent_newline_after_colon, no_log, "
-               "stop_on_eol, beam_width, length_penalty)",
+               "stop_on_eol, beam_width, length_penalty, method, draft_exit, draft_tokens)",
                key);
       return -1;
     }
@@ -161,14 +163,20 @@ static int compare_unsigned(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* The model's exit layers as "2, 4, " (each followed by ", "). */
+static void exits_text(const struct eellm_api_model *m, char *out, size_t n) {
+  out[0] = 0;
+  for (size_t k = 0, at = 0; k < m->n_exits && at < n; k++)
+    at += (size_t)snprintf(out + at, n - at, "%u, ", m->exits[k]);
+}
+
 /* The exit layers, ascending without repeats; each must have an exit or be the last. */
 static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
                             struct eellm_api_request *r) {
   json_t *list = json_object_get(rd->body, "exit_layers");
   if (!list) return 0;
-  char layers[96] = "", want[160];
-  for (size_t k = 0, at = 0; k < m->n_exits && at < sizeof layers; k++)
-    at += (size_t)snprintf(layers + at, sizeof layers - at, "%u, ", m->exits[k]);
+  char layers[96], want[160];
+  exits_text(m, layers, sizeof layers);
   if (!json_is_array(list)) {
     snprintf(want, sizeof want, "a list of layers with an exit (the model's: %s%u)", layers,
              m->n_layers);
@@ -199,6 +207,51 @@ static int read_exit_layers(struct reader *rd, const struct eellm_api_model *m,
       r->exit_layers[kept++] = r->exit_layers[i];
   r->o.exit_layers = r->exit_layers;
   r->o.n_exit_layers = kept;
+  return 0;
+}
+
+static const char *const method_names[] = {"recompute", "pipeline", "speculative"};
+
+static int read_method(struct reader *rd, struct eellm_gen_options *o) {
+  json_t *v = json_object_get(rd->body, "method");
+  if (!v) return 0;
+  for (size_t i = 0; json_is_string(v) && i < sizeof method_names / sizeof *method_names; i++)
+    if (strcmp(json_string_value(v), method_names[i]) == 0) {
+      o->method = (enum eellm_gen_method)i;
+      return 0;
+    }
+  return field_error(rd, "method", v, "\"recompute\", \"pipeline\" or \"speculative\"");
+}
+
+/* draft_exit and draft_tokens, which go with the speculative method. */
+static int read_draft(struct reader *rd, const struct eellm_api_model *m,
+                      struct eellm_gen_options *o) {
+  json_t *exit = json_object_get(rd->body, "draft_exit");
+  int speculative = o->method == EELLM_GEN_SPECULATIVE;
+  if (!speculative && (exit || json_object_get(rd->body, "draft_tokens"))) {
+    snprintf(rd->err, rd->errlen,
+             "'draft_exit' and 'draft_tokens' go with \"method\": \"speculative\"");
+    return -1;
+  }
+  if (!speculative) return 0;
+  char layers[96], want[160];
+  exits_text(m, layers, sizeof layers);
+  size_t len = strlen(layers);
+  if (len >= 2) layers[len - 2] = 0; /* no ", " after the last */
+  snprintf(want, sizeof want, "a layer with an exit (the model's: %s)", len ? layers : "none");
+  if (!exit) {
+    snprintf(rd->err, rd->errlen, "\"method\": \"speculative\" needs 'draft_exit', %s", want);
+    return -1;
+  }
+  size_t k = 0;
+  while (k < m->n_exits && json_integer_value(exit) != m->exits[k]) k++;
+  if (!json_is_integer(exit) || k == m->n_exits) return field_error(rd, "draft_exit", exit, want);
+  json_int_t tokens = 3;
+  char tokens_want[48];
+  snprintf(tokens_want, sizeof tokens_want, "an integer from 1 to %d", EELLM_MAX_DRAFT_TOKENS);
+  if (read_integer(rd, "draft_tokens", 1, EELLM_MAX_DRAFT_TOKENS, tokens_want, &tokens)) return -1;
+  o->draft_exit_layer = m->exits[k];
+  o->draft_tokens = (unsigned)tokens;
   return 0;
 }
 
@@ -234,6 +287,8 @@ static int read_options(struct reader *rd, const struct eellm_api_model *m,
   double threshold = m->threshold > 0 ? m->threshold : 1, temperature = 1, top_p = 1;
   double top_p_decay = 0, top_p_bound = 0, length_penalty = 1;
   int use_early_exit = 0, logprobs = 0, newline = 0;
+  struct eellm_gen_options *o = &r->o;
+  o->method = m->method;
   char tokens_want[80];
   snprintf(tokens_want, sizeof tokens_want,
            "an integer from 0 (scoring) to %u (the context)", m->context);
@@ -253,27 +308,18 @@ static int read_options(struct reader *rd, const struct eellm_api_model *m,
       read_bool(rd, "prevent_newline_after_colon", &newline) ||
       read_bool(rd, "no_log", &r->no_log) || read_bool(rd, "stop_on_eol", &r->stop_on_eol) ||
       read_integer(rd, "beam_width", 1, INT64_MAX, "an integer >= 1", &beam_width) ||
-      read_number(rd, "length_penalty", -1e30, 0, 1e30, "a number", &length_penalty))
+      read_number(rd, "length_penalty", -1e30, 0, 1e30, "a number", &length_penalty) ||
+      read_method(rd, o) || read_draft(rd, m, o))
     return -1;
-  int top_p_on = top_p > 0 && top_p < 1;
+  /* EE-LLM's: the decay needs a top_p, which it also applies at 1 (then 1 * decay, ...). */
   if ((json_object_get(rd->body, "top_p_decay") || json_object_get(rd->body, "top_p_bound")) &&
-      !top_p_on) {
-    snprintf(rd->err, rd->errlen, "'top_p_decay' and 'top_p_bound' need a 'top_p' in (0, 1)");
+      !(json_object_get(rd->body, "top_p") && top_p > 0)) {
+    snprintf(rd->err, rd->errlen, "'top_p_decay' and 'top_p_bound' need a 'top_p' in (0, 1]");
     return -1;
   }
   if (top_p_bound > top_p) {
     snprintf(rd->err, rd->errlen, "'top_p_bound' (%g) must not exceed 'top_p' (%g)",
              top_p_bound, top_p);
-    return -1;
-  }
-  if (top_p_decay > 0 && top_p_decay < 1 && top_p_bound < top_p && temperature > 0) {
-    snprintf(rd->err, rd->errlen,
-             "'top_p_decay' below 1 is not supported yet (top_p stays fixed: give 0 or 1, "
-             "or a 'top_p_bound' equal to 'top_p')");
-    return -1;
-  }
-  if (newline) {
-    snprintf(rd->err, rd->errlen, "'prevent_newline_after_colon': true is not supported yet");
     return -1;
   }
   if (beam_width) {
@@ -289,13 +335,15 @@ static int read_options(struct reader *rd, const struct eellm_api_model *m,
                i);
       return -1;
     }
-  struct eellm_gen_options *o = &r->o;
   o->max_tokens = (unsigned)tokens;
-  o->use_early_exit = use_early_exit;
+  o->use_early_exit = use_early_exit && o->method != EELLM_GEN_SPECULATIVE;
   o->threshold = (float)threshold;
   o->temperature = (float)temperature;
   o->top_k = (unsigned)top_k;
-  o->top_p = top_p_on ? (float)top_p : 1;
+  o->top_p = top_p > 0 ? (float)top_p : 1;
+  o->top_p_decay = (float)top_p_decay;
+  o->top_p_bound = (float)top_p_bound;
+  o->prevent_newline_after_colon = newline;
   o->seed = seed >= 0 ? (uint64_t)seed : 0;
   r->seeded = seed >= 0;
   r->logprobs = logprobs;
@@ -311,11 +359,16 @@ static int read_options(struct reader *rd, const struct eellm_api_model *m,
     o->use_early_exit = 0;
     o->temperature = 0;
     o->keep_logits = 1;
+    o->prevent_newline_after_colon = 0; /* EE-LLM's scoring has no ban either */
+    o->method = EELLM_GEN_RECOMPUTE;
+    o->draft_exit_layer = o->draft_tokens = 0;
   }
   if (!o->use_early_exit) {
     o->threshold = 1;
     o->n_exit_layers = 0;
   }
+  if (o->temperature == 0 || o->top_p_decay == 1 || o->top_p_bound >= o->top_p)
+    o->top_p_decay = o->top_p_bound = 0; /* top_p stays as it is */
   if (o->temperature == 0) {
     o->top_k = 0;
     o->top_p = 1;

@@ -13,10 +13,9 @@
  *   temperature         number in [0, 100], default 1 (0: greedy; EE-LLM's default is 0)
  *   top_k               integer >= 0, default 0 (off)
  *   top_p               number in [0, 1], default 1 (0 or 1: off)
- *   top_p_decay, top_p_bound  numbers in [0, 1] and (0, top_p], need a top_p in (0, 1):
- *                       EE-LLM multiplies top_p by the decay after each token, not going
- *                       under the bound; only settings where top_p stays fixed (decay 0 or
- *                       1, bound = top_p, or greedy) are taken, others get 400
+ *   top_p_decay, top_p_bound  numbers in [0, 1] and (0, top_p], need a top_p in (0, 1]:
+ *                       after each token of a prompt top_p = top_p * decay, not under the
+ *                       bound (EE-LLM's rule, per sequence); default 0, 0 (top_p stays)
  *   random_seed         integer >= 0, default: one the server picks (EE-LLM: 1234)
  *   logprobs            boolean, default false (true when scoring)
  *   echo_prompts        boolean, default false: text, segments and tokens begin with the
@@ -26,11 +25,18 @@
  *   stop_sequences      list of non-empty strings, default none: the answer ends with the
  *                       token that completes the first one found in the generated text
  *   stop_on_eol         boolean, default false: likewise at a newline
- *   prevent_newline_after_colon  boolean; true gets 400 (not supported)
+ *   prevent_newline_after_colon  boolean, default false: true bans the token "\n" encodes
+ *                       to right after the one ":" encodes to (EE-LLM's rule)
  *   no_log              boolean, default false: true keeps the request out of the log
  *   beam_width          integer >= 1; given, 400 (no beam search; EE-LLM ignores it)
  *   length_penalty      number, no effect (EE-LLM: beam search only)
  *   max_len, sentences  400 with EE-LLM's message; other unknown fields are errors.
+ * eellm's own:
+ *   method              "recompute", "pipeline" or "speculative", default the server's
+ *   draft_exit          speculative (required): the layer of the exit that drafts
+ *   draft_tokens        speculative: tokens drafted a round, 1..EELLM_MAX_DRAFT_TOKENS,
+ *                       default 3; speculative ignores use_early_exit (every token is the
+ *                       full model's: exit_layers all n_layers)
  *
  * Answer, one entry per prompt in each list:
  *   text         the generated text (echo_prompts: the prompt followed by it)
@@ -69,6 +75,7 @@ struct eellm_api_model {
   /* Added for EE-LLM's fields: */
   unsigned vocab;             /* the model's (a logits row), for scoring; 0: no scoring */
   uint16_t bos;               /* add_BOS's token (EE-LLM: the end-of-text id) */
+  enum eellm_gen_method method; /* a request's without "method" */
 };
 
 struct eellm_api_request {

@@ -174,11 +174,12 @@ void eellm_cpu_adamw(size_t rows, size_t cols, float *p, size_t ld_p, const floa
 
 /* ---- sample.c ------------------------------------------------------------ */
 
-/* logits [M, V], uniforms [M] in [0, 1) (NULL: greedy) -> choices [M], as
- * eellm_insert_next_token documents. work: V entries when sampling. */
-size_t eellm_cpu_next_token_work_bytes(size_t V, int sampling);
-void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
-                          const float *uniforms, const struct eellm_sampling *s,
+/* logits [M, V], uniforms [M] in [0, 1) (NULL: greedy), limits [M] (NULL: none)
+ * -> choices [M], as eellm_insert_next_token documents. work: the bytes
+ * eellm_cpu_next_token_work_bytes gives (0 when greedy without limits). */
+size_t eellm_cpu_next_token_work_bytes(size_t V, int sampling, int limited);
+void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld, const float *uniforms,
+                          const struct eellm_row_limit *limits, const struct eellm_sampling *s,
                           struct eellm_token_choice *choices, void *work);
 
 /* softmax(z * inv_t) of a row z [V], in double: the argmax (the first largest
@@ -191,10 +192,11 @@ struct eellm_softmax_stats {
 };
 struct eellm_softmax_stats eellm_cpu_softmax_stats(const float *z, size_t V, double inv_t);
 
-/* The distribution eellm_cpu_next_token samples a row z [V] from: probs [V]
- * (0 off the top-k / top-p set); work: eellm_cpu_next_token_work_bytes(V, 1). */
+/* The distribution eellm_cpu_next_token samples a row z [V] from under limit
+ * (NULL: none): probs [V] (0 off the top-k / top-p set and at a banned token);
+ * work: eellm_cpu_next_token_work_bytes(V, 1, 1). */
 void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,
-                              void *work, double *probs);
+                              const struct eellm_row_limit *limit, void *work, double *probs);
 
 /* ---- tensor.c: whole-tensor helpers, any element size ------------------- */
 

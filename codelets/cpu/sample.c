@@ -4,6 +4,7 @@
  * the random streams and a task stays a pure function of its inputs). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -12,8 +13,23 @@ struct ranked {
   int32_t id;
 };
 
-size_t eellm_cpu_next_token_work_bytes(size_t V, int sampling) {
-  return sampling ? V * sizeof(struct ranked) : 0;
+/* Work: the ranking [V] when sampling, then a copy of a row [V] with limits. */
+size_t eellm_cpu_next_token_work_bytes(size_t V, int sampling, int limited) {
+  return (sampling ? V * sizeof(struct ranked) : 0) + (limited ? V * sizeof(float) : 0);
+}
+
+/* Row z as limit (NULL: none) has it: z, or its copy in `copy` with the banned
+ * token's logit at -1e10; *row_s is s with the row's top_p. */
+static const float *limited_row(const float *z, size_t V, const struct eellm_sampling *s,
+                                const struct eellm_row_limit *limit, float *copy,
+                                struct eellm_sampling *row_s) {
+  *row_s = *s;
+  if (!limit) return z;
+  row_s->top_p = limit->top_p;
+  if (limit->banned < 0 || (size_t)limit->banned >= V) return z;
+  memcpy(copy, z, V * sizeof *z);
+  copy[limit->banned] = -1e10f;
+  return copy;
 }
 
 /* Larger logits first; equal logits by id, so the order is deterministic. */
@@ -114,9 +130,11 @@ static void sample_row(const float *z, size_t V, const struct eellm_sampling *s,
 }
 
 void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampling *s,
-                              void *work, double *probs) {
+                              const struct eellm_row_limit *limit, void *work, double *probs) {
   struct ranked *order = work;
-  struct restricted r = restrict_row(z, V, s, order);
+  struct eellm_sampling row_s;
+  z = limited_row(z, V, s, limit, (float *)(order + V), &row_s);
+  struct restricted r = restrict_row(z, V, &row_s, order);
   for (size_t j = 0; j < V; j++) probs[j] = 0;
   for (size_t j = 0; j < r.kept; j++)
     probs[order[j].id] = exp(((double)order[j].z - r.max) * r.beta) / r.total;
@@ -128,9 +146,11 @@ static int all_finite(const float *z, size_t V) {
   return 1;
 }
 
-void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
-                          const float *uniforms, const struct eellm_sampling *s,
+void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld, const float *uniforms,
+                          const struct eellm_row_limit *limits, const struct eellm_sampling *s,
                           struct eellm_token_choice *choices, void *work) {
+  struct ranked *order = work;
+  float *copy = (float *)(uniforms ? order + V : work);
   for (size_t m = 0; m < M; m++) {
     const float *z = logits + m * ld;
     if (!all_finite(z, V)) { /* no token from garbage: the caller stops on -1 */
@@ -138,7 +158,9 @@ void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld,
                                                 .raw_logprob = NAN, .raw_maxprob = NAN};
       continue;
     }
-    choices[m] = greedy_row(z, V, s);
-    if (uniforms) sample_row(z, V, s, uniforms[m], work, &choices[m]);
+    struct eellm_sampling row_s;
+    z = limited_row(z, V, s, limits ? &limits[m] : NULL, copy, &row_s);
+    choices[m] = greedy_row(z, V, &row_s);
+    if (uniforms) sample_row(z, V, &row_s, uniforms[m], order, &choices[m]);
   }
 }

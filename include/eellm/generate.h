@@ -27,8 +27,9 @@
  *   draft exit's distributions at the same temperature, top-k and top-p, so
  *   tokens follow the full model's distribution (not the same draws as
  *   RECOMPUTE's). Every token reports the final layer; use_early_exit and
- *   threshold are ignored; on_token runs on the calling thread; sessions
- *   refuse it.
+ *   threshold are ignored; on_token runs on the calling thread. In a session
+ *   a step is one round for every running sequence (1 to draft_tokens + 1
+ *   tokens each); sequences join and leave between rounds.
  * Several prompts form one batch; every sequence makes its own exit decisions. */
 #ifndef EELLM_GENERATE_H
 #define EELLM_GENERATE_H
@@ -72,6 +73,14 @@ struct eellm_gen_options {
    * draft_tokens (1..EELLM_MAX_DRAFT_TOKENS) tokens per round. */
   unsigned draft_exit_layer;
   unsigned draft_tokens;
+  /* EE-LLM's (added later): after each token of a sequence, when top_p > 0 and
+   * top_p_decay > 0, top_p = top_p * top_p_decay, not under top_p_bound when that
+   * is > 0 (see eellm_gen_next_top_p); 0 and 0: top_p stays. Both in [0, 1]. */
+  float top_p_decay, top_p_bound;
+  /* Never the token "\n" encodes to right after the one ":" encodes to (the
+   * first id of each, EE-LLM's rule): its logit counts as -1e10 at every head,
+   * in the exit decision, the choice and the reported probabilities. */
+  int prevent_newline_after_colon;
 };
 
 #define EELLM_MAX_DRAFT_TOKENS 16
@@ -151,10 +160,10 @@ EELLM_API int eellm_generator_read_cache(struct eellm_generator *g, size_t seque
  * does not depend on what else is in the batch or when it joined: greedy, the
  * tokens eellm_generate gives for its prompt alone; sampled, the stream seeded
  * by (seed, stream) is the one eellm_generate gives the prompt at index
- * `stream` of a call with o.seed = seed. Both methods: under PIPELINE a step
+ * `stream` of a call with o.seed = seed. Every method: under PIPELINE a step
  * returns once every sequence has its token, while the deeper stages may still
  * be filling the caches; the next step's tasks come after that work on every
- * cache.
+ * cache; under SPECULATIVE a step is a round (see above).
  *
  * The session's options are o's but for max_tokens and seed, given per
  * sequence; on_token gets the sequence's slot. eellm_generate refuses to run
@@ -187,6 +196,9 @@ EELLM_API void eellm_gen_session_close(struct eellm_gen_session *s);
  * model's own); zeros after a call of another method. */
 EELLM_API void eellm_generator_speculation(const struct eellm_generator *g, size_t *rounds,
                                            size_t *drafted, size_t *accepted);
+/* Added later: the top_p the token after one drawn with top_p gets under o's
+ * top_p_decay and top_p_bound (a sequence's first token gets o->top_p). */
+EELLM_API float eellm_gen_next_top_p(const struct eellm_gen_options *o, float top_p);
 /* Slots no session holds. */
 EELLM_API unsigned eellm_generator_free_slots(const struct eellm_generator *g);
 

@@ -40,6 +40,14 @@ static int build_caches(struct eellm_generator *g) {
   return 0;
 }
 
+/* The first id text encodes to, -1 when none (or out of memory). */
+static int32_t first_id(struct eellm_tokenizer *tok, const char *text) {
+  struct eellm_ids ids = {0};
+  int32_t id = eellm_tokenizer_encode(tok, text, strlen(text), &ids) == 0 && ids.n ? ids.v[0] : -1;
+  free(ids.v);
+  return id;
+}
+
 struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
                                              unsigned max_batch, char *err, size_t errlen) {
   if (max_batch < 1) {
@@ -61,6 +69,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
     goto fail;
   }
   if (!(g->tok = eellm_tokenizer_open(kind, tokenizer_dir, err, errlen))) goto fail;
+  g->colon = first_id(g->tok, ":");
+  g->newline = first_id(g->tok, "\n");
   spec = g->m->spec;
   if (eellm_tokenizer_vocab_size(g->tok) > spec->vocab_size) {
     snprintf(err, errlen, "%s: tokenizer %s has %u ids, the model only %u", ckpt, kind,
@@ -193,6 +203,12 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
              (double)o->temperature, (double)o->top_p);
     return -1;
   }
+  if (!(o->top_p_decay >= 0 && o->top_p_decay <= 1) ||
+      !(o->top_p_bound >= 0 && o->top_p_bound <= 1)) {
+    snprintf(err, errlen, "top_p_decay %g or top_p_bound %g outside 0..1", (double)o->top_p_decay,
+             (double)o->top_p_bound);
+    return -1;
+  }
   if (o->stages > c->g->n_layers) {
     snprintf(err, errlen, "%u stages for %u layers", o->stages, c->g->n_layers);
     return -1;
@@ -200,11 +216,13 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
   return 0;
 }
 
-/* Which exits may fire: none with exits off, else the listed layers (all when none). */
+/* Which exits may fire: none with exits off, else the listed layers (all when
+ * none); SPECULATIVE: the draft exit (a BLOCK draft exit's layer fills its cache). */
 static int allowed_exits(struct call *c, char *err, size_t errlen) {
   const struct eellm_gen_options *o = c->o;
   unsigned n_layers = c->g->n_layers;
-  int on = o->use_early_exit && o->threshold < 1;
+  int speculative = o->method == EELLM_GEN_SPECULATIVE;
+  int on = o->use_early_exit && o->threshold < 1 && !speculative;
   for (unsigned l = 0; l < n_layers; l++)
     c->allowed[l] = on && !o->n_exit_layers && c->g->exit_at[l] >= 0;
   for (size_t i = 0; i < o->n_exit_layers; i++) {
@@ -215,6 +233,7 @@ static int allowed_exits(struct call *c, char *err, size_t errlen) {
     }
     c->allowed[layer - 1] = on && c->g->exit_at[layer - 1] >= 0;
   }
+  if (speculative) c->allowed[o->draft_exit_layer - 1] = 1;
   return 0;
 }
 
@@ -260,6 +279,7 @@ static void start_sequence(struct call *c, size_t s, const uint16_t *prompt, siz
   q->done = n_max == 0;
   q->active = 1;
   q->rng = seed * 0x2545f4914f6cdd1dull + stream;
+  q->top_p = c->o->top_p;
   q->out = out;
   out->tokens = gen_xmalloc(n_max * sizeof *out->tokens);
   out->exit_layers = gen_xmalloc(n_max * sizeof *out->exit_layers);
@@ -338,15 +358,10 @@ int eellm_generate(struct eellm_generator *g, const uint16_t *const *prompts,
   }
   for (size_t s = 0; s < n; s++)
     start_sequence(&c, s, prompts[s], prompt_lens[s], o->max_tokens, o->seed, s, &out[s]);
-  g->spec_rounds = g->spec_drafted = g->spec_accepted = 0;
-  if (o->method == EELLM_GEN_SPECULATIVE) {
-    gen_run_speculative(&c);
-    g->spec_rounds = c.spec_rounds;
-    g->spec_drafted = c.spec_drafted;
-    g->spec_accepted = c.spec_accepted;
-  } else {
-    gen_run(&c);
-  }
+  gen_run(&c);
+  g->spec_rounds = c.spec_rounds;
+  g->spec_drafted = c.spec_drafted;
+  g->spec_accepted = c.spec_accepted;
   end_call(&c);
   if (c.bad_layer) {
     snprintf(err, errlen, "the head at layer %u gave non-finite logits (the weights overflow); "
@@ -376,13 +391,6 @@ struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
   if (o->n_exit_layers)
     memcpy(s->exit_layers, o->exit_layers, o->n_exit_layers * sizeof *s->exit_layers);
   s->o.exit_layers = s->exit_layers;
-  if (o->method == EELLM_GEN_SPECULATIVE) {
-    snprintf(err, errlen, "speculative decoding is not available in sessions (continuous "
-             "batching) yet");
-    free(s->exit_layers);
-    free(s);
-    return NULL;
-  }
   size_t n = g->max_batch;
   struct call *c = &s->c;
   if (begin_call(c, g, &s->o, n, err, errlen) != 0) {
@@ -458,6 +466,13 @@ void eellm_gen_session_close(struct eellm_gen_session *s) {
   free(s->outs);
   free(s->exit_layers);
   free(s);
+}
+
+float eellm_gen_next_top_p(const struct eellm_gen_options *o, float top_p) {
+  if (!(top_p > 0 && o->top_p_decay > 0)) return top_p;
+  float next = top_p * o->top_p_decay;
+  if (o->top_p_bound > 0 && next < o->top_p_bound) next = o->top_p_bound;
+  return next > 0 ? next : top_p; /* never 0, which would turn top-p off */
 }
 
 void eellm_generator_speculation(const struct eellm_generator *g, size_t *rounds,

@@ -22,7 +22,7 @@
 
 static const unsigned exits[] = {1, 2};
 /* vocab 0: no scoring, so every accepted request has one generation per prompt. */
-static const struct eellm_api_model model = {64, 4, exits, 2, 0, 0, 256};
+static const struct eellm_api_model model = {64, 4, exits, 2, 0, 0, 256, EELLM_GEN_RECOMPUTE};
 static struct eellm_tokenizer *tok;
 
 static void cleanup(void) { eellm_tokenizer_close(tok); }
