@@ -127,6 +127,18 @@ EELLM_API eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, un
                                                     const uint32_t *stage_layers,
                                                     size_t n_stage_layers, char *err,
                                                     size_t errlen);
+/* The same for a training spec's parallelism (NULL: one process): pp stages,
+ * dp data-parallel replicas, each taking micro_batch / dp of every
+ * micro-batch's sequences (callers still pass whole micro-batches), and
+ * zero_stage 1 sharding the AdamW moments among the replicas. tp must be 1
+ * (not built yet). Under MPI the rank count must be pp x tp x dp. */
+EELLM_API eellm_model *eellm_model_create_parallel(const Eellm__Model *spec, unsigned micro_batch,
+                                                   unsigned seq_len, const Eellm__Parallelism *par,
+                                                   char *err, size_t errlen);
+/* Where the model runs: one line per rank (stage and its layers, replica,
+ * tensor index, AdamW moment bytes kept) into buf, truncated to n bytes.
+ * Collective under MPI: every rank calls it. */
+EELLM_API void eellm_model_describe_layout(eellm_model *m, char *buf, size_t n);
 EELLM_API void eellm_model_destroy(eellm_model *m);
 /* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */

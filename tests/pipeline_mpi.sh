@@ -37,7 +37,7 @@ status=$?
 took=$(( $(date +%s) - start ))
 check "wrong rank count fails (status $status)" '[ $status -ne 0 ] && [ $status -ne 124 ]'
 check "wrong rank count fails within seconds ($took s)" '[ $took -lt 30 ]'
-check "wrong rank count says so once" '[ "$(grep -c "parallelism.pp 2 needs 2 ranks, mpirun started 3" "$tmp/wrong.log")" -eq 1 ]'
+check "wrong rank count says so once" '[ "$(grep -c "parallelism pp 2 x tp 1 x dp 1 needs 2 ranks, mpirun started 3" "$tmp/wrong.log")" -eq 1 ]'
 train --train "$tmp/pp2.txtpb" --out "$tmp/nompi" > "$tmp/nompi.log" 2>&1
 status=$?
 check "pp 2 without mpirun says how to start it" '[ $status -eq 2 ] && grep -q "start it with mpirun -np 2" "$tmp/nompi.log"'
