@@ -315,14 +315,15 @@ static double mask_weight(const float *mask, size_t n) {
   return sum;
 }
 
-/* This replica's share of a micro-batch: sequences [d B / D, (d + 1) B / D).
- * Each loss gradient is a mean over the share's (masked) tokens; weighing it by
- * the share's part of the micro-batch's tokens makes the replicas' gradients
- * sum to the whole micro-batch's. */
+/* Rows of each replica's share of a micro-batch. */
 static size_t share_rows(const eellm_model *m) {
   return (size_t)m->micro_batch / m->place.layout.dp * m->seq_len;
 }
 
+/* This replica's share of a micro-batch: sequences [d B / D, (d + 1) B / D).
+ * Each loss gradient is a mean over the share's (masked) tokens; weighing it by
+ * the share's part of the micro-batch's tokens makes the replicas' gradients
+ * sum to the whole micro-batch's. */
 static struct eellm_batch share_of(const eellm_model *m, const struct eellm_batch *batch,
                                    float *grad_scale) {
   size_t rows = share_rows(m);

@@ -28,7 +28,8 @@ extern "C" {
 EELLM_API int eellm_runtime_start(char *err, size_t errlen);
 EELLM_API void eellm_runtime_stop(void);
 /* Brings MPI up (MPI_THREAD_MULTIPLE) for a run of one rank per pipeline
- * stage; then eellm_runtime_start starts StarPU-MPI. 0, or -1 with err. */
+ * stage of each data-parallel replica; then eellm_runtime_start starts
+ * StarPU-MPI. 0, or -1 with err. */
 EELLM_API int eellm_mpi_init(char *err, size_t errlen);
 /* Whether the process was started by mpirun (so eellm_mpi_init is wanted). */
 EELLM_API int eellm_launched_by_mpirun(void);
@@ -192,7 +193,9 @@ EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage 
  * input, and nothing a caller could recover from mid-graph. */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
  * optional loss mask (NULL: every position counts). Arrays must stay valid
- * until eellm_model_wait returns. */
+ * until eellm_model_wait returns. Under data parallelism every rank passes the
+ * whole micro-batch; its replica computes its own share of the sequences, and
+ * the optimizer step sums the replicas' gradients. */
 struct eellm_batch {
   const int32_t *tokens;
   const int32_t *targets;

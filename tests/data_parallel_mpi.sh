@@ -3,7 +3,8 @@
 # replica takes its share of every micro-batch and the gradients are summed by
 # all-reduce tasks, so (pp, tp, dp) = (1, 1, 2), (1, 1, 2) with ZeRO-1 and
 # (2, 1, 2) reproduce the single-process run: per-exit losses and the updated
-# weights and AdamW moments within 1e-5 relative over 3 steps. Checkpoints
+# weights and AdamW moments within 1e-5 relative over 3 steps, and so does a
+# step under a loss mask that weighs the shares unequally. Checkpoints
 # move between layouts, and wrong layouts are refused with one line.
 #
 # The models have no biases: attention's key bias gets a gradient that is
@@ -62,6 +63,24 @@ kib() { sed -n "s/^rank $2: .*AdamW moments \([0-9.]*\) KiB$/\1/p" "$tmp/$1.log"
 full=$(kib gpt-dp2 0) half0=$(kib gpt-zero 0) half1=$(kib gpt-zero 1)
 check "ZeRO-1 shares the moments out ($full KiB per rank -> $half0 + $half1 KiB)" \
   "/usr/bin/python3 -c 'import sys; f, a, b = map(float, sys.argv[1:]); sys.exit(not (abs(a + b - f) < 0.2 and max(a, b) < 0.6 * f))' '$full' '$half0' '$half1'"
+
+# A loss mask that leaves the replicas 14 and 3 tokens: their weighed gradients
+# still sum to the single-process one (tests/dp_mask.c).
+"$build/tests/dp_mask" "$tmp/mask1.txt" > "$tmp/mask.log" 2>&1 &&
+  mpi 2 "$build/tests/dp_mask" "$tmp/mask2.txt" >> "$tmp/mask.log" 2>&1
+status=$?
+check "masked step in one process and on 2 replicas ($(tail -1 "$tmp/mask.log"))" '[ $status -eq 0 ]'
+/usr/bin/python3 - "$tmp/mask1.txt" "$tmp/mask2.txt" > "$tmp/mask.close" 2>&1 <<'EOT'
+import math, sys
+a, b = ({l.split()[0]: [float(v) for v in l.split()[1:]] for l in open(p)} for p in sys.argv[1:])
+assert a.keys() == b.keys(), "different tensors"
+norm = lambda v: math.sqrt(sum(x * x for x in v))
+worst, name = max((norm([x - y for x, y in zip(a[k], b[k])]) / (norm(a[k]) or 1), k) for k in a)
+print(f"largest relative difference {worst:.2e} ({name})")
+sys.exit(0 if worst <= 1e-5 else 1)
+EOT
+status=$?
+check "masked losses and gradients equal the single process's ($(cat "$tmp/mask.close"))" '[ $status -eq 0 ]'
 
 # Checkpoints cross layouts: (2, 1, 2) -> one process, one process -> ZeRO-1 (1, 1, 2).
 train --model "$tmp/llama.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/llama-5" > /dev/null 2>&1
