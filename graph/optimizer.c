@@ -51,7 +51,11 @@ static void reduce_shadows(eellm_model *m) {
  * in. Submitted after the last micro-batch, last tensors first (roughly the
  * order in which backward finishes them): each runs as soon as its gradient is
  * final, while the backward of earlier layers goes on. Every replica submits
- * the same tensors in the same order, which the sequencing handle keeps. */
+ * the same tensors in the same order, which the sequencing handle keeps. A
+ * worker blocks in an all-reduce only once the tensor's last contribution on
+ * its rank is in, after all of that rank's forward work: the ranks it waits
+ * for need nothing more from it, so replicas cannot wait on each other in a
+ * cycle. */
 static void allreduce_grads(eellm_model *m) {
   if (m->dp_comm == MPI_COMM_NULL) return;
   struct eellm_task_info ti = {
