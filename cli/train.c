@@ -61,6 +61,7 @@ static void print_start(const struct eellm_train_event *e) {
   printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", e->data_path,
          e->data_tokens, e->unigram_entropy,
          e->tune_exits ? "; backbone frozen (EE-Tuning)" : "");
+  if (e->layout) fputs(e->layout, stdout);
   if (e->step >= e->steps)
     printf("%s has finished its %u steps\n", e->checkpoint, e->steps);
   else if (e->step)

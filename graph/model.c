@@ -38,6 +38,7 @@ static int add_tensor(struct builder *b, const char *prefix, const char *name, s
   t->offset = m->n_params;
   t->decay = decay;
   t->owner = b->stage;
+  t->updater = -1;
   m->n_params += t->numel;
   return (int)m->n_tensors++;
 }
@@ -191,6 +192,32 @@ int eellm_model_owns(const struct eellm_model *m, size_t i) {
   return !eellm_mpi_active() || eellm_stage_rank(&m->place, m->tensors[i].owner) == eellm_rank();
 }
 
+int eellm_model_replica_updates(const struct eellm_model *m, size_t i) {
+  int updater = m->tensors[i].updater;
+  return updater < 0 || (unsigned)updater == m->place.self.data;
+}
+
+int eellm_model_updates(const struct eellm_model *m, size_t i) {
+  return eellm_model_owns(m, i) && eellm_model_replica_updates(m, i);
+}
+
+void eellm_model_describe_layout(eellm_model *m, char *buf, size_t n) {
+  size_t ranks = (size_t)eellm_nranks();
+  double *bytes = calloc(ranks, sizeof *bytes);
+  if (!bytes) abort();
+  bytes[eellm_rank()] = (double)eellm_model_moment_bytes(m);
+  eellm_mpi_sum(bytes, (int)ranks);
+  eellm_placement_describe(&m->place, m->spec->n_layers, bytes, buf, n);
+  free(bytes);
+}
+
+size_t eellm_model_moment_bytes(const struct eellm_model *m) {
+  size_t floats = 0;
+  for (size_t i = 0; i < m->n_tensors; i++)
+    if (!m->tensors[i].frozen && eellm_model_updates(m, i)) floats += m->tensors[i].numel;
+  return 2 * floats * sizeof(float);
+}
+
 starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage) {
   if (i < 0 || m->tensors[i].frozen) return NULL;
   if (m->tensors[i].owner == stage) return m->tensors[i].grad;
@@ -241,11 +268,75 @@ eellm_model *eellm_model_create(const Eellm__Model *spec, unsigned micro_batch, 
   return eellm_model_create_pipelined(spec, micro_batch, seq_len, 1, NULL, 0, err, errlen);
 }
 
-eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned micro_batch,
+eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, unsigned micro_batch,
                                           unsigned seq_len, unsigned pp,
                                           const uint32_t *stage_layers, size_t n_stage_layers,
                                           char *err, size_t errlen) {
+  Eellm__Parallelism par = EELLM__PARALLELISM__INIT;
+  par.pp = pp;
+  par.stage_layers = (uint32_t *)stage_layers;
+  par.n_stage_layers = n_stage_layers;
+  return eellm_model_create_parallel(spec, micro_batch, seq_len, &par, err, errlen);
+}
+
+/* ZeRO-1: each stage's trainable tensors go to the replica with the fewest
+ * floats so far, largest first (ties: the lower data index). DeepSpeed shards
+ * one flat buffer; whole tensors keep every AdamW task as it is and still give
+ * each replica about 1/dp of the moments when a stage has many tensors. */
+static int share_out_updates(struct eellm_model *m) {
+  unsigned dp = m->place.layout.dp;
+  size_t *order = malloc(m->n_tensors * sizeof *order);
+  uint64_t *load = calloc((size_t)m->place.layout.pp * dp, sizeof *load);
+  if (!order || !load) {
+    free(order);
+    free(load);
+    return -1;
+  }
+  for (size_t i = 0; i < m->n_tensors; i++) order[i] = i;
+  for (size_t i = 1; i < m->n_tensors; i++) /* insertion sort: stable, numel descending */
+    for (size_t j = i; j > 0 && m->tensors[order[j]].numel > m->tensors[order[j - 1]].numel; j--) {
+      size_t swap = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = swap;
+    }
+  for (size_t k = 0; k < m->n_tensors; k++) {
+    struct eellm_tensor *t = &m->tensors[order[k]];
+    uint64_t *stage_load = load + (size_t)t->owner * dp;
+    unsigned best = 0;
+    for (unsigned d = 1; d < dp; d++) best = stage_load[d] < stage_load[best] ? d : best;
+    t->updater = (int)best;
+    stage_load[best] += t->numel;
+  }
+  free(order);
+  free(load);
+  return 0;
+}
+
+/* With replicas, the data-parallel communicator and one sequencing handle per
+ * stage, owned by the stage's rank: every collective task of a rank takes its
+ * stage's handle (collective.h), so each rank runs them in submission order. */
+static int setup_collectives(struct eellm_model *m, char *err, size_t errlen) {
+  if (eellm_placement_dp_comm(&m->place, &m->dp_comm, err, errlen) != 0) return -1;
+  if (m->dp_comm == MPI_COMM_NULL) return 0;
+  unsigned pp = m->place.layout.pp;
+  m->seq_bytes = calloc(pp, 1);
+  m->seq_h = calloc(pp, sizeof *m->seq_h);
+  if (!m->seq_bytes || !m->seq_h) {
+    snprintf(err, errlen, "out of memory building the model");
+    return -1;
+  }
+  for (unsigned st = 0; st < pp; st++) {
+    starpu_variable_data_register(&m->seq_h[st], STARPU_MAIN_RAM, (uintptr_t)&m->seq_bytes[st], 1);
+    eellm_mpi_register(m->seq_h[st], eellm_stage_rank(&m->place, st));
+  }
+  return 0;
+}
+
+eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned micro_batch,
+                                         unsigned seq_len, const Eellm__Parallelism *par, char *err,
+                                         size_t errlen) {
   struct eellm_model *m = calloc(1, sizeof *m);
+  if (m) m->dp_comm = MPI_COMM_NULL;
   if (!m || !(m->spec = copy_spec(spec_in))) {
     snprintf(err, errlen, "out of memory building the model");
     free(m);
@@ -258,14 +349,24 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
     eellm_model_destroy(m);
     return NULL;
   }
+  Eellm__Parallelism one = EELLM__PARALLELISM__INIT;
+  if (!par) par = &one;
   if (micro_batch < 1 || seq_len < 1 || seq_len > spec->context_length) {
     snprintf(err, errlen, "micro-batch %u x %u tokens: need at least one sequence of 1..%u tokens",
              micro_batch, seq_len, spec->context_length);
     eellm_model_destroy(m);
     return NULL;
   }
-  struct eellm_layout layout = {.pp = pp, .tp = 1, .dp = 1};
-  if (eellm_placement_init(&m->place, spec, layout, stage_layers, n_stage_layers,
+  if (par->dp < 1 || micro_batch % par->dp != 0 || par->zero_stage > 1) {
+    snprintf(err, errlen,
+             "micro-batch of %u sequences over dp %u replicas, zero_stage %u: dp must "
+             "divide the sequences and zero_stage be 0 or 1",
+             micro_batch, par->dp, par->zero_stage);
+    eellm_model_destroy(m);
+    return NULL;
+  }
+  struct eellm_layout layout = {.pp = par->pp, .tp = par->tp, .dp = par->dp};
+  if (eellm_placement_init(&m->place, spec, layout, par->stage_layers, par->n_stage_layers,
                            eellm_mpi_active() ? eellm_nranks() : 0, eellm_rank(), err,
                            errlen) != 0) {
     eellm_model_destroy(m);
@@ -281,6 +382,7 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
   if (!m->layers || !m->exits || !m->exit_order) goto oom;
   build_table(m);
   if (sort_exits(m) != 0) goto oom;
+  if (par->zero_stage == 1 && share_out_updates(m) != 0) goto oom;
   m->params = alloc_block(m->n_params);
   m->grads = alloc_block(m->n_params);
   m->adam_m = alloc_block(m->n_params);
@@ -303,7 +405,11 @@ eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec_in, unsigned 
     eellm_mpi_register(m->sumsq_h[i], eellm_stage_rank(&m->place, m->tensors[i].owner));
   }
   starpu_vector_data_register(&m->clip_h, STARPU_MAIN_RAM, (uintptr_t)m->clip, 2, sizeof(float));
-  eellm_mpi_register(m->clip_h, eellm_root_rank());
+  eellm_mpi_register(m->clip_h, eellm_root_rank(&m->place));
+  if (setup_collectives(m, err, errlen) != 0) {
+    eellm_model_destroy(m);
+    return NULL;
+  }
   return m;
 oom:
   snprintf(err, errlen,
@@ -330,6 +436,11 @@ void eellm_model_destroy(eellm_model *m) {
     if (m->sumsq_h[i]) starpu_data_unregister(m->sumsq_h[i]);
   if (m->clip_h) starpu_data_unregister(m->clip_h);
   for (size_t i = 0; i < m->n_shadows; i++) starpu_data_unregister(m->shadows[i].grad);
+  for (unsigned st = 0; m->seq_h && st < m->place.layout.pp; st++)
+    if (m->seq_h[st]) starpu_data_unregister(m->seq_h[st]);
+  free(m->seq_h);
+  free(m->seq_bytes);
+  if (m->dp_comm != MPI_COMM_NULL) MPI_Comm_free(&m->dp_comm);
   free(m->shadows);
   eellm_placement_free(&m->place);
   free(m->sumsq);
@@ -414,11 +525,12 @@ float *eellm_model_tensor_grad(eellm_model *m, size_t i) { return m->grads + m->
 
 void eellm_model_sync(eellm_model *m) {
   starpu_task_wait_for_all();
+  if (!eellm_gathers(&m->place)) return;
   for (size_t i = 0; i < m->n_tensors; i++) {
-    eellm_mpi_gather(m->tensors[i].param, eellm_root_rank());
-    eellm_mpi_gather(m->tensors[i].grad, eellm_root_rank());
+    eellm_mpi_gather(m->tensors[i].param, eellm_root_rank(&m->place));
+    eellm_mpi_gather(m->tensors[i].grad, eellm_root_rank(&m->place));
   }
-  if (eellm_rank() != eellm_root_rank()) return;
+  if (eellm_rank() != eellm_root_rank(&m->place)) return;
   for (size_t i = 0; i < m->n_tensors; i++) {
     starpu_data_acquire(m->tensors[i].param, STARPU_R);
     starpu_data_release(m->tensors[i].param);

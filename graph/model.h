@@ -18,6 +18,8 @@ struct eellm_tensor {
   int decay;          /* AdamW weight decay applies (matrices) */
   int frozen;         /* no gradient, no update (EE-Tuning's backbone) */
   unsigned owner;     /* pipeline stage that holds and updates it (placement.h gives its rank) */
+  int updater;        /* ZeRO-1: the data index whose replica keeps its moments and updates
+                         it; -1: every replica */
   starpu_data_handle_t param, grad, m, v;
 };
 
@@ -73,6 +75,9 @@ struct eellm_model {
   starpu_data_handle_t *sumsq_h;
   float clip[2];                           /* global gradient norm, clip factor */
   starpu_data_handle_t clip_h;
+  MPI_Comm dp_comm;                        /* data-parallel group; MPI_COMM_NULL: dp 1 */
+  char *seq_bytes;                         /* per stage: its sequencing handle's data */
+  starpu_data_handle_t *seq_h;             /* per stage: orders collectives (collective.h) */
 };
 
 /* Tensor naming follows GPT-2 / Hugging Face (`transformer.h.{i}.attn.c_attn.weight`, ...);
@@ -80,6 +85,13 @@ struct eellm_model {
 int eellm_model_find(const struct eellm_model *m, const char *name);
 /* Whether this process holds tensor i (always, without MPI). */
 int eellm_model_owns(const struct eellm_model *m, size_t i);
+/* Whether this process's replica updates tensor i (all do, but under ZeRO-1). */
+int eellm_model_replica_updates(const struct eellm_model *m, size_t i);
+/* Whether this process holds tensor i's AdamW moments and updates it (its
+ * stage's rank, of the replica that ZeRO-1 gives the tensor to). */
+int eellm_model_updates(const struct eellm_model *m, size_t i);
+/* Bytes of AdamW moments this process keeps. */
+size_t eellm_model_moment_bytes(const struct eellm_model *m);
 /* The gradient stage `stage` accumulates tensor i's contributions into. */
 starpu_data_handle_t eellm_model_grad_on(const struct eellm_model *m, int i, unsigned stage);
 /* 0 when every weight this process holds is finite; else -1 with "PATH: tensor

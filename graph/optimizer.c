@@ -1,11 +1,14 @@
-/* The optimizer step as tasks: per-tensor squared gradient norms, one task
- * combining them into the clip factor, one AdamW task per trainable tensor.
+/* The optimizer step as tasks: the data-parallel gradient all-reduce,
+ * per-tensor squared gradient norms, one task combining them into the clip
+ * factor, one AdamW task per trainable tensor (ZeRO-1: on one replica, then
+ * broadcast).
  * Also the learning-rate and exit-weight schedules. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codelets/codelets.h"
+#include "codelets/collective.h"
 #include "graph/model.h"
 
 enum { PRIO_OPTIMIZER = 3 };
@@ -43,6 +46,41 @@ static void reduce_shadows(eellm_model *m) {
   }
 }
 
+/* Data parallelism: each replica's gradients summed over its data-parallel
+ * group, tensor by tensor once all its contributions (shadows included) are
+ * in. Submitted after the last micro-batch, last tensors first (roughly the
+ * order in which backward finishes them): each runs as soon as its gradient is
+ * final, while the backward of earlier layers goes on. Every replica submits
+ * the same tensors in the same order, which the sequencing handle keeps. A
+ * worker blocks in an all-reduce only once the tensor's last contribution on
+ * its rank is in, after all of that rank's forward work: the ranks it waits
+ * for need nothing more from it, so replicas cannot wait on each other in a
+ * cycle. */
+static void allreduce_grads(eellm_model *m) {
+  if (m->dp_comm == MPI_COMM_NULL) return;
+  struct eellm_task_info ti = {
+      .priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_COLLECTIVE, .micro = -1, .layer = -1};
+  for (size_t i = m->n_tensors; i-- > 0;) {
+    const struct eellm_tensor *t = &m->tensors[i];
+    if (t->frozen) continue;
+    ti.node = eellm_stage_rank(&m->place, t->owner);
+    eellm_insert_allreduce_sum(t->grad, m->seq_h[t->owner], m->dp_comm, &ti);
+  }
+}
+
+/* ZeRO-1: the replica that updated a tensor hands it to the others. */
+static void broadcast_updates(eellm_model *m) {
+  if (m->dp_comm == MPI_COMM_NULL) return;
+  struct eellm_task_info ti = {
+      .priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_COLLECTIVE, .micro = -1, .layer = -1};
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    const struct eellm_tensor *t = &m->tensors[i];
+    if (t->frozen || t->updater < 0) continue;
+    ti.node = eellm_stage_rank(&m->place, t->owner);
+    eellm_insert_bcast(t->param, m->seq_h[t->owner], m->dp_comm, t->updater, &ti);
+  }
+}
+
 /* Fault tests: EELLM_FAULT_NAN_GRAD_STEP=S puts a NaN into the first gradient
  * this process updates at step S (waiting for the backward to finish), as a
  * numerical blow-up would, so that the non-finite-norm path can be tested. */
@@ -65,6 +103,7 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
                                .micro = -1, .layer = -1};
   reduce_shadows(m);
   fault_nan_gradient(m, step);
+  allreduce_grads(m);
   starpu_data_handle_t *sumsqs = malloc(m->n_tensors * sizeof *sumsqs);
   if (!sumsqs) abort();
   int n = 0;
@@ -74,15 +113,15 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
     eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
     sumsqs[n++] = m->sumsq_h[i];
   }
-  /* Rank 0 gathers every stage's squared norms; every stage reads the factor back. */
-  ti.node = eellm_root_rank();
+  /* The replica's root gathers every stage's squared norms; every stage reads the factor back. */
+  ti.node = eellm_root_rank(&m->place);
   ti.kind = EELLM_KIND_COLLECTIVE;
   eellm_insert_clip_scale(sumsqs, n, m->clip_h, opt->grad_clip, &ti);
   ti.kind = EELLM_KIND_OPTIMIZER;
   free(sumsqs);
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
-    if (t->frozen) continue;
+    if (t->frozen || !eellm_model_replica_updates(m, i)) continue;
     ti.node = eellm_stage_rank(&m->place, t->owner);
     struct eellm_adamw_step hp = {.lr = (float)lr, .beta1 = opt->beta1, .beta2 = opt->beta2,
                                   .eps = opt->eps,
@@ -90,9 +129,10 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
                                   .step = step};
     eellm_insert_adamw(t->param, t->grad, t->m, t->v, m->clip_h, &hp, &ti);
   }
+  broadcast_updates(m);
 }
 
-/* The root rank's figure: it owns the clip factor. */
+/* The replica root's figure: it owns the clip factor. */
 double eellm_model_grad_norm(const eellm_model *m) {
   starpu_data_acquire(m->clip_h, STARPU_R);
   double norm = m->clip[0];

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "runtime/engine/mpi.h"
+
 int eellm_layout_rank(const struct eellm_layout *l, struct eellm_coords c) {
   return (int)((c.stage * l->dp + c.data) * l->tp + c.tensor);
 }
@@ -32,10 +34,16 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
   unsigned pp = layout.pp;
   *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
-  if (pp < 1 || pp > spec->n_layers || pp > EELLM_MAX_STAGES || layout.tp != 1 || layout.dp != 1 ||
-      (n_ranks > 0 && (unsigned)n_ranks != pp)) {
-    snprintf(err, errlen, "%u pipeline stages for %u layers on %d ranks", pp, spec->n_layers,
-             n_ranks > 0 ? n_ranks : 1);
+  if (layout.tp != 1) {
+    snprintf(err, errlen, "tensor parallelism (tp %u) is not built yet: tp must be 1", layout.tp);
+    return -1;
+  }
+  /* One process may run every stage (generation does), never several replicas. */
+  uint64_t ranks = (uint64_t)pp * layout.tp * layout.dp;
+  if (pp < 1 || pp > spec->n_layers || pp > EELLM_MAX_STAGES || layout.dp < 1 ||
+      (n_ranks > 0 ? ranks != (uint64_t)n_ranks : layout.dp != 1)) {
+    snprintf(err, errlen, "%u pipeline stages for %u layers, times %u replicas, on %d ranks", pp,
+             spec->n_layers, layout.dp, n_ranks > 0 ? n_ranks : 1);
     return -1;
   }
   if (n_stage_layers > 0) {
@@ -95,4 +103,39 @@ unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k) {
   return p->exit_stage[k];
 }
 
-int eellm_root_rank(void) { return 0; }
+int eellm_root_rank(const struct eellm_placement *p) { return eellm_stage_rank(p, 0); }
+
+int eellm_gathers(const struct eellm_placement *p) { return p->self.data == 0; }
+
+int eellm_placement_dp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
+                            size_t errlen) {
+  *comm = MPI_COMM_NULL;
+  if (!eellm_mpi_active() || p->layout.dp == 1) return 0;
+  int group = (int)(p->self.stage * p->layout.tp + p->self.tensor);
+  if (eellm_mpi_split(group, (int)p->self.data, comm) == 0) return 0;
+  snprintf(err, errlen, "MPI_Comm_split of the data-parallel group %d failed", group);
+  return -1;
+}
+
+void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers,
+                              const double *moment_bytes, char *buf, size_t n) {
+  const struct eellm_layout *l = &p->layout;
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int rank = 0; rank < (int)(l->pp * l->tp * l->dp) && used < n; rank++) {
+    struct eellm_coords c = eellm_layout_coords(l, rank);
+    unsigned first = n_layers, last = 0;
+    for (unsigned i = 0; i < n_layers; i++)
+      if (p->layer_stage[i] == c.stage) {
+        first = i < first ? i : first;
+        last = i;
+      }
+    int wrote =
+        snprintf(buf + used, n - used,
+                 "rank %d: stage %u (layers %u-%u), replica %u, tensor %u; AdamW moments "
+                 "%.1f KiB\n",
+                 rank, c.stage, first + 1, last + 1, c.data, c.tensor, moment_bytes[rank] / 1024);
+    if (wrote < 0) return;
+    used += (size_t)wrote;
+  }
+}

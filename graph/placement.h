@@ -8,13 +8,20 @@
  *   rank = (stage * dp + data) * tp + tensor.
  * Layers go to stages in contiguous runs (eellm_model_spec_stage_split); an exit runs on
  * the stage of the layer it reads (POST) or of the next layer (PRE); the final
- * head and the loss statistics it writes live on the last stage; the gradient
- * norm's reduction and host-side gathers go to the root, rank 0. Tensor and
- * data parallelism are not built yet: tp and dp are 1, and a stage's tasks run
- * on the rank of (stage, this process's tensor and data coordinates). */
+ * head and the loss statistics it writes live on the last stage.
+ *
+ * Data parallelism: each of the dp replicas runs the whole pipeline on its own
+ * ranks, so a stage's tasks run on the rank of (stage, this process's tensor
+ * and data coordinates) and replicas never exchange data through StarPU-MPI's
+ * task flow; they meet only in the gradient all-reduce (and ZeRO-1's parameter
+ * broadcast) on the data-parallel communicator of their (stage, tensor) group.
+ * The gradient norm's reduction goes to the replica's root (its stage 0);
+ * host-side gathers (checkpoints) to rank 0, the root of replica 0, from the
+ * ranks of replica 0. Tensor parallelism is not built yet: tp is 1. */
 #ifndef EELLM_GRAPH_PLACEMENT_H
 #define EELLM_GRAPH_PLACEMENT_H
 
+#include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,10 +54,10 @@ struct eellm_coords eellm_layout_coords(const struct eellm_layout *l, int rank);
 unsigned eellm_exit_home_layer(const Eellm__Exit *e);
 
 /* Places spec's layers and exits on pp stages (stage_layers as in
- * eellm_model_spec_stage_split) for a run of n_ranks processes (0: one process, no MPI).
- * 0, or -1 with a one-line error (a rank count that does not match the layout,
- * a stage count out of 1..n_layers or above EELLM_MAX_STAGES, a given split
- * that does not cover the layers, out of memory). */
+ * eellm_model_spec_stage_split) for a run of n_ranks processes (0: one process, no MPI,
+ * running every stage). 0, or -1 with a one-line error (tp above 1, a rank count other
+ * than pp x tp x dp, dp above 1 in one process, a stage count out of 1..n_layers or above
+ * EELLM_MAX_STAGES, a given split that does not cover the layers, out of memory). */
 int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          struct eellm_layout layout, const uint32_t *stage_layers,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen);
@@ -60,7 +67,21 @@ void eellm_placement_free(struct eellm_placement *p);
 int eellm_stage_rank(const struct eellm_placement *p, unsigned stage);
 /* The stage of exit k; k == n_exits is the final head (the last stage). */
 unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k);
-/* The rank that gathers figures from every stage (the gradient norm). */
-int eellm_root_rank(void);
+/* The rank that gathers figures from every stage of this process's replica
+ * (the gradient norm): the replica's stage 0. Rank 0 for replica 0. */
+int eellm_root_rank(const struct eellm_placement *p);
+/* Whether this process takes part in host-side gathers to rank 0 (replica 0's
+ * ranks; the other replicas hold the same weights). */
+int eellm_gathers(const struct eellm_placement *p);
+/* One line per rank into buf (n bytes; truncated to fit): its stage and that
+ * stage's layers, its replica and tensor index, and the AdamW moment bytes it
+ * keeps (moment_bytes, per rank). */
+void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers,
+                              const double *moment_bytes, char *buf, size_t n);
+/* This process's data-parallel communicator: the ranks of its (stage, tensor)
+ * group, ranked by data index (collective over MPI_COMM_WORLD; MPI_COMM_NULL
+ * without MPI or with dp 1). 0, or -1 with a one-line error. */
+int eellm_placement_dp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
+                            size_t errlen);
 
 #endif

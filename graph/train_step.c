@@ -307,15 +307,45 @@ static void layers_backward(struct micro *mb, starpu_data_handle_t dres) {
                          eellm_grad(&mb->pass, m->wpe), m->seq_len, &bwd);
 }
 
+/* Loss weight (sum of the mask) of n rows. */
+static double mask_weight(const float *mask, size_t n) {
+  if (!mask) return (double)n;
+  double sum = 0;
+  for (size_t i = 0; i < n; i++) sum += mask[i];
+  return sum;
+}
+
+/* Rows of each replica's share of a micro-batch. */
+static size_t share_rows(const eellm_model *m) {
+  return (size_t)m->micro_batch / m->place.layout.dp * m->seq_len;
+}
+
+/* This replica's share of a micro-batch: sequences [d B / D, (d + 1) B / D).
+ * Each loss gradient is a mean over the share's (masked) tokens; weighing it by
+ * the share's part of the micro-batch's tokens makes the replicas' gradients
+ * sum to the whole micro-batch's. */
+static struct eellm_batch share_of(const eellm_model *m, const struct eellm_batch *batch,
+                                   float *grad_scale) {
+  size_t rows = share_rows(m);
+  size_t first = m->place.self.data * rows;
+  struct eellm_batch share = {batch->tokens + first, batch->targets + first,
+                              batch->mask ? batch->mask + first : NULL};
+  double whole = mask_weight(batch->mask, rows * m->place.layout.dp);
+  if (whole > 0) *grad_scale = (float)(*grad_scale * mask_weight(share.mask, rows) / whole);
+  return share;
+}
+
 /* Forward of one micro-batch, and its backward when `backward` is set; a
  * frozen backbone (EE-Tuning) needs the final head's loss only. */
-static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const float *exit_weights,
+static int submit_micro(eellm_model *m, const struct eellm_batch *whole, const float *exit_weights,
                         float grad_scale, int backward, char *err, size_t errlen) {
-  size_t n_rows = (size_t)m->micro_batch * m->seq_len;
-  if (check_tokens(m, batch, n_rows, err, errlen) != 0) return -1;
+  if (check_tokens(m, whole, (size_t)m->micro_batch * m->seq_len, err, errlen) != 0) return -1;
+  struct eellm_batch share = share_of(m, whole, &grad_scale);
   struct eellm_step *s = step_of(m);
-  struct micro mb = {.m = m, .backward = backward, .index = (int)s->n_micro++,
-                     .pass = {.m = m, .rows = n_rows, .seq_len = m->seq_len}};
+  struct micro mb = {.m = m,
+                     .backward = backward,
+                     .index = (int)s->n_micro++,
+                     .pass = {.m = m, .rows = share_rows(m), .seq_len = m->seq_len}};
   mb.entered = calloc(m->place.layout.pp, sizeof *mb.entered);
   mb.resid = calloc(m->spec->n_layers + 1, sizeof *mb.resid);
   mb.acts = calloc(m->spec->n_layers, sizeof *mb.acts);
@@ -323,7 +353,7 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *batch, const f
   if (!mb.entered || !mb.resid || !mb.acts || !mb.exit_dx) abort();
   if (!s->logits && !(s->logits = calloc(eellm_model_n_exits(m), sizeof *s->logits))) abort();
   mb.stats = stats_of(m, (size_t)mb.index);
-  load_inputs(&mb, batch);
+  load_inputs(&mb, &share);
 
   int backbone_backward = backward && !m->backbone_frozen;
   layers_forward(&mb, exit_weights, grad_scale);
@@ -368,30 +398,40 @@ unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
   return k < m->spec->n_exits ? m->exits[k].layer : m->spec->n_layers;
 }
 
-/* Each stage reads the losses of its own exits; a sum over ranks gives rank 0 all of them. */
+/* Each stage of each replica reads the loss statistics (sum, count) of its own
+ * exits' shares of every micro-batch; one sum over all ranks gives every rank
+ * each micro-batch's whole statistics, counted once, and the mean loss of each
+ * exit over the micro-batches follows. */
 void eellm_model_wait(eellm_model *m) {
   eellm_mpi_wait();
   struct eellm_step *s = step_of(m);
   unsigned n_exits = eellm_model_n_exits(m);
   free(s->loss);
   s->loss = calloc(n_exits, sizeof *s->loss);
-  if (!s->loss) abort();
+  double *stats = calloc(2 * s->n_micro * n_exits + 1, sizeof *stats); /* [micro][exit][2] */
+  if (!s->loss || !stats) abort();
   for (unsigned k = 0; k < n_exits; k++) {
     int owner = eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k));
     if (eellm_mpi_active() && owner != eellm_rank()) continue;
-    size_t counted = 0;
     for (size_t mi = 0; mi < s->n_micro; mi++) {
       starpu_data_acquire(s->stats_h[mi][k], STARPU_R);
-      const double *st = s->stats[mi] + 2 * k;
+      memcpy(stats + 2 * (mi * n_exits + k), s->stats[mi] + 2 * k, 2 * sizeof *stats);
+      starpu_data_release(s->stats_h[mi][k]);
+    }
+  }
+  eellm_mpi_sum(stats, (int)(2 * s->n_micro * n_exits));
+  for (unsigned k = 0; k < n_exits; k++) {
+    size_t counted = 0;
+    for (size_t mi = 0; mi < s->n_micro; mi++) {
+      const double *st = stats + 2 * (mi * n_exits + k);
       if (st[1] > 0) {
         s->loss[k] += st[0] / st[1];
         counted++;
       }
-      starpu_data_release(s->stats_h[mi][k]);
     }
     if (counted) s->loss[k] /= counted;
   }
-  eellm_mpi_sum(s->loss, (int)n_exits);
+  free(stats);
   s->n_micro = 0;
 }
 

@@ -28,7 +28,8 @@ extern "C" {
 EELLM_API int eellm_runtime_start(char *err, size_t errlen);
 EELLM_API void eellm_runtime_stop(void);
 /* Brings MPI up (MPI_THREAD_MULTIPLE) for a run of one rank per pipeline
- * stage; then eellm_runtime_start starts StarPU-MPI. 0, or -1 with err. */
+ * stage of each data-parallel replica; then eellm_runtime_start starts
+ * StarPU-MPI. 0, or -1 with err. */
 EELLM_API int eellm_mpi_init(char *err, size_t errlen);
 /* Whether the process was started by mpirun (so eellm_mpi_init is wanted). */
 EELLM_API int eellm_launched_by_mpirun(void);
@@ -127,6 +128,18 @@ EELLM_API eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, un
                                                     const uint32_t *stage_layers,
                                                     size_t n_stage_layers, char *err,
                                                     size_t errlen);
+/* The same for a training spec's parallelism (NULL: one process): pp stages,
+ * dp data-parallel replicas, each taking micro_batch / dp of every
+ * micro-batch's sequences (callers still pass whole micro-batches), and
+ * zero_stage 1 sharding the AdamW moments among the replicas. tp must be 1
+ * (not built yet). Under MPI the rank count must be pp x tp x dp. */
+EELLM_API eellm_model *eellm_model_create_parallel(const Eellm__Model *spec, unsigned micro_batch,
+                                                   unsigned seq_len, const Eellm__Parallelism *par,
+                                                   char *err, size_t errlen);
+/* Where the model runs: one line per rank (stage and its layers, replica,
+ * tensor index, AdamW moment bytes kept) into buf, truncated to n bytes.
+ * Collective under MPI: every rank calls it. */
+EELLM_API void eellm_model_describe_layout(eellm_model *m, char *buf, size_t n);
 EELLM_API void eellm_model_destroy(eellm_model *m);
 /* GPT-2 initialisation: weights normal(0, init_std), residual projections scaled
  * by 1/sqrt(2 n_layers), norm gains 1, biases 0; deterministic in seed. */
@@ -180,7 +193,9 @@ EELLM_API int eellm_spec_diff(const ProtobufCMessage *a, const ProtobufCMessage 
  * input, and nothing a caller could recover from mid-graph. */
 /* One micro-batch: micro_batch * seq_len token ids, next-token targets and an
  * optional loss mask (NULL: every position counts). Arrays must stay valid
- * until eellm_model_wait returns. */
+ * until eellm_model_wait returns. Under data parallelism every rank passes the
+ * whole micro-batch; its replica computes its own share of the sequences, and
+ * the optimizer step sums the replicas' gradients. */
 struct eellm_batch {
   const int32_t *tokens;
   const int32_t *targets;

@@ -46,3 +46,27 @@ byte_corpus() {
   [ -n "${3:-}" ] && val=(--val-out "$tmp/val.bin" --val-fraction "$3")
   "$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" "${val[@]}" > /dev/null
 }
+# close A B: the per-exit losses of two runs agree to 1e-5 relative, step by step.
+close() {
+  /usr/bin/python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'EOT'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert [x["step"] for x in a] == [x["step"] for x in b], "different steps"
+worst = max(abs(x - y) / abs(y) for la, lb in zip(a, b) for x, y in zip(la["loss"], lb["loss"]))
+print(f"max relative loss difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+EOT
+}
+# resumed NAME REFERENCE OUT COMMAND...: COMMAND (resuming the run in OUT) exits
+# 0, and OUT's losses then follow those of the run in REFERENCE (close).
+resumed() {
+  local name=$1 reference=$2 out=$3
+  shift 3
+  "$@" > /dev/null 2>&1
+  local status=$?
+  check "$name" '[ $status -eq 0 ]'
+  close "$reference" "$out" > "$tmp/resumed" 2>&1
+  status=$?
+  check "$name: the losses continue the reference run's ($(cat "$tmp/resumed"))" '[ $status -eq 0 ]'
+}

@@ -10,9 +10,14 @@
                                              checkpoint from before checksums)
   st_tool.py same A B                        exit 0 when A and B hold the same tensors,
                                              bit for bit (weights and optimizer moments)
+  st_tool.py close A B TOL                   exit 0 when every tensor of B is within TOL of
+                                             A's: |B - A| / |A| (Euclidean norms) per tensor;
+                                             prints the worst
   st_tool.py meta FILE KEY                   prints __metadata__[KEY]
 """
+import array
 import json
+import math
 import struct
 import sys
 
@@ -50,6 +55,17 @@ def span(header, name):
     return header[name]["data_offsets"]
 
 
+def pairs(path_a, path_b):
+    """(name, bytes in A, bytes in B) of every tensor; exits if the names differ."""
+    (ha, da), (hb, db) = read(path_a), read(path_b)
+    names = sorted(k for k in ha if k != "__metadata__")
+    if names != sorted(k for k in hb if k != "__metadata__"):
+        sys.exit("different tensors")
+    for name in names:
+        (a0, a1), (b0, b1) = ha[name]["data_offsets"], hb[name]["data_offsets"]
+        yield name, da[a0:a1], db[b0:b1]
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "poison":
@@ -75,14 +91,19 @@ def main(argv):
             del meta[key]
         write(out, header, data)
     elif cmd == "same":
-        (ha, da), (hb, db) = read(argv[2]), read(argv[3])
-        names = sorted(k for k in ha if k != "__metadata__")
-        if names != sorted(k for k in hb if k != "__metadata__"):
-            sys.exit("different tensors")
-        for name in names:
-            (a0, a1), (b0, b1) = ha[name]["data_offsets"], hb[name]["data_offsets"]
-            if da[a0:a1] != db[b0:b1]:
+        for name, a, b in pairs(argv[2], argv[3]):
+            if a != b:
                 sys.exit(f"tensor '{name}' differs")
+    elif cmd == "close":
+        worst, where = 0.0, ""
+        for name, a, b in pairs(argv[2], argv[3]):
+            x, y = array.array("f", bytes(a)), array.array("f", bytes(b))
+            scale = math.sqrt(sum(v * v for v in x)) or 1.0
+            diff = math.sqrt(sum((u - v) ** 2 for u, v in zip(x, y))) / scale
+            if diff >= worst:
+                worst, where = diff, name
+        print(f"largest relative difference {worst:.2e} ({where})")
+        sys.exit(0 if worst <= float(argv[4]) else 1)
     elif cmd == "meta":
         header, _ = read(argv[2])
         print(header.get("__metadata__", {}).get(argv[3], ""))

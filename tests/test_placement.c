@@ -53,6 +53,32 @@ static void stages(const Eellm__Model *spec) {
         "more stages than layers: refused");
 }
 
+/* Data-parallel replicas: rank 3 of (pp 2, dp 2) is stage 1 of replica 1; its
+ * stages run on replica 1's ranks, its root is replica 1's stage 0, and it
+ * takes no part in gathers to rank 0. Tensor parallelism, and replicas in one
+ * process, are refused. */
+static void replicas(const Eellm__Model *spec) {
+  char err[256];
+  struct eellm_placement p;
+  struct eellm_layout l = {.pp = 2, .tp = 1, .dp = 2};
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 4, 3, err, sizeof err) == 0,
+        "pp 2 x dp 2 on 4 ranks: placed");
+  tu_ok(p.self.stage == 1 && p.self.data == 1, "rank 3: stage 1 of replica 1");
+  tu_ok(eellm_stage_rank(&p, 0) == 1 && eellm_stage_rank(&p, 1) == 3,
+        "replica 1's stages on ranks 1 and 3");
+  tu_ok(eellm_root_rank(&p) == 1 && !eellm_gathers(&p), "replica 1's root is rank 1; no gathers");
+  eellm_placement_free(&p);
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 2, 0, err, sizeof err) == -1 &&
+            strstr(err, "2 replicas, on 2 ranks"),
+        "pp 2 x dp 2 on 2 ranks: refused");
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 0, 0, err, sizeof err) == -1,
+        "replicas in one process: refused");
+  l.tp = 2;
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 8, 0, err, sizeof err) == -1 &&
+            strstr(err, "not built yet"),
+        "tp 2: refused, not built yet");
+}
+
 /* The stage split as it was (a dynamic programme, O(pp n^2) time, O(pp n)
  * memory), the reference the fast split must match exactly. */
 static void reference_split(const Eellm__Model *m, unsigned pp, unsigned *stage_layers) {
@@ -219,6 +245,7 @@ int main(void) {
   }
   rank_order();
   stages(spec);
+  replicas(spec);
   given_splits(spec);
   split_matches_reference();
   split_at_the_limits();

@@ -43,6 +43,8 @@ struct eellm_train_event {
   double unigram_entropy;       /* nats/token of the data's token frequencies */
   int tune_exits;               /* backbone frozen (EE-Tuning) */
   const char *checkpoint;       /* START, INTERRUPTED: the run's checkpoint file */
+  const char *layout;           /* START under MPI: one line per rank (stage, layers, replica,
+                                   tensor index, AdamW moment bytes kept); NULL in one process */
   /* STEP, VALIDATION: per exit, the final head last (n_exits entries) */
   unsigned n_exits;
   const unsigned *exit_layers;  /* 1-based layer each exit reads */

@@ -1,5 +1,6 @@
 #include "runtime/engine/mpi.h"
 
+#include <limits.h>
 #include <starpu_mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,19 @@ void eellm_mpi_sum(double *values, int n) {
 int eellm_mpi_max(int value) {
   if (active) MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MAX, host_comm);
   return value;
+}
+
+void eellm_mpi_move(float *x, size_t n, int from, int to) {
+  if (!active || from == to) return;
+  for (size_t done = 0; done < n; done += INT_MAX / 2) {
+    int count = (int)(n - done < INT_MAX / 2 ? n - done : INT_MAX / 2);
+    if (rank == from) MPI_Send(x + done, count, MPI_FLOAT, to, 0, host_comm);
+    if (rank == to) MPI_Recv(x + done, count, MPI_FLOAT, from, 0, host_comm, MPI_STATUS_IGNORE);
+  }
+}
+
+int eellm_mpi_split(int color, int key, MPI_Comm *comm) {
+  return MPI_Comm_split(MPI_COMM_WORLD, color, key, comm) == MPI_SUCCESS ? 0 : -1;
 }
 
 void eellm_mpi_wait(void) {

@@ -1,7 +1,7 @@
-/* eellm under MPI: one StarPU-MPI process per pipeline stage. Every rank
- * submits the same task flow; data ownership decides where tasks run and what
- * StarPU-MPI transfers. Without MPI every function here is the single-process
- * identity (rank 0 of 1). */
+/* eellm under MPI: one StarPU-MPI process per pipeline stage of each
+ * data-parallel replica. The ranks of a replica submit the same task flow; data
+ * ownership decides where tasks run and what StarPU-MPI transfers. Without MPI every function here
+ * is the single-process identity (rank 0 of 1). */
 #ifndef EELLM_RUNTIME_MPI_H
 #define EELLM_RUNTIME_MPI_H
 
@@ -19,6 +19,12 @@ MPI_Comm eellm_mpi_comm(void);
 void eellm_mpi_register(starpu_data_handle_t h, int owner);
 /* Brings h to rank `root` (collective: every rank calls it in the same order). */
 void eellm_mpi_gather(starpu_data_handle_t h, int root);
+/* *comm = the ranks of MPI_COMM_WORLD with this color, ordered by key
+ * (collective over MPI_COMM_WORLD). 0, or -1. */
+int eellm_mpi_split(int color, int key, MPI_Comm *comm);
+/* n floats at x go from rank `from` to rank `to` (host-side; both call it,
+ * other ranks need not). */
+void eellm_mpi_move(float *x, size_t n, int from, int to);
 /* Waits for every task and transfer (and, under MPI, for every rank). */
 void eellm_mpi_wait(void);
 /* The same, then drops StarPU-MPI's cached copies: before unregistering data. */

@@ -125,16 +125,34 @@ out:
   return ret;
 }
 
+/* Brings moments (m or v) of tensor i from the rank that updates it to rank 0:
+ * through StarPU-MPI within replica 0, host-side from a ZeRO-1 shard of
+ * another replica. Every rank calls it for every tensor in the same order, and
+ * only rank 0 receives, so the transfers pair up in that order. */
+static void gather_moment(eellm_model *m, size_t i, starpu_data_handle_t h, float *block) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  if (t->updater <= 0) {
+    if (eellm_gathers(&m->place)) eellm_mpi_gather(h, eellm_root_rank(&m->place));
+    return;
+  }
+  struct eellm_coords holder = {.stage = t->owner, .data = (unsigned)t->updater};
+  int from = eellm_layout_rank(&m->place.layout, holder);
+  if (eellm_rank() != from && eellm_rank() != 0) return;
+  starpu_data_acquire(h, eellm_rank() == from ? STARPU_R : STARPU_W);
+  eellm_mpi_move(block + t->offset, t->numel, from, 0);
+  starpu_data_release(h);
+}
+
 /* Under MPI every rank calls this; rank 0 gathers every stage's tensors and
  * writes the file, and every rank returns its result. */
 int eellm_model_save_checkpoint(eellm_model *m, const char *path,
                                 const struct eellm_train_state *state, char *err, size_t errlen) {
   eellm_model_sync(m);
   for (size_t i = 0; state && i < m->n_tensors; i++) {
-    eellm_mpi_gather(m->tensors[i].m, eellm_root_rank());
-    eellm_mpi_gather(m->tensors[i].v, eellm_root_rank());
+    gather_moment(m, i, m->tensors[i].m, m->adam_m);
+    gather_moment(m, i, m->tensors[i].v, m->adam_v);
   }
-  int ret = eellm_rank() == eellm_root_rank() ? write_checkpoint(m, path, state, err, errlen) : 0;
+  int ret = eellm_rank() == 0 ? write_checkpoint(m, path, state, err, errlen) : 0;
   int failed = eellm_mpi_max(ret != 0);
   if (failed && ret == 0) snprintf(err, errlen, "%s: rank 0 could not write the checkpoint", path);
   return failed ? -1 : 0;
@@ -241,7 +259,7 @@ int eellm_model_load_checkpoint(eellm_model *m, const char *path, struct eellm_t
       const struct eellm_tensor *t = &m->tensors[i];
       if (!eellm_model_owns(m, i)) continue;
       copy_in(t->param, m->params + t->offset, found[i]->data, t->numel);
-      if (!state) continue;
+      if (!state || !eellm_model_updates(m, i)) continue;
       copy_in(t->m, m->adam_m + t->offset, found[m->n_tensors + i]->data, t->numel);
       copy_in(t->v, m->adam_v + t->offset, found[2 * m->n_tensors + i]->data, t->numel);
     }

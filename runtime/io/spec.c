@@ -246,6 +246,11 @@ static int check_parallelism(const struct checker *c, const Eellm__Parallelism *
     return fail(c, msg, "tp", 0, "parallelism.tp", "value %u does not divide n_heads %u", p->tp,
                 model->n_heads);
   if (p->dp < 1) return fail(c, msg, "dp", 0, "parallelism.dp", "value 0 must be positive");
+  if (p->zero_stage > 1)
+    return fail(c, msg, "zero_stage", 0, "parallelism.zero_stage",
+                "value %u outside 0..1 (ZeRO stage 1 shards the AdamW moments; no higher stage "
+                "is built)",
+                p->zero_stage);
   if (p->n_stage_layers == 0) return 0;
   if (p->n_stage_layers != p->pp)
     return fail(c, msg, "stage_layers", 0, "parallelism.stage_layers",

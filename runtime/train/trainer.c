@@ -139,17 +139,18 @@ static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const cha
 static int check_ranks(const struct run *r) {
   const Eellm__Parallelism *par = r->train->parallelism;
   unsigned pp = par ? par->pp : 1, tp = par ? par->tp : 1, dp = par ? par->dp : 1;
-  if (tp > 1 || dp > 1)
-    return fail(2, "%s: tensor and data parallelism (tp %u, dp %u) are not implemented yet; "
-                   "use pp alone",
-                r->o->train_path, tp, dp);
-  if (pp == (unsigned)eellm_nranks()) return 0;
+  if (tp > 1)
+    return fail(2, "%s: parallelism.tp %u: tensor parallelism is not built yet (tp must be 1)",
+                r->o->train_path, tp);
+  uint64_t need = (uint64_t)pp * tp * dp;
+  if (need == (uint64_t)eellm_nranks()) return 0;
   if (!eellm_mpi_active())
-    return fail(2, "%s: parallelism.pp %u needs %u ranks: start it with mpirun -np %u "
-                   "(scripts/eellm-mpirun)",
-                r->o->train_path, pp, pp, pp);
-  return fail(2, "%s: parallelism.pp %u needs %u ranks, mpirun started %d", r->o->train_path, pp,
-              pp, eellm_nranks());
+    return fail(2,
+                "%s: parallelism pp %u x tp %u x dp %u needs %llu ranks: start it with mpirun "
+                "-np %llu (scripts/eellm-mpirun)",
+                r->o->train_path, pp, tp, dp, (unsigned long long)need, (unsigned long long)need);
+  return fail(2, "%s: parallelism pp %u x tp %u x dp %u needs %llu ranks, mpirun started %d",
+              r->o->train_path, pp, tp, dp, (unsigned long long)need, eellm_nranks());
 }
 
 /* Everything that needs no other rank: specs, data, the run directory (rank 0). */
@@ -204,9 +205,7 @@ static int setup_model(struct run *r, struct eellm_train_state *state) {
   const Eellm__Parallelism *par = r->train->parallelism;
   char err[8192];
   if (eellm_runtime_start(err, sizeof err) != 0) return fail(1, "%s", err);
-  r->model = eellm_model_create_pipelined(r->spec, r->micro_batch, r->seq_len, par ? par->pp : 1,
-                                          par ? par->stage_layers : NULL,
-                                          par ? par->n_stage_layers : 0, err, sizeof err);
+  r->model = eellm_model_create_parallel(r->spec, r->micro_batch, r->seq_len, par, err, sizeof err);
   if (!r->model) return fail(1, "%s", err);
   state->seed = r->train->seed;
   state->step = 0;
@@ -392,14 +391,27 @@ static int truncate_metrics(const char *path, unsigned last_step, unsigned *skip
   return ok && rename(tmp, path) == 0 ? 0 : -1;
 }
 
+/* The START event, from rank 0; every rank calls it (the layout is collective). */
 static void describe(const struct run *r, unsigned start_step) {
+  char layout[16384] = "";
+  if (eellm_nranks() > 1) eellm_model_describe_layout(r->model, layout, sizeof layout);
+  if (eellm_rank() != 0) return;
   struct eellm_train_event e = {
-      .kind = EELLM_TRAIN_START, .step = start_step, .steps = r->steps,
+      .kind = EELLM_TRAIN_START,
+      .step = start_step,
+      .steps = r->steps,
       .model_name = r->spec->name && *r->spec->name ? r->spec->name : "model",
-      .n_params = eellm_model_n_params(r->model), .global_batch = r->train->global_batch,
-      .seq_len = r->seq_len, .micro_batches = r->n_micro, .data_path = r->o->data_path,
-      .data_tokens = (size_t)r->data->count, .unigram_entropy = unigram_entropy(r->data),
-      .tune_exits = r->o->tune_exits, .checkpoint = r->ckpt, .n_exits = r->n_exits};
+      .n_params = eellm_model_n_params(r->model),
+      .global_batch = r->train->global_batch,
+      .seq_len = r->seq_len,
+      .micro_batches = r->n_micro,
+      .data_path = r->o->data_path,
+      .data_tokens = (size_t)r->data->count,
+      .unigram_entropy = unigram_entropy(r->data),
+      .tune_exits = r->o->tune_exits,
+      .checkpoint = r->ckpt,
+      .n_exits = r->n_exits,
+      .layout = layout[0] ? layout : NULL};
   report(r, &e);
 }
 
@@ -589,7 +601,7 @@ int eellm_train_run(const struct eellm_train_options *o, char *err, size_t errle
     sigaction(SIGTERM, &sa, NULL);
     /* Past a file-size limit a write then fails with EFBIG, cleanly, instead of killing us. */
     signal(SIGXFSZ, SIG_IGN);
-    if (eellm_rank() == 0) describe(&r, state.step);
+    describe(&r, state.step);
     status = loop_traced(&r, &state);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

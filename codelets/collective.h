@@ -1,0 +1,24 @@
+/* Collectives as tasks: MPI calls on a group's communicator inside CPU codelets
+ * (MPI runs with MPI_THREAD_MULTIPLE). Apart from codelets.h because only the
+ * data-parallel graph code needs MPI's types.
+ *
+ * Every rank of a communicator must run its collectives in the same order,
+ * while StarPU runs ready tasks in any order. Each task therefore also takes
+ * `seq`, a sequencing handle of its rank, in mode RW: StarPU then runs the
+ * tasks sharing it in submission order, and ranks that submit the same
+ * collectives in the same order run them in that order. */
+#ifndef EELLM_CODELETS_COLLECTIVE_H
+#define EELLM_CODELETS_COLLECTIVE_H
+
+#include <mpi.h>
+
+#include "codelets.h"
+
+/* x (matrix or vector of floats, RW) = its sum over the ranks of comm. */
+void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm,
+                                const struct eellm_task_info *info);
+/* x (RW) = rank root's x, on every rank of comm. */
+void eellm_insert_bcast(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm, int root,
+                        const struct eellm_task_info *info);
+
+#endif
