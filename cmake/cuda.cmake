@@ -34,6 +34,11 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 find_package(CUDAToolkit REQUIRED)
 if(EELLM_CUDA)
   target_link_libraries(PkgConfig::DEPS INTERFACE CUDA::cudart CUDA::cublas)
+  message(STATUS "CUDA: the StarPU found has CUDA; libeellm links cudart and cuBLAS and gets "
+                 "the CUDA kernels (architectures ${CMAKE_CUDA_ARCHITECTURES})")
+else()
+  message(STATUS "CUDA: the StarPU found has no CUDA; the CUDA kernels are compiled "
+                 "(target eellm_cuda) but not used")
 endif()
 
 file(GLOB CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/codelets/cuda/*.cu)
@@ -46,12 +51,6 @@ set_target_properties(eellm_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
   CUDA_VISIBILITY_PRESET hidden)
 target_include_directories(eellm_cuda PRIVATE ${CMAKE_SOURCE_DIR})
 target_compile_options(eellm_cuda PRIVATE -Xcompiler=-Wall,-Wextra)
-
 if(EELLM_CUDA)
-  message(STATUS "CUDA: the StarPU found has CUDA; libeellm gets the CUDA kernels "
-                 "(architectures ${CMAKE_CUDA_ARCHITECTURES})")
   set(EELLM_CUDA_OBJECTS $<TARGET_OBJECTS:eellm_cuda>)
-else()
-  message(STATUS "CUDA: the StarPU found has no CUDA; the CUDA kernels are compiled "
-                 "(target eellm_cuda) but not used")
 endif()
