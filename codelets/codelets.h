@@ -62,6 +62,13 @@ extern const struct eellm_task_info eellm_task_default;
  * implementations for; 0 for no such codelet. */
 uint32_t eellm_codelet_archs(const char *name);
 
+/* From now on, tasks whose info->where is 0 run on the architectures of `where`
+ * (a mask of STARPU_CPU, STARPU_CUDA) that their codelet implements, and on any
+ * it implements when it has none of them; 0 (the default) lifts the preference.
+ * tests/gpu_parity runs a whole training step on the CPU and then on the GPU
+ * this way. Call it between submissions, not during them. */
+void eellm_codelets_prefer(uint32_t where);
+
 /* Waits for this process's tasks and unregisters the codelets' scratch
  * buffers; eellm_runtime_stop calls it before StarPU shuts down. */
 void eellm_codelets_stop(void);
@@ -235,7 +242,9 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
 /* struct eellm_token_choice and struct eellm_sampling: types.h. */
 /* logits [M, V], uniforms [M] float in [0, 1) (one draw per row; NULL when
  * greedy), choices [M] (W): a vector of struct eellm_token_choice. A row with a
- * non-finite logit gets token -1 (no token can come from it), confidence 0. */
+ * non-finite logit gets token -1 (no token can come from it), confidence 0.
+ * The task is "next_token" when greedy (CPU or GPU), "next_token_sampled" with
+ * uniforms (CPU only). */
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
                              starpu_data_handle_t choices, const struct eellm_sampling *sampling,
                              const struct eellm_task_info *info);
