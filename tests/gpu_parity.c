@@ -2,10 +2,12 @@
  * - every codelet with a CUDA implementation, run on CUDA and on the CPU on the
  *   same inputs: each output's largest difference within 1e-4 of the CPU
  *   output's largest magnitude (fp32; tokens and exits equal);
- * - one AdamW training step of a small early-exit model, CPU-only and with every
- *   task that has a CUDA implementation on the GPU: per-exit losses, gradient
- *   norm and every updated parameter within 1e-4 in the same sense;
- * - one greedy generation, CPU-only and on the GPU: the same tokens and exits.
+ * - one AdamW training step of two small early-exit models (GPT- and
+ *   Llama-style), CPU-only and with every task that has a CUDA implementation
+ *   on the GPU, and wherever the scheduler puts each task: per-exit losses,
+ *   gradient norm and every updated parameter within 1e-4 in the same sense;
+ * - one greedy generation with early exits on each of two models, CPU-only and
+ *   on the GPU: the same tokens and exits.
  * Without a CUDA worker (StarPU without CUDA, or no GPU) it says so in one line
  * and exits 77, which ctest reports as skipped. EELLM_TF32 must be unset: TF32
  * products are not fp32's. */
@@ -375,9 +377,9 @@ static void compare_runs(const char *what, const struct output *cpu, const struc
   tu_ok(ok, what);
 }
 
-/* One step of parity_train on a fresh model (seed 3), every task that can on
- * `where`: losses and gradient norm into `losses`, the updated parameters in
- * order into `params`. */
+/* One step of parity_train.train on a fresh model (seed 3), every task that can on
+ * `where` (0: where the scheduler puts it): losses and gradient norm into
+ * `losses`, the updated parameters in order into `params`. */
 static void train_step(uint32_t where, const Eellm__Model *spec, const Eellm__Train *train,
                        struct output *losses, struct output *params) {
   char err[512];
@@ -428,23 +430,37 @@ static void train_step(uint32_t where, const Eellm__Model *spec, const Eellm__Tr
   eellm_model_destroy(m);
 }
 
-static void check_training_step(void) {
-  char err[512];
-  Eellm__Model *spec = eellm_model_spec_load("tests/specs/parity_train.txtpb", err, sizeof err);
+/* The step of train spec parity_train.train on model spec `spec_path`. */
+static void check_training_step(const char *spec_path) {
+  char err[512], what[160];
+  Eellm__Model *spec = eellm_model_spec_load(spec_path, err, sizeof err);
   Eellm__Train *train =
       spec ? eellm_train_spec_load("tests/specs/parity_train.train.txtpb", spec, err, sizeof err)
            : NULL;
   if (!tu_ok(spec && train, "training specs load")) {
     printf("%s\n", err);
+    eellm_model_spec_free(spec);
     return;
   }
-  struct output cpu_losses = {0}, cpu_params = {0}, gpu_losses = {0}, gpu_params = {0};
-  tu_seed(7);
-  train_step(STARPU_CPU, spec, train, &cpu_losses, &cpu_params);
-  tu_seed(7);
-  train_step(STARPU_CUDA, spec, train, &gpu_losses, &gpu_params);
-  compare_runs("training step: exit losses and gradient norm", &cpu_losses, &gpu_losses);
-  compare_runs("training step: updated parameters", &cpu_params, &gpu_params);
+  /* CPU only, then every task that can on the GPU, then wherever the scheduler
+   * puts them (CPU and CUDA workers side by side, data moving between them). */
+  static const uint32_t runs[] = {STARPU_CPU, STARPU_CUDA, 0};
+  static const char *const run_names[] = {"cpu", "cuda", "scheduler's choice"};
+  struct output losses[3], params[3];
+  memset(losses, 0, sizeof losses);
+  memset(params, 0, sizeof params);
+  for (int r = 0; r < 3; r++) {
+    tu_seed(7);
+    train_step(runs[r], spec, train, &losses[r], &params[r]);
+  }
+  for (int r = 1; r < 3; r++) {
+    snprintf(what, sizeof what, "%s: training step on %s: exit losses and gradient norm", spec_path,
+             run_names[r]);
+    compare_runs(what, &losses[0], &losses[r]);
+    snprintf(what, sizeof what, "%s: training step on %s: updated parameters", spec_path,
+             run_names[r]);
+    compare_runs(what, &params[0], &params[r]);
+  }
   eellm_train_spec_free(train);
   eellm_model_spec_free(spec);
 }
@@ -482,9 +498,9 @@ static void generate_on(uint32_t where, const char *ckpt, struct output *out) {
   eellm_generator_close(g);
 }
 
-static void check_generation(void) {
-  char err[512], ckpt[300];
-  Eellm__Model *spec = eellm_model_spec_load("tests/specs/gen_gpt.txtpb", err, sizeof err);
+static void check_generation(const char *spec_path) {
+  char err[512], ckpt[300], what[160];
+  Eellm__Model *spec = eellm_model_spec_load(spec_path, err, sizeof err);
   eellm_model *m = spec ? eellm_model_create(spec, 1, spec->context_length, err, sizeof err) : NULL;
   if (!tu_ok(m != NULL, "generation model")) {
     printf("%s\n", err);
@@ -504,7 +520,10 @@ static void check_generation(void) {
   struct output cpu = {0}, gpu = {0};
   generate_on(STARPU_CPU, ckpt, &cpu);
   generate_on(STARPU_CUDA, ckpt, &gpu);
-  compare_runs("greedy generation: tokens and exits", &cpu, &gpu);
+  snprintf(what, sizeof what, "%s: the CPU's generation has tokens", spec_path);
+  tu_ok(cpu.n > 0, what);
+  snprintf(what, sizeof what, "%s: greedy generation: tokens and exits", spec_path);
+  compare_runs(what, &cpu, &gpu);
 }
 
 int main(void) {
@@ -540,7 +559,11 @@ int main(void) {
     printf("%s\n", cases[i].name);
     parity(cases[i].name, cases[i].run);
   }
-  check_training_step();
-  check_generation();
+  /* GPT-style (layernorm, GELU, learned positions) and Llama-style (rmsnorm,
+   * SwiGLU, RoPE) models, exits of every structure between them. */
+  check_training_step("tests/specs/parity_train.txtpb");
+  check_training_step("tests/specs/parity_llama.txtpb");
+  check_generation("tests/specs/gen_gpt.txtpb");
+  check_generation("tests/specs/gen_llama.txtpb");
   return tu_finish();
 }

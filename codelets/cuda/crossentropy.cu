@@ -61,7 +61,8 @@ __global__ void xent_total_kernel(size_t n, const double *row_loss, const float 
   }
 }
 
-size_t eellm_cuda_xent_fwd_work_bytes(size_t n) { return n * sizeof(double); }
+/* One double per row (at least one, so that the task always has its scratch). */
+size_t eellm_cuda_xent_fwd_work_bytes(size_t n) { return (n ? n : 1) * sizeof(double); }
 
 void eellm_cuda_xent_fwd(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
                          const float *mask, float temperature, int dynamic, double *stats,
