@@ -2,10 +2,12 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
+CUDA_BUILD ?= build-cuda
+STARPU_CUDA ?= $(BUILD)/starpu-cuda
 FUZZ_SECONDS ?= 60
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test asan fuzz clean install
+.PHONY: all deps build run test test-cuda asan fuzz clean install
 
 all: build
 
@@ -23,10 +25,19 @@ run: build
 
 # The suite replays every fuzz seed and regression (fuzz_replay_* tests); under
 # CI (CI=true, as CI services set it) it then fuzzes each target for
-# FUZZ_SECONDS too.
+# FUZZ_SECONDS too, and runs test-cuda.
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2
-	@if [ "$${CI:-}" = true ]; then $(MAKE) --no-print-directory fuzz; fi
+	@if [ "$${CI:-}" = true ]; then $(MAKE) --no-print-directory fuzz test-cuda; fi
+
+# The suite on the CPU workers of a StarPU with CUDA: scripts/device-check --prepare builds
+# that StarPU (once: it stays in $(STARPU_CUDA)) and eellm against it in $(CUDA_BUILD), and
+# gathers what a GPU machine needs, which the suite's device_check dry-runs.
+test-cuda: deps
+	@if ! command -v nvcc > /dev/null; then echo "test-cuda: skipped: no nvcc (CUDA toolkit)"; exit 0; fi; \
+	set -e; STARPU_CUDA_PREFIX=$(STARPU_CUDA) CUDA_BUILD=$(CUDA_BUILD) scripts/device-check --prepare; \
+	cmake --build $(CUDA_BUILD) -j $(JOBS); \
+	cd $(CUDA_BUILD) && ctest --output-on-failure -j 2
 
 # Each libFuzzer target (tests/fuzz/) for FUZZ_SECONDS, in $(FUZZ_BUILD) (clang).
 fuzz: deps
@@ -48,4 +59,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(CUDA_BUILD)

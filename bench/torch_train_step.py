@@ -2,9 +2,11 @@
 """Times training steps of the same early-exit model in PyTorch (float32):
 forward, every exit's loss, backward, clipping and AdamW, on random tokens.
 
-Usage: torch_train_step.py MODEL.txtpb BATCH SEQ STEPS THREADS -> one line key=value
+Usage: torch_train_step.py MODEL.txtpb BATCH SEQ STEPS THREADS [DEVICE] -> one line key=value
 The model is the one tests/torch_parity.py builds (the eellm model written plainly
 in PyTorch), in float32 and with weights from a normal(0, 0.02) initialisation.
+DEVICE (default cpu) is a torch device such as cuda; on a GPU the line also holds
+sgemm_gflops, the rate of float32 matrix products (cuBLAS, TF32 off) there.
 """
 import os
 import sys
@@ -72,9 +74,27 @@ def shapes(spec, pb):
     return t
 
 
+def sgemm_gflops(sync, n=8192, reps=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9
+
+
 def main():
     path, batch, seq, steps, threads = sys.argv[1], *map(int, sys.argv[2:6])
+    device = sys.argv[6] if len(sys.argv) > 6 else "cpu"
     torch.set_num_threads(threads)
+    sync = lambda: None  # noqa: E731
+    if device != "cpu":
+        torch.set_default_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 math, as eellm's
+        sync = torch.cuda.synchronize
     torch.manual_seed(0)
     spec, pb = load_text_spec(path)
     weights = {name: (np.random.default_rng(0).normal(0, 0.02, shape) if len(shape) == 2
@@ -90,14 +110,17 @@ def main():
     exit_weights = [e.loss_weight for e in spec.exits] + [1.0]
     for step in range(steps + 1):
         if step == 1:
+            sync()
             t0 = time.perf_counter()
         opt.zero_grad()
         losses = model.losses(x, y, mask)
         sum(w * l for w, l in zip(exit_weights, losses)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+    sync()
     seconds = (time.perf_counter() - t0) / steps
-    print(f"tokens_per_s={batch * seq / seconds:.1f} step_ms={seconds * 1e3:.2f} threads={threads}")
+    peak = f" sgemm_gflops={sgemm_gflops(sync):.1f}" if device != "cpu" else ""
+    print(f"tokens_per_s={batch * seq / seconds:.1f} step_ms={seconds * 1e3:.2f} threads={threads}{peak}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
  * and one wait, as in `eellm train`. Also measures cblas_sgemm's rate on all
  * cores (one 1024^3 product per worker thread at once), the peak for MFU.
  *
- *   bench_train_step MODEL.txtpb BATCH SEQ STEPS   -> one line of key=value */
+ *   bench_train_step MODEL.txtpb BATCH SEQ STEPS [WARMUP]   -> one line of key=value
+ *
+ * WARMUP untimed steps (default 1) come first: they warm caches and calibrate the perf
+ * models (with GPUs, StarPU runs each codelet on each kind of worker until it has
+ * STARPU_CALIBRATE_MINIMUM measurements). */
 #include <cblas.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -45,11 +49,12 @@ static double sgemm_rate(int threads) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s MODEL.txtpb BATCH SEQ STEPS\n", argv[0]);
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: %s MODEL.txtpb BATCH SEQ STEPS [WARMUP]\n", argv[0]);
     return 2;
   }
   unsigned batch = atoi(argv[2]), seq = atoi(argv[3]), steps = atoi(argv[4]);
+  unsigned warmup = argc == 6 ? atoi(argv[5]) : 1;
   char err[512];
   Eellm__Model *spec = eellm_model_spec_load(argv[1], err, sizeof err);
   if (!spec) {
@@ -77,8 +82,8 @@ int main(int argc, char **argv) {
   Eellm__AdamW opt = EELLM__ADAM_W__INIT;
   struct eellm_batch b = {tokens, tokens + 1, NULL};
   double t0 = 0;
-  for (unsigned step = 0; step <= steps; step++) {
-    if (step == 1) t0 = now_s(); /* step 0 warms caches and perf models */
+  for (unsigned step = 0; step < warmup + steps; step++) {
+    if (step == warmup) t0 = now_s();
     eellm_model_submit_zero_grads(m);
     if (eellm_model_submit_forward_backward(m, &b, NULL, 1.0f, err, sizeof err) != 0) return 1;
     eellm_model_submit_optimizer(m, &opt, step + 1, 1e-4);

@@ -13,5 +13,6 @@ int cmd_trace(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_info(int argc, char **argv);
 
 #endif

@@ -19,6 +19,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "tokenize text files into token files (byte or GPT-2 BPE)"},
     {"detokenize", cmd_detokenize, "write the text of a token file"},
     {"serve", cmd_serve, "serve early-exit generation over HTTP (EE-LLM's API)"},
+    {"info", cmd_info, "the StarPU (workers, scheduler, CUDA, MPI), BLAS and GPUs eellm runs on"},
 };
 
 static void usage(FILE *out) {

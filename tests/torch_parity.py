@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import types
 
 import numpy as np
 import torch
@@ -43,7 +44,11 @@ def read_safetensors(path):
 
 
 def model_schema():
-    """The Python module protoc generates from schemas/model.proto."""
+    """The Python module protoc generates from schemas/model.proto or, where there is no
+    protoc (the GPU machine of scripts/device-check), its classes built from
+    $EELLM_MODEL_DESCRIPTORS, a descriptor set protoc wrote elsewhere."""
+    if os.environ.get("EELLM_MODEL_DESCRIPTORS"):
+        return schema_from_descriptors(os.environ["EELLM_MODEL_DESCRIPTORS"])
     out = tempfile.mkdtemp()
     schemas = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schemas")
     subprocess.run(["protoc", f"--proto_path={schemas}", f"--python_out={out}", "model.proto"],
@@ -51,6 +56,20 @@ def model_schema():
     sys.path.insert(0, out)
     import model_pb2  # noqa: E402 (generated just above)
     return model_pb2
+
+
+def schema_from_descriptors(path):
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    with open(path, "rb") as f:
+        files = descriptor_pb2.FileDescriptorSet.FromString(f.read())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    # GetMessageClass since protobuf 4.22; MessageFactory before (removed in 5).
+    message_class = getattr(message_factory, "GetMessageClass", None) or \
+        message_factory.MessageFactory(pool).GetPrototype
+    messages = pool.FindFileByName("model.proto").message_types_by_name
+    return types.SimpleNamespace(**{name: message_class(d) for name, d in messages.items()})
 
 
 def load_spec(meta):
