@@ -377,6 +377,13 @@ static void compare_runs(const char *what, const struct output *cpu, const struc
   tu_ok(ok, what);
 }
 
+/* Elements of model tensor i (a vector has 0 rows). */
+static size_t tensor_size(const eellm_model *m, size_t i) {
+  size_t rows, cols;
+  eellm_model_tensor_shape(m, i, &rows, &cols);
+  return (rows ? rows : 1) * cols;
+}
+
 /* One step of parity_train.train on a fresh model (seed 3), every task that can on
  * `where` (0: where the scheduler puts it): losses and gradient norm into
  * `losses`, the updated parameters in order into `params`. */
@@ -413,19 +420,13 @@ static void train_step(uint32_t where, const Eellm__Model *spec, const Eellm__Tr
   losses->values[n_exits] = eellm_model_grad_norm(m);
   eellm_model_sync(m);
   size_t n = 0;
-  for (size_t i = 0; i < eellm_model_n_tensors(m); i++) {
-    size_t r, c;
-    eellm_model_tensor_shape(m, i, &r, &c);
-    n += (r ? r : 1) * c;
-  }
+  for (size_t i = 0; i < eellm_model_n_tensors(m); i++) n += tensor_size(m, i);
   params->values = tu_alloc_f64(n);
   params->n = n;
   size_t at = 0;
   for (size_t i = 0; i < eellm_model_n_tensors(m); i++) {
-    size_t r, c;
-    eellm_model_tensor_shape(m, i, &r, &c);
     const float *p = eellm_model_tensor_data(m, i);
-    for (size_t j = 0; j < (r ? r : 1) * c; j++) params->values[at++] = p[j];
+    for (size_t j = 0; j < tensor_size(m, i); j++) params->values[at++] = p[j];
   }
   eellm_model_destroy(m);
 }
