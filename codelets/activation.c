@@ -1,5 +1,5 @@
 /* StarPU glue of the MLP activations GELU and SwiGLU, forward and backward
- * (kernels in cpu/activation.c). */
+ * (kernels in cpu/activation.c and cuda/activation.cu). */
 #include "glue.h"
 
 struct activation_fwd_args {
@@ -22,6 +22,15 @@ static void activation_fwd_cpu(void *buffers[], void *cl_arg) {
                            (float *)a.ptr, a.ld);
 }
 
+#ifdef STARPU_USE_CUDA
+static void activation_fwd_cuda(void *buffers[], void *cl_arg) {
+  const struct activation_fwd_args *args = cl_arg;
+  struct eellm_tensor_view h = eellm_tensor_view(buffers[0]), a = eellm_tensor_view(buffers[1]);
+  eellm_cuda_activation_fwd(a.rows, a.cols, args->act, (const float *)h.ptr, h.ld, (float *)a.ptr,
+                            a.ld, starpu_cuda_get_local_stream());
+}
+#endif
+
 /* GELU: h [N, F], da [N, F] -> dh [N, F];
  * SwiGLU: h [N, 2F], da [N, F] -> dh [N, 2F] = dgate | dup. dh honours beta_dx. */
 static void activation_bwd_cpu(void *buffers[], void *cl_arg) {
@@ -31,6 +40,17 @@ static void activation_bwd_cpu(void *buffers[], void *cl_arg) {
   eellm_cpu_activation_bwd(da.rows, da.cols, args->act, args->beta_dx, (const float *)h.ptr, h.ld,
                            (const float *)da.ptr, da.ld, (float *)dh.ptr, dh.ld);
 }
+
+#ifdef STARPU_USE_CUDA
+static void activation_bwd_cuda(void *buffers[], void *cl_arg) {
+  const struct activation_bwd_args *args = cl_arg;
+  struct eellm_tensor_view h = eellm_tensor_view(buffers[0]), da = eellm_tensor_view(buffers[1]);
+  struct eellm_tensor_view dh = eellm_tensor_view(buffers[2]);
+  eellm_cuda_activation_bwd(da.rows, da.cols, args->act, args->beta_dx, (const float *)h.ptr, h.ld,
+                            (const float *)da.ptr, da.ld, (float *)dh.ptr, dh.ld,
+                            starpu_cuda_get_local_stream());
+}
+#endif
 
 void eellm_insert_activation_fwd(starpu_data_handle_t h, starpu_data_handle_t a,
                                  enum eellm_activation act, const struct eellm_task_info *info) {

@@ -62,6 +62,13 @@ extern const struct eellm_task_info eellm_task_default;
  * implementations for; 0 for no such codelet. */
 uint32_t eellm_codelet_archs(const char *name);
 
+/* From now on, tasks whose info->where is 0 run on the architectures of `where`
+ * (a mask of STARPU_CPU, STARPU_CUDA) that their codelet implements, and on any
+ * it implements when it has none of them; 0 (the default) lifts the preference.
+ * tests/gpu_parity runs a whole training step on the CPU and then on the GPU
+ * this way. Call it between submissions, not during them. */
+void eellm_codelets_prefer(uint32_t where);
+
 /* Waits for this process's tasks and unregisters the codelets' scratch
  * buffers; eellm_runtime_stop calls it before StarPU shuts down. */
 void eellm_codelets_stop(void);
@@ -237,7 +244,8 @@ void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t ind
  * greedy), limits [M] struct eellm_row_limit (each row's top_p and banned token;
  * NULL: the sampling's top_p, none banned), choices [M] (W): a vector of struct
  * eellm_token_choice. A row with a non-finite logit gets token -1 (no token can
- * come from it), confidence 0. */
+ * come from it), confidence 0. The task is "next_token" when greedy without
+ * limits (CPU or GPU), "next_token_sampled" otherwise (CPU only). */
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
                              starpu_data_handle_t limits, starpu_data_handle_t choices,
                              const struct eellm_sampling *sampling,

@@ -1,6 +1,6 @@
 /* StarPU glue of the softmax cross-entropy over the vocabulary with a loss mask,
  * a temperature and an optional per-row confidence weight (kernels in
- * cpu/crossentropy.c). */
+ * cpu/crossentropy.c and cuda/crossentropy.cu). */
 #include "glue.h"
 
 struct xent_args {
@@ -34,6 +34,30 @@ static void xent_bwd_cpu(void *buffers[], void *cl_arg) {
                      args->temperature, args->dynamic, (float *)dz.ptr, dz.ld);
 }
 
+#ifdef STARPU_USE_CUDA
+/* As xent_fwd_cpu, with work (SCRATCH): the rows' losses. */
+static void xent_fwd_cuda(void *buffers[], void *cl_arg) {
+  const struct xent_args *args = cl_arg;
+  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]);
+  eellm_cuda_xent_fwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
+                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]), args->temperature,
+                      args->dynamic, (double *)STARPU_VECTOR_GET_PTR(buffers[3]),
+                      (void *)STARPU_VECTOR_GET_PTR(buffers[4]), starpu_cuda_get_local_stream());
+}
+
+static void xent_bwd_cuda(void *buffers[], void *cl_arg) {
+  const struct xent_args *args = cl_arg;
+  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]), dz = eellm_tensor_view(buffers[4]);
+  eellm_cuda_xent_bwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
+                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]),
+                      (const double *)STARPU_VECTOR_GET_PTR(buffers[3]), args->scale,
+                      args->temperature, args->dynamic, (float *)dz.ptr, dz.ld,
+                      starpu_cuda_get_local_stream());
+}
+#endif
+
 static void check_temperature(float temperature) {
   if (!(temperature > 0)) {
     fprintf(stderr, "eellm: cross-entropy temperature %g must be positive\n", temperature);
@@ -47,13 +71,16 @@ void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t tar
                            const struct eellm_task_info *info) {
   check_temperature(temperature);
   struct xent_args args = {temperature, 0, dynamic};
-  struct starpu_data_descr buffers[] = {
+  struct starpu_data_descr buffers[5] = {
       {logits, STARPU_R},
       {targets, STARPU_R},
       {mask, STARPU_R},
       {stats, STARPU_W},
   };
-  eellm_submit(&xent_fwd_cl, buffers, 4, &args, sizeof args, info);
+  int n = eellm_add_scratch(
+      buffers, 4,
+      EELLM_WORK_BYTES(0, eellm_cuda_xent_fwd_work_bytes(starpu_matrix_get_ny(logits))));
+  eellm_submit(&xent_fwd_cl, buffers, n, &args, sizeof args, info);
 }
 
 void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,

@@ -1,5 +1,6 @@
 /* StarPU glue of the token + learned position embedding, forward and backward
- * (kernels in cpu/embedding.c; kvcache.c's embed_at shares the forward). */
+ * (kernels in cpu/embedding.c and cuda/embedding.cu; kvcache.c's embed_at shares
+ * the forward). */
 #include "glue.h"
 
 struct embed_args {
@@ -10,31 +11,82 @@ struct embed_args {
 EELLM_CODELET(embed_fwd)
 EELLM_CODELET(embed_bwd)
 
+struct embed_fwd_task {
+  const int32_t *tokens, *positions;
+  size_t n;
+  struct eellm_tensor_view wte, wpe, out;
+};
+
+static struct embed_fwd_task embed_fwd_task(void *buffers[], int has_wpe, int has_positions) {
+  int b = 0;
+  struct embed_fwd_task t = {0};
+  t.n = STARPU_VECTOR_GET_NX(buffers[b]);
+  t.tokens = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+  if (has_positions) t.positions = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+  t.wte = eellm_tensor_view(buffers[b++]);
+  if (has_wpe) t.wpe = eellm_tensor_view(buffers[b++]);
+  t.out = eellm_tensor_view(buffers[b]);
+  return t;
+}
+
+void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len) {
+  struct embed_fwd_task t = embed_fwd_task(buffers, has_wpe, has_positions);
+  eellm_cpu_embed_fwd(t.n, t.out.cols, t.tokens, t.positions, seq_len, (const float *)t.wte.ptr,
+                      t.wte.ld, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld, t.wpe.rows,
+                      (float *)t.out.ptr, t.out.ld);
+}
+
 /* tokens [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_fwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  int b = 2;
-  struct eellm_tensor_view wpe = {0};
-  if (args->has_wpe) wpe = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view out = eellm_tensor_view(buffers[b]);
-  eellm_cpu_embed_fwd(STARPU_VECTOR_GET_NX(buffers[0]), out.cols,
-                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]), NULL, args->seq_len,
-                      (const float *)STARPU_MATRIX_GET_PTR(buffers[1]),
-                      STARPU_MATRIX_GET_LD(buffers[1]), STARPU_MATRIX_GET_NY(buffers[1]),
-                      (const float *)wpe.ptr, wpe.ld, wpe.rows, (float *)out.ptr, out.ld);
+  eellm_embed_rows_cpu(buffers, args->has_wpe, 0, args->seq_len);
 }
 
 /* tokens [N] int32, dout [N, D], dwte [V, D] (+=), dwpe [C, D] (+=, optional). */
+struct embed_bwd_task {
+  const int32_t *tokens;
+  size_t n;
+  struct eellm_tensor_view dout, dwte, dwpe;
+};
+
+static struct embed_bwd_task embed_bwd_task(void *buffers[], int has_wpe) {
+  struct embed_bwd_task t = {.tokens = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]),
+                             .n = STARPU_VECTOR_GET_NX(buffers[0]),
+                             .dout = eellm_tensor_view(buffers[1]),
+                             .dwte = eellm_tensor_view(buffers[2])};
+  if (has_wpe) t.dwpe = eellm_tensor_view(buffers[3]);
+  return t;
+}
+
 static void embed_bwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  struct eellm_tensor_view dout = eellm_tensor_view(buffers[1]);
-  struct eellm_tensor_view dwte = eellm_tensor_view(buffers[2]), dwpe = {0};
-  if (args->has_wpe) dwpe = eellm_tensor_view(buffers[3]);
-  eellm_cpu_embed_bwd(STARPU_VECTOR_GET_NX(buffers[0]), dout.cols,
-                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]), args->seq_len,
-                      (const float *)dout.ptr, dout.ld, (float *)dwte.ptr, dwte.ld, dwte.rows,
-                      (float *)dwpe.ptr, dwpe.ld);
+  struct embed_bwd_task t = embed_bwd_task(buffers, args->has_wpe);
+  eellm_cpu_embed_bwd(t.n, t.dout.cols, t.tokens, args->seq_len, (const float *)t.dout.ptr,
+                      t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, t.dwte.rows, (float *)t.dwpe.ptr,
+                      t.dwpe.ld);
 }
+
+#ifdef STARPU_USE_CUDA
+void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len) {
+  struct embed_fwd_task t = embed_fwd_task(buffers, has_wpe, has_positions);
+  eellm_cuda_embed_fwd(t.n, t.out.cols, t.tokens, t.positions, seq_len, (const float *)t.wte.ptr,
+                       t.wte.ld, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld, t.wpe.rows,
+                       (float *)t.out.ptr, t.out.ld, starpu_cuda_get_local_stream());
+}
+
+static void embed_fwd_cuda(void *buffers[], void *cl_arg) {
+  const struct embed_args *args = cl_arg;
+  eellm_embed_rows_cuda(buffers, args->has_wpe, 0, args->seq_len);
+}
+
+static void embed_bwd_cuda(void *buffers[], void *cl_arg) {
+  const struct embed_args *args = cl_arg;
+  struct embed_bwd_task t = embed_bwd_task(buffers, args->has_wpe);
+  eellm_cuda_embed_bwd(t.n, t.dout.cols, t.tokens, args->seq_len, (const float *)t.dout.ptr,
+                       t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, t.dwte.rows, (float *)t.dwpe.ptr,
+                       t.dwpe.ld, starpu_cuda_get_local_stream());
+}
+#endif
 
 void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wte,
                             starpu_data_handle_t wpe, starpu_data_handle_t out, unsigned seq_len,

@@ -1,5 +1,5 @@
-/* The glue's shared state: scratch handles by size, and the list of codelets
- * (for eellm_codelet_archs). */
+/* The glue's shared state: scratch handles by size, the list of codelets (for
+ * eellm_codelet_archs) and, with CUDA, the cuBLAS math mode. */
 #include "glue.h"
 
 #include <pthread.h>
@@ -64,3 +64,33 @@ uint32_t eellm_codelet_archs(const char *name) {
     if (strcmp(listed[i]->name, name) == 0) return eellm_codelet_implements(listed[i]);
   return 0;
 }
+
+const struct eellm_task_info *eellm_cpu_unless(int gpu_fits, const struct eellm_task_info *info,
+                                               struct eellm_task_info *pinned, const char *what) {
+  if (gpu_fits) return info;
+  *pinned = info ? *info : eellm_task_default;
+  if (pinned->where & ~(uint32_t)STARPU_CPU) {
+    fprintf(stderr, "eellm: %s: this task's sizes are past the CUDA kernel's limits\n", what);
+    abort();
+  }
+  pinned->where = STARPU_CPU;
+  return pinned;
+}
+
+#ifdef STARPU_USE_CUDA
+static cublasMath_t math_mode = CUBLAS_DEFAULT_MATH;
+static pthread_once_t math_mode_once = PTHREAD_ONCE_INIT;
+
+/* fp32 unless EELLM_TF32 is exactly "1": checkpoints stay those of CPU runs by default. */
+static void read_math_mode(void) {
+  const char *tf32 = getenv("EELLM_TF32");
+  if (tf32 && strcmp(tf32, "1") == 0) math_mode = CUBLAS_TF32_TENSOR_OP_MATH;
+}
+
+cublasHandle_t eellm_cublas_handle(void) {
+  pthread_once(&math_mode_once, read_math_mode);
+  cublasHandle_t handle = starpu_cublas_get_local_handle();
+  cublasSetMathMode(handle, math_mode);
+  return handle;
+}
+#endif

@@ -10,6 +10,11 @@
 
 #include "codelets.h"
 #include "cpu/kernels.h"
+#ifdef STARPU_USE_CUDA
+#include <starpu_cublas_v2.h>
+
+#include "cuda/kernels.h"
+#endif
 
 /* The architectures (STARPU_CPU, STARPU_CUDA, ...) cl has implementations for. */
 uint32_t eellm_codelet_implements(const struct starpu_codelet *cl);
@@ -18,19 +23,67 @@ uint32_t eellm_codelet_implements(const struct starpu_codelet *cl);
  * does it at load time). */
 void eellm_codelet_list(struct starpu_codelet *cl);
 
+/* With CUDA, a codelet also runs op##_cuda (the glue file's twin of op##_cpu:
+ * the same buffers, the kernel of codelets/cuda/ on the worker's stream),
+ * asynchronously: StarPU waits for the stream, the task never does. */
+#ifdef STARPU_USE_CUDA
+#define EELLM_CUDA_IMPL(op) .cuda_funcs = {op##_cuda}, .cuda_flags = {STARPU_CUDA_ASYNC},
+#define EELLM_DECLARE_CUDA(op) static void op##_cuda(void *buffers[], void *cl_arg);
+#else
+#define EELLM_CUDA_IMPL(op)
+#define EELLM_DECLARE_CUDA(op)
+#endif
+
 /* Defines `static struct starpu_codelet op##_cl` running op##_cpu (a function of
- * the glue file: unpack the buffers, call the kernel), with a history-based perf
- * model "eellm_<op>" and the task name "<op>", on a variable number of buffers. */
-#define EELLM_CODELET(op)                                                                  \
+ * the glue file: unpack the buffers, call the kernel) and the fields given after
+ * op (the other implementations, or .where), with a history-based perf model
+ * "eellm_<op>" and the task name "<op>", on a variable number of buffers. */
+#define EELLM_DEFINE_CODELET(op, ...)                                                      \
   static void op##_cpu(void *buffers[], void *cl_arg);                                     \
   static struct starpu_perfmodel op##_model = {.type = STARPU_HISTORY_BASED,               \
-                                               .symbol = "eellm_" #op};                   \
+                                               .symbol = "eellm_" #op};                    \
   static struct starpu_codelet op##_cl = {.cpu_funcs = {op##_cpu},                         \
                                           .cpu_funcs_name = {#op "_cpu"},                  \
                                           .nbuffers = STARPU_VARIABLE_NBUFFERS,            \
                                           .model = &op##_model,                            \
-                                          .name = #op};                                    \
+                                          .name = #op,                                     \
+                                          __VA_ARGS__};                                    \
   __attribute__((constructor)) static void op##_listed(void) { eellm_codelet_list(&op##_cl); }
+
+/* A codelet for CPUs and, when StarPU has CUDA, GPUs (op##_cuda). */
+#define EELLM_CODELET(op) EELLM_DECLARE_CUDA(op) EELLM_DEFINE_CODELET(op, EELLM_CUDA_IMPL(op))
+
+/* A codelet that runs on the host only (it reads host memory, or its kernel has
+ * no GPU twin): its data come to main memory. */
+#define EELLM_CODELET_CPU(op) EELLM_DEFINE_CODELET(op, .where = STARPU_CPU, )
+
+#ifdef STARPU_USE_CUDA
+/* The worker's cuBLAS handle (bound to its stream), in fp32 math, or TF32 when
+ * the environment has EELLM_TF32=1 (read once). */
+cublasHandle_t eellm_cublas_handle(void);
+#endif
+
+/* The larger of a kernel's CPU and CUDA work sizes (the CPU's without CUDA):
+ * a scratch buffer serves whichever worker runs the task. */
+#ifdef STARPU_USE_CUDA
+#define EELLM_WORK_BYTES(cpu, cuda) eellm_max_bytes((cpu), (cuda))
+#else
+#define EELLM_WORK_BYTES(cpu, cuda) (cpu)
+#endif
+static inline size_t eellm_max_bytes(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Whether a task fits the CUDA kernels' limits (always, without CUDA). */
+#ifdef STARPU_USE_CUDA
+#define EELLM_CUDA_FITS(cond) (cond)
+#else
+#define EELLM_CUDA_FITS(cond) 1
+#endif
+
+/* info, or, when the task does not fit the CUDA kernels (gpu_fits 0), a copy in
+ * *pinned that keeps it on the CPU. A task that info pins to CUDA then is a
+ * caller's error: the message names the codelet `what` and the process aborts. */
+const struct eellm_task_info *eellm_cpu_unless(int gpu_fits, const struct eellm_task_info *info,
+                                               struct eellm_task_info *pinned, const char *what);
 
 /* A matrix or vector buffer seen as rows x cols elements of elemsize bytes,
  * rows ld elements apart; a vector is one row. */
@@ -55,6 +108,14 @@ static inline struct eellm_tensor_view eellm_tensor_view(void *buffer) {
   fprintf(stderr, "eellm: codelet given neither a matrix nor a vector (interface %d)\n", (int)id);
   abort();
 }
+
+/* Runs an embedding forward (embed_fwd, embed_at: embedding.c) on the task's
+ * buffers: tokens [N] int32, positions [N] int32 (with has_positions; else row n
+ * is at position n % seq_len), wte [V, D], wpe [C, D] (with has_wpe), out [N, D]. */
+void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len);
+#ifdef STARPU_USE_CUDA
+void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len);
+#endif
 
 /* A scratch handle of at least `bytes` bytes (bytes > 0), to pass as a task's
  * last buffer in mode STARPU_SCRATCH; the kernel finds its work space at

@@ -1,7 +1,8 @@
 /* StarPU glue of the ops of generation with key/value caches: embedding at
  * explicit positions (the embedding kernel of cpu/embedding.c), causal attention
  * of new rows over a per-sequence cache (cpu/attention.c: the RoPE and the
- * attention routine of training), and row gathering (cpu/tensor.c). */
+ * attention routine of training; cuda/attention.cu), and row gathering
+ * (cpu/tensor.c, cuda/tensor.cu). */
 #include "glue.h"
 
 struct attention_cached_args {
@@ -16,44 +17,68 @@ EELLM_CODELET(gather_rows)
 
 /* tokens [N] int32, positions [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_at_cpu(void *buffers[], void *cl_arg) {
-  int has_wpe = *(const int *)cl_arg, b = 3;
-  struct eellm_tensor_view wpe = {0};
-  if (has_wpe) wpe = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view out = eellm_tensor_view(buffers[b]);
-  eellm_cpu_embed_fwd(STARPU_VECTOR_GET_NX(buffers[0]), out.cols,
-                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[0]),
-                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]), 0,
-                      (const float *)STARPU_MATRIX_GET_PTR(buffers[2]),
-                      STARPU_MATRIX_GET_LD(buffers[2]), STARPU_MATRIX_GET_NY(buffers[2]),
-                      (const float *)wpe.ptr, wpe.ld, wpe.rows, (float *)out.ptr, out.ld);
+  eellm_embed_rows_cpu(buffers, *(const int *)cl_arg, 1, 0);
 }
 
 /* qkv [N, 3D] (R), positions [N] int32 (R), slots [N] int32 (R),
  * cache [S * capacity, 2D] (RW), out [N, D] (W), work (SCRATCH). */
+struct cached_task {
+  size_t hd, n_slots;
+  struct eellm_tensor_view qkv, cache, out;
+  const int32_t *positions, *slots;
+};
+
+static struct cached_task cached_task(void *buffers[], const struct attention_cached_args *a) {
+  struct cached_task t = {.qkv = eellm_tensor_view(buffers[0]),
+                          .cache = eellm_tensor_view(buffers[3]),
+                          .out = eellm_tensor_view(buffers[4]),
+                          .positions = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                          .slots = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[2])};
+  t.hd = t.qkv.cols / 3 / a->n_heads;
+  t.n_slots = t.cache.rows / a->capacity;
+  return t;
+}
+
 static void attention_cached_cpu(void *buffers[], void *cl_arg) {
   const struct attention_cached_args *a = cl_arg;
-  size_t D = STARPU_MATRIX_GET_NX(buffers[0]) / 3;
-  eellm_cpu_attention_cached(
-      STARPU_MATRIX_GET_NY(buffers[0]), a->n_heads, D / a->n_heads, a->capacity,
-      STARPU_MATRIX_GET_NY(buffers[3]) / a->capacity, a->rope, a->rope_theta,
-      (const float *)STARPU_MATRIX_GET_PTR(buffers[0]), STARPU_MATRIX_GET_LD(buffers[0]),
-      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
-      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[2]),
-      (float *)STARPU_MATRIX_GET_PTR(buffers[3]), STARPU_MATRIX_GET_LD(buffers[3]),
-      (float *)STARPU_MATRIX_GET_PTR(buffers[4]), STARPU_MATRIX_GET_LD(buffers[4]),
-      (void *)STARPU_VECTOR_GET_PTR(buffers[5]));
+  struct cached_task t = cached_task(buffers, a);
+  eellm_cpu_attention_cached(t.qkv.rows, a->n_heads, t.hd, a->capacity, t.n_slots, a->rope,
+                             a->rope_theta, (const float *)t.qkv.ptr, t.qkv.ld, t.positions,
+                             t.slots, (float *)t.cache.ptr, t.cache.ld, (float *)t.out.ptr,
+                             t.out.ld, (void *)STARPU_VECTOR_GET_PTR(buffers[5]));
 }
 
 /* src [N, D], index [M] int32, dst [M, D]. */
 static void gather_rows_cpu(void *buffers[], void *cl_arg) {
   (void)cl_arg;
-  eellm_cpu_gather_rows(STARPU_MATRIX_GET_NY(buffers[2]), STARPU_MATRIX_GET_NX(buffers[2]),
-                        (const float *)STARPU_MATRIX_GET_PTR(buffers[0]),
-                        STARPU_MATRIX_GET_LD(buffers[0]), STARPU_MATRIX_GET_NY(buffers[0]),
-                        (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
-                        (float *)STARPU_MATRIX_GET_PTR(buffers[2]),
-                        STARPU_MATRIX_GET_LD(buffers[2]));
+  struct eellm_tensor_view src = eellm_tensor_view(buffers[0]), dst = eellm_tensor_view(buffers[2]);
+  eellm_cpu_gather_rows(dst.rows, dst.cols, (const float *)src.ptr, src.ld, src.rows,
+                        (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]), (float *)dst.ptr,
+                        dst.ld);
 }
+
+#ifdef STARPU_USE_CUDA
+static void embed_at_cuda(void *buffers[], void *cl_arg) {
+  eellm_embed_rows_cuda(buffers, *(const int *)cl_arg, 1, 0);
+}
+
+static void attention_cached_cuda(void *buffers[], void *cl_arg) {
+  const struct attention_cached_args *a = cl_arg;
+  struct cached_task t = cached_task(buffers, a);
+  eellm_cuda_attention_cached(t.qkv.rows, a->n_heads, t.hd, a->capacity, t.n_slots, a->rope,
+                              a->rope_theta, (const float *)t.qkv.ptr, t.qkv.ld, t.positions,
+                              t.slots, (float *)t.cache.ptr, t.cache.ld, (float *)t.out.ptr,
+                              t.out.ld, starpu_cuda_get_local_stream());
+}
+
+static void gather_rows_cuda(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  struct eellm_tensor_view src = eellm_tensor_view(buffers[0]), dst = eellm_tensor_view(buffers[2]);
+  eellm_cuda_gather_rows(dst.rows, dst.cols, (const float *)src.ptr, src.ld, src.rows,
+                         (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]), (float *)dst.ptr,
+                         dst.ld, starpu_cuda_get_local_stream());
+}
+#endif
 
 void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t positions,
                            starpu_data_handle_t wte, starpu_data_handle_t wpe,
@@ -100,6 +125,9 @@ void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_
       {qkv, STARPU_R},    {positions, STARPU_R}, {slots, STARPU_R},
       {cache, STARPU_RW}, {out, STARPU_W},       {eellm_scratch(work), STARPU_SCRATCH},
   };
+  struct eellm_task_info pinned;
+  info = eellm_cpu_unless(EELLM_CUDA_FITS(hd <= EELLM_CUDA_MAX_HEAD_DIM), info, &pinned,
+                          "attention_cached");
   eellm_submit(&attention_cached_cl, buffers, 6, &args, sizeof args, info);
 }
 

@@ -1,5 +1,5 @@
 /* StarPU glue of the linear layer y = x @ W (+ b) (+ residual), forward and
- * backward (kernels in cpu/linear.c). */
+ * backward (kernels in cpu/linear.c and cuda/linear.cu, on cuBLAS). */
 #include "glue.h"
 
 struct linear_fwd_args {
@@ -18,42 +18,82 @@ EELLM_CODELET(linear_bwd)
 
 /* x [N, K], W [K, M] (or [M, K] transposed), b [M] (optional), residual [N, M] (optional),
  * y [N, M]. */
+struct linear_fwd_task {
+  struct eellm_tensor_view x, w, res, y;
+  const float *bias;
+};
+
+static struct linear_fwd_task linear_fwd_task(void *buffers[], const struct linear_fwd_args *args) {
+  int b = 0;
+  struct linear_fwd_task t = {0};
+  t.x = eellm_tensor_view(buffers[b++]);
+  t.w = eellm_tensor_view(buffers[b++]);
+  if (args->has_bias) t.bias = (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+  if (args->has_residual) t.res = eellm_tensor_view(buffers[b++]);
+  t.y = eellm_tensor_view(buffers[b]);
+  return t;
+}
+
 static void linear_fwd_cpu(void *buffers[], void *cl_arg) {
   const struct linear_fwd_args *args = cl_arg;
-  int b = 0;
-  struct eellm_tensor_view x = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view w = eellm_tensor_view(buffers[b++]);
-  const float *bias = args->has_bias ? (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]) : NULL;
-  struct eellm_tensor_view res = {0};
-  if (args->has_residual) res = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view y = eellm_tensor_view(buffers[b]);
-  eellm_cpu_linear_fwd(x.rows, x.cols, y.cols, args->transpose_w, (const float *)x.ptr, x.ld,
-                       (const float *)w.ptr, w.ld, bias, (const float *)res.ptr, res.ld,
-                       (float *)y.ptr, y.ld);
+  struct linear_fwd_task t = linear_fwd_task(buffers, args);
+  eellm_cpu_linear_fwd(t.x.rows, t.x.cols, t.y.cols, args->transpose_w, (const float *)t.x.ptr,
+                       t.x.ld, (const float *)t.w.ptr, t.w.ld, t.bias, (const float *)t.res.ptr,
+                       t.res.ld, (float *)t.y.ptr, t.y.ld);
 }
 
 /* x [N, K], W [K, M] (or [M, K] transposed), dy [N, M], dx [N, K] (optional),
  * dW (optional), db [M] (optional), work (SCRATCH, with db). */
+struct linear_bwd_task {
+  struct eellm_tensor_view x, w, dy, dx, dw;
+  float *db;
+  void *work;
+};
+
+static struct linear_bwd_task linear_bwd_task(void *buffers[], const struct linear_bwd_args *args) {
+  int b = 0;
+  struct linear_bwd_task t = {0};
+  t.x = eellm_tensor_view(buffers[b++]);
+  t.w = eellm_tensor_view(buffers[b++]);
+  t.dy = eellm_tensor_view(buffers[b++]);
+  if (args->has_dx) t.dx = eellm_tensor_view(buffers[b++]);
+  if (args->has_dw) t.dw = eellm_tensor_view(buffers[b++]);
+  if (args->has_db) {
+    t.db = (float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+    t.work = (void *)STARPU_VECTOR_GET_PTR(buffers[b++]);
+  }
+  return t;
+}
+
 static void linear_bwd_cpu(void *buffers[], void *cl_arg) {
   const struct linear_bwd_args *args = cl_arg;
-  int b = 0;
-  struct eellm_tensor_view x = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view w = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view dy = eellm_tensor_view(buffers[b++]);
-  struct eellm_tensor_view dx = {0}, dw = {0};
-  if (args->has_dx) dx = eellm_tensor_view(buffers[b++]);
-  if (args->has_dw) dw = eellm_tensor_view(buffers[b++]);
-  float *db = NULL;
-  void *work = NULL;
-  if (args->has_db) {
-    db = (float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
-    work = (void *)STARPU_VECTOR_GET_PTR(buffers[b++]);
-  }
-  eellm_cpu_linear_bwd(x.rows, x.cols, dy.cols, args->transpose_w, args->beta_dx,
-                       (const float *)x.ptr, x.ld, (const float *)w.ptr, w.ld,
-                       (const float *)dy.ptr, dy.ld, (float *)dx.ptr, dx.ld, (float *)dw.ptr,
-                       dw.ld, db, work);
+  struct linear_bwd_task t = linear_bwd_task(buffers, args);
+  eellm_cpu_linear_bwd(t.x.rows, t.x.cols, t.dy.cols, args->transpose_w, args->beta_dx,
+                       (const float *)t.x.ptr, t.x.ld, (const float *)t.w.ptr, t.w.ld,
+                       (const float *)t.dy.ptr, t.dy.ld, (float *)t.dx.ptr, t.dx.ld,
+                       (float *)t.dw.ptr, t.dw.ld, t.db, t.work);
 }
+
+#ifdef STARPU_USE_CUDA
+static void linear_fwd_cuda(void *buffers[], void *cl_arg) {
+  const struct linear_fwd_args *args = cl_arg;
+  struct linear_fwd_task t = linear_fwd_task(buffers, args);
+  eellm_cuda_linear_fwd(t.x.rows, t.x.cols, t.y.cols, args->transpose_w, (const float *)t.x.ptr,
+                        t.x.ld, (const float *)t.w.ptr, t.w.ld, t.bias, (const float *)t.res.ptr,
+                        t.res.ld, (float *)t.y.ptr, t.y.ld, starpu_cuda_get_local_stream(),
+                        eellm_cublas_handle());
+}
+
+static void linear_bwd_cuda(void *buffers[], void *cl_arg) {
+  const struct linear_bwd_args *args = cl_arg;
+  struct linear_bwd_task t = linear_bwd_task(buffers, args);
+  eellm_cuda_linear_bwd(t.x.rows, t.x.cols, t.dy.cols, args->transpose_w, args->beta_dx,
+                        (const float *)t.x.ptr, t.x.ld, (const float *)t.w.ptr, t.w.ld,
+                        (const float *)t.dy.ptr, t.dy.ld, (float *)t.dx.ptr, t.dx.ld,
+                        (float *)t.dw.ptr, t.dw.ld, t.db, t.work, starpu_cuda_get_local_stream(),
+                        eellm_cublas_handle());
+}
+#endif
 
 void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, starpu_data_handle_t b,
                              starpu_data_handle_t residual, starpu_data_handle_t y, int transpose_w,
@@ -87,7 +127,10 @@ void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
   if (dx) buffers[n++] = (struct starpu_data_descr){dx, beta_dx ? STARPU_RW : STARPU_W};
   if (dw) buffers[n++] = (struct starpu_data_descr){dw, STARPU_RW};
   if (db) buffers[n++] = (struct starpu_data_descr){db, STARPU_RW};
+  size_t cols = starpu_matrix_get_nx(dy);
   n = eellm_add_scratch(buffers, n,
-                        eellm_cpu_linear_bwd_work_bytes(starpu_matrix_get_nx(dy), db != NULL));
+                        EELLM_WORK_BYTES(eellm_cpu_linear_bwd_work_bytes(cols, db != NULL),
+                                         eellm_cuda_linear_bwd_work_bytes(starpu_matrix_get_ny(dy),
+                                                                          cols, db != NULL)));
   eellm_submit(&linear_bwd_cl, buffers, n, &args, sizeof args, info);
 }

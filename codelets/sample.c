@@ -1,5 +1,7 @@
-/* StarPU glue of the next-token choice and exit confidence (kernel in
- * cpu/sample.c). */
+/* StarPU glue of the next-token choice and exit confidence (kernels in
+ * cpu/sample.c and, greedy only, cuda/sample.cu): two codelets, next_token
+ * (greedy) and next_token_sampled, which stays on the host (top-k / top-p sort
+ * each row). */
 #include "glue.h"
 
 struct next_token_args {
@@ -8,6 +10,7 @@ struct next_token_args {
 };
 
 EELLM_CODELET(next_token)
+EELLM_CODELET_CPU(next_token_sampled)
 
 /* logits [M, V] (R), uniforms [M] float (R, optional), limits [M] (R, optional),
  * choices [M] (W), work (SCRATCH, with uniforms or limits). */
@@ -26,6 +29,21 @@ static void next_token_cpu(void *buffers[], void *cl_arg) {
   eellm_cpu_next_token(z.rows, z.cols, (const float *)z.ptr, z.ld, uniforms, limits, &args->s,
                        choices, work);
 }
+
+static void next_token_sampled_cpu(void *buffers[], void *cl_arg) {
+  next_token_cpu(buffers, cl_arg);
+}
+
+#ifdef STARPU_USE_CUDA
+/* logits [M, V] (R), choices [M] (W); greedy. */
+static void next_token_cuda(void *buffers[], void *cl_arg) {
+  const struct next_token_args *args = cl_arg;
+  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]);
+  eellm_cuda_next_token_greedy(z.rows, z.cols, (const float *)z.ptr, z.ld, &args->s,
+                               (struct eellm_token_choice *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                               starpu_cuda_get_local_stream());
+}
+#endif
 
 void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t uniforms,
                              starpu_data_handle_t limits, starpu_data_handle_t choices,
@@ -49,5 +67,6 @@ void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t u
   n = eellm_add_scratch(buffers, n,
                         eellm_cpu_next_token_work_bytes(starpu_matrix_get_nx(logits),
                                                         uniforms != NULL, limits != NULL));
-  eellm_submit(&next_token_cl, buffers, n, &args, sizeof args, info);
+  eellm_submit(uniforms || limits ? &next_token_sampled_cl : &next_token_cl, buffers, n, &args,
+               sizeof args, info);
 }

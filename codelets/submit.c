@@ -15,19 +15,24 @@
 const struct eellm_task_info eellm_task_default = {
     .priority = 0, .node = 0, .kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1, .where = 0};
 
+static uint32_t preferred; /* eellm_codelets_prefer's mask; 0: none */
+
+void eellm_codelets_prefer(uint32_t where) { preferred = where; }
+
 void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, int n,
                   const void *args, size_t args_size, const struct eellm_task_info *info) {
   if (!info) info = &eellm_task_default;
   /* Where the task may run: what info->where asks for, all of it implemented.
-   * Without a request, every architecture the codelet implements, which is what
-   * StarPU derives from the codelet itself. */
+   * Without a request, the preferred architectures the codelet implements, or
+   * else every one (what StarPU derives from the codelet itself). */
   uint32_t implemented = eellm_codelet_implements(cl);
   if (info->where & ~implemented) {
     fprintf(stderr, "eellm: codelet %s has no implementation for architecture mask 0x%x\n",
             cl->name, (unsigned)info->where);
     abort();
   }
-  unsigned long long where = info->where ? info->where : implemented;
+  uint32_t any = implemented & preferred ? implemented & preferred : implemented;
+  unsigned long long where = info->where ? info->where : any;
   int runs_here = !eellm_mpi_active() || info->node == eellm_rank();
   /* StarPU frees the copy once the task is done; kernels read it as their struct.
    * Ranks that do not run the task get none: StarPU-MPI would not free it. */

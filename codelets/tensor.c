@@ -1,6 +1,7 @@
 /* StarPU glue of the whole-tensor helpers on matrix or vector handles (kernels
- * in cpu/tensor.c): zero, dst += alpha * src, dst = src, and setting a vector
- * from bytes carried by the task itself. */
+ * in cpu/tensor.c and cuda/tensor.cu): zero, dst += alpha * src, dst = src, and
+ * setting a vector from bytes carried by the task itself, on the host (the bytes
+ * are in main memory; StarPU moves the result to where its readers run). */
 #include "glue.h"
 
 struct axpy_args {
@@ -10,7 +11,17 @@ struct axpy_args {
 EELLM_CODELET(zero)
 EELLM_CODELET(axpy)
 EELLM_CODELET(copy)
-EELLM_CODELET(vector_set)
+EELLM_CODELET_CPU(vector_set)
+
+/* Aborts unless dst and src have one shape and element size (a graph's bug). */
+static void check_same_shape(const char *op, const struct eellm_tensor_view *dst,
+                             const struct eellm_tensor_view *src) {
+  if (dst->rows != src->rows || dst->cols != src->cols || dst->elemsize != src->elemsize) {
+    fprintf(stderr, "eellm: %s of [%zu, %zu] into [%zu, %zu]\n", op, src->rows, src->cols,
+            dst->rows, dst->cols);
+    abort();
+  }
+}
 
 /* t: [R, C] matrix or [C] vector, any element size; padding past C is left alone. */
 static void zero_cpu(void *buffers[], void *cl_arg) {
@@ -24,11 +35,7 @@ static void axpy_cpu(void *buffers[], void *cl_arg) {
   const struct axpy_args *args = cl_arg;
   struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
   struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
-  if (dst.rows != src.rows || dst.cols != src.cols) {
-    fprintf(stderr, "eellm: axpy on [%zu, %zu] += [%zu, %zu]\n", dst.rows, dst.cols, src.rows,
-            src.cols);
-    abort();
-  }
+  check_same_shape("axpy", &dst, &src);
   eellm_cpu_axpy(dst.rows, dst.cols, args->alpha, (const float *)src.ptr, src.ld,
                  (float *)dst.ptr, dst.ld);
 }
@@ -38,13 +45,35 @@ static void copy_cpu(void *buffers[], void *cl_arg) {
   (void)cl_arg;
   struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
   struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
-  if (dst.rows != src.rows || dst.cols != src.cols || dst.elemsize != src.elemsize) {
-    fprintf(stderr, "eellm: copy of [%zu, %zu] into [%zu, %zu]\n", src.rows, src.cols, dst.rows,
-            dst.cols);
-    abort();
-  }
+  check_same_shape("copy", &dst, &src);
   eellm_cpu_copy(dst.rows, dst.cols, dst.elemsize, src.ptr, src.ld, dst.ptr, dst.ld);
 }
+
+#ifdef STARPU_USE_CUDA
+static void zero_cuda(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  struct eellm_tensor_view t = eellm_tensor_view(buffers[0]);
+  eellm_cuda_zero(t.rows, t.cols, t.elemsize, t.ptr, t.ld, starpu_cuda_get_local_stream());
+}
+
+static void axpy_cuda(void *buffers[], void *cl_arg) {
+  const struct axpy_args *args = cl_arg;
+  struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
+  struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
+  check_same_shape("axpy", &dst, &src);
+  eellm_cuda_axpy(dst.rows, dst.cols, args->alpha, (const float *)src.ptr, src.ld, (float *)dst.ptr,
+                  dst.ld, starpu_cuda_get_local_stream());
+}
+
+static void copy_cuda(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
+  struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
+  check_same_shape("copy", &dst, &src);
+  eellm_cuda_copy(dst.rows, dst.cols, dst.elemsize, src.ptr, src.ld, dst.ptr, dst.ld,
+                  starpu_cuda_get_local_stream());
+}
+#endif
 
 /* v [N] or [R, C] (W) = cl_arg's N (R * C, row by row) elements. */
 static void vector_set_cpu(void *buffers[], void *cl_arg) {

@@ -14,6 +14,12 @@ struct eellm_adamw_step {
   unsigned step; /* 1-based, for bias correction */
 };
 
+/* An AdamW step's constants (eellm_cpu_adamw_consts), computed in double on the
+ * host as PyTorch does in Python, for the CPU and CUDA kernels alike. */
+struct eellm_adamw_consts {
+  float beta1, beta2, eps, decay, step_size, bias2_sqrt;
+};
+
 /* One row's outcome of eellm_insert_next_token (see codelets.h). */
 /* raw_logprob and raw_maxprob are of softmax(logits) as they come from the head,
  * before exit temperature or sampling: log_softmax(logits)[token] and

@@ -404,6 +404,7 @@ int main(void) {
   static const char *const cached_op[] = {"attention_cached", NULL};
   static const char *const both_ops[] = {"attention_fwd", "attention_cached", NULL};
   static const char *const pick_op[] = {"next_token", NULL};
+  static const char *const sample_op[] = {"next_token_sampled", NULL};
   static int on = 1;
   tu_for_each_backend("embed_at with wpe", embed_op, test_embed_at, &on);
   tu_for_each_backend("embed_at without wpe", embed_op, test_embed_at, NULL);
@@ -436,9 +437,10 @@ int main(void) {
       char what[112];
       snprintf(what, sizeof what, "%s M=%zu V=%d%s", pick_cases[i].name, runs[r].M, runs[r].V,
                runs[r].limited ? ", row limits" : "");
-      tu_for_each_backend(what, pick_op, test_next_token, &runs[r]);
+      int sampled = pick_cases[i].s.temperature > 0 || runs[r].limited;
+      tu_for_each_backend(what, sampled ? sample_op : pick_op, test_next_token, &runs[r]);
     }
   }
-  tu_for_each_backend("sampling frequencies", pick_op, test_sampling_frequencies, NULL);
+  tu_for_each_backend("sampling frequencies", sample_op, test_sampling_frequencies, NULL);
   return tu_finish();
 }

@@ -166,6 +166,8 @@ double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld);
 /* clip [2] = (sqrt(total), min(1, max_norm / (norm + 1e-6))); scale 1 when max_norm <= 0,
  * 0 when the norm is not a finite float (a step to skip: see eellm_insert_adamw). */
 void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip);
+/* The constants of AdamW step hp (struct eellm_adamw_consts, types.h). */
+struct eellm_adamw_consts eellm_cpu_adamw_consts(const struct eellm_adamw_step *hp);
 /* AdamW (torch.optim.AdamW) on p, g, m, v [rows, cols], each with its own ld;
  * g is scaled by grad_scale first (the clip scale, or 1). */
 void eellm_cpu_adamw(size_t rows, size_t cols, float *p, size_t ld_p, const float *g,

@@ -24,15 +24,22 @@ void eellm_cpu_clip_scale(double total_sumsq, float max_norm, float *clip) {
   clip[1] = (float)scale;
 }
 
-/* Per-step constants, computed in double as PyTorch does in Python. */
-struct adamw_consts {
-  float lr, beta1, beta2, eps, decay, step_size, bias2_sqrt, grad_scale;
-};
+struct eellm_adamw_consts eellm_cpu_adamw_consts(const struct eellm_adamw_step *hp) {
+  double bias1 = 1 - pow(hp->beta1, hp->step), bias2 = 1 - pow(hp->beta2, hp->step);
+  return (struct eellm_adamw_consts){
+      .beta1 = hp->beta1,
+      .beta2 = hp->beta2,
+      .eps = hp->eps,
+      .decay = (float)(1 - (double)hp->lr * hp->weight_decay),
+      .step_size = (float)(hp->lr / bias1),
+      .bias2_sqrt = (float)sqrt(bias2),
+  };
+}
 
 static void adamw_elements(float *p, const float *g, float *m, float *v, size_t n,
-                           const struct adamw_consts *k) {
+                           const struct eellm_adamw_consts *k, float grad_scale) {
   for (size_t i = 0; i < n; i++) {
-    float grad = g[i] * k->grad_scale;
+    float grad = g[i] * grad_scale;
     m[i] = k->beta1 * m[i] + (1 - k->beta1) * grad;
     v[i] = k->beta2 * v[i] + (1 - k->beta2) * grad * grad;
     float denom = sqrtf(v[i]) / k->bias2_sqrt + k->eps;
@@ -43,17 +50,7 @@ static void adamw_elements(float *p, const float *g, float *m, float *v, size_t 
 void eellm_cpu_adamw(size_t rows, size_t cols, float *p, size_t ld_p, const float *g,
                      size_t ld_g, float *m, size_t ld_m, float *v, size_t ld_v,
                      const struct eellm_adamw_step *hp, float grad_scale) {
-  double bias1 = 1 - pow(hp->beta1, hp->step), bias2 = 1 - pow(hp->beta2, hp->step);
-  struct adamw_consts k = {
-      .lr = hp->lr,
-      .beta1 = hp->beta1,
-      .beta2 = hp->beta2,
-      .eps = hp->eps,
-      .decay = (float)(1 - (double)hp->lr * hp->weight_decay),
-      .step_size = (float)(hp->lr / bias1),
-      .bias2_sqrt = (float)sqrt(bias2),
-      .grad_scale = grad_scale,
-  };
+  struct eellm_adamw_consts k = eellm_cpu_adamw_consts(hp);
   for (size_t r = 0; r < rows; r++)
-    adamw_elements(p + r * ld_p, g + r * ld_g, m + r * ld_m, v + r * ld_v, cols, &k);
+    adamw_elements(p + r * ld_p, g + r * ld_g, m + r * ld_m, v + r * ld_v, cols, &k, grad_scale);
 }
