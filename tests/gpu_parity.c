@@ -313,7 +313,7 @@ static void case_next_token(const struct eellm_task_info *ti, int entropy_rule) 
   starpu_data_handle_t h;
   starpu_vector_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)choices, M, sizeof *choices);
   struct eellm_sampling s = {.exit_temperature = 0.7f, .entropy_rule = entropy_rule, .top_p = 1};
-  eellm_insert_next_token(tu_matrix(logits, M, V), NULL, h, &s, ti);
+  eellm_insert_next_token(tu_matrix(logits, M, V), NULL, NULL, h, &s, ti);
   starpu_data_unregister(h);
   tu_sync_all();
   double *tokens = tu_alloc_f64(M), *values = tu_alloc_f64(4 * M);
