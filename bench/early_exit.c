@@ -4,7 +4,10 @@
  * at each exit threshold, and by self-speculation at each draft exit and draft
  * length. Repeats are interleaved over every batch size and method, so that
  * the load of a shared machine spreads over all of them; each keeps its best
- * and median time (the prompts' prefill included).
+ * and median time (the prompts' prefill included). Mean exit: the layer of the
+ * exit that produced each token; step depth: the deepest of those over the
+ * tokens of one step of a call (token i of each of its sequences), which is
+ * how deep the step runs before all of its tokens are known.
  *
  * The text of each method is judged by the full model (the final head, one
  * training forward over each prompt and its continuation):
@@ -135,6 +138,7 @@ struct result {
   double seconds[MAX_REPEATS]; /* each repeat: every prompt generated */
   double layer_sum, same;
   size_t tokens, rounds, drafted, accepted;
+  size_t steps, depth_sum; /* decoding steps of the calls, and their deepest exits */
   struct quality q;
 };
 
@@ -164,11 +168,27 @@ static double generate_all(struct eellm_generator *g, const struct eellm_ids *id
   return seconds;
 }
 
+/* Token i of every sequence of a call comes from one step, which runs the
+ * layers up to the deepest of their exits: adds each step's depth to r. */
+static void add_step_depths(const struct eellm_gen_sequence *out, unsigned batch,
+                            struct result *r) {
+  for (size_t first = 0; first < N_PROMPTS; first += batch)
+    for (size_t i = 0;; i++) {
+      unsigned deepest = 0;
+      for (size_t p = first; p < first + batch; p++)
+        if (i < out[p].n && out[p].exit_layers[i] > deepest) deepest = out[p].exit_layers[i];
+      if (!deepest) break;
+      r->depth_sum += deepest;
+      r->steps++;
+    }
+}
+
 /* The first repeat of a config: its text's quality, its exits, and how much of
  * it is full depth's text (full, kept from the batch size's first config). */
 static void account(struct judge *j, const struct eellm_ids *ids, const struct config *c,
-                    struct eellm_gen_sequence *out, const struct eellm_gen_sequence *full,
-                    struct result *r) {
+                    unsigned batch, struct eellm_gen_sequence *out,
+                    const struct eellm_gen_sequence *full, struct result *r) {
+  add_step_depths(out, batch, r);
   for (size_t p = 0; p < N_PROMPTS; p++) {
     judge(j, &ids[p], &out[p], &r->q);
     for (size_t i = 0; i < out[p].n; i++) {
@@ -209,7 +229,7 @@ static void measure(struct bench *b, struct result *results) {
         struct result scratch = {0};
         r->seconds[rep] = generate_all(b->g, b->ids, batch_sizes[s], &o, out, rep ? &scratch : r);
         if (rep == 0 && c == 0) memcpy(full[s], out, sizeof out);
-        if (rep == 0) account(&b->j, b->ids, &b->configs[c], out, full[s], r);
+        if (rep == 0) account(&b->j, b->ids, &b->configs[c], batch_sizes[s], out, full[s], r);
         if (rep || c)
           for (size_t p = 0; p < N_PROMPTS; p++) eellm_gen_sequence_free(&out[p]);
       }
@@ -249,21 +269,25 @@ static void print_row(const struct config *c, const struct result *r, const stru
     snprintf(setting, sizeof setting, "thr %.2f", (double)c->threshold);
   }
   double nll = r->q.nll / r->q.tokens, base_nll = base->q.nll / base->q.tokens;
-  printf("%-11s %-11s %8.1f %8.1f %6.2fx %6.2fx %6.2f %7s %6s %8.1f%% %7.1f%% %7.4f %+7.1f%%\n",
-         names[c->method], setting, best, median, best / base_best, median / base_median,
-         r->layer_sum / r->tokens, kept, per_round, 100.0 * r->q.agree / r->q.tokens,
-         100.0 * r->same / r->tokens, nll, 100.0 * (nll / base_nll - 1));
+  printf(
+      "%-11s %-11s %8.1f %8.1f %6.2fx %6.2fx %6.2f %6.2f %7s %6s %8.1f%% %7.1f%% %7.4f "
+      "%+7.1f%%\n",
+      names[c->method], setting, best, median, best / base_best, median / base_median,
+      r->layer_sum / r->tokens, (double)r->depth_sum / r->steps, kept, per_round,
+      100.0 * r->q.agree / r->q.tokens, 100.0 * r->same / r->tokens, nll,
+      100.0 * (nll / base_nll - 1));
 }
 
 static void print_tables(const struct bench *b, const struct result *results) {
   for (size_t s = 0; s < N_BATCH_SIZES; s++) {
     const struct result *rs = &results[s * b->n_configs];
     printf("\nbatch %u (%d prompts, %u per call)\n", batch_sizes[s], N_PROMPTS, batch_sizes[s]);
-    printf("%-11s %-11s %8s %8s %7s %7s %6s %7s %6s %9s %8s %7s %8s\n", "method", "setting",
-           "tok/s", "tok/s", "speedup", "speedup", "mean", "drafts", "tokens", "agreement",
+    printf("%-11s %-11s %8s %8s %7s %7s %6s %6s %7s %6s %9s %8s %7s %8s\n", "method", "setting",
+           "tok/s", "tok/s", "speedup", "speedup", "mean", "step", "drafts", "tokens", "agreement",
            "same as", "NLL", "NLL");
-    printf("%-11s %-11s %8s %8s %7s %7s %6s %7s %6s %9s %8s %7s %8s\n", "", "", "best", "median",
-           "best", "median", "exit", "kept", "/round", "", "full", "", "increase");
+    printf("%-11s %-11s %8s %8s %7s %7s %6s %6s %7s %6s %9s %8s %7s %8s\n", "", "", "best",
+           "median", "best", "median", "exit", "depth", "kept", "/round", "", "full", "",
+           "increase");
     for (size_t c = 0; c < b->n_configs; c++) print_row(&b->configs[c], &rs[c], &rs[0], b->repeats);
   }
 }
