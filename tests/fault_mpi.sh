@@ -39,11 +39,16 @@ for victim in 1 0; do
   echo "rank $victim killed: the job ended in $took ms, status $status"
   check "rank $victim killed: the job fails (status $status)" '[ $status -ne 0 ] && [ $status -ne 124 ]'
   check "rank $victim killed: the job ends within seconds ($took ms)" '[ $took -lt 20000 ]'
-  left=0
   # Gone, or a zombie (the container's init may never reap it): not running.
-  for p in $ranks; do
-    state=$(awk '/^State:/ { print $2 }' "/proc/$p/status" 2> /dev/null)
-    [ -n "$state" ] && [ "$state" != Z ] && left=$((left + 1))
+  # mpirun may return while a rank it signalled is still exiting: allow 10 s.
+  for _ in $(seq 1 100); do
+    left=0
+    for p in $ranks; do
+      state=$(awk '/^State:/ { print $2 }' "/proc/$p/status" 2> /dev/null)
+      [ -n "$state" ] && [ "$state" != Z ] && left=$((left + 1))
+    done
+    [ $left -eq 0 ] && break
+    sleep 0.1
   done
   check "rank $victim killed: no rank left running" '[ $left -eq 0 ]'
 done
