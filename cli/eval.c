@@ -53,8 +53,8 @@ static const char eval_usage[] =
     "                       its own counts) on these training tokens, score it on the same\n"
     "                       tokens as the exits, and give each exit's loss against it\n"
     "  --summary            after the exits, three lines in place of the sweep table: the\n"
-    "                       threshold (the calibrated one of the first rule, else the first\n"
-    "                       of --thresholds), its speedup bound and shares, its loss increase\n"
+    "                       threshold (the calibrated one, maxprob's first, else the first of\n"
+    "                       --thresholds), its speedup bound and shares, its loss increase\n"
     "\n"
     "Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input (one line on stderr).\n";
 
@@ -247,7 +247,7 @@ static void print_exits(const struct report *r) {
   printf("(full depth, no exit: %.6f GFLOPs/token)\n\n", eellm_eval_full_flops(e) * 1e-9);
 }
 
-/* Three lines on one point: the calibrated one of the first rule, else the first. */
+/* Three lines on one point: the first calibrated one, else the first. */
 static void print_summary(const struct report *r) {
   size_t i = 0;
   while (i < r->n_pts && !r->calibrated[i]) i++;
