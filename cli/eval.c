@@ -17,7 +17,7 @@
 static const char eval_usage[] =
     "usage: eellm eval --ckpt RUN_DIR|FILE --data VAL.bin [--seq-len T] [--batch B]\n"
     "                  [--max-tokens N] [--thresholds LIST] [--exit-rule maxprob|entropy|both]\n"
-    "                  [--json FILE] [--svg FILE]\n"
+    "                  [--json FILE] [--svg FILE] [--baseline-train TRAIN.bin] [--summary]\n"
     "                  [--calibrate (--max-loss-increase X[%] | --min-agreement A)]\n"
     "\n"
     "Evaluates every exit on a token file in one forward pass (all exits at once):\n"
@@ -49,6 +49,12 @@ static const char eval_usage[] =
     "  --max-loss-increase X  target: early-exit loss at most (1 + X) x the final head's\n"
     "                       (X as 0.01 or 1%)\n"
     "  --min-agreement A    target: top-1 agreement with the final head at least A\n"
+    "  --baseline-train FILE  count a trigram model (interpolated Kneser-Ney, discounts from\n"
+    "                       its own counts) on these training tokens, score it on the same\n"
+    "                       tokens as the exits, and give each exit's loss against it\n"
+    "  --summary            after the exits, three lines in place of the sweep table: the\n"
+    "                       threshold (the calibrated one, maxprob's first, else the first of\n"
+    "                       --thresholds), its speedup bound and shares, its loss increase\n"
     "\n"
     "Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input (one line on stderr).\n";
 
@@ -56,13 +62,13 @@ static const double default_grid[] = {1, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3
 static const char *const rule_names[] = {"maxprob", "entropy"};
 
 struct cli {
-  const char *ckpt, *data, *json, *svg;
+  const char *ckpt, *data, *json, *svg, *baseline_train;
   unsigned seq_len, batch;
   size_t max_tokens;
   double thresholds[64];
   size_t n_thresholds;
   unsigned rules; /* bit 1 << rule */
-  int calibrate, target_set;
+  int calibrate, target_set, summary;
   enum eellm_eval_target target;
   double target_value;
 };
@@ -103,6 +109,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"svg", required_argument, 0, 's'},        {"calibrate", no_argument, 0, 'C'},
       {"max-loss-increase", required_argument, 0, 'L'},
       {"min-agreement", required_argument, 0, 'A'},
+      {"baseline-train", required_argument, 0, 'B'}, {"summary", no_argument, 0, 'S'},
       {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
   memset(a, 0, sizeof *a);
   a->batch = 4;
@@ -118,6 +125,8 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       case 'd': a->data = optarg; break;
       case 'j': a->json = optarg; break;
       case 's': a->svg = optarg; break;
+      case 'B': a->baseline_train = optarg; break;
+      case 'S': a->summary = 1; break;
       case 'T':
         if (parse_number(optarg, 1, 1 << 20, &v) != 0 || v != (unsigned)v)
           return fail("--seq-len wants a positive count, got ", optarg);
@@ -210,14 +219,16 @@ struct report {
   size_t n_pts;
   unsigned T, B;
   const char *calibration; /* the stored line, or NULL */
+  const struct eellm_trigram *baseline; /* or NULL */
 };
 
-static void print_table(const struct report *r) {
+static void print_exits(const struct report *r) {
   const struct eellm_eval *e = r->e;
   unsigned E = eellm_eval_n_exits(e);
   size_t n = eellm_eval_n_tokens(e);
   printf("%s on %s: %zu tokens in windows of %u\n\n", r->spec->name, r->a->data, n, r->T);
-  printf("%-6s %6s %9s %11s %13s\n", "exit", "layer", "loss", "perplexity", "GFLOPs/token");
+  printf("%-6s %6s %9s %11s %13s%s\n", "exit", "layer", "loss", "perplexity", "GFLOPs/token",
+         r->baseline ? "  vs trigram" : "");
   for (unsigned j = 0; j < E; j++) {
     double loss = eellm_eval_exit_loss(e, j, 0, n);
     char name[16];
@@ -225,10 +236,38 @@ static void print_table(const struct report *r) {
       snprintf(name, sizeof name, "final");
     else
       snprintf(name, sizeof name, "%u", eellm_eval_exit_model_index(e, j));
-    printf("%-6s %6u %9.4f %11.3f %13.6f\n", name, eellm_eval_exit_layer(e, j), loss, exp(loss),
+    printf("%-6s %6u %9.4f %11.3f %13.6f", name, eellm_eval_exit_layer(e, j), loss, exp(loss),
            eellm_eval_exit_flops(e, j) * 1e-9);
+    if (r->baseline) printf("  %+10.4f", loss - r->baseline->loss);
+    putchar('\n');
   }
+  if (r->baseline)
+    printf("%-13s %9.4f %11.3f   (Kneser-Ney, counted on %s)\n", "trigram", r->baseline->loss,
+           exp(r->baseline->loss), r->a->baseline_train);
   printf("(full depth, no exit: %.6f GFLOPs/token)\n\n", eellm_eval_full_flops(e) * 1e-9);
+}
+
+/* Three lines on one point: the first calibrated one, else the first. */
+static void print_summary(const struct report *r) {
+  size_t i = 0;
+  while (i < r->n_pts && !r->calibrated[i]) i++;
+  if (i == r->n_pts) i = 0;
+  const struct eellm_eval_point *p = &r->pts[i];
+  const struct eellm_eval *e = r->e;
+  unsigned E = eellm_eval_n_exits(e);
+  printf("early exit: threshold %.4g (%s rule, %s)\n", (double)p->threshold, rule_names[p->rule],
+         r->calibrated[i] ? "calibrated" : "--thresholds");
+  printf("speedup bound %.3fx over full depth; tokens leaving at", p->speedup);
+  for (unsigned j = 0; j < E; j++)
+    printf(" %s%u %.1f%%%s", j + 1 == E ? "final L" : "L", eellm_eval_exit_layer(e, j),
+           100 * p->share[j], j + 1 < E ? "," : "\n");
+  printf("loss increase %+.2f%% (%.4f against the final head's %.4f); top-1 agreement %.2f%%\n",
+         100 * p->loss_increase, p->loss, p->final_loss, 100 * p->agreement);
+}
+
+static void print_sweep(const struct report *r) {
+  const struct eellm_eval *e = r->e;
+  unsigned E = eellm_eval_n_exits(e);
   printf("%-8s %9s", "rule", "threshold");
   for (unsigned j = 0; j < E; j++) {
     char h[24];
@@ -299,6 +338,19 @@ static int write_json(const struct report *r, const char *path, char *err, size_
     fputc('}', f);
   }
   fputs("]", f);
+  if (r->baseline) {
+    fputs(",\n \"baseline\": {\"kind\": \"kneser-ney trigram\", \"train\": ", f);
+    json_str(f, r->a->baseline_train);
+    fputs(", \"loss\": ", f);
+    json_num(f, r->baseline->loss);
+    fprintf(f, ", \"tokens\": %zu, \"vocab_size\": %u, \"discounts\": [", r->baseline->scored,
+            r->spec->vocab_size);
+    for (int q = 0; q < 3; q++) {
+      if (q) fputs(", ", f);
+      json_num(f, r->baseline->discount[q]);
+    }
+    fputs("]}", f);
+  }
   if (r->calibration) {
     fputs(",\n \"calibration\": ", f);
     json_str(f, r->calibration);
@@ -349,7 +401,8 @@ static int calibrate(const struct cli *a, const char *path, const struct eellm_e
 }
 
 static int evaluate(const struct cli *a, const char *path, const char *dir, eellm_model *m,
-                    const Eellm__Model *spec, const uint16_t *tokens, size_t n) {
+                    const Eellm__Model *spec, const uint16_t *tokens, size_t n,
+                    const struct eellm_trigram *baseline) {
   char err[512];
   struct eellm_eval *e = eellm_eval_run(m, tokens, n, err, sizeof err);
   if (!e) {
@@ -367,7 +420,7 @@ static int evaluate(const struct cli *a, const char *path, const char *dir, eell
   }
   size_t max_pts = 2 * (a->n_thresholds + 1);
   struct report r = {.a = a, .ckpt = path, .spec = spec, .e = e, .T = eellm_model_seq_len(m),
-                     .B = eellm_model_micro_batch(m)};
+                     .B = eellm_model_micro_batch(m), .baseline = baseline};
   r.pts = calloc(max_pts, sizeof *r.pts);
   r.calibrated = calloc(max_pts, sizeof *r.calibrated);
   double *shares = calloc(max_pts * E, sizeof *shares);
@@ -394,7 +447,13 @@ static int evaluate(const struct cli *a, const char *path, const char *dir, eell
   }
   char *calibration = eellm_checkpoint_calibration(path);
   r.calibration = calibration;
-  if (rc == 0) print_table(&r);
+  if (rc == 0) {
+    print_exits(&r);
+    if (a->summary)
+      print_summary(&r);
+    else
+      print_sweep(&r);
+  }
   char json[8200], svg[8200];
   snprintf(json, sizeof json, "%s%s", a->json ? "" : dir, a->json ? a->json : "/eval.json");
   snprintf(svg, sizeof svg, "%s%s", a->svg ? "" : dir, a->svg ? a->svg : "/eval.svg");
@@ -414,6 +473,29 @@ static int evaluate(const struct cli *a, const char *path, const char *dir, eell
   free(r.pts);
   free(r.calibrated);
   eellm_eval_free(e);
+  return rc;
+}
+
+/* The trigram baseline on the first n tokens of data: 0, or 2 after a message. */
+static int compute_baseline(const struct cli *a, const Eellm__Model *spec,
+                            const struct eellm_token_file *data, size_t n,
+                            struct eellm_trigram *out) {
+  char err[512];
+  struct eellm_token_file *tf = eellm_tokens_open(a->baseline_train, err, sizeof err);
+  if (!tf) return fail(err, NULL);
+  int rc = 0;
+  if (tf->info.tokenizer != data->info.tokenizer || tf->info.vocab_size != data->info.vocab_size) {
+    fprintf(stderr,
+            "eellm eval: %s: tokenizer %u with %u ids, but %s has tokenizer %u with %u ids\n",
+            a->baseline_train, tf->info.tokenizer, tf->info.vocab_size, a->data,
+            data->info.tokenizer, data->info.vocab_size);
+    rc = 2;
+  } else if (eellm_trigram_baseline(tf->tokens, tf->count, data->tokens, n, spec->vocab_size, out,
+                                    err, sizeof err) != 0) {
+    fprintf(stderr, "eellm eval: %s: %s\n", a->baseline_train, err);
+    rc = 2;
+  }
+  eellm_tokens_close(tf);
   return rc;
 }
 
@@ -446,6 +528,8 @@ int cmd_eval(int argc, char **argv) {
     snprintf(err, sizeof err, "%s: %zu tokens, evaluation needs at least 2", a.data, n);
     rc = fail(err, NULL);
   }
+  struct eellm_trigram baseline;
+  if (rc == 0 && a.baseline_train) rc = compute_baseline(&a, spec, tf, n, &baseline);
   /* Fewer windows than a batch: a smaller batch. */
   size_t windows = n >= 2 ? (n - 1 + T - 1) / T : 1;
   unsigned B = windows < a.batch ? (unsigned)windows : a.batch;
@@ -457,7 +541,7 @@ int cmd_eval(int argc, char **argv) {
     if (!m || eellm_model_load(m, path, err, sizeof err) != 0) {
       rc = fail(err, NULL);
     } else {
-      rc = evaluate(&a, path, dir, m, spec, tf->tokens, n);
+      rc = evaluate(&a, path, dir, m, spec, tf->tokens, n, a.baseline_train ? &baseline : NULL);
     }
     eellm_model_destroy(m);
     eellm_runtime_stop();

@@ -4,7 +4,9 @@
 # PyTorch computation (tests/torch_eval_parity.py); calibration keeps its target
 # on the calibration half of the validation tokens and, within 3 standard
 # errors, on the held-out half; the threshold lands in the checkpoint's metadata
-# and generate and serve use it when no threshold is given; bad usage gets one line.
+# and generate and serve use it when no threshold is given; the trigram
+# baseline against an independent computation (tests/trigram_reference.py) and
+# the --summary lines; bad usage gets one line.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -41,6 +43,23 @@ $py tests/torch_eval_parity.py "$tmp/run/checkpoint.safetensors" "$tmp/val.bin" 
 status=$?
 cat "$tmp/parity.out"
 check "eval figures match PyTorch" '[ $status -eq 0 ]'
+
+# The trigram baseline and the summary at a given threshold.
+"$eellm" eval --ckpt "$tmp/run" --data "$tmp/val.bin" --baseline-train "$tmp/train.bin" \
+  --summary --thresholds 0.8 --json "$tmp/base.json" --svg "$tmp/base.svg" > "$tmp/base.out" 2>&1
+status=$?
+check "eval --baseline-train --summary exits 0 (got $status)" '[ $status -eq 0 ]'
+check "every exit against the trigram" \
+  '[ "$(grep -Ec "^(0|1|final) +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[+-][0-9.]+$" "$tmp/base.out")" -eq 3 ]'
+check "the trigram's row" 'grep -Eq "^trigram +[0-9.]+ +[0-9.]+ +\(Kneser-Ney, counted on " "$tmp/base.out"'
+check "summary: threshold" 'grep -q "^early exit: threshold 0.8 (maxprob rule, --thresholds)$" "$tmp/base.out"'
+check "summary: speedup" 'grep -Eq "^speedup bound [0-9.]+x over full depth; tokens leaving at L1 [0-9.]+%, L2 [0-9.]+%, final L3 [0-9.]+%$" "$tmp/base.out"'
+check "summary: loss increase" 'grep -Eq "^loss increase [+-][0-9.]+% \([0-9.]+ against the final head.s [0-9.]+\); top-1 agreement [0-9.]+%$" "$tmp/base.out"'
+check "no sweep table with --summary" '! grep -Eq "^(maxprob|entropy) " "$tmp/base.out"'
+$py tests/trigram_reference.py "$tmp/train.bin" "$tmp/val.bin" "$tmp/base.json" > "$tmp/tri.out" 2>&1
+status=$?
+cat "$tmp/tri.out"
+check "trigram baseline matches the reference" '[ $status -eq 0 ]'
 
 # Calibration on one half of the validation tokens, checked on the other.
 $py - "$tmp/val.bin" "$tmp/A.bin" "$tmp/B.bin" <<'EOF'
@@ -122,6 +141,11 @@ expect_error "bad threshold list" "--thresholds" \
   "$eellm" eval --ckpt "$tmp/run" --data "$tmp/val.bin" --thresholds 0.9,0
 expect_error "missing data" "nope.bin" \
   "$eellm" eval --ckpt "$tmp/run" --data "$tmp/nope.bin"
+expect_error "missing baseline corpus" "nope.bin" \
+  "$eellm" eval --ckpt "$tmp/run" --data "$tmp/val.bin" --baseline-train "$tmp/nope.bin"
+"$eellm" tokenize --tokenizer gpt2 "$tmp/corpus" -o "$tmp/gpt2.bin" > /dev/null 2>&1
+expect_error "baseline corpus of another tokenizer" "gpt2.bin: tokenizer 1 with 50257 ids, but .* has tokenizer 0 with 257 ids" \
+  "$eellm" eval --ckpt "$tmp/run" --data "$tmp/val.bin" --baseline-train "$tmp/gpt2.bin"
 expect_error "seq-len above the context" "above the model's context" \
   "$eellm" eval --ckpt "$tmp/run" --data "$tmp/val.bin" --seq-len 64
 

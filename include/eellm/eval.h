@@ -105,6 +105,25 @@ EELLM_API int eellm_eval_plot(const char *svg_path, const char *title,
                               const struct eellm_eval_point *points, const int *calibrated,
                               size_t n, char *err, size_t errlen);
 
+/* A baseline to hold the exits against: an interpolated Kneser-Ney trigram
+ * (Chen & Goodman) counted on train[0..n_train-1] and scored on
+ * val[0..n_val-1], each token after the first predicted from the two before it
+ * (the first from one, after an id that stands for "no token"). Each order's
+ * discount is n1 / (n1 + 2 n2) from its own counts (n1, n2: n-grams seen once,
+ * twice; lower orders count distinct left contexts), so nothing is fitted on
+ * val; the unigrams are interpolated with the uniform 1 / vocab_size. */
+struct eellm_trigram {
+  double loss;        /* mean -log p of the scored tokens (nats/token) */
+  size_t scored;      /* n_val - 1 */
+  double discount[3]; /* unigram, bigram, trigram */
+  size_t types[3];    /* distinct unigrams, bigrams, trigrams counted */
+};
+/* 0 with out filled, or -1 with one line in err (an id at or above
+ * vocab_size, fewer than 2 tokens in either, memory). */
+EELLM_API int eellm_trigram_baseline(const uint16_t *train, size_t n_train, const uint16_t *val,
+                                     size_t n_val, unsigned vocab_size, struct eellm_trigram *out,
+                                     char *err, size_t errlen);
+
 /* Calibrated thresholds in a checkpoint's metadata: "eellm.threshold.maxprob"
  * or "eellm.threshold.entropy" (the number), and "eellm.calibration" (how it
  * was found, one line). Setting rewrites the file atomically with the same
