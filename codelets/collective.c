@@ -10,8 +10,8 @@ struct collective_args {
   int root; /* broadcast only */
 };
 
-EELLM_CODELET(allreduce_sum)
-EELLM_CODELET(bcast)
+EELLM_CODELET_CPU(allreduce_sum)
+EELLM_CODELET_CPU(bcast)
 
 /* Calls op on each run of contiguous floats of the buffer (the whole of it
  * unless rows are padded), in pieces that fit MPI's int counts. */
