@@ -14,21 +14,8 @@ eellm="$build/eellm"
 export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
 
 byte_corpus 1 80
-# A high learning rate: after 60 steps the exits are confident on some tokens.
-cat > "$tmp/train.txtpb" <<EOT
-optimizer { lr: 1e-2 weight_decay: 0.0 grad_clip: 1.0 }
-lr_schedule { kind: COSINE warmup_steps: 5 min_lr: 1e-3 }
-global_batch: 8
-micro_batches: 1
-seq_len: 32
-seed: 7
-steps: 60
-eval_interval: 1000
-eval_batches: 1
-checkpoint_interval: 1000
-EOT
-"$eellm" train --model tests/specs/pipe.txtpb --train "$tmp/train.txtpb" --data "$tmp/train.bin" \
-  --out "$tmp/run" > /dev/null 2>&1
+"$eellm" train --model tests/specs/pipe.txtpb --train tests/specs/confident.train.txtpb \
+  --data "$tmp/train.bin" --out "$tmp/run" > /dev/null 2>&1
 check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
 
 args=(generate --ckpt "$tmp/run" --prompt "the quick" --prompt "over the" --max-tokens 14 --show-exits)
