@@ -48,7 +48,8 @@ static const char generate_usage[] =
     "                       distribution (speculative sampling's acceptance rule)\n"
     "  --draft-exit L       speculative: the layer of the exit that drafts (required)\n"
     "  --draft-tokens N     speculative: tokens drafted a round, 1..16 (default 3)\n"
-    "  --stages P           pipeline stages (default: split at the exits; 2 without exits)\n"
+    "  --stages P           pipeline stages (default: split at the exits; 2 without exits;\n"
+    "                       under scripts/eellm-mpirun P, each rank is one stage)\n"
     "  --temperature X      0 (default) is greedy; > 0 samples\n"
     "  --top-k K            sample among the K most likely tokens (0: all)\n"
     "  --top-p P            sample from the smallest set holding probability P (1: all)\n"
@@ -416,7 +417,8 @@ static void print_results(struct cli *a, struct printer *pr, struct eellm_genera
   unsigned *exits = calloc(n_exits + 1, sizeof *exits);
   if (!exits) return;
   eellm_generator_exit_layers(g, exits);
-  int colour = a->show_exits && isatty(STDOUT_FILENO);
+  /* mpirun relays lines, not a terminal's colours. */
+  int colour = a->show_exits && isatty(STDOUT_FILENO) && !eellm_launched_by_mpirun();
   if (a->stream && a->prompts.n == 1) putchar('\n');
   for (size_t s = 0; s < a->prompts.n; s++) {
     if (!a->stream || a->prompts.n > 1) {
@@ -437,15 +439,30 @@ static void print_results(struct cli *a, struct printer *pr, struct eellm_genera
   free(exits);
 }
 
+/* Under mpirun every rank learns whether any failed, and the lowest rank that
+ * did says why: one line, however many ranks share the reason. */
+static int any_failed(int failed, const char *err) {
+  int ranks = eellm_nranks(), lowest = ranks - eellm_mpi_max(failed ? ranks - eellm_rank() : 0);
+  if (failed && lowest == eellm_rank()) fprintf(stderr, "eellm generate: %s\n", err);
+  return lowest < ranks;
+}
+
+/* Under mpirun (each rank one pipeline stage) every rank runs the same
+ * generation; rank 0 alone prints. */
 static int run(struct cli *a) {
   char path[4096], err[512];
   int tracing = 0;
   checkpoint_path(a->ckpt, path, sizeof path);
   char start_err[512];
-  if (eellm_runtime_start(start_err, sizeof start_err) != 0) {
+  if ((eellm_launched_by_mpirun() && eellm_mpi_init(start_err, sizeof start_err) != 0) ||
+      eellm_runtime_start(start_err, sizeof start_err) != 0) {
     fprintf(stderr, "eellm generate: %s\n", start_err);
+    eellm_runtime_stop();
     return 1;
   }
+  int printing = eellm_rank() == 0;
+  if (eellm_nranks() > 1 && a->o.method == EELLM_GEN_PIPELINE && !a->o.stages)
+    a->o.stages = (unsigned)eellm_nranks();
   int status = 2;
   size_t n = a->prompts.n;
   struct eellm_generator *g =
@@ -455,22 +472,24 @@ static int run(struct cli *a) {
   size_t *lens = calloc(n, sizeof *lens);
   struct eellm_gen_sequence *out = calloc(n, sizeof *out);
   struct printer pr = {.n_seqs = n};
-  if (!g) {
-    fprintf(stderr, "eellm generate: %s\n", err);
-    goto done;
-  }
+  if (any_failed(!g, err)) goto done;
   if (!ids || !prompts || !lens || !out) goto done;
   /* No --threshold: the one `eellm eval --calibrate` stored for this rule, if any. */
   float calibrated;
   if (!a->threshold_given &&
       eellm_checkpoint_threshold(path, a->o.rule, &calibrated, err, sizeof err) == 1) {
     a->o.threshold = calibrated;
-    fprintf(stderr, "eellm generate: threshold %.4g (calibrated, from the checkpoint)\n",
-            (double)calibrated);
+    if (printing)
+      fprintf(stderr, "eellm generate: threshold %.4g (calibrated, from the checkpoint)\n",
+              (double)calibrated);
   }
-  if (a->trace_path && eellm_trace_start(a->trace_path, a->trace_format, 0, 1, err, sizeof err)) {
-    fprintf(stderr, "eellm generate: --trace %s\n", err);
-    goto done;
+  if (a->trace_path) {
+    eellm_mpi_max(0); /* the barrier before the ranks' clocks start */
+    int failed = eellm_trace_start(a->trace_path, a->trace_format, eellm_rank(), eellm_nranks(),
+                                   err, sizeof err) != 0;
+    char why[600];
+    snprintf(why, sizeof why, "--trace %s", err);
+    if (any_failed(failed, why)) goto done;
   }
   tracing = a->trace_path != NULL;
   pr.tok = eellm_generator_tokenizer(g);
@@ -480,17 +499,15 @@ static int run(struct cli *a) {
     prompts[s] = ids[s].v;
     lens[s] = ids[s].n;
   }
-  if (a->stream) {
+  if (a->stream && printing) {
     a->o.on_token = on_token;
     a->o.ctx = &pr;
     if (n == 1) fputs(a->prompts.text[0], stdout);
   }
   double start = now_s();
-  if (eellm_generate(g, prompts, lens, n, &a->o, out, err, sizeof err) != 0) {
-    fprintf(stderr, "eellm generate: %s\n", err);
+  if (any_failed(eellm_generate(g, prompts, lens, n, &a->o, out, err, sizeof err) != 0, err))
     goto done;
-  }
-  print_results(a, &pr, g, out, now_s() - start);
+  if (printing) print_results(a, &pr, g, out, now_s() - start);
   status = 0;
   if (tracing) {
     tracing = 0;
@@ -499,7 +516,9 @@ static int run(struct cli *a) {
       fprintf(stderr, "eellm generate: --trace %s\n", err);
       status = 1;
     } else {
-      fprintf(stderr, "trace: %ld tasks in %s\n", traced, a->trace_path);
+      char file[4200];
+      eellm_trace_rank_path(a->trace_path, eellm_rank(), eellm_nranks(), file, sizeof file);
+      fprintf(stderr, "trace: %ld tasks in %s\n", traced, file);
     }
   }
 done:

@@ -21,6 +21,7 @@ static const char serve_usage[] =
     "\n"
     "Serves early-exit generation over HTTP with EE-LLM's API: PUT /api with a JSON\n"
     "body, answered in JSON. Stops cleanly on SIGINT or SIGTERM (a second one kills).\n"
+    "Runs in one process: refused under mpirun (eellm generate runs a stage per rank).\n"
     "\n"
     "  --ckpt RUN           a run directory (its checkpoint.safetensors) or a checkpoint\n"
     "  --host ADDR          address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
@@ -234,10 +235,22 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
   return 0;
 }
 
+/* The server's sessions run in one process: under mpirun, rank 0 says so and every rank exits. */
+static int refuse_mpirun(void) {
+  char err[256];
+  int rank0 = eellm_mpi_init(err, sizeof err) != 0 || eellm_rank() == 0;
+  if (rank0)
+    fprintf(stderr, "eellm serve: runs in one process, not under mpirun (eellm generate does run "
+                    "a stage per rank)\n");
+  eellm_runtime_stop();
+  return 2;
+}
+
 int cmd_serve(int argc, char **argv) {
   struct serve_options o;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : rc;
+  if (eellm_launched_by_mpirun()) return refuse_mpirun();
   char *ckpt = checkpoint_path(o.ckpt);
   o.ckpt_path = ckpt;
   char err[512];

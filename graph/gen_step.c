@@ -20,10 +20,15 @@
  *   step right after it: each layer's task of the next step waits (RW on that
  *   layer's cache) only for the same layer of this one, so the next token runs
  *   through the first stages while the later ones fill their caches.
- *   Stage s's tasks touch stage s's weights and caches alone, so each stage can
- *   later live on its own rank; within one process the stages rank the
- *   catch-up work: the shallower a stage, the sooner the next token needs its
- *   caches, the higher its tasks' priority.
+ *   Within one process the stages rank the catch-up work: the shallower a
+ *   stage, the sooner the next token needs its caches, the higher its tasks'
+ *   priority.
+ * Under MPI each rank is one stage of the model (its placement): a layer's or
+ * exit's tasks run on the rank holding its weights and cache, and write
+ * activations from that stage's pool; StarPU-MPI moves the residual stream
+ * from stage to stage, and each decision to every rank (await_choices), so
+ * every rank submits the same steps, and a token that exits on stage s lets
+ * stage 0 start the next one while the later ranks fill their caches.
  * Every attention task reads and writes its layer's cache handle, so StarPU's
  * sequential consistency orders the writes and reads of keys and values. */
 #include <math.h>
@@ -34,6 +39,7 @@
 #include "codelets/cpu/kernels.h"
 #include "eellm/tokenizer.h"
 #include "graph/gen_step.h"
+#include "runtime/engine/mpi.h"
 #include "runtime/engine/splitmix.h"
 
 void *gen_xmalloc(size_t bytes) {
@@ -64,9 +70,19 @@ static starpu_data_handle_t temp(struct call *c, size_t rows, size_t cols) {
   return eellm_pool_matrix(c->pool, rows, cols);
 }
 
+/* Makes the model's stage `stage` the one whose tasks and activations come next. */
+static void enter(struct call *c, unsigned stage) {
+  c->stage = stage;
+  c->pool = c->pools[stage];
+}
+
 static struct eellm_task_info task_info(const struct call *c, enum eellm_task_kind kind, int prio,
                                         int layer) {
-  struct eellm_task_info ti = {.priority = prio, .kind = kind, .micro = c->step, .layer = layer};
+  struct eellm_task_info ti = {.priority = prio,
+                               .node = eellm_stage_rank(&c->m->place, c->stage),
+                               .kind = kind,
+                               .micro = c->step,
+                               .layer = layer};
   return ti;
 }
 
@@ -90,6 +106,7 @@ static struct eellm_pass pass_of(const struct call *c, size_t n) {
 /* Backbone layer l on the flow, and the private layer of a BLOCK exit reading
  * its output when that exit may fire (its cache needs every row). */
 static void submit_layer(struct call *c, unsigned l, int prio) {
+  enter(c, c->m->place.layer_stage[l]);
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, prio, (int)l);
   struct eellm_pass p = pass_of(c, c->f.n);
   struct eellm_layer_acts a;
@@ -99,6 +116,9 @@ static void submit_layer(struct call *c, unsigned l, int prio) {
   int k = c->g->exit_at[l];
   if (k < 0 || !c->allowed[l] || c->m->exits[k].structure != EELLM__EXIT__STRUCTURE__BLOCK) return;
   struct eellm_head h = eellm_head_of(c->m, (unsigned)k);
+  enter(c, eellm_exit_stage(&c->m->place, (unsigned)k));
+  ti = task_info(c, EELLM_KIND_FORWARD, prio, (int)l);
+  p = pass_of(c, c->f.n);
   c->f.block = eellm_body_forward(&p, &h, c->f.x, c->g->cache[c->m->spec->n_layers + (unsigned)k],
                                   &a, &ti);
 }
@@ -137,6 +157,7 @@ static struct eellm_row_limit row_limit(const struct call *c, const struct seque
 static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
                            const float *uniforms, const struct eellm_row_limit *limits, size_t M) {
   c->head = eellm_head_of(c->m, exit);
+  enter(c, eellm_exit_stage(&c->m->place, exit));
   int final = exit == c->m->spec->n_exits;
   struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,
                                         c->prio_decide, (int)c->head.layer - 1);
@@ -210,6 +231,7 @@ static void narrow_flow(struct call *c) {
     narrow.slots[i] = f->slots[rows[i]];
     narrow.seq[i] = f->seq[rows[i]];
   }
+  enter(c, c->m->place.layer_stage[c->layer]);
   narrow.positions_h = input(c, narrow.positions, n, sizeof(int32_t));
   narrow.slots_h = input(c, narrow.slots, n, sizeof(int32_t));
   narrow.x = temp(c, n, c->m->spec->d_model);
@@ -262,6 +284,13 @@ static void draw_uniforms(struct call *c) {
   }
 }
 
+/* The next parity's pools, reset, and stage 0 entered. */
+static void begin_pools(struct call *c) {
+  c->pools = c->g->pools[c->g->steps++ % 2];
+  for (unsigned st = 0; st < c->m->place.layout.pp; st++) eellm_pool_reset(c->pools[st]);
+  enter(c, 0);
+}
+
 /* A step for the unfinished sequences: their rows (positions through .. len - 1
  * of each), embedded. Returns 0 when every sequence has finished. */
 static int begin_step(struct call *c) {
@@ -274,8 +303,7 @@ static int begin_step(struct call *c) {
       c->undecided[c->n_und++] = s;
     }
   if (c->n_und == 0) return 0;
-  c->pool = c->g->pools[c->g->steps++ % 2];
-  eellm_pool_reset(c->pool);
+  begin_pools(c);
   f->positions = keep(c, f->n * sizeof *f->positions);
   f->slots = keep(c, f->n * sizeof *f->slots);
   f->seq = keep(c, f->n * sizeof *f->seq);
@@ -375,8 +403,16 @@ static void on_logits(void *arg) {
   starpu_data_acquire_cb(c->choices, STARPU_R, on_choices, c);
 }
 
-/* Asks StarPU for the choices (and the logits first, when kept). */
+/* Asks StarPU for the choices (and the logits first, when kept). Under MPI
+ * every rank submits the same flow, so each needs every decision before it
+ * submits what follows: StarPU-MPI sends the choices (and kept logits) from
+ * the head's rank to every other, in submission order (the same on every
+ * rank), and each rank's callback reads its own copy. A host-side broadcast
+ * would block a thread until the head has run; this keeps every rank's
+ * chain asynchronous. */
 static void await_choices(struct call *c) {
+  eellm_mpi_share(c->choices);
+  if (c->o->keep_logits) eellm_mpi_share(c->logits);
   if (c->o->keep_logits)
     starpu_data_acquire_cb(c->logits, STARPU_R, on_logits, c);
   else
@@ -499,11 +535,6 @@ static int32_t spec_pick(const double *w, size_t V, double u) {
   return (int32_t)last;
 }
 
-static void spec_phase_begin(struct call *c) {
-  c->pool = c->g->pools[c->g->steps++ % 2];
-  eellm_pool_reset(c->pool);
-}
-
 static void spec_phase_end(struct call *c) {
   starpu_task_wait_for_all();
   free_kept(c);
@@ -526,7 +557,7 @@ static void spec_flow(struct call *c, size_t n, int32_t *positions, int32_t *slo
 static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsigned j) {
   const unsigned L = c->o->draft_exit_layer;
   const size_t D = c->m->spec->d_model;
-  spec_phase_begin(c);
+  begin_pools(c);
   size_t rows = 0;
   for (size_t i = 0; i < n; i++) rows += j == 0 ? ss[i].len - ss[i].first : ss[i].nd >= j;
   int32_t *positions = keep(c, rows * sizeof *positions), *slots = keep(c, rows * sizeof *slots);
@@ -599,7 +630,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
 static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
   const unsigned L = c->o->draft_exit_layer, n_layers = c->m->spec->n_layers;
   const size_t D = c->m->spec->d_model;
-  spec_phase_begin(c);
+  begin_pools(c);
   size_t rows = 0, M = 0;
   for (size_t i = 0; i < n; i++) {
     rows += ss[i].len + ss[i].nd - ss[i].first;
@@ -749,7 +780,7 @@ void gen_run(struct call *c) {
     while (spec_round(c)) continue;
   else
     run_chain(c);
-  starpu_task_wait_for_all();
+  eellm_mpi_wait();
   gen_call_end(c);
 }
 

@@ -19,9 +19,11 @@ struct eellm_generator {
   size_t n_caches;             /* n_layers, then one per spec exit (BLOCK exits only) */
   float **cache_mem;           /* [max_batch * context, 2 d_model] each, NULL when unused */
   starpu_data_handle_t *cache;
-  /* Steps alternate between two pools: a step's handles are free again two
-   * steps later, and reusing them never waits for the previous step's tasks. */
-  struct eellm_pool *pools[2];
+  /* Steps alternate between two sets of pools, one pool per stage of the
+   * model (its handles belong to the stage's rank): a step's handles are free
+   * again two steps later, and reusing them never waits for the previous
+   * step's tasks. */
+  struct eellm_pool **pools[2];
   unsigned long steps;         /* steps run, every call and session: picks the pool */
   /* Continuous batching (eellm_gen_session): which cache slots a session holds,
    * and how many sessions are open (eellm_generate refuses to run beside one). */
@@ -72,7 +74,9 @@ struct call {
   /* The step under way. */
   int step, in_step;
   int one_step;                  /* sessions: the chain stops at the end of a step */
-  struct eellm_pool *pool;       /* its handles */
+  struct eellm_pool **pools;     /* its handles, per stage of the model */
+  unsigned stage;                /* the model's stage whose tasks go in now (its rank runs them) */
+  struct eellm_pool *pool;       /* that stage's pool */
   struct flow f;
   size_t *undecided, n_und;      /* sequences without their token yet */
   unsigned layer;                /* the next layer to submit */

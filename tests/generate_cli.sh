@@ -13,21 +13,8 @@ export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
 mkdir "$tmp/corpus"
 for i in $(seq 1 80); do echo "the quick brown fox jumps over the lazy dog number $i."; done > "$tmp/corpus/doc.txt"
 "$eellm" tokenize --tokenizer byte "$tmp/corpus" -o "$tmp/train.bin" > /dev/null
-# A high learning rate: after 80 steps the exits are confident on some tokens.
-cat > "$tmp/train.txtpb" <<EOT
-optimizer { lr: 1e-2 weight_decay: 0.0 grad_clip: 1.0 }
-lr_schedule { kind: COSINE warmup_steps: 5 min_lr: 1e-3 }
-global_batch: 8
-micro_batches: 1
-seq_len: 32
-seed: 7
-steps: 80
-eval_interval: 1000
-eval_batches: 1
-checkpoint_interval: 1000
-EOT
-"$eellm" train --model tests/specs/tiny.txtpb --train "$tmp/train.txtpb" --data "$tmp/train.bin" \
-  --out "$tmp/run" > /dev/null 2>&1
+"$eellm" train --model tests/specs/tiny.txtpb --train tests/specs/confident.train.txtpb \
+  --data "$tmp/train.bin" --out "$tmp/run" > /dev/null 2>&1
 check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
 
 gen() { "$eellm" generate --ckpt "$tmp/run" "$@"; }

@@ -67,7 +67,8 @@ struct eellm_gen_options {
   void (*on_token)(void *ctx, size_t sequence, uint16_t token, unsigned exit_layer, float logprob);
   void *ctx;
   /* Added after the first contract: */
-  unsigned stages;              /* PIPELINE: stages (0 = split at the exits; 2 without exits) */
+  unsigned stages;              /* PIPELINE: stages (0 = split at the exits; 2 without exits;
+                                   under MPI, 0 or the rank count) */
   int keep_logits;              /* fill eellm_gen_sequence.logits (tests, analysis) */
   /* SPECULATIVE (added later): the exit at layer draft_exit_layer drafts
    * draft_tokens (1..EELLM_MAX_DRAFT_TOKENS) tokens per round. */
@@ -106,7 +107,12 @@ struct eellm_tokenizer;
 
 /* Loads a checkpoint (its spec from the metadata) and its tokenizer (metadata
  * "tokenizer": byte or gpt2; GPT-2 files from tokenizer_dir, NULL = default),
- * for batches of up to max_batch prompts. The StarPU runtime must be started. */
+ * for batches of up to max_batch prompts. The StarPU runtime must be started.
+ * Under eellm_mpi_init every rank is one pipeline stage (the split of
+ * eellm_generator_stages for the rank count) and holds its layers' and exits'
+ * weights and caches; every rank then makes the same calls, and eellm_generate
+ * gives every rank the same tokens (PIPELINE with stages 0 or the rank count,
+ * or RECOMPUTE; SPECULATIVE and sessions run in one process). */
 EELLM_API struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
                                                        unsigned max_batch, char *err,
                                                        size_t errlen);
@@ -143,7 +149,8 @@ EELLM_API unsigned eellm_generator_stages(const struct eellm_generator *g, unsig
                                           unsigned *stage_layers);
 /* After eellm_generate: copies the cache rows of positions first .. first +
  * count - 1 of sequence `sequence` at layer `layer` (1-based) into kv [count, 2 *
- * d_model] (key, RoPE-rotated for RoPE models, | value). 0, or -1 on bad arguments. */
+ * d_model] (key, RoPE-rotated for RoPE models, | value). 0, or -1 on bad arguments
+ * (under MPI: also on the ranks that do not hold the layer's cache). */
 EELLM_API int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
                                          size_t first, size_t count, float *kv);
 

@@ -59,6 +59,10 @@ void eellm_mpi_gather(starpu_data_handle_t h, int root) {
   if (active) starpu_mpi_get_data_on_node(MPI_COMM_WORLD, h, root);
 }
 
+void eellm_mpi_share(starpu_data_handle_t h) {
+  if (active) starpu_mpi_get_data_on_all_nodes_detached(MPI_COMM_WORLD, h);
+}
+
 void eellm_mpi_sum(double *values, int n) {
   if (active) MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, host_comm);
 }

@@ -8,15 +8,23 @@
 
 #include "eellm/tokenizer.h"
 #include "graph/gen_step.h"
+#include "runtime/engine/mpi.h"
 
 /* ---- the generator ----------------------------------------------------------- */
 
-static int add_cache(struct eellm_generator *g, size_t i) {
+/* Cache i, held by the rank of `stage` (memory there alone). */
+static int add_cache(struct eellm_generator *g, size_t i, unsigned stage) {
   size_t rows = (size_t)g->max_batch * g->context;
-  g->cache_mem[i] = calloc(rows * 2 * g->d_model, sizeof(float));
-  if (!g->cache_mem[i]) return -1;
-  starpu_matrix_data_register(&g->cache[i], STARPU_MAIN_RAM, (uintptr_t)g->cache_mem[i],
-                              2 * g->d_model, 2 * g->d_model, rows, sizeof(float));
+  int owner = eellm_stage_rank(&g->m->place, stage);
+  int home = -1;
+  if (!eellm_mpi_active() || owner == eellm_rank()) {
+    g->cache_mem[i] = calloc(rows * 2 * g->d_model, sizeof(float));
+    if (!g->cache_mem[i]) return -1;
+    home = STARPU_MAIN_RAM;
+  }
+  starpu_matrix_data_register(&g->cache[i], home, (uintptr_t)g->cache_mem[i], 2 * g->d_model,
+                              2 * g->d_model, rows, sizeof(float));
+  eellm_mpi_register(g->cache[i], owner);
   return 0;
 }
 
@@ -29,13 +37,23 @@ static int build_caches(struct eellm_generator *g) {
   if (!g->cache_mem || !g->cache || !g->exit_at) return -1;
   for (unsigned l = 0; l < spec->n_layers; l++) {
     g->exit_at[l] = -1;
-    if (add_cache(g, l) != 0) return -1;
+    if (add_cache(g, l, g->m->place.layer_stage[l]) != 0) return -1;
   }
   for (unsigned k = 0; k < spec->n_exits; k++) {
     g->exit_at[g->m->exits[k].layer - 1] = (int)k;
     if (g->m->exits[k].structure == EELLM__EXIT__STRUCTURE__BLOCK &&
-        add_cache(g, spec->n_layers + k) != 0)
+        add_cache(g, spec->n_layers + k, eellm_exit_stage(&g->m->place, k)) != 0)
       return -1;
+  }
+  return 0;
+}
+
+static int add_pools(struct eellm_generator *g) {
+  unsigned stages = g->m->place.layout.pp;
+  for (int parity = 0; parity < 2; parity++) {
+    if (!(g->pools[parity] = calloc(stages, sizeof *g->pools[parity]))) return -1;
+    for (unsigned st = 0; st < stages; st++)
+      if (!(g->pools[parity][st] = eellm_pool_new(eellm_stage_rank(&g->m->place, st)))) return -1;
   }
   return 0;
 }
@@ -58,7 +76,9 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   if (!spec) return NULL;
   struct eellm_generator *g = calloc(1, sizeof *g);
   if (!g) abort();
-  g->m = eellm_model_create(spec, 1, 1, err, errlen);
+  /* Under MPI every rank is a pipeline stage, holding its layers' weights and caches. */
+  unsigned stages = eellm_mpi_active() ? (unsigned)eellm_nranks() : 1;
+  g->m = eellm_model_create_pipelined(spec, 1, 1, stages, NULL, 0, err, errlen);
   eellm_model_spec_free(spec);
   if (!g->m || eellm_model_load(g->m, ckpt, err, errlen) != 0) goto fail;
   /* A NaN or inf weight would only give garbage tokens: refuse the model. */
@@ -82,10 +102,8 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->n_layers = spec->n_layers;
   g->d_model = spec->d_model;
   g->vocab = spec->vocab_size;
-  g->pools[0] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
-  g->pools[1] = eellm_pool_new(eellm_stage_rank(&g->m->place, 0));
   g->slot_taken = calloc(max_batch, 1);
-  if (!g->pools[0] || !g->pools[1] || !g->slot_taken || build_caches(g) != 0) {
+  if (add_pools(g) != 0 || !g->slot_taken || build_caches(g) != 0) {
     snprintf(err, errlen, "out of memory for the key/value caches of %u sequences", max_batch);
     goto fail;
   }
@@ -97,11 +115,14 @@ fail:
 
 void eellm_generator_close(struct eellm_generator *g) {
   if (!g) return;
-  starpu_task_wait_for_all();
-  eellm_pool_free(g->pools[0]);
-  eellm_pool_free(g->pools[1]);
+  eellm_mpi_quiesce();
+  for (int parity = 0; parity < 2; parity++) {
+    for (unsigned st = 0; g->pools[parity] && st < g->m->place.layout.pp; st++)
+      eellm_pool_free(g->pools[parity][st]);
+    free(g->pools[parity]);
+  }
   for (size_t i = 0; g->cache && i < g->n_caches; i++) {
-    if (g->cache_mem[i]) starpu_data_unregister(g->cache[i]);
+    if (g->cache[i]) starpu_data_unregister(g->cache[i]);
     free(g->cache_mem[i]);
   }
   free(g->cache);
@@ -147,7 +168,7 @@ unsigned eellm_generator_stages(const struct eellm_generator *g, unsigned stages
 int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsigned layer,
                                size_t first, size_t count, float *kv) {
   if (sequence >= g->max_batch || layer < 1 || layer > g->n_layers || first > g->context ||
-      count > g->context - first)
+      count > g->context - first || !g->cache_mem[layer - 1])
     return -1;
   starpu_data_handle_t h = g->cache[layer - 1];
   size_t width = 2 * g->d_model;
@@ -170,6 +191,23 @@ void eellm_gen_sequence_free(struct eellm_gen_sequence *s) {
 }
 
 /* ---- eellm_generate ------------------------------------------------------------------ */
+
+/* Under MPI the stages are the ranks; SPECULATIVE's blocking phases run in one process only. */
+static int check_ranks(const struct call *c, const struct eellm_gen_options *o, char *err,
+                       size_t errlen) {
+  unsigned ranks = c->m->place.layout.pp;
+  if (ranks == 1) return 0;
+  if (o->method == EELLM_GEN_SPECULATIVE) {
+    snprintf(err, errlen, "speculative generation runs in one process, not on %u ranks", ranks);
+    return -1;
+  }
+  if (o->stages && o->stages != ranks) {
+    snprintf(err, errlen, "%u stages on %u ranks: under MPI each rank is one stage", o->stages,
+             ranks);
+    return -1;
+  }
+  return 0;
+}
 
 static int check_options(const struct call *c, const struct eellm_gen_options *o, char *err,
                          size_t errlen) {
@@ -213,7 +251,7 @@ static int check_options(const struct call *c, const struct eellm_gen_options *o
     snprintf(err, errlen, "%u stages for %u layers", o->stages, c->g->n_layers);
     return -1;
   }
-  return 0;
+  return check_ranks(c, o, err, errlen);
 }
 
 /* Which exits may fire: none with exits off, else the listed layers (all when
@@ -306,13 +344,14 @@ static void decision_points(struct call *c) {
   c->points[c->n_points++] = c->m->spec->n_exits;
 }
 
-/* Each layer's stage (PIPELINE's split; one stage under RECOMPUTE), and a
- * decision priority above the stages'. */
+/* Each layer's stage (PIPELINE's split: the model's across ranks; one stage
+ * under RECOMPUTE), and a decision priority above the stages'. */
 static void assign_stages(struct call *c) {
   unsigned *stage_layers = gen_xmalloc(c->g->n_layers * sizeof *stage_layers);
   struct eellm_layout layout = {.pp = 1, .tp = 1, .dp = 1};
+  unsigned ranks = c->m->place.layout.pp;
   if (c->o->method == EELLM_GEN_PIPELINE)
-    layout.pp = eellm_generator_stages(c->g, c->o->stages, stage_layers);
+    layout.pp = eellm_generator_stages(c->g, ranks > 1 ? ranks : c->o->stages, stage_layers);
   else
     stage_layers[0] = c->g->n_layers;
   char err[128];
@@ -384,6 +423,10 @@ struct eellm_gen_session {
 struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
                                                  const struct eellm_gen_options *o, char *err,
                                                  size_t errlen) {
+  if (g->m->place.layout.pp > 1) {
+    snprintf(err, errlen, "sessions run in one process, not on %u ranks", g->m->place.layout.pp);
+    return NULL;
+  }
   struct eellm_gen_session *s = calloc(1, sizeof *s);
   if (!s) abort();
   s->o = *o;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Generation across MPI ranks (mpirun --oversubscribe on loopback), one
+# pipeline stage per rank: on a 4-layer model with a tied NORM exit, a
+# PRE-placed MLP exit that lives on the next stage and a BLOCK exit, 2 and 4
+# ranks give the single process's tokens and exit layers (--stages 2 and
+# --stages 1), greedy with exits off and with exits firing often, sampled
+# too, under --method pipeline and recompute, for a batch of two prompts.
+# Layouts that do not fit are refused with one line, and so is eellm serve
+# under mpirun (its sessions run in one process).
+set -u
+build=${1:-build}
+eellm="$build/eellm"
+. "$(dirname "$0")/lib.sh"
+export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
+
+byte_corpus 1 80
+"$eellm" train --model tests/specs/pipe.txtpb --train tests/specs/confident.train.txtpb \
+  --data "$tmp/train.bin" --out "$tmp/run" > /dev/null 2>&1
+check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
+
+args=(generate --ckpt "$tmp/run" --prompt "the quick" --prompt "over the" --max-tokens 14 --show-exits)
+# exits FILE: the exit tables (token, exit layer, logprob, text) of the output.
+exits() { grep -E '^ +[0-9]+ +[0-9]' "$1"; }
+# steady FILE: the output but for the speed and the stages.
+steady() { grep -vE '^(mean exit layer|pipeline stages:)' "$1"; }
+# same NAME OPTIONS...: one process with --stages 1 and 2, then 2 and 4 ranks,
+# give the same tokens and exit layers.
+same() {
+  local name=$1
+  shift
+  STARPU_NCPU=1 "$eellm" "${args[@]}" --stages 1 "$@" > "$tmp/one" 2> "$tmp/one.err"
+  local status=$?
+  check "$name: one process exits 0" '[ $status -eq 0 ] && [ "$(exits "$tmp/one" | wc -l)" -eq 28 ]'
+  local ran
+  for ran in "--stages 2" "mpirun 2" "mpirun 4"; do
+    if [ "${ran%% *}" = mpirun ]; then
+      timeout 120 scripts/eellm-mpirun "${ran#* }" "$eellm" "${args[@]}" "$@" > "$tmp/other" 2> "$tmp/other.err"
+    else
+      # shellcheck disable=SC2086
+      STARPU_NCPU=1 "$eellm" "${args[@]}" $ran "$@" > "$tmp/other" 2> "$tmp/other.err"
+    fi
+    status=$?
+    check "$name, $ran: exits 0 ($(head -c 300 "$tmp/other.err"))" '[ $status -eq 0 ]'
+    check "$name, $ran: the same output" 'diff <(steady "$tmp/one") <(steady "$tmp/other") > /dev/null'
+    check "$name, $ran: the same tokens and exit layers" 'diff <(exits "$tmp/one") <(exits "$tmp/other") > /dev/null'
+  done
+}
+same "pipeline, exits off" --method pipeline --threshold 1
+same "pipeline, exits at 0.6" --method pipeline --threshold 0.6
+same "recompute, exits at 0.6" --method recompute --threshold 0.6
+same "pipeline, sampled, exits at 0.6" --method pipeline --threshold 0.6 --temperature 0.8 --seed 3
+check "exits fired at 0.6" 'exits "$tmp/one" | awk "\$2 < 4 { n++ } END { exit !(n > 2) }"'
+check "one copy of the output under mpirun" '[ "$(grep -c "^==> prompt 1" "$tmp/other")" -eq 1 ]'
+
+# refused NAME RANKS PATTERN ARGS...: eellm ARGS on RANKS ranks says one line
+# matching PATTERN, and every rank is out within seconds, non-zero.
+refused() {
+  local name=$1 ranks=$2 pattern=$3
+  shift 3
+  local start
+  start=$(date +%s)
+  timeout 120 scripts/eellm-mpirun "$ranks" "$eellm" "$@" > /dev/null 2> "$tmp/refused"
+  local status=$? took=$(( $(date +%s) - start ))
+  check "$name: refused (status $status) within seconds ($took s)" \
+    '[ $status -ne 0 ] && [ $status -ne 124 ] && [ $took -lt 60 ]'
+  check "$name: one line ($(grep eellm "$tmp/refused" | head -c 300))" \
+    '[ "$(grep -c eellm "$tmp/refused")" -eq 1 ] && grep -Eq -- "$pattern" "$tmp/refused"'
+}
+refused "--stages 3 on 2 ranks" 2 "^eellm generate: 3 stages on 2 ranks: under MPI each rank is one stage$" \
+  "${args[@]}" --method pipeline --stages 3
+refused "speculative on 2 ranks" 2 "^eellm generate: speculative generation runs in one process, not on 2 ranks$" \
+  "${args[@]}" --method speculative --draft-exit 1
+refused "5 ranks for 4 layers" 5 "^eellm generate: 5 pipeline stages for 4 layers" "${args[@]}" --method pipeline
+refused "serve on 2 ranks" 2 "^eellm serve: runs in one process, not under mpirun" serve --ckpt "$tmp/run" --port 0
+
+finish generate_mpi
