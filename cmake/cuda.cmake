@@ -34,6 +34,7 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 find_package(CUDAToolkit REQUIRED)
 if(EELLM_CUDA)
   target_link_libraries(PkgConfig::DEPS INTERFACE CUDA::cudart CUDA::cublas)
+  list(APPEND CMAKE_INSTALL_RPATH "${CUDAToolkit_LIBRARY_DIR}")
   message(STATUS "CUDA: the StarPU found has CUDA; libeellm links cudart and cuBLAS and gets "
                  "the CUDA kernels (architectures ${CMAKE_CUDA_ARCHITECTURES})")
 else()
