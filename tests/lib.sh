@@ -1,7 +1,9 @@
 # Shared by the scripted tests (sourced): a scratch directory removed at exit,
 # pass/fail counters, and the closing "NAME: N passed, N failed" line.
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# A test that starts a server keeps its pid in $server: it dies with the test.
+server=""
+trap '[ -n "$server" ] && kill -KILL "$server" 2> /dev/null; rm -rf "$tmp"' EXIT
 passed=0 failed=0
 pass() { passed=$((passed + 1)); }
 fail() { echo "FAIL $*"; failed=$((failed + 1)); }

@@ -9,12 +9,6 @@ set -u
 build=${1:-build}
 eellm="$build/eellm"
 . "$(dirname "$0")/lib.sh"
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -KILL "$server" 2> /dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
 
 # The tiny model (3 layers, exits after layers 1 and 2, context 32, byte tokenizer).

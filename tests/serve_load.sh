@@ -14,12 +14,6 @@ set -u
 build=${1:-build}
 eellm="$build/eellm"
 . "$(dirname "$0")/lib.sh"
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -KILL "$server" 2> /dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 export STARPU_SILENT=1 STARPU_NCPU=${STARPU_NCPU:-2}
 client="/usr/bin/python3 $(dirname "$0")/serve_load_client.py"
 
