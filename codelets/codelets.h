@@ -86,14 +86,17 @@ void eellm_submit(struct starpu_codelet *cl, struct starpu_data_descr *buffers, 
 
 /* ---- embedding.c: token + learned position embedding ------------------- */
 /* tokens [N] int32, wte [V, D], wpe [C, D] or NULL (RoPE models), out [N, D];
- * row n uses position n % seq_len. */
+ * row n uses position n % seq_len. wte's rows are tokens vocab_lo .. vocab_lo +
+ * V - 1 (a vocabulary-parallel part; 0 for the whole): other tokens' rows are
+ * zero (+ wpe), for the parts' sum to make the embedding. */
 void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wte,
                             starpu_data_handle_t wpe, starpu_data_handle_t out,
-                            unsigned seq_len, const struct eellm_task_info *info);
-/* dwte [V, D] += scatter(dout), dwpe [C, D] += per-position sums (if non-NULL). */
+                            unsigned seq_len, size_t vocab_lo, const struct eellm_task_info *info);
+/* dwte [V, D] += scatter(dout) of the tokens wte's part holds, dwpe [C, D] +=
+ * per-position sums (if non-NULL). */
 void eellm_insert_embed_bwd(starpu_data_handle_t tokens, starpu_data_handle_t dout,
                             starpu_data_handle_t dwte, starpu_data_handle_t dwpe,
-                            unsigned seq_len, const struct eellm_task_info *info);
+                            unsigned seq_len, size_t vocab_lo, const struct eellm_task_info *info);
 
 /* ---- norm.c: layernorm and rmsnorm over the last dimension ------------- */
 /* enum eellm_norm_kind (types.h): EELLM_LAYERNORM, EELLM_RMSNORM. */
@@ -185,6 +188,25 @@ void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t tar
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
                            starpu_data_handle_t dlogits, float scale, float temperature,
                            int dynamic, const struct eellm_task_info *info);
+
+/* ---- xent_parallel.c: vocabulary-parallel cross-entropy ------------------ */
+/* Each tensor-parallel rank holds logits [N, V] of vocabulary rows vocab_lo ..
+ * vocab_lo + V - 1. rowstats [N, 3] (W) = the part's row statistics at the
+ * temperature: (max, sum of exp, target logit or 0); the ranks combine them
+ * with eellm_insert_allreduce_softmax (collective.h). */
+void eellm_insert_xent_part_stats(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                                  starpu_data_handle_t rowstats, size_t vocab_lo, float temperature,
+                                  const struct eellm_task_info *info);
+/* stats [2] double (W) as eellm_insert_xent_fwd's, from the combined rowstats. */
+void eellm_insert_xent_stats_fwd(starpu_data_handle_t rowstats, starpu_data_handle_t mask,
+                                 starpu_data_handle_t stats, int dynamic,
+                                 const struct eellm_task_info *info);
+/* dlogits [N, V] (W): the part's columns of eellm_insert_xent_bwd's gradient. */
+void eellm_insert_xent_part_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                                starpu_data_handle_t mask, starpu_data_handle_t rowstats,
+                                starpu_data_handle_t stats, starpu_data_handle_t dlogits,
+                                size_t vocab_lo, float scale, float temperature, int dynamic,
+                                const struct eellm_task_info *info);
 
 /* ---- optimizer.c: global gradient norm and AdamW ------------------------ */
 /* sumsq [1] double (W) = sum of squares of grad (matrix or vector). */

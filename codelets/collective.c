@@ -2,42 +2,82 @@
 #include "collective.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <time.h>
 
 #include "glue.h"
 
+/* An element of a collective: a float, a double, or a row of softmax
+ * statistics (three floats combined by softmax_stats_op). */
 struct collective_args {
   MPI_Comm comm;
   int root; /* broadcast only */
+  int softmax_stats;
 };
 
 EELLM_CODELET_CPU(allreduce_sum)
 EELLM_CODELET_CPU(bcast)
+EELLM_CODELET_CPU(allreduce_softmax)
 
-/* Calls op on each run of contiguous floats of the buffer (the whole of it
+static MPI_Datatype stats_type;
+static MPI_Op stats_op;
+static pthread_once_t stats_once = PTHREAD_ONCE_INIT;
+
+static void softmax_stats_op(void *in, void *inout, int *len, MPI_Datatype *type) {
+  (void)type;
+  eellm_cpu_softmax_stats_combine(inout, in, (size_t)*len);
+}
+
+/* Made once, kept until MPI_Finalize frees them. */
+static void make_stats_type(void) {
+  MPI_Type_contiguous(3, MPI_FLOAT, &stats_type);
+  MPI_Type_commit(&stats_type);
+  MPI_Op_create(softmax_stats_op, 1, &stats_op);
+}
+
+/* Calls op on each run of contiguous elements of the buffer (the whole of it
  * unless rows are padded), in pieces that fit MPI's int counts. */
 static void each_run(void *buffer, const struct collective_args *args,
-                     int (*op)(float *x, int n, const struct collective_args *args)) {
+                     int (*op)(void *x, int n, MPI_Datatype type,
+                               const struct collective_args *args)) {
   struct eellm_tensor_view v = eellm_tensor_view(buffer);
   int contiguous = v.rows == 1 || v.ld == v.cols;
   size_t runs = contiguous ? 1 : v.rows, run = contiguous ? v.rows * v.cols : v.cols;
+  size_t per = args->softmax_stats ? 3 : 1; /* values of an element */
+  MPI_Datatype type = args->softmax_stats ? stats_type : v.elemsize == 8 ? MPI_DOUBLE : MPI_FLOAT;
   for (size_t r = 0; r < runs; r++) {
-    float *x = (float *)v.ptr + r * v.ld;
-    for (size_t done = 0; done < run; done += INT_MAX / 2) {
-      size_t n = run - done < INT_MAX / 2 ? run - done : INT_MAX / 2;
-      if (op(x + done, (int)n, args) != MPI_SUCCESS) {
-        fprintf(stderr, "eellm: MPI collective on %zu floats failed\n", n);
+    char *x = v.ptr + r * v.ld * v.elemsize;
+    for (size_t done = 0; done < run / per; done += INT_MAX / 2) {
+      size_t n = run / per - done < INT_MAX / 2 ? run / per - done : INT_MAX / 2;
+      if (op(x + done * per * v.elemsize, (int)n, type, args) != MPI_SUCCESS) {
+        fprintf(stderr, "eellm: MPI collective on %zu elements failed\n", n);
         abort();
       }
     }
   }
 }
 
-static int sum_op(float *x, int n, const struct collective_args *args) {
-  return MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_FLOAT, MPI_SUM, args->comm);
+/* Waits for a nonblocking collective, giving the core away between polls: a
+ * worker spinning in a blocking one would starve the peers it waits for (and
+ * StarPU-MPI's own thread) wherever ranks share cores. */
+static int finish(int started, MPI_Request *req) {
+  if (started != MPI_SUCCESS) return started;
+  for (;;) {
+    int done = 0, status = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+    if (status != MPI_SUCCESS || done) return status;
+    nanosleep(&(struct timespec){.tv_nsec = 20000}, NULL);
+  }
 }
 
-static int bcast_op(float *x, int n, const struct collective_args *args) {
-  return MPI_Bcast(x, n, MPI_FLOAT, args->root, args->comm);
+static int sum_op(void *x, int n, MPI_Datatype type, const struct collective_args *args) {
+  MPI_Op op = args->softmax_stats ? stats_op : MPI_SUM;
+  MPI_Request req;
+  return finish(MPI_Iallreduce(MPI_IN_PLACE, x, n, type, op, args->comm, &req), &req);
+}
+
+static int bcast_op(void *x, int n, MPI_Datatype type, const struct collective_args *args) {
+  MPI_Request req;
+  return finish(MPI_Ibcast(x, n, type, args->root, args->comm, &req), &req);
 }
 
 /* x (RW), seq (RW: orders the collectives, collective.h). */
@@ -47,6 +87,10 @@ static void allreduce_sum_cpu(void *buffers[], void *cl_arg) {
 
 static void bcast_cpu(void *buffers[], void *cl_arg) { each_run(buffers[0], cl_arg, bcast_op); }
 
+static void allreduce_softmax_cpu(void *buffers[], void *cl_arg) {
+  each_run(buffers[0], cl_arg, sum_op);
+}
+
 static void submit(struct starpu_codelet *cl, starpu_data_handle_t x, starpu_data_handle_t seq,
                    struct collective_args args, const struct eellm_task_info *info) {
   struct starpu_data_descr buffers[] = {{x, STARPU_RW}, {seq, STARPU_RW}};
@@ -55,10 +99,16 @@ static void submit(struct starpu_codelet *cl, starpu_data_handle_t x, starpu_dat
 
 void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm,
                                 const struct eellm_task_info *info) {
-  submit(&allreduce_sum_cl, x, seq, (struct collective_args){comm, 0}, info);
+  submit(&allreduce_sum_cl, x, seq, (struct collective_args){comm, 0, 0}, info);
 }
 
 void eellm_insert_bcast(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm, int root,
                         const struct eellm_task_info *info) {
-  submit(&bcast_cl, x, seq, (struct collective_args){comm, root}, info);
+  submit(&bcast_cl, x, seq, (struct collective_args){comm, root, 0}, info);
+}
+
+void eellm_insert_allreduce_softmax(starpu_data_handle_t rowstats, starpu_data_handle_t seq,
+                                    MPI_Comm comm, const struct eellm_task_info *info) {
+  pthread_once(&stats_once, make_stats_type);
+  submit(&allreduce_softmax_cl, rowstats, seq, (struct collective_args){comm, 0, 1}, info);
 }

@@ -14,11 +14,16 @@
 
 #include "codelets.h"
 
-/* x (matrix or vector of floats, RW) = its sum over the ranks of comm. */
+/* x (matrix or vector of floats, or vector of doubles; RW) = its sum over the ranks of comm. */
 void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm,
                                 const struct eellm_task_info *info);
 /* x (RW) = rank root's x, on every rank of comm. */
 void eellm_insert_bcast(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm, int root,
                         const struct eellm_task_info *info);
+
+/* rowstats [N, 3] (RW): each rank's softmax statistics of its part of the
+ * vocabulary (eellm_insert_xent_part_stats) = those of the whole rows. */
+void eellm_insert_allreduce_softmax(starpu_data_handle_t rowstats, starpu_data_handle_t seq,
+                                    MPI_Comm comm, const struct eellm_task_info *info);
 
 #endif

@@ -5,7 +5,8 @@
 
 struct embed_args {
   unsigned seq_len;
-  int has_wpe; /* 0 for RoPE models: no learned positions */
+  int has_wpe;     /* 0 for RoPE models: no learned positions */
+  size_t vocab_lo; /* the first token wte's rows hold */
 };
 
 EELLM_CODELET(embed_fwd)
@@ -29,17 +30,18 @@ static struct embed_fwd_task embed_fwd_task(void *buffers[], int has_wpe, int ha
   return t;
 }
 
-void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len) {
+void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len,
+                          size_t vocab_lo) {
   struct embed_fwd_task t = embed_fwd_task(buffers, has_wpe, has_positions);
   eellm_cpu_embed_fwd(t.n, t.out.cols, t.tokens, t.positions, seq_len, (const float *)t.wte.ptr,
-                      t.wte.ld, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld, t.wpe.rows,
-                      (float *)t.out.ptr, t.out.ld);
+                      t.wte.ld, vocab_lo, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld,
+                      t.wpe.rows, (float *)t.out.ptr, t.out.ld);
 }
 
 /* tokens [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_fwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  eellm_embed_rows_cpu(buffers, args->has_wpe, 0, args->seq_len);
+  eellm_embed_rows_cpu(buffers, args->has_wpe, 0, args->seq_len, args->vocab_lo);
 }
 
 /* tokens [N] int32, dout [N, D], dwte [V, D] (+=), dwpe [C, D] (+=, optional). */
@@ -62,36 +64,37 @@ static void embed_bwd_cpu(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
   struct embed_bwd_task t = embed_bwd_task(buffers, args->has_wpe);
   eellm_cpu_embed_bwd(t.n, t.dout.cols, t.tokens, args->seq_len, (const float *)t.dout.ptr,
-                      t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, t.dwte.rows, (float *)t.dwpe.ptr,
-                      t.dwpe.ld);
+                      t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, args->vocab_lo, t.dwte.rows,
+                      (float *)t.dwpe.ptr, t.dwpe.ld);
 }
 
 #ifdef STARPU_USE_CUDA
-void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len) {
+void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len,
+                           size_t vocab_lo) {
   struct embed_fwd_task t = embed_fwd_task(buffers, has_wpe, has_positions);
   eellm_cuda_embed_fwd(t.n, t.out.cols, t.tokens, t.positions, seq_len, (const float *)t.wte.ptr,
-                       t.wte.ld, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld, t.wpe.rows,
-                       (float *)t.out.ptr, t.out.ld, starpu_cuda_get_local_stream());
+                       t.wte.ld, vocab_lo, t.wte.rows, (const float *)t.wpe.ptr, t.wpe.ld,
+                       t.wpe.rows, (float *)t.out.ptr, t.out.ld, starpu_cuda_get_local_stream());
 }
 
 static void embed_fwd_cuda(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
-  eellm_embed_rows_cuda(buffers, args->has_wpe, 0, args->seq_len);
+  eellm_embed_rows_cuda(buffers, args->has_wpe, 0, args->seq_len, args->vocab_lo);
 }
 
 static void embed_bwd_cuda(void *buffers[], void *cl_arg) {
   const struct embed_args *args = cl_arg;
   struct embed_bwd_task t = embed_bwd_task(buffers, args->has_wpe);
   eellm_cuda_embed_bwd(t.n, t.dout.cols, t.tokens, args->seq_len, (const float *)t.dout.ptr,
-                       t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, t.dwte.rows, (float *)t.dwpe.ptr,
-                       t.dwpe.ld, starpu_cuda_get_local_stream());
+                       t.dout.ld, (float *)t.dwte.ptr, t.dwte.ld, args->vocab_lo, t.dwte.rows,
+                       (float *)t.dwpe.ptr, t.dwpe.ld, starpu_cuda_get_local_stream());
 }
 #endif
 
 void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wte,
                             starpu_data_handle_t wpe, starpu_data_handle_t out, unsigned seq_len,
-                            const struct eellm_task_info *info) {
-  struct embed_args args = {.seq_len = seq_len, .has_wpe = wpe != NULL};
+                            size_t vocab_lo, const struct eellm_task_info *info) {
+  struct embed_args args = {.seq_len = seq_len, .has_wpe = wpe != NULL, .vocab_lo = vocab_lo};
   struct starpu_data_descr buffers[4];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){tokens, STARPU_R};
@@ -103,8 +106,8 @@ void eellm_insert_embed_fwd(starpu_data_handle_t tokens, starpu_data_handle_t wt
 
 void eellm_insert_embed_bwd(starpu_data_handle_t tokens, starpu_data_handle_t dout,
                             starpu_data_handle_t dwte, starpu_data_handle_t dwpe, unsigned seq_len,
-                            const struct eellm_task_info *info) {
-  struct embed_args args = {.seq_len = seq_len, .has_wpe = dwpe != NULL};
+                            size_t vocab_lo, const struct eellm_task_info *info) {
+  struct embed_args args = {.seq_len = seq_len, .has_wpe = dwpe != NULL, .vocab_lo = vocab_lo};
   struct starpu_data_descr buffers[4];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){tokens, STARPU_R};

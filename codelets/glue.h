@@ -112,9 +112,11 @@ static inline struct eellm_tensor_view eellm_tensor_view(void *buffer) {
 /* Runs an embedding forward (embed_fwd, embed_at: embedding.c) on the task's
  * buffers: tokens [N] int32, positions [N] int32 (with has_positions; else row n
  * is at position n % seq_len), wte [V, D], wpe [C, D] (with has_wpe), out [N, D]. */
-void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len);
+void eellm_embed_rows_cpu(void *buffers[], int has_wpe, int has_positions, unsigned seq_len,
+                          size_t vocab_lo);
 #ifdef STARPU_USE_CUDA
-void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len);
+void eellm_embed_rows_cuda(void *buffers[], int has_wpe, int has_positions, unsigned seq_len,
+                           size_t vocab_lo);
 #endif
 
 /* A scratch handle of at least `bytes` bytes (bytes > 0), to pass as a task's

@@ -17,7 +17,7 @@ EELLM_CODELET(gather_rows)
 
 /* tokens [N] int32, positions [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_at_cpu(void *buffers[], void *cl_arg) {
-  eellm_embed_rows_cpu(buffers, *(const int *)cl_arg, 1, 0);
+  eellm_embed_rows_cpu(buffers, *(const int *)cl_arg, 1, 0, 0);
 }
 
 /* qkv [N, 3D] (R), positions [N] int32 (R), slots [N] int32 (R),
@@ -59,7 +59,7 @@ static void gather_rows_cpu(void *buffers[], void *cl_arg) {
 
 #ifdef STARPU_USE_CUDA
 static void embed_at_cuda(void *buffers[], void *cl_arg) {
-  eellm_embed_rows_cuda(buffers, *(const int *)cl_arg, 1, 0);
+  eellm_embed_rows_cuda(buffers, *(const int *)cl_arg, 1, 0, 0);
 }
 
 static void attention_cached_cuda(void *buffers[], void *cl_arg) {

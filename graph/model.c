@@ -39,8 +39,18 @@ static int add_tensor(struct builder *b, const char *prefix, const char *name, s
   t->decay = decay;
   t->owner = b->stage;
   t->updater = -1;
+  t->part.split = EELLM_SPLIT_NONE;
+  t->part.groups = 1;
   m->n_params += t->numel;
   return (int)m->n_tensors++;
+}
+
+/* Marks tensor i as split by tensor parallelism (with tp above 1 only: tp 1
+ * keeps every tensor whole). */
+static void split_tensor(struct builder *b, int i, enum eellm_split split, unsigned groups) {
+  if (i < 0 || b->m->place.layout.tp == 1) return;
+  b->m->tensors[i].part.split = split;
+  b->m->tensors[i].part.groups = groups;
 }
 
 /* A norm's gain, and its bias for layernorm with biases (`name` is "ln_1.", ...). */
@@ -56,24 +66,38 @@ static void add_norm(struct builder *b, const char *prefix, const char *name, in
   }
 }
 
-/* A linear layer stored [in, out] (Conv1D layout) with an optional bias. */
+/* A linear layer stored [in, out] (Conv1D layout) with an optional bias:
+ * column-parallel under tensor parallelism (its outputs split in `groups` runs,
+ * the bias alike), or row-parallel with groups 0 (its inputs split, the bias
+ * whole: added once, after the parts are summed). */
 static void add_linear(struct builder *b, const char *prefix, const char *name, size_t in,
-                       size_t out, int *w, int *bias) {
+                       size_t out, unsigned groups, int *w, int *bias) {
   char field[32];
   snprintf(field, sizeof field, "%sweight", name);
   *w = add_tensor(b, prefix, field, in, out, 1);
+  split_tensor(b, *w, groups ? EELLM_SPLIT_COLS : EELLM_SPLIT_ROWS, groups ? groups : 1);
   *bias = -1;
   if (b->m->spec->bias) {
     snprintf(field, sizeof field, "%sbias", name);
     *bias = add_tensor(b, prefix, field, 0, out, 0);
+    if (groups) split_tensor(b, *bias, EELLM_SPLIT_COLS, groups);
   }
+}
+
+/* An output head [V, D] (lm_head, and wte which a tied head shares): its
+ * vocabulary rows split under tensor parallelism. */
+static int add_head(struct builder *b, const char *prefix, const char *name, size_t rows) {
+  int i = add_tensor(b, prefix, name, rows, b->m->spec->d_model, 1);
+  split_tensor(b, i, EELLM_SPLIT_ROWS, 1);
+  return i;
 }
 
 /* An MLP's ln_2 (unless shared, below), c_fc and c_proj. */
 static void add_mlp_linears(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
   size_t d = b->m->spec->d_model;
-  add_linear(b, prefix, "mlp.c_fc.", d, b->m->fc_out, &p->fc_w, &p->fc_b);
-  add_linear(b, prefix, "mlp.c_proj.", b->m->d_ffn, d, &p->proj_w, &p->proj_b);
+  unsigned halves = b->m->fc_out / b->m->d_ffn; /* SwiGLU's gate | up */
+  add_linear(b, prefix, "mlp.c_fc.", d, b->m->fc_out, halves, &p->fc_w, &p->fc_b);
+  add_linear(b, prefix, "mlp.c_proj.", b->m->d_ffn, d, 0, &p->proj_w, &p->proj_b);
 }
 
 static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
@@ -84,8 +108,8 @@ static void add_mlp(struct builder *b, const char *prefix, struct eellm_layer_pa
 static void add_layer(struct builder *b, const char *prefix, struct eellm_layer_params *p) {
   size_t d = b->m->spec->d_model;
   add_norm(b, prefix, "ln_1.", &p->ln1_w, &p->ln1_b);
-  add_linear(b, prefix, "attn.c_attn.", d, 3 * d, &p->qkv_w, &p->qkv_b);
-  add_linear(b, prefix, "attn.c_proj.", d, d, &p->o_w, &p->o_b);
+  add_linear(b, prefix, "attn.c_attn.", d, 3 * d, 3, &p->qkv_w, &p->qkv_b);
+  add_linear(b, prefix, "attn.c_proj.", d, d, 0, &p->o_w, &p->o_b);
   add_mlp(b, prefix, p);
 }
 
@@ -119,14 +143,13 @@ static void add_exit(struct builder *b, unsigned k) {
     add_layer(b, block_prefix, &x->block);
   }
   if (e->structure != EELLM__EXIT__STRUCTURE__PLAIN) add_norm(b, prefix, "ln_f.", &x->lnf_w, &x->lnf_b);
-  x->head_w = e->tied ? m->head_w
-                      : add_tensor(b, prefix, "lm_head.weight", m->spec->vocab_size, m->spec->d_model, 1);
+  x->head_w = e->tied ? m->head_w : add_head(b, prefix, "lm_head.weight", m->spec->vocab_size);
 }
 
 static void build_table(struct eellm_model *m) {
   struct builder b = {m, 0, 0};
   const Eellm__Model *s = m->spec;
-  m->wte = add_tensor(&b, "", "transformer.wte.weight", s->vocab_size, s->d_model, 1);
+  m->wte = add_head(&b, "", "transformer.wte.weight", s->vocab_size);
   m->wpe = s->positions == EELLM__MODEL__POSITIONS__LEARNED
                ? add_tensor(&b, "", "transformer.wpe.weight", s->context_length, s->d_model, 1)
                : -1;
@@ -138,25 +161,149 @@ static void build_table(struct eellm_model *m) {
   }
   b.stage = eellm_exit_stage(&m->place, s->n_exits);
   add_norm(&b, "transformer.", "ln_f.", &m->lnf_w, &m->lnf_b);
-  m->head_w = s->tie_embeddings ? m->wte
-                                : add_tensor(&b, "", "lm_head.weight", s->vocab_size, s->d_model, 1);
+  m->head_w = s->tie_embeddings ? m->wte : add_head(&b, "", "lm_head.weight", s->vocab_size);
   for (unsigned k = 0; k < s->n_exits; k++) {
     b.stage = eellm_exit_stage(&m->place, k);
     add_exit(&b, k);
   }
 }
 
-/* A handle of t's shape over block (NULL: memory StarPU allocates), owned by `stage`. */
+/* The part of t that tensor index k holds (placement.h's eellm_tp_range). */
+static struct eellm_part part_at(const struct eellm_model *m, const struct eellm_tensor *t,
+                                 unsigned k) {
+  struct eellm_part p = t->part;
+  p.rows = t->rows;
+  p.cols = t->cols;
+  p.lo = 0;
+  if (p.split == EELLM_SPLIT_ROWS) eellm_tp_range(t->rows, m->place.layout.tp, k, &p.lo, &p.rows);
+  if (p.split == EELLM_SPLIT_COLS) {
+    size_t run;
+    eellm_tp_range(t->cols / p.groups, m->place.layout.tp, k, &p.lo, &run);
+    p.cols = run * p.groups;
+  }
+  p.numel = (p.rows ? p.rows : 1) * p.cols;
+  return p;
+}
+
+/* Copies part p of a tensor of `cols` columns between the tensor in full
+ * layout and the part, contiguous (to_part: full -> part). */
+static void copy_part(const struct eellm_part *p, size_t cols, float *full, float *part,
+                      int to_part) {
+  size_t rows = p->rows ? p->rows : 1, run = p->cols / p->groups;
+  float *base = full + (p->split == EELLM_SPLIT_ROWS ? p->lo * cols : 0);
+  for (size_t r = 0; r < rows; r++)
+    for (unsigned g = 0; g < p->groups; g++) {
+      float *f = base + r * cols + (p->split == EELLM_SPLIT_COLS ? g * (cols / p->groups) + p->lo : 0);
+      float *q = part + r * p->cols + g * run;
+      memcpy(to_part ? q : f, to_part ? f : q, run * sizeof(float));
+    }
+}
+
+/* Where this process's share of each copy lives: split tensors' parts in the
+ * part blocks, whole tensors in the model's blocks. */
+static void set_parts(struct eellm_model *m) {
+  const Eellm__Model *s = m->spec;
+  unsigned tp = m->place.layout.tp, t = m->place.self.tensor;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    struct eellm_tensor *x = &m->tensors[i];
+    x->part = part_at(m, x, t);
+    x->part.offset = x->part.split == EELLM_SPLIT_NONE ? x->offset : m->n_part;
+    if (x->part.split != EELLM_SPLIT_NONE) m->n_part += x->part.numel;
+  }
+  size_t lo, n;
+  eellm_tp_range(s->n_heads, tp, t, &lo, &n);
+  m->share.heads = (unsigned)n;
+  m->share.att = n * (s->d_model / s->n_heads);
+  m->share.ffn = m->d_ffn / tp;
+  m->share.fc = m->fc_out / tp;
+  eellm_tp_range(s->vocab_size, tp, t, &m->share.vocab_lo, &m->share.vocab);
+  m->share.first = t == 0;
+}
+
+float *eellm_model_copy_block(const struct eellm_model *m, enum eellm_copy c) {
+  float *const blocks[] = {m->params, m->grads, m->adam_m, m->adam_v};
+  return blocks[c];
+}
+
+static float *part_block(const struct eellm_model *m, const struct eellm_tensor *t,
+                         enum eellm_copy c) {
+  if (t->part.split == EELLM_SPLIT_NONE) return eellm_model_copy_block(m, c);
+  float *const blocks[] = {m->part_params, m->part_grads, m->part_m, m->part_v};
+  return blocks[c];
+}
+
+float *eellm_model_part(const struct eellm_model *m, size_t i, enum eellm_copy c) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  return part_block(m, t, c) + t->part.offset;
+}
+
+starpu_data_handle_t eellm_model_copy_handle(const struct eellm_model *m, size_t i,
+                                             enum eellm_copy c) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  starpu_data_handle_t const handles[] = {t->param, t->grad, t->m, t->v};
+  return handles[c];
+}
+
+void eellm_model_put_part(struct eellm_model *m, size_t i, enum eellm_copy c, const float *full) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  starpu_data_handle_t h = eellm_model_copy_handle(m, i, c);
+  starpu_data_acquire(h, STARPU_W);
+  copy_part(&t->part, t->cols, (float *)full, eellm_model_part(m, i, c), 1);
+  starpu_data_release(h);
+}
+
+/* Rank 0 takes part k of the tensor from rank `from` into the full layout at
+ * `full`; `from` sends it (host-side, as both call in the same order). */
+static void take_part(struct eellm_model *m, size_t i, enum eellm_copy c, unsigned k, int from,
+                      float *full) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  starpu_data_handle_t h = eellm_model_copy_handle(m, i, c);
+  if (eellm_rank() == from) {
+    starpu_data_acquire(h, STARPU_R);
+    float *part = eellm_model_part(m, i, c);
+    if (from != 0) eellm_mpi_move(part, t->part.numel, from, 0);
+    else if (part != full) copy_part(&t->part, t->cols, full, part, 0);
+    starpu_data_release(h);
+    return;
+  }
+  struct eellm_part p = part_at(m, t, k);
+  if (p.split == EELLM_SPLIT_NONE) { /* into the memory of rank 0's own handle */
+    starpu_data_acquire(h, STARPU_W);
+    eellm_mpi_move(full, p.numel, from, 0);
+    starpu_data_release(h);
+    return;
+  }
+  float *buf = malloc(p.numel * sizeof *buf);
+  if (!buf) abort();
+  eellm_mpi_move(buf, p.numel, from, 0);
+  copy_part(&p, t->cols, full, buf, 0);
+  free(buf);
+}
+
+void eellm_model_gather_copy(struct eellm_model *m, size_t i, enum eellm_copy c,
+                             unsigned data) {
+  const struct eellm_tensor *t = &m->tensors[i];
+  unsigned parts = t->part.split == EELLM_SPLIT_NONE ? 1 : m->place.layout.tp;
+  float *full = eellm_model_copy_block(m, c) + t->offset;
+  for (unsigned k = 0; k < parts; k++) {
+    struct eellm_coords holder = {.stage = t->owner, .tensor = k, .data = data};
+    int from = eellm_mpi_active() ? eellm_layout_rank(&m->place.layout, holder) : 0;
+    if (eellm_rank() == from || eellm_rank() == 0) take_part(m, i, c, k, from, full);
+  }
+}
+
+/* A handle of t's part over block (NULL: memory StarPU allocates), owned by `stage`. */
 static starpu_data_handle_t register_tensor(const struct eellm_model *m,
                                             const struct eellm_tensor *t, float *block,
                                             unsigned stage) {
   starpu_data_handle_t h;
   int home = block ? STARPU_MAIN_RAM : -1;
-  uintptr_t ptr = block ? (uintptr_t)(block + t->offset) : 0;
+  uintptr_t ptr = block ? (uintptr_t)(block + t->part.offset) : 0;
+  const struct eellm_part *p = &t->part;
   if (t->rows)
-    starpu_matrix_data_register(&h, home, ptr, t->cols, t->cols, t->rows, sizeof(float));
+    starpu_matrix_data_register(&h, home, ptr, p->cols, p->cols, p->rows, sizeof(float));
   else
-    starpu_vector_data_register(&h, home, ptr, t->cols, sizeof(float));
+    starpu_vector_data_register(&h, home, ptr, p->cols, sizeof(float));
   eellm_mpi_register(h, eellm_stage_rank(&m->place, stage));
   return h;
 }
@@ -214,7 +361,7 @@ void eellm_model_describe_layout(eellm_model *m, char *buf, size_t n) {
 size_t eellm_model_moment_bytes(const struct eellm_model *m) {
   size_t floats = 0;
   for (size_t i = 0; i < m->n_tensors; i++)
-    if (!m->tensors[i].frozen && eellm_model_updates(m, i)) floats += m->tensors[i].numel;
+    if (!m->tensors[i].frozen && eellm_model_updates(m, i)) floats += m->tensors[i].part.numel;
   return 2 * floats * sizeof(float);
 }
 
@@ -312,12 +459,19 @@ static int share_out_updates(struct eellm_model *m) {
   return 0;
 }
 
-/* With replicas, the data-parallel communicator and one sequencing handle per
- * stage, owned by the stage's rank: every collective task of a rank takes its
- * stage's handle (collective.h), so each rank runs them in submission order. */
+/* With replicas or tensor parallelism, the groups' communicators and one
+ * sequencing handle per stage, owned by the stage's rank: every collective
+ * task of a rank, on either communicator, takes its stage's handle
+ * (collective.h), so each rank runs them in submission order. One order for
+ * both groups: the ranks of a tensor-parallel group submit the same flow, and
+ * so do those of a data-parallel group, so the k-th collective of a rank is
+ * the k-th of each peer, and a rank never waits in one group's collective
+ * while a peer waits in the other's. */
 static int setup_collectives(struct eellm_model *m, char *err, size_t errlen) {
-  if (eellm_placement_dp_comm(&m->place, &m->dp_comm, err, errlen) != 0) return -1;
-  if (m->dp_comm == MPI_COMM_NULL) return 0;
+  if (eellm_placement_dp_comm(&m->place, &m->dp_comm, err, errlen) != 0 ||
+      eellm_placement_tp_comm(&m->place, &m->tp_comm, err, errlen) != 0)
+    return -1;
+  if (m->dp_comm == MPI_COMM_NULL && m->tp_comm == MPI_COMM_NULL) return 0;
   unsigned pp = m->place.layout.pp;
   m->seq_bytes = calloc(pp, 1);
   m->seq_h = calloc(pp, sizeof *m->seq_h);
@@ -336,7 +490,7 @@ eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned m
                                          unsigned seq_len, const Eellm__Parallelism *par, char *err,
                                          size_t errlen) {
   struct eellm_model *m = calloc(1, sizeof *m);
-  if (m) m->dp_comm = MPI_COMM_NULL;
+  if (m) m->dp_comm = m->tp_comm = MPI_COMM_NULL;
   if (!m || !(m->spec = copy_spec(spec_in))) {
     snprintf(err, errlen, "out of memory building the model");
     free(m);
@@ -381,6 +535,7 @@ eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned m
   m->exit_order = calloc(spec->n_exits + 1, sizeof *m->exit_order);
   if (!m->layers || !m->exits || !m->exit_order) goto oom;
   build_table(m);
+  set_parts(m);
   if (sort_exits(m) != 0) goto oom;
   if (par->zero_stage == 1 && share_out_updates(m) != 0) goto oom;
   m->params = alloc_block(m->n_params);
@@ -388,12 +543,19 @@ eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned m
   m->adam_m = alloc_block(m->n_params);
   m->adam_v = alloc_block(m->n_params);
   if (!m->params || !m->grads || !m->adam_m || !m->adam_v) goto oom;
+  if (m->n_part) {
+    m->part_params = alloc_block(m->n_part);
+    m->part_grads = alloc_block(m->n_part);
+    m->part_m = alloc_block(m->n_part);
+    m->part_v = alloc_block(m->n_part);
+    if (!m->part_params || !m->part_grads || !m->part_m || !m->part_v) goto oom;
+  }
   for (size_t i = 0; i < m->n_tensors; i++) {
     struct eellm_tensor *t = &m->tensors[i];
-    t->param = register_tensor(m, t, m->params, t->owner);
-    t->grad = register_tensor(m, t, m->grads, t->owner);
-    t->m = register_tensor(m, t, m->adam_m, t->owner);
-    t->v = register_tensor(m, t, m->adam_v, t->owner);
+    t->param = register_tensor(m, t, part_block(m, t, EELLM_COPY_PARAM), t->owner);
+    t->grad = register_tensor(m, t, part_block(m, t, EELLM_COPY_GRAD), t->owner);
+    t->m = register_tensor(m, t, part_block(m, t, EELLM_COPY_M), t->owner);
+    t->v = register_tensor(m, t, part_block(m, t, EELLM_COPY_V), t->owner);
   }
   add_shadows(m);
   m->sumsq = calloc(m->n_tensors, sizeof *m->sumsq);
@@ -441,6 +603,11 @@ void eellm_model_destroy(eellm_model *m) {
   free(m->seq_h);
   free(m->seq_bytes);
   if (m->dp_comm != MPI_COMM_NULL) MPI_Comm_free(&m->dp_comm);
+  if (m->tp_comm != MPI_COMM_NULL) MPI_Comm_free(&m->tp_comm);
+  free_block(m->part_params, m->n_part);
+  free_block(m->part_grads, m->n_part);
+  free_block(m->part_m, m->n_part);
+  free_block(m->part_v, m->n_part);
   free(m->shadows);
   eellm_placement_free(&m->place);
   free(m->sumsq);
@@ -484,13 +651,21 @@ void eellm_model_init(eellm_model *m, uint64_t seed) {
     /* A stream per tensor: the same weights whichever stage draws them. */
     struct normal_rng rng = {(seed * 0x2545f4914f6cdd1dull + 1) ^ (i * EELLM_SPLITMIX64_GAMMA)};
     if (!eellm_model_owns(m, i)) continue;
-    starpu_data_acquire(t->param, STARPU_W);
-    float *p = m->params + t->offset;
+    /* A split tensor draws the whole stream and keeps its part. */
+    int whole = t->part.split == EELLM_SPLIT_NONE;
+    float *p = whole ? m->params + t->offset : malloc(t->numel * sizeof *p);
+    if (!p) abort();
+    if (whole) starpu_data_acquire(t->param, STARPU_W);
     int is_gain = !t->rows && strstr(t->name, "ln_") && strstr(t->name, ".weight");
     double s = is_residual_projection(t->name) ? residual_std : std;
     for (size_t j = 0; j < t->numel; j++)
       p[j] = t->rows ? (float)(s * normal(&rng)) : is_gain ? 1.0f : 0.0f;
-    starpu_data_release(t->param);
+    if (whole) {
+      starpu_data_release(t->param);
+      continue;
+    }
+    eellm_model_put_part(m, i, EELLM_COPY_PARAM, p);
+    free(p);
   }
 }
 
@@ -527,14 +702,7 @@ void eellm_model_sync(eellm_model *m) {
   starpu_task_wait_for_all();
   if (!eellm_gathers(&m->place)) return;
   for (size_t i = 0; i < m->n_tensors; i++) {
-    eellm_mpi_gather(m->tensors[i].param, eellm_root_rank(&m->place));
-    eellm_mpi_gather(m->tensors[i].grad, eellm_root_rank(&m->place));
-  }
-  if (eellm_rank() != eellm_root_rank(&m->place)) return;
-  for (size_t i = 0; i < m->n_tensors; i++) {
-    starpu_data_acquire(m->tensors[i].param, STARPU_R);
-    starpu_data_release(m->tensors[i].param);
-    starpu_data_acquire(m->tensors[i].grad, STARPU_R);
-    starpu_data_release(m->tensors[i].grad);
+    eellm_model_gather_copy(m, i, EELLM_COPY_PARAM, 0);
+    eellm_model_gather_copy(m, i, EELLM_COPY_GRAD, 0);
   }
 }

@@ -1,5 +1,5 @@
 /* The optimizer step as tasks: the data-parallel gradient all-reduce,
- * per-tensor squared gradient norms, one task combining them into the clip
+ * per-tensor squared gradient norms (summed over a tensor's parts), one task combining them into the clip
  * factor, one AdamW task per trainable tensor (ZeRO-1: on one replica, then
  * broadcast).
  * Also the learning-rate and exit-weight schedules. */
@@ -111,6 +111,12 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
     if (m->tensors[i].frozen) continue;
     ti.node = eellm_stage_rank(&m->place, m->tensors[i].owner);
     eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
+    /* A split tensor's parts add up; a whole one counts once, from any rank. */
+    if (m->tp_comm != MPI_COMM_NULL && m->tensors[i].part.split != EELLM_SPLIT_NONE) {
+      ti.kind = EELLM_KIND_COLLECTIVE;
+      eellm_insert_allreduce_sum(m->sumsq_h[i], m->seq_h[m->tensors[i].owner], m->tp_comm, &ti);
+      ti.kind = EELLM_KIND_OPTIMIZER;
+    }
     sumsqs[n++] = m->sumsq_h[i];
   }
   /* The replica's root gathers every stage's squared norms; every stage reads the factor back. */

@@ -22,6 +22,29 @@ unsigned eellm_exit_home_layer(const Eellm__Exit *e) {
   return e->placement == EELLM__EXIT__PLACEMENT__PRE ? e->layer : e->layer - 1;
 }
 
+/* Tensor parallelism splits the heads and the MLP's hidden units evenly and
+ * the vocabulary into near-equal row ranges (eellm_tp_range), so the vocabulary
+ * needs no padding and checkpoints keep their shapes. */
+static int check_tensor_split(const Eellm__Model *spec, unsigned tp, char *err, size_t errlen) {
+  unsigned ffn = eellm_model_spec_ffn_size(spec);
+  if (tp >= 1 && spec->n_heads % tp == 0 && ffn % tp == 0 && spec->vocab_size >= tp) return 0;
+  if (tp < 1)
+    snprintf(err, errlen, "parallelism.tp 0: need at least 1 tensor-parallel rank");
+  else if (spec->n_heads % tp != 0)
+    snprintf(err, errlen, "parallelism.tp %u does not divide n_heads %u", tp, spec->n_heads);
+  else if (ffn % tp != 0)
+    snprintf(err, errlen, "parallelism.tp %u does not divide the MLP's %u hidden units (ffn_size)",
+             tp, ffn);
+  else
+    snprintf(err, errlen, "parallelism.tp %u is more than vocab_size %u", tp, spec->vocab_size);
+  return -1;
+}
+
+void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count) {
+  *lo = n * t / tp;
+  *count = n * (t + 1) / tp - *lo;
+}
+
 /* Activation windows: 1F1B's P - s micro-batches on stage s; one process keeps
  * two micro-batches apart so two workers can overlap them. */
 static void set_windows(struct eellm_placement *p) {
@@ -34,16 +57,15 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
   unsigned pp = layout.pp;
   *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
-  if (layout.tp != 1) {
-    snprintf(err, errlen, "tensor parallelism (tp %u) is not built yet: tp must be 1", layout.tp);
-    return -1;
-  }
+  if (check_tensor_split(spec, layout.tp, err, errlen) != 0) return -1;
   /* One process may run every stage (generation does), never several replicas. */
   uint64_t ranks = (uint64_t)pp * layout.tp * layout.dp;
   if (pp < 1 || pp > spec->n_layers || pp > EELLM_MAX_STAGES || layout.dp < 1 ||
-      (n_ranks > 0 ? ranks != (uint64_t)n_ranks : layout.dp != 1)) {
-    snprintf(err, errlen, "%u pipeline stages for %u layers, times %u replicas, on %d ranks", pp,
-             spec->n_layers, layout.dp, n_ranks > 0 ? n_ranks : 1);
+      (n_ranks > 0 ? ranks != (uint64_t)n_ranks : layout.dp != 1 || layout.tp != 1)) {
+    snprintf(err, errlen,
+             "%u pipeline stages for %u layers, times %u tensor-parallel ranks, times %u "
+             "replicas, on %d ranks",
+             pp, spec->n_layers, layout.tp, layout.dp, n_ranks > 0 ? n_ranks : 1);
     return -1;
   }
   if (n_stage_layers > 0) {
@@ -107,14 +129,28 @@ int eellm_root_rank(const struct eellm_placement *p) { return eellm_stage_rank(p
 
 int eellm_gathers(const struct eellm_placement *p) { return p->self.data == 0; }
 
+/* *comm = the ranks of group `group` ranked by `key`, for a group of `size` ranks
+ * (MPI_COMM_NULL without MPI or for groups of one). */
+static int split_comm(unsigned size, int group, int key, const char *what, MPI_Comm *comm,
+                      char *err, size_t errlen) {
+  *comm = MPI_COMM_NULL;
+  if (!eellm_mpi_active() || size == 1) return 0;
+  if (eellm_mpi_split(group, key, comm) == 0) return 0;
+  snprintf(err, errlen, "MPI_Comm_split of the %s group %d failed", what, group);
+  return -1;
+}
+
 int eellm_placement_dp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
                             size_t errlen) {
-  *comm = MPI_COMM_NULL;
-  if (!eellm_mpi_active() || p->layout.dp == 1) return 0;
   int group = (int)(p->self.stage * p->layout.tp + p->self.tensor);
-  if (eellm_mpi_split(group, (int)p->self.data, comm) == 0) return 0;
-  snprintf(err, errlen, "MPI_Comm_split of the data-parallel group %d failed", group);
-  return -1;
+  return split_comm(p->layout.dp, group, (int)p->self.data, "data-parallel", comm, err, errlen);
+}
+
+int eellm_placement_tp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
+                            size_t errlen) {
+  int group = (int)(p->self.stage * p->layout.dp + p->self.data);
+  return split_comm(p->layout.tp, group, (int)p->self.tensor, "tensor-parallel", comm, err,
+                    errlen);
 }
 
 void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers,

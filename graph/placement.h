@@ -17,7 +17,13 @@
  * broadcast) on the data-parallel communicator of their (stage, tensor) group.
  * The gradient norm's reduction goes to the replica's root (its stage 0);
  * host-side gathers (checkpoints) to rank 0, the root of replica 0, from the
- * ranks of replica 0. Tensor parallelism is not built yet: tp is 1. */
+ * ranks of replica 0.
+ *
+ * Tensor parallelism: the tp ranks of a (stage, replica) each hold a part of
+ * every split tensor (graph/model.h) and run the same tasks on their parts, so
+ * each process submits the task flow of its own tensor index and the ranks of
+ * one tensor index form a pipeline of their own; they meet only in the
+ * all-reduces of the tensor-parallel communicator of their (stage, replica). */
 #ifndef EELLM_GRAPH_PLACEMENT_H
 #define EELLM_GRAPH_PLACEMENT_H
 
@@ -55,8 +61,8 @@ unsigned eellm_exit_home_layer(const Eellm__Exit *e);
 
 /* Places spec's layers and exits on pp stages (stage_layers as in
  * eellm_model_spec_stage_split) for a run of n_ranks processes (0: one process, no MPI,
- * running every stage). 0, or -1 with a one-line error (tp above 1, a rank count other
- * than pp x tp x dp, dp above 1 in one process, a stage count out of 1..n_layers or above
+ * running every stage). 0, or -1 with a one-line error (tp not dividing the heads or the
+ * MLP's hidden units, a rank count other than pp x tp x dp, dp or tp above 1 in one process, a stage count out of 1..n_layers or above
  * EELLM_MAX_STAGES, a given split that does not cover the layers, out of memory). */
 int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          struct eellm_layout layout, const uint32_t *stage_layers,
@@ -73,6 +79,9 @@ int eellm_root_rank(const struct eellm_placement *p);
 /* Whether this process takes part in host-side gathers to rank 0 (replica 0's
  * ranks; the other replicas hold the same weights). */
 int eellm_gathers(const struct eellm_placement *p);
+/* [*lo, *lo + *count): the part of n (heads, hidden units, vocabulary rows)
+ * that tensor index t of tp holds; near-equal parts, exact when tp divides n. */
+void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count);
 /* One line per rank into buf (n bytes; truncated to fit): its stage and that
  * stage's layers, its replica and tensor index, and the AdamW moment bytes it
  * keeps (moment_bytes, per rank). */
@@ -82,6 +91,11 @@ void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers
  * group, ranked by data index (collective over MPI_COMM_WORLD; MPI_COMM_NULL
  * without MPI or with dp 1). 0, or -1 with a one-line error. */
 int eellm_placement_dp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
+                            size_t errlen);
+
+/* This process's tensor-parallel communicator: the ranks of its (stage, replica), ranked by
+ * tensor index (as eellm_placement_dp_comm; MPI_COMM_NULL with tp 1). */
+int eellm_placement_tp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
                             size_t errlen);
 
 #endif

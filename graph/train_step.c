@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codelets/collective.h"
 #include "graph/transformer.h"
 #include "runtime/engine/mpi.h"
 
@@ -122,6 +123,32 @@ struct loss {
   starpu_data_handle_t *logits; /* where to keep the logits' handle */
 };
 
+/* The loss statistics of the logits, and with a scale their gradient into
+ * dlogits. Under tensor parallelism each rank holds its vocabulary rows'
+ * logits: the ranks combine per-row softmax statistics, never the logits. */
+static void cross_entropy(struct micro *mb, const struct eellm_head *h, const struct loss *l,
+                          starpu_data_handle_t logits, starpu_data_handle_t dlogits, int dynamic,
+                          const struct eellm_task_info *ti) {
+  const struct eellm_model *m = mb->m;
+  if (m->tp_comm == MPI_COMM_NULL) {
+    eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, dynamic, ti);
+    if (dlogits)
+      eellm_insert_xent_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
+                            h->temperature, dynamic, ti);
+    return;
+  }
+  starpu_data_handle_t rowstats = act(mb, 3);
+  struct eellm_task_info exchange = *ti;
+  exchange.kind = EELLM_KIND_COLLECTIVE;
+  eellm_insert_xent_part_stats(logits, mb->targets, rowstats, m->share.vocab_lo, h->temperature,
+                               ti);
+  eellm_insert_allreduce_softmax(rowstats, m->seq_h[mb->pass.stage], m->tp_comm, &exchange);
+  eellm_insert_xent_stats_fwd(rowstats, mb->mask, l->stats, dynamic, ti);
+  if (dlogits)
+    eellm_insert_xent_part_bwd(logits, mb->targets, mb->mask, rowstats, l->stats, dlogits,
+                               m->share.vocab_lo, l->scale, h->temperature, dynamic, ti);
+}
+
 /* Loss of head h on x [N, D]; its gradient w.r.t. x goes to dx (overwritten).
  * ti tags the forward tasks, bwd_ti the backward ones, loss_ti the losses. */
 static void head_loss(struct micro *mb, const struct eellm_head *h, const struct loss *l,
@@ -133,12 +160,9 @@ static void head_loss(struct micro *mb, const struct eellm_head *h, const struct
   *l->logits = logits;
   /* Dynamic weighting shapes the training loss; forward-only passes report plain CE. */
   int dynamic = h->dynamic_weight && mb->backward;
-  eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, dynamic, loss_ti);
-  if (l->scale == 0) return;
-  starpu_data_handle_t dlogits = act(mb, mb->m->spec->vocab_size);
-  eellm_insert_xent_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
-                        h->temperature, dynamic, loss_ti);
-  eellm_head_backward(&mb->pass, h, x, &a, dlogits, dx, bwd_ti);
+  starpu_data_handle_t dlogits = l->scale != 0 ? act(mb, mb->m->share.vocab) : NULL;
+  cross_entropy(mb, h, l, logits, dlogits, dynamic, loss_ti);
+  if (dlogits) eellm_head_backward(&mb->pass, h, x, &a, dlogits, dx, bwd_ti);
 }
 
 /* Exit k on resid[layer] (or, for MLP exits, on the layer's post-attention
@@ -235,8 +259,11 @@ static void layers_forward(struct micro *mb, const float *exit_weights, float gr
   unsigned n_exits = m->spec->n_exits, next_exit = 0;
   struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
   mb->resid[0] = act(mb, m->spec->d_model);
-  eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte), eellm_param(m, m->wpe),
-                         mb->resid[0], m->seq_len, &fwd);
+  /* Vocabulary-parallel: each rank embeds the tokens of its rows, the first adds positions. */
+  eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte),
+                         m->share.first ? eellm_param(m, m->wpe) : NULL, mb->resid[0], m->seq_len,
+                         m->share.vocab_lo, &fwd);
+  eellm_tp_sum(&mb->pass, mb->resid[0], &fwd);
   for (unsigned i = 0; i < m->spec->n_layers; i++) {
     enter(mb, m->place.layer_stage[i]);
     fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
@@ -304,7 +331,7 @@ static void layers_backward(struct micro *mb, starpu_data_handle_t dres) {
   }
   bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, -1);
   eellm_insert_embed_bwd(mb->tokens, dres, eellm_grad(&mb->pass, m->wte),
-                         eellm_grad(&mb->pass, m->wpe), m->seq_len, &bwd);
+                         eellm_grad(&mb->pass, m->wpe), m->seq_len, m->share.vocab_lo, &bwd);
 }
 
 /* Loss weight (sum of the mask) of n rows. */
@@ -399,7 +426,8 @@ unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
 }
 
 /* Each stage of each replica reads the loss statistics (sum, count) of its own
- * exits' shares of every micro-batch; one sum over all ranks gives every rank
+ * exits' shares of every micro-batch (tensor index 0 of a tensor-parallel group:
+ * every rank of the group has the same); one sum over all ranks gives every rank
  * each micro-batch's whole statistics, counted once, and the mean loss of each
  * exit over the micro-batches follows. */
 void eellm_model_wait(eellm_model *m) {
@@ -412,7 +440,7 @@ void eellm_model_wait(eellm_model *m) {
   if (!s->loss || !stats) abort();
   for (unsigned k = 0; k < n_exits; k++) {
     int owner = eellm_stage_rank(&m->place, eellm_exit_stage(&m->place, k));
-    if (eellm_mpi_active() && owner != eellm_rank()) continue;
+    if (eellm_mpi_active() && (owner != eellm_rank() || m->place.self.tensor != 0)) continue;
     for (size_t mi = 0; mi < s->n_micro; mi++) {
       starpu_data_acquire(s->stats_h[mi][k], STARPU_R);
       memcpy(stats + 2 * (mi * n_exits + k), s->stats[mi] + 2 * k, 2 * sizeof *stats);

@@ -1,5 +1,15 @@
-/* The transformer's layers, exit bodies and heads as tasks (transformer.h). */
+/* The transformer's layers, exit bodies and heads as tasks (transformer.h).
+ *
+ * Tensor parallelism (Megatron-LM): each rank of a tensor-parallel group runs
+ * these tasks on its part of every split tensor (graph/model.h) with the
+ * widths of its share (m->share): its heads, its hidden units, its vocabulary
+ * rows. Activations between the parts are whole on every rank; a
+ * row-parallel product leaves a partial sum that eellm_tp_sum completes
+ * (Megatron's g in forward), and so does the input gradient of a
+ * column-parallel product (its f in backward). */
 #include "graph/transformer.h"
+
+#include "codelets/collective.h"
 
 starpu_data_handle_t eellm_param(const struct eellm_model *m, int tensor) {
   return tensor < 0 ? NULL : m->tensors[tensor].param;
@@ -19,11 +29,20 @@ starpu_data_handle_t eellm_act(const struct eellm_pass *p, size_t cols) {
 
 void eellm_grad_scratch_init(const struct eellm_pass *p, struct eellm_grad_scratch *g) {
   const struct eellm_model *m = p->m;
-  g->dact = eellm_act(p, m->d_ffn);
-  g->dfc = eellm_act(p, m->fc_out);
+  g->dact = eellm_act(p, m->share.ffn);
+  g->dfc = eellm_act(p, m->share.fc);
   g->dln = eellm_act(p, m->spec->d_model);
-  g->datt = eellm_act(p, m->spec->d_model);
-  g->dqkv = eellm_act(p, 3 * m->spec->d_model);
+  g->datt = eellm_act(p, m->share.att);
+  g->dqkv = eellm_act(p, 3 * m->share.att);
+}
+
+void eellm_tp_sum(const struct eellm_pass *p, starpu_data_handle_t x,
+                  const struct eellm_task_info *ti) {
+  const struct eellm_model *m = p->m;
+  if (m->tp_comm == MPI_COMM_NULL) return;
+  struct eellm_task_info c = *ti;
+  c.kind = EELLM_KIND_COLLECTIVE;
+  eellm_insert_allreduce_sum(x, m->seq_h[p->stage], m->tp_comm, &c);
 }
 
 /* y [rows, D] = norm(x) with gain and bias tensors; stats [rows, 2] kept for backward. */
@@ -44,6 +63,16 @@ static void linear_forward(const struct eellm_pass *p, starpu_data_handle_t x, i
   eellm_insert_linear_fwd(x, eellm_param(p->m, w), eellm_param(p->m, b), residual, y, 0, ti);
 }
 
+/* y [rows, M] = x @ W + b + residual for a row-parallel W: each rank's product
+ * on its part of x's columns, the bias and residual added once, then the sum. */
+static void row_parallel_forward(const struct eellm_pass *p, starpu_data_handle_t x, int w, int b,
+                                 starpu_data_handle_t residual, starpu_data_handle_t y,
+                                 const struct eellm_task_info *ti) {
+  int first = p->m->share.first;
+  linear_forward(p, x, w, first ? b : -1, first ? residual : NULL, y, ti);
+  eellm_tp_sum(p, y, ti);
+}
+
 /* dx = dy @ W^T; the stage's gradients of w and b accumulate. */
 static void linear_backward(const struct eellm_pass *p, starpu_data_handle_t x, int w, int b,
                             starpu_data_handle_t dy, starpu_data_handle_t dx,
@@ -59,12 +88,12 @@ void eellm_mlp_forward(const struct eellm_pass *p, const struct eellm_layer_para
                        const struct eellm_task_info *ti) {
   const struct eellm_model *m = p->m;
   norm_forward(p, w->ln2_w, w->ln2_b, r, &a->ln, &a->ln_stats, ti);
-  a->fc = eellm_act(p, m->fc_out);
-  a->act = eellm_act(p, m->d_ffn);
+  a->fc = eellm_act(p, m->share.fc);
+  a->act = eellm_act(p, m->share.ffn);
   a->out = eellm_act(p, m->spec->d_model);
   linear_forward(p, a->ln, w->fc_w, w->fc_b, NULL, a->fc, ti);
   eellm_insert_activation_fwd(a->fc, a->act, (enum eellm_activation)m->spec->activation, ti);
-  linear_forward(p, a->act, w->proj_w, w->proj_b, r, a->out, ti);
+  row_parallel_forward(p, a->act, w->proj_w, w->proj_b, r, a->out, ti);
 }
 
 void eellm_mlp_backward(const struct eellm_pass *p, const struct eellm_layer_params *w,
@@ -76,6 +105,7 @@ void eellm_mlp_backward(const struct eellm_pass *p, const struct eellm_layer_par
   eellm_insert_activation_bwd(a->fc, g->dact, g->dfc, (enum eellm_activation)m->spec->activation, 0,
                               ti);
   linear_backward(p, a->ln, w->fc_w, w->fc_b, g->dfc, g->dln, ti);
+  eellm_tp_sum(p, g->dln, ti);
   eellm_insert_norm_bwd(r, eellm_param(p->m, w->ln2_w), a->ln_stats, g->dln, dres,
                         eellm_grad(p, w->ln2_w), eellm_grad(p, w->ln2_b), eellm_norm_kind(m), 1,
                         ti);
@@ -89,16 +119,16 @@ static int rope(const struct eellm_model *m) {
 static void attention_forward(const struct eellm_pass *p, starpu_data_handle_t cache,
                               struct eellm_layer_acts *a, const struct eellm_task_info *ti) {
   const Eellm__Model *spec = p->m->spec;
-  a->att = eellm_act(p, spec->d_model);
+  unsigned heads = p->m->share.heads;
+  a->att = eellm_act(p, p->m->share.att);
   if (cache) {
     a->lse = NULL;
     eellm_insert_attention_cached(a->qkv, p->positions, p->slots, cache, a->att,
-                                  spec->context_length, spec->n_heads, rope(p->m), spec->rope_theta,
-                                  ti);
+                                  spec->context_length, heads, rope(p->m), spec->rope_theta, ti);
     return;
   }
-  a->lse = eellm_act(p, spec->n_heads);
-  eellm_insert_attention_fwd(a->qkv, a->att, a->lse, p->seq_len, spec->n_heads, rope(p->m),
+  a->lse = eellm_act(p, heads);
+  eellm_insert_attention_fwd(a->qkv, a->att, a->lse, p->seq_len, heads, rope(p->m),
                              spec->rope_theta, ti);
 }
 
@@ -107,11 +137,11 @@ void eellm_layer_forward(const struct eellm_pass *p, const struct eellm_layer_pa
                          struct eellm_layer_acts *a, const struct eellm_task_info *ti) {
   size_t d = p->m->spec->d_model;
   norm_forward(p, w->ln1_w, w->ln1_b, x, &a->ln1, &a->ln1_stats, ti);
-  a->qkv = eellm_act(p, 3 * d);
+  a->qkv = eellm_act(p, 3 * p->m->share.att);
   linear_forward(p, a->ln1, w->qkv_w, w->qkv_b, NULL, a->qkv, ti);
   attention_forward(p, cache, a, ti);
   a->r = eellm_act(p, d);
-  linear_forward(p, a->att, w->o_w, w->o_b, x, a->r, ti);
+  row_parallel_forward(p, a->att, w->o_w, w->o_b, x, a->r, ti);
   eellm_mlp_forward(p, w, a->r, &a->mlp, ti);
 }
 
@@ -121,9 +151,10 @@ void eellm_attention_backward(const struct eellm_pass *p, const struct eellm_lay
                               const struct eellm_task_info *ti) {
   const struct eellm_model *m = p->m;
   linear_backward(p, a->att, w->o_w, w->o_b, dres, g->datt, ti);
-  eellm_insert_attention_bwd(a->qkv, a->lse, g->datt, g->dqkv, p->seq_len, m->spec->n_heads,
+  eellm_insert_attention_bwd(a->qkv, a->lse, g->datt, g->dqkv, p->seq_len, m->share.heads,
                              rope(m), m->spec->rope_theta, 0, ti);
   linear_backward(p, a->ln1, w->qkv_w, w->qkv_b, g->dqkv, g->dln, ti);
+  eellm_tp_sum(p, g->dln, ti);
   eellm_insert_norm_bwd(x, eellm_param(p->m, w->ln1_w), a->ln1_stats, g->dln, dres,
                         eellm_grad(p, w->ln1_w), eellm_grad(p, w->ln1_b), eellm_norm_kind(m), 1,
                         ti);
@@ -181,7 +212,7 @@ starpu_data_handle_t eellm_head_forward(const struct eellm_pass *p, const struct
   a->y = x;
   a->stats = NULL;
   if (h->norm_w >= 0) norm_forward(p, h->norm_w, h->norm_b, x, &a->y, &a->stats, ti);
-  starpu_data_handle_t logits = eellm_act(p, p->m->spec->vocab_size);
+  starpu_data_handle_t logits = eellm_act(p, p->m->share.vocab);
   eellm_insert_linear_fwd(a->y, eellm_param(p->m, h->head_w), NULL, NULL, logits, 1, ti);
   return logits;
 }
@@ -193,6 +224,7 @@ void eellm_head_backward(const struct eellm_pass *p, const struct eellm_head *h,
   starpu_data_handle_t dy = h->norm_w < 0 ? dx : eellm_act(p, p->m->spec->d_model);
   eellm_insert_linear_bwd(a->y, eellm_param(p->m, h->head_w), dlogits, dy, eellm_grad(p, h->head_w),
                           NULL, 1, 0, ti);
+  eellm_tp_sum(p, dy, ti);
   if (h->norm_w < 0) return;
   eellm_insert_norm_bwd(x, eellm_param(p->m, h->norm_w), a->stats, dy, dx, eellm_grad(p, h->norm_w),
                         eellm_grad(p, h->norm_b), eellm_norm_kind(p->m), 0, ti);

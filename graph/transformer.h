@@ -46,6 +46,10 @@ enum eellm_norm_kind eellm_norm_kind(const struct eellm_model *m);
 /* An activation [p->rows, cols] from the pass's pool. */
 starpu_data_handle_t eellm_act(const struct eellm_pass *p, size_t cols);
 void eellm_grad_scratch_init(const struct eellm_pass *p, struct eellm_grad_scratch *g);
+/* x (RW) = its sum over the pass's tensor-parallel group (a collective task on
+ * the stage's sequencing handle); nothing with tp 1. */
+void eellm_tp_sum(const struct eellm_pass *p, starpu_data_handle_t x,
+                  const struct eellm_task_info *ti);
 
 /* a->mlp.out [rows, D] = layer w applied to x [rows, D]; a->r the
  * post-attention residual. cache: the layer's key/value cache (cached
@@ -108,7 +112,8 @@ struct eellm_head_acts {
   starpu_data_handle_t y, stats; /* the normed input and its statistics; y = x without a norm */
 };
 
-/* logits [rows, V] = lm_head(norm(x)) for x [rows, D]. */
+/* logits [rows, V] = lm_head(norm(x)) for x [rows, D]; under tensor parallelism
+ * the columns of this rank's vocabulary rows (m->share.vocab_lo, .vocab). */
 starpu_data_handle_t eellm_head_forward(const struct eellm_pass *p, const struct eellm_head *h,
                                         starpu_data_handle_t x, struct eellm_head_acts *a,
                                         const struct eellm_task_info *ti);

@@ -106,7 +106,7 @@ refused() {
 }
 refused dp4 "dp4\.train\.txtpb:.*field 'global_batch': value 12 is not a multiple of micro_batches 6 x dp 4$"
 refused zero2 "field 'parallelism\.zero_stage': value 2 outside 0\.\.1"
-refused tp2 "parallelism\.tp 2: tensor parallelism is not built yet \(tp must be 1\)$"
+refused tp2 "parallelism pp 1 x tp 2 x dp 1 needs 2 ranks: start it with mpirun -np 2"
 refused dp2 "parallelism pp 1 x tp 1 x dp 2 needs 2 ranks: start it with mpirun -np 2"
 start=$(date +%s)
 mpi 3 "$eellm" train --model "$tmp/gpt.txtpb" --data "$tmp/train.bin" --train "$tmp/pp2dp2.train.txtpb" \

@@ -173,9 +173,10 @@ static void test_embedding(const struct eellm_task_info *ti, void *ctx) {
   starpu_data_handle_t h_wpe = wpe ? matrix(wpe, context, dim, c->pad) : NULL;
   starpu_data_handle_t h_dwpe = dwpe ? matrix(dwpe, context, dim, c->pad) : NULL;
   eellm_insert_embed_fwd(h_tokens, matrix(wte, c->vocab, dim, c->pad), h_wpe,
-                         matrix(out, rows, dim, c->pad), (unsigned)c->seq_len, ti);
+                         matrix(out, rows, dim, c->pad), (unsigned)c->seq_len, 0, ti);
   eellm_insert_embed_bwd(h_tokens, matrix(dout, rows, dim, c->pad),
-                         matrix(dwte, c->vocab, dim, c->pad), h_dwpe, (unsigned)c->seq_len, ti);
+                         matrix(dwte, c->vocab, dim, c->pad), h_dwpe, (unsigned)c->seq_len, 0,
+                         ti);
   run_tasks();
 
   struct embed_ref r = {rows,

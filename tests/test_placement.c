@@ -55,8 +55,9 @@ static void stages(const Eellm__Model *spec) {
 
 /* Data-parallel replicas: rank 3 of (pp 2, dp 2) is stage 1 of replica 1; its
  * stages run on replica 1's ranks, its root is replica 1's stage 0, and it
- * takes no part in gathers to rank 0. Tensor parallelism, and replicas in one
- * process, are refused. */
+ * takes no part in gathers to rank 0. With tp 2 each tensor index has a
+ * pipeline of its own; tp must divide the heads; replicas or tensor-parallel
+ * ranks in one process are refused. */
 static void replicas(const Eellm__Model *spec) {
   char err[256];
   struct eellm_placement p;
@@ -74,9 +75,25 @@ static void replicas(const Eellm__Model *spec) {
   tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 0, 0, err, sizeof err) == -1,
         "replicas in one process: refused");
   l.tp = 2;
-  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 8, 0, err, sizeof err) == -1 &&
-            strstr(err, "not built yet"),
-        "tp 2: refused, not built yet");
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 8, 5, err, sizeof err) == 0 &&
+            p.self.stage == 1 && p.self.data == 0 && p.self.tensor == 1 &&
+            eellm_stage_rank(&p, 0) == 1 && eellm_root_rank(&p) == 1,
+        "pp 2 x dp 2 x tp 2: rank 5 is tensor 1 of replica 0's stage 1; its pipeline is ranks 1, 5");
+  eellm_placement_free(&p);
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 4, 0, err, sizeof err) == -1 &&
+            strstr(err, "2 tensor-parallel ranks, times 2 replicas, on 4 ranks"),
+        "pp 2 x dp 2 x tp 2 on 4 ranks: refused");
+  l.tp = 3;
+  l.dp = 1;
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 6, 0, err, sizeof err) == -1 &&
+            strstr(err, "parallelism.tp 3 does not divide n_heads"),
+        "tp 3 for 4 heads: refused");
+  l.tp = 2;
+  tu_ok(eellm_placement_init(&p, spec, l, NULL, 0, 0, 0, err, sizeof err) == -1,
+        "tensor parallelism in one process: refused");
+  size_t lo, n;
+  eellm_tp_range(257, 2, 1, &lo, &n);
+  tu_ok(lo == 128 && n == 129, "vocabulary 257 over tp 2: rows 128..256 on tensor 1");
 }
 
 /* The stage split as it was (a dynamic programme, O(pp n^2) time, O(pp n)

@@ -22,18 +22,22 @@
 
 /* ---- embedding.c --------------------------------------------------------- */
 
-/* out [n, dim] = wte [vocab, dim] row tokens[r] (+ wpe [context, dim] row p(r)),
- * p(r) = positions[r], or r % seq_len when positions is NULL. wpe NULL: no
- * learned positions (RoPE models). */
+/* out [n, dim] = wte [vocab, dim] row tokens[r] - vocab_lo (+ wpe [context, dim]
+ * row p(r)), p(r) = positions[r], or r % seq_len when positions is NULL. wpe
+ * NULL: no learned positions (RoPE models). wte holds tokens [vocab_lo,
+ * vocab_lo + vocab): other tokens are another tensor-parallel part's, their
+ * rows zero (+ wpe). */
 void eellm_cpu_embed_fwd(size_t n, size_t dim, const int32_t *tokens, const int32_t *positions,
-                         size_t seq_len, const float *wte, size_t ld_wte, size_t vocab,
+                         size_t seq_len, const float *wte, size_t ld_wte, size_t vocab_lo,
+                         size_t vocab,
                          const float *wpe, size_t ld_wpe, size_t context, float *out,
                          size_t ld_out);
-/* dwte [vocab, dim] row tokens[r] += dout [n, dim] row r; dwpe [., dim] row
- * r % seq_len += the same (if non-NULL). Rows sharing a token add in turn. */
+/* dwte [vocab, dim] row tokens[r] - vocab_lo += dout [n, dim] row r (tokens of
+ * the part only); dwpe [., dim] row r % seq_len += the same (if non-NULL). Rows
+ * sharing a token add in turn. */
 void eellm_cpu_embed_bwd(size_t n, size_t dim, const int32_t *tokens, size_t seq_len,
                          const float *dout, size_t ld_dout, float *dwte, size_t ld_dwte,
-                         size_t vocab, float *dwpe, size_t ld_dwpe);
+                         size_t vocab_lo, size_t vocab, float *dwpe, size_t ld_dwpe);
 
 /* ---- norm.c -------------------------------------------------------------- */
 
@@ -158,6 +162,26 @@ void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
 void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, const double *stats,
                         float scale, float temperature, int dynamic, float *dlogits, size_t ld_d);
+
+/* ---- xent_parallel.c: vocabulary-parallel cross-entropy ------------------- */
+
+/* rowstats [n, 3] = per row of logits [n, V], tokens [vocab_lo, vocab_lo + V)
+ * of the vocabulary, scaled by 1 / temperature: (max, sum of exp(u - max),
+ * u_target or 0 when the target is not in the part). */
+void eellm_cpu_xent_part_stats(size_t n, size_t V, const float *logits, size_t ld,
+                               const int32_t *targets, size_t vocab_lo, float temperature,
+                               float *rowstats);
+/* into [n, 3] = the statistics of the union of the parts of into and from. */
+void eellm_cpu_softmax_stats_combine(float *into, const float *from, size_t n);
+/* stats [2] as eellm_cpu_xent_fwd, from the whole rows' statistics. */
+void eellm_cpu_xent_stats_fwd(size_t n, const float *rowstats, const float *mask, int dynamic,
+                              double *stats);
+/* dlogits [n, V] (overwritten) = the part's columns of eellm_cpu_xent_bwd's
+ * gradient, from the whole rows' statistics. */
+void eellm_cpu_xent_part_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                             const int32_t *targets, size_t vocab_lo, const float *mask,
+                             const float *rowstats, const double *stats, float scale,
+                             float temperature, int dynamic, float *dlogits, size_t ld_d);
 
 /* ---- optimizer.c --------------------------------------------------------- */
 

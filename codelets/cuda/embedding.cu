@@ -3,44 +3,45 @@
 
 #include "common.cuh"
 
-/* One thread per output element; a row with an invalid token id or position is NaN. */
+/* One thread per output element; a row with an invalid position is NaN, one of
+ * a token outside the part [vocab_lo, vocab_lo + vocab) zero (+ wpe). */
 __global__ void embed_fwd_kernel(size_t n, size_t dim, const int32_t *tokens,
                                  const int32_t *positions, size_t seq_len, const float *wte,
-                                 size_t ld_wte, size_t vocab, const float *wpe, size_t ld_wpe,
-                                 size_t context, float *out, size_t ld_out) {
+                                 size_t ld_wte, size_t vocab_lo, size_t vocab, const float *wpe,
+                                 size_t ld_wpe, size_t context, float *out, size_t ld_out) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n * dim;
        i += (size_t)gridDim.x * blockDim.x) {
     size_t r = i / dim, d = i % dim;
-    int32_t tok = tokens[r];
+    size_t local = (size_t)tokens[r] - vocab_lo; /* huge below the part */
     size_t pos = positions ? (size_t)positions[r] : r % seq_len;
-    int ok = tok >= 0 && (size_t)tok < vocab;
-    if (wpe) ok = ok && pos < context; /* a negative position is huge as a size_t */
-    float v = NAN;
-    if (ok) v = wpe ? wte[tok * ld_wte + d] + wpe[pos * ld_wpe + d] : wte[tok * ld_wte + d];
+    float v = local < vocab ? wte[local * ld_wte + d] : 0.0f;
+    if (wpe) v = pos < context ? v + wpe[pos * ld_wpe + d] : NAN; /* a negative position is huge */
     out[r * ld_out + d] = v;
   }
 }
 
 void eellm_cuda_embed_fwd(size_t n, size_t dim, const int32_t *tokens, const int32_t *positions,
-                          size_t seq_len, const float *wte, size_t ld_wte, size_t vocab,
-                          const float *wpe, size_t ld_wpe, size_t context, float *out,
-                          size_t ld_out, cudaStream_t stream) {
+                          size_t seq_len, const float *wte, size_t ld_wte, size_t vocab_lo,
+                          size_t vocab, const float *wpe, size_t ld_wpe, size_t context,
+                          float *out, size_t ld_out, cudaStream_t stream) {
   if (n * dim == 0) return;
   embed_fwd_kernel<<<eellm_blocks(n * dim), EELLM_BLOCK, 0, stream>>>(
-      n, dim, tokens, positions, seq_len, wte, ld_wte, vocab, wpe, ld_wpe, context, out, ld_out);
+      n, dim, tokens, positions, seq_len, wte, ld_wte, vocab_lo, vocab, wpe, ld_wpe, context, out,
+      ld_out);
   eellm_check_launch("embed_fwd");
 }
 
-/* dwte row tokens[r] += dout row r, by atomicAdd: sorting rows by token for a
- * deterministic segmented sum would cost more than the whole scatter. Rows with
- * an invalid token id are left out. */
+/* dwte row tokens[r] - vocab_lo += dout row r, by atomicAdd: sorting rows by
+ * token for a deterministic segmented sum would cost more than the whole
+ * scatter. Rows of tokens outside the part are left out. */
 __global__ void embed_scatter_kernel(size_t n, size_t dim, const int32_t *tokens, const float *dout,
-                                     size_t ld_dout, float *dwte, size_t ld_dwte, size_t vocab) {
+                                     size_t ld_dout, float *dwte, size_t ld_dwte, size_t vocab_lo,
+                                     size_t vocab) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n * dim;
        i += (size_t)gridDim.x * blockDim.x) {
     size_t r = i / dim, d = i % dim;
-    int32_t tok = tokens[r];
-    if (tok >= 0 && (size_t)tok < vocab) atomicAdd(&dwte[tok * ld_dwte + d], dout[r * ld_dout + d]);
+    size_t local = (size_t)tokens[r] - vocab_lo;
+    if (local < vocab) atomicAdd(&dwte[local * ld_dwte + d], dout[r * ld_dout + d]);
   }
 }
 
@@ -60,10 +61,11 @@ __global__ void embed_positions_kernel(size_t n, size_t dim, size_t seq_len, con
 
 void eellm_cuda_embed_bwd(size_t n, size_t dim, const int32_t *tokens, size_t seq_len,
                           const float *dout, size_t ld_dout, float *dwte, size_t ld_dwte,
-                          size_t vocab, float *dwpe, size_t ld_dwpe, cudaStream_t stream) {
+                          size_t vocab_lo, size_t vocab, float *dwpe, size_t ld_dwpe,
+                          cudaStream_t stream) {
   if (n * dim == 0) return;
   embed_scatter_kernel<<<eellm_blocks(n * dim), EELLM_BLOCK, 0, stream>>>(
-      n, dim, tokens, dout, ld_dout, dwte, ld_dwte, vocab);
+      n, dim, tokens, dout, ld_dout, dwte, ld_dwte, vocab_lo, vocab);
   eellm_check_launch("embed_bwd (tokens)");
   if (!dwpe) return;
   embed_positions_kernel<<<eellm_blocks(dim * (n < seq_len ? n : seq_len)), EELLM_BLOCK, 0,

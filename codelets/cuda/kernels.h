@@ -34,14 +34,16 @@ extern "C" {
 /* ---- embedding.cu -------------------------------------------------------- */
 
 void eellm_cuda_embed_fwd(size_t n, size_t dim, const int32_t *tokens, const int32_t *positions,
-                          size_t seq_len, const float *wte, size_t ld_wte, size_t vocab,
+                          size_t seq_len, const float *wte, size_t ld_wte, size_t vocab_lo,
+                          size_t vocab,
                           const float *wpe, size_t ld_wpe, size_t context, float *out,
                           size_t ld_out, cudaStream_t stream);
 /* dwpe's per-position sums run in row order (deterministic); dwte's scatter
  * uses atomicAdd. */
 void eellm_cuda_embed_bwd(size_t n, size_t dim, const int32_t *tokens, size_t seq_len,
                           const float *dout, size_t ld_dout, float *dwte, size_t ld_dwte,
-                          size_t vocab, float *dwpe, size_t ld_dwpe, cudaStream_t stream);
+                          size_t vocab_lo, size_t vocab, float *dwpe, size_t ld_dwpe,
+                          cudaStream_t stream);
 
 /* ---- norm.cu ------------------------------------------------------------- */
 

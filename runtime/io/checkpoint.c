@@ -56,7 +56,8 @@ int eellm_model_check_finite(eellm_model *m, const char *path, char *err, size_t
     const struct eellm_tensor *t = &m->tensors[i];
     if (!eellm_model_owns(m, i)) continue;
     starpu_data_acquire(t->param, STARPU_R);
-    int bad = check_finite(path, t->name, m->params + t->offset, t->numel, "", err, errlen);
+    int bad = check_finite(path, t->name, eellm_model_part(m, i, EELLM_COPY_PARAM), t->part.numel,
+                           "", err, errlen);
     starpu_data_release(t->param);
     if (bad) return -1;
   }
@@ -125,32 +126,16 @@ out:
   return ret;
 }
 
-/* Brings moments (m or v) of tensor i from the rank that updates it to rank 0:
- * through StarPU-MPI within replica 0, host-side from a ZeRO-1 shard of
- * another replica. Every rank calls it for every tensor in the same order, and
- * only rank 0 receives, so the transfers pair up in that order. */
-static void gather_moment(eellm_model *m, size_t i, starpu_data_handle_t h, float *block) {
-  const struct eellm_tensor *t = &m->tensors[i];
-  if (t->updater <= 0) {
-    if (eellm_gathers(&m->place)) eellm_mpi_gather(h, eellm_root_rank(&m->place));
-    return;
-  }
-  struct eellm_coords holder = {.stage = t->owner, .data = (unsigned)t->updater};
-  int from = eellm_layout_rank(&m->place.layout, holder);
-  if (eellm_rank() != from && eellm_rank() != 0) return;
-  starpu_data_acquire(h, eellm_rank() == from ? STARPU_R : STARPU_W);
-  eellm_mpi_move(block + t->offset, t->numel, from, 0);
-  starpu_data_release(h);
-}
-
 /* Under MPI every rank calls this; rank 0 gathers every stage's tensors and
  * writes the file, and every rank returns its result. */
 int eellm_model_save_checkpoint(eellm_model *m, const char *path,
                                 const struct eellm_train_state *state, char *err, size_t errlen) {
   eellm_model_sync(m);
+  /* The moments from the replica that updates each tensor (ZeRO-1), or replica 0. */
   for (size_t i = 0; state && i < m->n_tensors; i++) {
-    gather_moment(m, i, m->tensors[i].m, m->adam_m);
-    gather_moment(m, i, m->tensors[i].v, m->adam_v);
+    unsigned data = m->tensors[i].updater < 0 ? 0 : (unsigned)m->tensors[i].updater;
+    eellm_model_gather_copy(m, i, EELLM_COPY_M, data);
+    eellm_model_gather_copy(m, i, EELLM_COPY_V, data);
   }
   int ret = eellm_rank() == 0 ? write_checkpoint(m, path, state, err, errlen) : 0;
   int failed = eellm_mpi_max(ret != 0);
@@ -211,12 +196,6 @@ static int check_extra(eellm_model *m, const struct eellm_st_file *f, const char
   return 0;
 }
 
-static void copy_in(starpu_data_handle_t h, float *dst, const void *src, size_t numel) {
-  starpu_data_acquire(h, STARPU_W);
-  memcpy(dst, src, numel * sizeof(float));
-  starpu_data_release(h);
-}
-
 static int parse_state(const struct eellm_st_file *f, const char *path,
                        struct eellm_train_state *state, char *err, size_t errlen) {
   const char *step = eellm_st_meta(f, "step"), *seed = eellm_st_meta(f, "seed");
@@ -256,12 +235,11 @@ int eellm_model_load_checkpoint(eellm_model *m, const char *path, struct eellm_t
     eellm_model_set_tokenizer(m, eellm_st_meta(f, "tokenizer"));
     starpu_task_wait_for_all();
     for (size_t i = 0; i < m->n_tensors; i++) {
-      const struct eellm_tensor *t = &m->tensors[i];
       if (!eellm_model_owns(m, i)) continue;
-      copy_in(t->param, m->params + t->offset, found[i]->data, t->numel);
+      eellm_model_put_part(m, i, EELLM_COPY_PARAM, found[i]->data);
       if (!state || !eellm_model_updates(m, i)) continue;
-      copy_in(t->m, m->adam_m + t->offset, found[m->n_tensors + i]->data, t->numel);
-      copy_in(t->v, m->adam_v + t->offset, found[2 * m->n_tensors + i]->data, t->numel);
+      eellm_model_put_part(m, i, EELLM_COPY_M, found[m->n_tensors + i]->data);
+      eellm_model_put_part(m, i, EELLM_COPY_V, found[2 * m->n_tensors + i]->data);
     }
   }
   free(found);

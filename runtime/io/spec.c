@@ -245,6 +245,13 @@ static int check_parallelism(const struct checker *c, const Eellm__Parallelism *
   if (p->tp < 1 || model->n_heads % p->tp != 0)
     return fail(c, msg, "tp", 0, "parallelism.tp", "value %u does not divide n_heads %u", p->tp,
                 model->n_heads);
+  if (eellm_model_spec_ffn_size(model) % p->tp != 0)
+    return fail(c, msg, "tp", 0, "parallelism.tp",
+                "value %u does not divide the MLP's %u hidden units (ffn_size)", p->tp,
+                eellm_model_spec_ffn_size(model));
+  if (model->vocab_size < p->tp)
+    return fail(c, msg, "tp", 0, "parallelism.tp", "value %u is more than vocab_size %u", p->tp,
+                model->vocab_size);
   if (p->dp < 1) return fail(c, msg, "dp", 0, "parallelism.dp", "value 0 must be positive");
   if (p->zero_stage > 1)
     return fail(c, msg, "zero_stage", 0, "parallelism.zero_stage",

@@ -139,9 +139,6 @@ static int check_same_spec(const char *ckpt, const Eellm__Model *spec, const cha
 static int check_ranks(const struct run *r) {
   const Eellm__Parallelism *par = r->train->parallelism;
   unsigned pp = par ? par->pp : 1, tp = par ? par->tp : 1, dp = par ? par->dp : 1;
-  if (tp > 1)
-    return fail(2, "%s: parallelism.tp %u: tensor parallelism is not built yet (tp must be 1)",
-                r->o->train_path, tp);
   uint64_t need = (uint64_t)pp * tp * dp;
   if (need == (uint64_t)eellm_nranks()) return 0;
   if (!eellm_mpi_active())
