@@ -18,7 +18,7 @@ static const char generate_usage[] =
     "usage: eellm generate --ckpt RUN_DIR|FILE (--prompt TEXT... | --prompt-file FILE)\n"
     "                      [--max-tokens N] [--threshold T] [--exit-layers A,B,...]\n"
     "                      [--exit-rule maxprob|entropy]\n"
-    "                      [--method recompute|pipeline|speculative] [--stages P]\n"
+    "                      [--method recompute|pipeline|speculative] [--stages P] [--tp T]\n"
     "                      [--draft-exit L] [--draft-tokens N] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--top-p-decay D [--top-p-bound B]] [--prevent-newline-after-colon]\n"
     "                      [--stream] [--show-exits] [--ignore-eot] [--tokenizer-dir DIR]\n"
@@ -50,6 +50,9 @@ static const char generate_usage[] =
     "  --draft-tokens N     speculative: tokens drafted a round, 1..16 (default 3)\n"
     "  --stages P           pipeline stages (default: split at the exits; 2 without exits;\n"
     "                       under scripts/eellm-mpirun P, each rank is one stage)\n"
+    "  --tp T               under scripts/eellm-mpirun N: T tensor-parallel ranks per stage\n"
+    "                       (N / T stages), each layer and head split over them as in\n"
+    "                       training (default 1)\n"
     "  --temperature X      0 (default) is greedy; > 0 samples\n"
     "  --top-k K            sample among the K most likely tokens (0: all)\n"
     "  --top-p P            sample from the smallest set holding probability P (1: all)\n"
@@ -252,6 +255,7 @@ struct cli {
   int stream, show_exits;
   int threshold_given;
   int draft_given;
+  unsigned tp;
 };
 
 static int fail(const char *what, const char *detail) {
@@ -284,7 +288,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"trace", required_argument, 0, 'R'},       {"trace-format", required_argument, 0, 'F'},
       {"draft-exit", required_argument, 0, 'D'},  {"draft-tokens", required_argument, 0, 'N'},
       {"top-p-decay", required_argument, 0, 'y'}, {"top-p-bound", required_argument, 0, 'b'},
-      {"prevent-newline-after-colon", no_argument, 0, 'C'},
+      {"prevent-newline-after-colon", no_argument, 0, 'C'}, {"tp", required_argument, 0, 'X'},
       {0, 0, 0, 0}};
   a->o = (struct eellm_gen_options){.max_tokens = 64, .use_early_exit = 1, .threshold = 1,
                                     .top_p = 1, .stop_at_eot = 1, .draft_tokens = 3};
@@ -346,6 +350,11 @@ static int parse_args(int argc, char **argv, struct cli *a) {
         if (parse_number(optarg, 1, 100000, &v) != 0 || v != (unsigned)v)
           return fail("--stages wants a positive count, got ", optarg);
         a->o.stages = (unsigned)v;
+        break;
+      case 'X':
+        if (parse_number(optarg, 1, 100000, &v) != 0 || v != (unsigned)v)
+          return fail("--tp wants a positive count, got ", optarg);
+        a->tp = (unsigned)v;
         break;
       case 'T':
         if (parse_number(optarg, 0, 1e6, &v) != 0)
@@ -461,12 +470,13 @@ static int run(struct cli *a) {
     return 1;
   }
   int printing = eellm_rank() == 0;
+  unsigned tp = a->tp ? a->tp : 1;
   if (eellm_nranks() > 1 && a->o.method == EELLM_GEN_PIPELINE && !a->o.stages)
-    a->o.stages = (unsigned)eellm_nranks();
+    a->o.stages = (unsigned)eellm_nranks() / tp;
   int status = 2;
   size_t n = a->prompts.n;
   struct eellm_generator *g =
-      eellm_generator_open(path, a->tokenizer_dir, (unsigned)n, err, sizeof err);
+      eellm_generator_open_parallel(path, a->tokenizer_dir, (unsigned)n, tp, err, sizeof err);
   struct eellm_ids *ids = calloc(n, sizeof *ids);
   const uint16_t **prompts = calloc(n, sizeof *prompts);
   size_t *lens = calloc(n, sizeof *lens);

@@ -229,10 +229,12 @@ void eellm_insert_adamw(starpu_data_handle_t param, starpu_data_handle_t grad,
 
 /* ---- kvcache.c: generation with key/value caches ------------------------ */
 /* tokens [N] int32, positions [N] int32, wte [V, D], wpe [C, D] or NULL (RoPE
- * models), out [N, D] (W): row n = wte[tokens[n]] (+ wpe[positions[n]]). */
+ * models), out [N, D] (W): row n = wte[tokens[n] - vocab_lo] (+ wpe[positions[n]]);
+ * zero (+ wpe) for tokens outside wte's rows (as eellm_insert_embed_fwd). */
 void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t positions,
                            starpu_data_handle_t wte, starpu_data_handle_t wpe,
-                           starpu_data_handle_t out, const struct eellm_task_info *info);
+                           starpu_data_handle_t out, size_t vocab_lo,
+                           const struct eellm_task_info *info);
 /* Causal attention of new rows over a key/value cache. qkv [N, 3D] as for
  * eellm_insert_attention_fwd; positions [N] and slots [N] int32 say where each row
  * is; cache [S * capacity, 2D] (RW): sequence slot s owns rows s * capacity ..

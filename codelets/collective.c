@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <string.h>
 #include <time.h>
 
 #include "glue.h"
@@ -18,6 +19,12 @@ struct collective_args {
 EELLM_CODELET_CPU(allreduce_sum)
 EELLM_CODELET_CPU(bcast)
 EELLM_CODELET_CPU(allreduce_softmax)
+EELLM_CODELET_CPU(allgather_cols)
+
+void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count) {
+  *lo = n * t / tp;
+  *count = n * (t + 1) / tp - *lo;
+}
 
 static MPI_Datatype stats_type;
 static MPI_Op stats_op;
@@ -105,6 +112,56 @@ void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq
 void eellm_insert_bcast(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm, int root,
                         const struct eellm_task_info *info) {
   submit(&bcast_cl, x, seq, (struct collective_args){comm, root, 0}, info);
+}
+
+struct allgather_args {
+  MPI_Comm comm;
+  size_t cols; /* of the whole matrix */
+};
+
+/* part [M, C_k] (R), whole [M, C] (W), seq (RW), work (SCRATCH): every rank's
+ * part, contiguous in rank order in work, then into its columns of whole. */
+static void allgather_cols_cpu(void *buffers[], void *cl_arg) {
+  const struct allgather_args *a = cl_arg;
+  struct eellm_tensor_view part = eellm_tensor_view(buffers[0]), whole = eellm_tensor_view(buffers[1]);
+  float *work = (float *)STARPU_VECTOR_GET_PTR(buffers[3]);
+  int size, rank;
+  MPI_Comm_size(a->comm, &size);
+  MPI_Comm_rank(a->comm, &rank);
+  int *counts = malloc(2 * (size_t)size * sizeof *counts), *displs = counts + size;
+  if (!counts) abort();
+  size_t lo, n;
+  for (int k = 0; k < size; k++) {
+    eellm_tp_range(a->cols, (unsigned)size, (unsigned)k, &lo, &n);
+    counts[k] = (int)(n * part.rows);
+    displs[k] = (int)(lo * part.rows);
+  }
+  float *mine = work + displs[rank];
+  for (size_t r = 0; r < part.rows; r++)
+    memcpy(mine + r * part.cols, (float *)part.ptr + r * part.ld, part.cols * sizeof *mine);
+  MPI_Request req;
+  if (finish(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, work, counts, displs, MPI_FLOAT, a->comm,
+                             &req),
+             &req) != MPI_SUCCESS) {
+    fprintf(stderr, "eellm: MPI all-gather of %zu x %zu floats failed\n", whole.rows, whole.cols);
+    abort();
+  }
+  for (int k = 0; k < size; k++) {
+    eellm_tp_range(a->cols, (unsigned)size, (unsigned)k, &lo, &n);
+    for (size_t r = 0; r < part.rows; r++)
+      memcpy((float *)whole.ptr + r * whole.ld + lo, work + displs[k] + r * n, n * sizeof *work);
+  }
+  free(counts);
+}
+
+void eellm_insert_allgather_cols(starpu_data_handle_t part, starpu_data_handle_t whole,
+                                 starpu_data_handle_t seq, MPI_Comm comm,
+                                 const struct eellm_task_info *info) {
+  struct allgather_args args = {comm, starpu_matrix_get_nx(whole)};
+  struct starpu_data_descr buffers[4] = {{part, STARPU_R}, {whole, STARPU_W}, {seq, STARPU_RW}};
+  size_t bytes = starpu_matrix_get_nx(whole) * starpu_matrix_get_ny(whole) * sizeof(float);
+  int n = eellm_add_scratch(buffers, 3, bytes);
+  eellm_submit(&allgather_cols_cl, buffers, n, &args, sizeof args, info);
 }
 
 void eellm_insert_allreduce_softmax(starpu_data_handle_t rowstats, starpu_data_handle_t seq,

@@ -21,6 +21,15 @@ void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq
 void eellm_insert_bcast(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm, int root,
                         const struct eellm_task_info *info);
 
+/* [*lo, *lo + *count): the part of n (heads, hidden units, vocabulary rows)
+ * that tensor index t of tp holds; near-equal parts, exact when tp divides n. */
+void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count);
+
+/* whole [M, C] (W) = the parts [M, C_k] of the ranks of comm side by side, rank
+ * k's holding columns eellm_tp_range(C, ranks, k). */
+void eellm_insert_allgather_cols(starpu_data_handle_t part, starpu_data_handle_t whole,
+                                 starpu_data_handle_t seq, MPI_Comm comm,
+                                 const struct eellm_task_info *info);
 /* rowstats [N, 3] (RW): each rank's softmax statistics of its part of the
  * vocabulary (eellm_insert_xent_part_stats) = those of the whole rows. */
 void eellm_insert_allreduce_softmax(starpu_data_handle_t rowstats, starpu_data_handle_t seq,

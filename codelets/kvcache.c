@@ -15,9 +15,15 @@ EELLM_CODELET(embed_at)
 EELLM_CODELET(attention_cached)
 EELLM_CODELET(gather_rows)
 
+struct embed_at_args {
+  int has_wpe;
+  size_t vocab_lo;
+};
+
 /* tokens [N] int32, positions [N] int32, wte [V, D], wpe [C, D] (optional), out [N, D]. */
 static void embed_at_cpu(void *buffers[], void *cl_arg) {
-  eellm_embed_rows_cpu(buffers, *(const int *)cl_arg, 1, 0, 0);
+  const struct embed_at_args *a = cl_arg;
+  eellm_embed_rows_cpu(buffers, a->has_wpe, 1, 0, a->vocab_lo);
 }
 
 /* qkv [N, 3D] (R), positions [N] int32 (R), slots [N] int32 (R),
@@ -59,7 +65,8 @@ static void gather_rows_cpu(void *buffers[], void *cl_arg) {
 
 #ifdef STARPU_USE_CUDA
 static void embed_at_cuda(void *buffers[], void *cl_arg) {
-  eellm_embed_rows_cuda(buffers, *(const int *)cl_arg, 1, 0, 0);
+  const struct embed_at_args *a = cl_arg;
+  eellm_embed_rows_cuda(buffers, a->has_wpe, 1, 0, a->vocab_lo);
 }
 
 static void attention_cached_cuda(void *buffers[], void *cl_arg) {
@@ -82,8 +89,9 @@ static void gather_rows_cuda(void *buffers[], void *cl_arg) {
 
 void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t positions,
                            starpu_data_handle_t wte, starpu_data_handle_t wpe,
-                           starpu_data_handle_t out, const struct eellm_task_info *info) {
-  int has_wpe = wpe != NULL;
+                           starpu_data_handle_t out, size_t vocab_lo,
+                           const struct eellm_task_info *info) {
+  struct embed_at_args args = {wpe != NULL, vocab_lo};
   struct starpu_data_descr buffers[5];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){tokens, STARPU_R};
@@ -91,7 +99,7 @@ void eellm_insert_embed_at(starpu_data_handle_t tokens, starpu_data_handle_t pos
   buffers[n++] = (struct starpu_data_descr){wte, STARPU_R};
   if (wpe) buffers[n++] = (struct starpu_data_descr){wpe, STARPU_R};
   buffers[n++] = (struct starpu_data_descr){out, STARPU_W};
-  eellm_submit(&embed_at_cl, buffers, n, &has_wpe, sizeof has_wpe, info);
+  eellm_submit(&embed_at_cl, buffers, n, &args, sizeof args, info);
 }
 
 /* Wrong widths or capacities would make the kernel read or write past rows.

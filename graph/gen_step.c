@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codelets/collective.h"
 #include "codelets/cpu/kernels.h"
 #include "eellm/tokenizer.h"
 #include "graph/gen_step.h"
@@ -97,8 +98,21 @@ static starpu_data_handle_t input(struct call *c, const void *data, size_t n, si
 /* The transformer on n rows of this step, attending over the caches at the
  * flow's positions. */
 static struct eellm_pass pass_of(const struct call *c, size_t n) {
-  return (struct eellm_pass){.m = c->m, .rows = n, .pool = c->pool,
+  return (struct eellm_pass){.m = c->m, .rows = n, .pool = c->pool, .stage = c->stage,
                              .positions = c->f.positions_h, .slots = c->f.slots_h};
+}
+
+/* c->f.x [n, D] = the embedding of n tokens at the flow's positions: under tensor
+ * parallelism each rank's vocabulary rows, positions added once, then the sum. */
+static void embed_flow(struct call *c, const int32_t *tokens, size_t n) {
+  const struct eellm_model *m = c->m;
+  struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
+  c->f.x = temp(c, n, m->spec->d_model);
+  eellm_insert_embed_at(input(c, tokens, n, sizeof *tokens), c->f.positions_h,
+                        eellm_param(m, m->wte), m->share.first ? eellm_param(m, m->wpe) : NULL,
+                        c->f.x, m->share.vocab_lo, &ti);
+  struct eellm_pass p = pass_of(c, n);
+  eellm_tp_sum(&p, c->f.x, &ti);
 }
 
 /* ---- the layers --------------------------------------------------------------- */
@@ -138,7 +152,14 @@ static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head 
   struct eellm_layer_acts body;
   if (!block) y = eellm_body_forward(&p, h, y, NULL, &body, ti);
   struct eellm_head_acts a;
-  return eellm_head_forward(&p, h, y, &a, ti);
+  starpu_data_handle_t logits = eellm_head_forward(&p, h, y, &a, ti);
+  if (c->m->tp_comm == MPI_COMM_NULL) return logits;
+  /* Each rank's vocabulary columns, side by side: decisions read whole rows. */
+  starpu_data_handle_t whole = temp(c, M, c->m->spec->vocab_size);
+  struct eellm_task_info gather = *ti;
+  gather.kind = EELLM_KIND_COLLECTIVE;
+  eellm_insert_allgather_cols(logits, whole, c->m->seq_h[c->stage], c->m->tp_comm, &gather);
+  return whole;
 }
 
 /* The limits of a head row of sequence q whose input is token `before`, for the
@@ -320,10 +341,7 @@ static int begin_step(struct call *c) {
   }
   f->positions_h = input(c, f->positions, f->n, sizeof(int32_t));
   f->slots_h = input(c, f->slots, f->n, sizeof(int32_t));
-  f->x = temp(c, f->n, c->m->spec->d_model);
-  struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
-  eellm_insert_embed_at(input(c, tokens, f->n, sizeof *tokens), f->positions_h,
-                        eellm_param(c->m, c->m->wte), eellm_param(c->m, c->m->wpe), f->x, &ti);
+  embed_flow(c, tokens, f->n);
   draw_uniforms(c);
   c->layer = 0;
   c->next_point = 0;
@@ -406,13 +424,13 @@ static void on_logits(void *arg) {
 /* Asks StarPU for the choices (and the logits first, when kept). Under MPI
  * every rank submits the same flow, so each needs every decision before it
  * submits what follows: StarPU-MPI sends the choices (and kept logits) from
- * the head's rank to every other, in submission order (the same on every
+ * the head's rank to every other of its pipeline, in submission order (the same on every
  * rank), and each rank's callback reads its own copy. A host-side broadcast
  * would block a thread until the head has run; this keeps every rank's
  * chain asynchronous. */
 static void await_choices(struct call *c) {
-  eellm_mpi_share(c->choices);
-  if (c->o->keep_logits) eellm_mpi_share(c->logits);
+  eellm_placement_share(&c->m->place, c->choices);
+  if (c->o->keep_logits) eellm_placement_share(&c->m->place, c->logits);
   if (c->o->keep_logits)
     starpu_data_acquire_cb(c->logits, STARPU_R, on_logits, c);
   else
@@ -586,10 +604,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
     }
   }
   spec_flow(c, rows, positions, slots, seq);
-  c->f.x = temp(c, rows, D);
-  struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
-  eellm_insert_embed_at(input(c, tokens, rows, sizeof *tokens), c->f.positions_h,
-                        eellm_param(c->m, c->m->wte), eellm_param(c->m, c->m->wpe), c->f.x, &ti);
+  embed_flow(c, tokens, rows);
   for (unsigned l = 0; l < L; l++) submit_layer(c, l, c->prio_decide);
   if (M) submit_head_on(c, (unsigned)c->g->exit_at[L - 1], heads, uniforms, limits, M);
   starpu_data_acquire(c->f.x, STARPU_R);

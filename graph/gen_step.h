@@ -14,10 +14,10 @@ struct eellm_generator {
   struct eellm_model *m;
   struct eellm_tokenizer *tok;
   unsigned max_batch, context, n_layers;
-  size_t d_model, vocab;
+  size_t cache_width, vocab;  /* keys and values of this rank's heads (2 m->share.att) */
   int *exit_at;                /* per layer (0-based): the spec exit reading its output, or -1 */
   size_t n_caches;             /* n_layers, then one per spec exit (BLOCK exits only) */
-  float **cache_mem;           /* [max_batch * context, 2 d_model] each, NULL when unused */
+  float **cache_mem;           /* [max_batch * context, cache_width] each, NULL when unused */
   starpu_data_handle_t *cache;
   /* Steps alternate between two sets of pools, one pool per stage of the
    * model (its handles belong to the stage's rank): a step's handles are free

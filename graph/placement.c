@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "codelets/collective.h"
 #include "runtime/engine/mpi.h"
 
 int eellm_layout_rank(const struct eellm_layout *l, struct eellm_coords c) {
@@ -38,11 +39,6 @@ static int check_tensor_split(const Eellm__Model *spec, unsigned tp, char *err, 
   else
     snprintf(err, errlen, "parallelism.tp %u is more than vocab_size %u", tp, spec->vocab_size);
   return -1;
-}
-
-void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count) {
-  *lo = n * t / tp;
-  *count = n * (t + 1) / tp - *lo;
 }
 
 /* Activation windows: 1F1B's P - s micro-batches on stage s; one process keeps
@@ -119,6 +115,10 @@ void eellm_placement_free(struct eellm_placement *p) {
 int eellm_stage_rank(const struct eellm_placement *p, unsigned stage) {
   struct eellm_coords c = {.stage = stage, .tensor = p->self.tensor, .data = p->self.data};
   return eellm_layout_rank(&p->layout, c);
+}
+
+void eellm_placement_share(const struct eellm_placement *p, starpu_data_handle_t h) {
+  for (unsigned st = 0; st < p->layout.pp; st++) eellm_mpi_send_to(h, eellm_stage_rank(p, st));
 }
 
 unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k) {

@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codelets/collective.h"
 #include "eellm.h"
 
 struct eellm_layout {
@@ -79,9 +80,6 @@ int eellm_root_rank(const struct eellm_placement *p);
 /* Whether this process takes part in host-side gathers to rank 0 (replica 0's
  * ranks; the other replicas hold the same weights). */
 int eellm_gathers(const struct eellm_placement *p);
-/* [*lo, *lo + *count): the part of n (heads, hidden units, vocabulary rows)
- * that tensor index t of tp holds; near-equal parts, exact when tp divides n. */
-void eellm_tp_range(size_t n, unsigned tp, unsigned t, size_t *lo, size_t *count);
 /* One line per rank into buf (n bytes; truncated to fit): its stage and that
  * stage's layers, its replica and tensor index, and the AdamW moment bytes it
  * keeps (moment_bytes, per rank). */
@@ -93,6 +91,10 @@ void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers
 int eellm_placement_dp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,
                             size_t errlen);
 
+/* Brings h, written on one stage, to every stage's rank of this process's
+ * pipeline (its tensor and data indices: the ranks that submit the same flow;
+ * every one of them calls it). */
+void eellm_placement_share(const struct eellm_placement *p, starpu_data_handle_t h);
 /* This process's tensor-parallel communicator: the ranks of its (stage, replica), ranked by
  * tensor index (as eellm_placement_dp_comm; MPI_COMM_NULL with tp 1). */
 int eellm_placement_tp_comm(const struct eellm_placement *p, MPI_Comm *comm, char *err,

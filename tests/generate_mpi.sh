@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Generation across MPI ranks (mpirun --oversubscribe on loopback), one
-# pipeline stage per rank: on a 4-layer model with a tied NORM exit, a
-# PRE-placed MLP exit that lives on the next stage and a BLOCK exit, 2 and 4
-# ranks give the single process's tokens and exit layers (--stages 2 and
-# --stages 1), greedy with exits off and with exits firing often, sampled
-# too, under --method pipeline and recompute, for a batch of two prompts.
+# pipeline stage per rank or per tensor-parallel pair of ranks (--tp 2): on a
+# 4-layer model with a tied NORM exit, a PRE-placed MLP exit that lives on the
+# next stage and a BLOCK exit, 2 and 4 ranks, (pp, tp) = (1, 2) and (2, 2)
+# give the single process's tokens and exit layers (--stages 2 and --stages
+# 1), greedy with exits off and with exits firing often, sampled too, under
+# --method pipeline and recompute, for a batch of two prompts.
 # Layouts that do not fit are refused with one line, and so is eellm serve
 # under mpirun (its sessions run in one process).
 set -u
@@ -17,6 +18,9 @@ byte_corpus 1 80
 "$eellm" train --model tests/specs/pipe.txtpb --train tests/specs/confident.train.txtpb \
   --data "$tmp/train.bin" --out "$tmp/run" > /dev/null 2>&1
 check "a checkpoint to generate from" '[ -s "$tmp/run/checkpoint.safetensors" ]'
+sed 's/^d_model: .*/d_model: 24/; s/^n_heads: .*/n_heads: 3/' tests/specs/pipe.txtpb > "$tmp/heads3.txtpb"
+"$eellm" train --model "$tmp/heads3.txtpb" --train tests/specs/confident.train.txtpb \
+  --data "$tmp/train.bin" --out "$tmp/heads3" --steps 1 > /dev/null 2>&1
 
 args=(generate --ckpt "$tmp/run" --prompt "the quick" --prompt "over the" --max-tokens 14 --show-exits)
 # exits FILE: the exit tables (token, exit layer, logprob, text) of the output.
@@ -32,9 +36,12 @@ same() {
   local status=$?
   check "$name: one process exits 0" '[ $status -eq 0 ] && [ "$(exits "$tmp/one" | wc -l)" -eq 28 ]'
   local ran
-  for ran in "--stages 2" "mpirun 2" "mpirun 4"; do
+  for ran in "--stages 2" "mpirun 2" "mpirun 4" "mpirun 2 --tp 2" "mpirun 4 --tp 2"; do
     if [ "${ran%% *}" = mpirun ]; then
-      timeout 120 scripts/eellm-mpirun "${ran#* }" "$eellm" "${args[@]}" "$@" > "$tmp/other" 2> "$tmp/other.err"
+      local on=${ran#* }
+      # shellcheck disable=SC2086
+      timeout 120 scripts/eellm-mpirun ${on%% *} "$eellm" "${args[@]}" "$@" ${on#"${on%% *}"} \
+        > "$tmp/other" 2> "$tmp/other.err"
     else
       # shellcheck disable=SC2086
       STARPU_NCPU=1 "$eellm" "${args[@]}" $ran "$@" > "$tmp/other" 2> "$tmp/other.err"
@@ -70,6 +77,10 @@ refused "--stages 3 on 2 ranks" 2 "^eellm generate: 3 stages on 2 ranks: under M
   "${args[@]}" --method pipeline --stages 3
 refused "speculative on 2 ranks" 2 "^eellm generate: speculative generation runs in one process, not on 2 ranks$" \
   "${args[@]}" --method speculative --draft-exit 1
+refused "--tp 2 on 3 ranks" 3 "^eellm generate: 2 tensor-parallel ranks do not divide the 3 ranks$" \
+  "${args[@]}" --tp 2
+refused "--tp 2 for 3 heads" 2 "^eellm generate: parallelism.tp 2 does not divide n_heads 3$" \
+  generate --ckpt "$tmp/heads3" --prompt "the" --tp 2
 refused "5 ranks for 4 layers" 5 "^eellm generate: 5 pipeline stages for 4 layers" "${args[@]}" --method pipeline
 refused "serve on 2 ranks" 2 "^eellm serve: runs in one process, not under mpirun" serve --ckpt "$tmp/run" --port 0
 

@@ -123,7 +123,7 @@ static void case_embedding(const struct eellm_task_info *ti) {
   starpu_data_handle_t h_wpe = tu_matrix(wpe, EC, ED);
   eellm_insert_embed_fwd(h_tokens, h_wte, h_wpe, tu_matrix(out, EN, ED), ET, 0, ti);
   eellm_insert_embed_at(h_tokens, tu_vector_i32(positions, EN), h_wte, h_wpe, tu_matrix(at, EN, ED),
-                        ti);
+                        0, ti);
   eellm_insert_embed_bwd(h_tokens, tu_matrix(dout, EN, ED), tu_matrix(dwte, EV, ED),
                          tu_matrix(dwpe, EC, ED), ET, 0, ti);
   tu_sync_all();

@@ -66,7 +66,8 @@ static void test_embed_at(const struct eellm_task_info *ti, void *ctx) {
   float *wte = random_floats(V * D, -1, 1), *wpe = random_floats(C * D, -1, 1);
   float *out = padded(N, D, pad, -1, 1);
   eellm_insert_embed_at(tu_vector_i32(tokens, N), tu_vector_i32(positions, N), tu_matrix(wte, V, D),
-                        with_wpe ? tu_matrix(wpe, C, D) : NULL, tu_matrix_ld(out, N, D, D + pad), ti);
+                        with_wpe ? tu_matrix(wpe, C, D) : NULL, tu_matrix_ld(out, N, D, D + pad), 0,
+                        ti);
   tu_sync_all();
   double *want = tu_alloc_f64(N * D);
   for (size_t n = 0; n < N; n++)

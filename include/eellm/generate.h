@@ -116,6 +116,14 @@ struct eellm_tokenizer;
 EELLM_API struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
                                                        unsigned max_batch, char *err,
                                                        size_t errlen);
+/* The same with tp tensor-parallel ranks per stage (tp must divide the ranks):
+ * ranks / tp pipeline stages, each layer and head split across its stage's tp
+ * ranks as in training (Megatron-LM), the heads' logits gathered for the
+ * decisions. The tokens are the single process's. */
+EELLM_API struct eellm_generator *eellm_generator_open_parallel(const char *ckpt,
+                                                                const char *tokenizer_dir,
+                                                                unsigned max_batch, unsigned tp,
+                                                                char *err, size_t errlen);
 EELLM_API void eellm_generator_close(struct eellm_generator *g);
 /* The loaded model's context length, vocabulary and end-of-text id, and its tokenizer. */
 EELLM_API unsigned eellm_generator_context(const struct eellm_generator *g);

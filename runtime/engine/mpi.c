@@ -59,8 +59,8 @@ void eellm_mpi_gather(starpu_data_handle_t h, int root) {
   if (active) starpu_mpi_get_data_on_node(MPI_COMM_WORLD, h, root);
 }
 
-void eellm_mpi_share(starpu_data_handle_t h) {
-  if (active) starpu_mpi_get_data_on_all_nodes_detached(MPI_COMM_WORLD, h);
+void eellm_mpi_send_to(starpu_data_handle_t h, int node) {
+  if (active) starpu_mpi_get_data_on_node_detached(MPI_COMM_WORLD, h, node, NULL, NULL);
 }
 
 void eellm_mpi_sum(double *values, int n) {

@@ -19,9 +19,9 @@ MPI_Comm eellm_mpi_comm(void);
 void eellm_mpi_register(starpu_data_handle_t h, int owner);
 /* Brings h to rank `root` (collective: every rank calls it in the same order). */
 void eellm_mpi_gather(starpu_data_handle_t h, int root);
-/* Brings h to every rank once its writers have run (collective, asynchronous:
- * each rank's next access to h waits for its copy). */
-void eellm_mpi_share(starpu_data_handle_t h);
+/* Brings h to rank `node` once its writers have run (called by h's owner and by
+ * node, asynchronous: node's next access to h waits for its copy). */
+void eellm_mpi_send_to(starpu_data_handle_t h, int node);
 /* *comm = the ranks of MPI_COMM_WORLD with this color, ordered by key
  * (collective over MPI_COMM_WORLD). 0, or -1. */
 int eellm_mpi_split(int color, int key, MPI_Comm *comm);

@@ -18,12 +18,12 @@ static int add_cache(struct eellm_generator *g, size_t i, unsigned stage) {
   int owner = eellm_stage_rank(&g->m->place, stage);
   int home = -1;
   if (!eellm_mpi_active() || owner == eellm_rank()) {
-    g->cache_mem[i] = calloc(rows * 2 * g->d_model, sizeof(float));
+    g->cache_mem[i] = calloc(rows * g->cache_width, sizeof(float));
     if (!g->cache_mem[i]) return -1;
     home = STARPU_MAIN_RAM;
   }
-  starpu_matrix_data_register(&g->cache[i], home, (uintptr_t)g->cache_mem[i], 2 * g->d_model,
-                              2 * g->d_model, rows, sizeof(float));
+  starpu_matrix_data_register(&g->cache[i], home, (uintptr_t)g->cache_mem[i], g->cache_width,
+                              g->cache_width, rows, sizeof(float));
   eellm_mpi_register(g->cache[i], owner);
   return 0;
 }
@@ -68,17 +68,31 @@ static int32_t first_id(struct eellm_tokenizer *tok, const char *text) {
 
 struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
                                              unsigned max_batch, char *err, size_t errlen) {
+  return eellm_generator_open_parallel(ckpt, tokenizer_dir, max_batch, 1, err, errlen);
+}
+
+struct eellm_generator *eellm_generator_open_parallel(const char *ckpt, const char *tokenizer_dir,
+                                                      unsigned max_batch, unsigned tp, char *err,
+                                                      size_t errlen) {
   if (max_batch < 1) {
     snprintf(err, errlen, "a batch holds at least one prompt");
+    return NULL;
+  }
+  unsigned ranks = eellm_mpi_active() ? (unsigned)eellm_nranks() : 1;
+  if (tp < 1 || ranks % tp != 0) {
+    snprintf(err, errlen, "%u tensor-parallel ranks do not divide the %u ranks", tp, ranks);
     return NULL;
   }
   Eellm__Model *spec = eellm_checkpoint_spec(ckpt, err, errlen);
   if (!spec) return NULL;
   struct eellm_generator *g = calloc(1, sizeof *g);
   if (!g) abort();
-  /* Under MPI every rank is a pipeline stage, holding its layers' weights and caches. */
-  unsigned stages = eellm_mpi_active() ? (unsigned)eellm_nranks() : 1;
-  g->m = eellm_model_create_pipelined(spec, 1, 1, stages, NULL, 0, err, errlen);
+  /* Under MPI the ranks are ranks / tp pipeline stages of tp tensor-parallel ranks each,
+   * every rank holding its part of its stage's weights and caches. */
+  Eellm__Parallelism par = EELLM__PARALLELISM__INIT;
+  par.pp = ranks / tp;
+  par.tp = tp;
+  g->m = eellm_model_create_parallel(spec, 1, 1, &par, err, errlen);
   eellm_model_spec_free(spec);
   if (!g->m || eellm_model_load(g->m, ckpt, err, errlen) != 0) goto fail;
   /* A NaN or inf weight would only give garbage tokens: refuse the model. */
@@ -100,7 +114,7 @@ struct eellm_generator *eellm_generator_open(const char *ckpt, const char *token
   g->max_batch = max_batch;
   g->context = spec->context_length;
   g->n_layers = spec->n_layers;
-  g->d_model = spec->d_model;
+  g->cache_width = 2 * g->m->share.att;
   g->vocab = spec->vocab_size;
   g->slot_taken = calloc(max_batch, 1);
   if (add_pools(g) != 0 || !g->slot_taken || build_caches(g) != 0) {
@@ -171,7 +185,7 @@ int eellm_generator_read_cache(struct eellm_generator *g, size_t sequence, unsig
       count > g->context - first || !g->cache_mem[layer - 1])
     return -1;
   starpu_data_handle_t h = g->cache[layer - 1];
-  size_t width = 2 * g->d_model;
+  size_t width = g->cache_width;
   starpu_data_acquire(h, STARPU_R);
   memcpy(kv, g->cache_mem[layer - 1] + (sequence * g->context + first) * width,
          count * width * sizeof *kv);
@@ -192,13 +206,15 @@ void eellm_gen_sequence_free(struct eellm_gen_sequence *s) {
 
 /* ---- eellm_generate ------------------------------------------------------------------ */
 
-/* Under MPI the stages are the ranks; SPECULATIVE's blocking phases run in one process only. */
+/* Under MPI the stages are the ranks (of a tensor index); SPECULATIVE's blocking phases
+ * run in one process only. */
 static int check_ranks(const struct call *c, const struct eellm_gen_options *o, char *err,
                        size_t errlen) {
   unsigned ranks = c->m->place.layout.pp;
-  if (ranks == 1) return 0;
+  if (ranks == 1 && c->m->place.layout.tp == 1) return 0;
   if (o->method == EELLM_GEN_SPECULATIVE) {
-    snprintf(err, errlen, "speculative generation runs in one process, not on %u ranks", ranks);
+    snprintf(err, errlen, "speculative generation runs in one process, not on %u ranks",
+             ranks * c->m->place.layout.tp);
     return -1;
   }
   if (o->stages && o->stages != ranks) {
@@ -423,8 +439,9 @@ struct eellm_gen_session {
 struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
                                                  const struct eellm_gen_options *o, char *err,
                                                  size_t errlen) {
-  if (g->m->place.layout.pp > 1) {
-    snprintf(err, errlen, "sessions run in one process, not on %u ranks", g->m->place.layout.pp);
+  unsigned ranks = g->m->place.layout.pp * g->m->place.layout.tp;
+  if (ranks > 1) {
+    snprintf(err, errlen, "sessions run in one process, not on %u ranks", ranks);
     return NULL;
   }
   struct eellm_gen_session *s = calloc(1, sizeof *s);
