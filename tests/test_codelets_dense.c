@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "codelets/codelets.h"
+#include "codelets/collective.h"
 #include "testutil.h"
 
 #define FWD_RTOL 1e-5
@@ -153,6 +154,34 @@ struct embed_case {
   int with_wpe, pad;
 };
 
+/* The vocabulary split in two parts, as two tensor-parallel ranks hold it: the
+ * parts' outputs (positions added by the first) sum to the whole embedding,
+ * and the parts' dwte make the whole's. */
+static void test_embedding_parts(const struct embed_case *c, const struct eellm_task_info *ti,
+                                 int32_t *tokens, float *wte, float *wpe, float *out, float *dout,
+                                 const float *dwte, const float *dwte0) {
+  size_t rows = c->batch * c->seq_len, dim = c->dim, context = c->seq_len + 2;
+  float *sum = tu_alloc(rows * dim), *dparts = tu_alloc(c->vocab * dim);
+  for (unsigned k = 0; k < 2; k++) {
+    size_t lo, n;
+    eellm_tp_range(c->vocab, 2, k, &lo, &n);
+    float *part = nan_floats(rows * dim);
+    starpu_data_handle_t h_wpe = wpe && k == 0 ? tu_matrix(wpe, context, dim) : NULL;
+    eellm_insert_embed_fwd(tu_vector_i32(tokens, rows), tu_matrix(wte + lo * dim, n, dim), h_wpe,
+                           tu_matrix(part, rows, dim), (unsigned)c->seq_len, lo, ti);
+    eellm_insert_embed_bwd(tu_vector_i32(tokens, rows), tu_matrix(dout, rows, dim),
+                           tu_matrix(dparts + lo * dim, n, dim), NULL, (unsigned)c->seq_len, lo,
+                           ti);
+    run_tasks();
+    for (size_t i = 0; i < rows * dim; i++) sum[i] += part[i];
+  }
+  double *want_dwte = tu_alloc_f64(c->vocab * dim);
+  for (size_t i = 0; i < c->vocab * dim; i++) want_dwte[i] = (double)dwte[i] - dwte0[i];
+  tu_check(label(c->name, "vocabulary parts: outputs sum to the whole"), sum,
+           tu_to_f64(out, rows * dim), rows * dim, 1e-6, 1e-6);
+  tu_check(label(c->name, "vocabulary parts: dwte"), dparts, want_dwte, c->vocab * dim, 1e-5, 1e-5);
+}
+
 static void test_embedding(const struct eellm_task_info *ti, void *ctx) {
   const struct embed_case *c = ctx;
   size_t rows = c->batch * c->seq_len, dim = c->dim;
@@ -191,6 +220,7 @@ static void test_embedding(const struct eellm_task_info *ti, void *ctx) {
   check(label(c->name, "out"), out, r.out, rows * dim, FWD_RTOL, FWD_ATOL);
   check_grad(label(c->name, "dwte"), embed_loss, &r, r.wte, c->vocab * dim, dwte, dwte0);
   if (wpe) check_grad(label(c->name, "dwpe"), embed_loss, &r, r.wpe, context * dim, dwpe, dwpe0);
+  test_embedding_parts(c, ti, tokens, wte, wpe, out, dout, dwte, dwte0);
   free(tokens);
 }
 

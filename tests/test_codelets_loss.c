@@ -1,6 +1,6 @@
 /* Loss and optimizer codelets as real StarPU tasks against double-precision
  * references: cross-entropy statistics and dlogits (finite differences of
- * scale * mean masked CE), per-tensor sums of squares, the clip scale over
+ * scale * mean masked CE), whole and vocabulary-parallel, per-tensor sums of squares, the clip scale over
  * many of them, and three consecutive AdamW steps; on every backend of the
  * build (tu_for_each_backend). */
 #include <math.h>
@@ -8,6 +8,8 @@
 #include <stdlib.h>
 
 #include "codelets/codelets.h"
+#include "codelets/collective.h"
+#include "codelets/cpu/kernels.h"
 #include "testutil.h"
 
 /* ---- cross-entropy ------------------------------------------------------ */
@@ -85,6 +87,58 @@ static void xent_case(const struct eellm_task_info *ti, void *ctx) {
   snprintf(name + len, sizeof name - len, " stats (loss sum, mask count)");
   tu_check(name, got_stats, want_stats, 2, 1e-6, 1e-9);
 
+  double *grad = tu_alloc_f64(c->N * c->V);
+  for (size_t i = 0; i < c->N * c->V; i++) grad[i] = tu_fd(ref_scaled_mean, &r, r.logits, i, 1e-5);
+  snprintf(name + len, sizeof name - len, " dlogits vs finite differences");
+  tu_check(name, dlogits, grad, c->N * c->V, 1e-4, 1e-8);
+  free(targets);
+}
+
+/* The vocabulary-parallel cross-entropy on the logits split in two uneven
+ * parts (columns of one matrix, as two ranks would hold them): each part's
+ * row statistics, combined by the all-reduce's kernel, give the loss
+ * statistics and each part's columns of dlogits, checked against the same
+ * references as the whole row's codelets. */
+static void xent_parallel_case(const struct eellm_task_info *ti, void *ctx) {
+  const struct xent_case *c = ctx;
+  char name[128];
+  int len = snprintf(name, sizeof name, "vocab-parallel xent N%zu V%zu T%.2g scale %.2g mask %d",
+                     c->N, c->V, c->temperature, c->scale, (int)c->mask);
+  float *logits = tu_alloc(c->N * c->V), *mask = tu_alloc(c->N), *dlogits = tu_alloc(c->N * c->V);
+  float *rowstats[2] = {tu_alloc(3 * c->N), tu_alloc(3 * c->N)};
+  int32_t *targets = malloc(c->N * sizeof *targets);
+  double *stats = tu_alloc_f64(2);
+  if (!targets) abort();
+  tu_fill(logits, c->N * c->V, -4, 4);
+  for (size_t n = 0; n < c->N; n++) {
+    int on = c->mask == MASK_FULL || (c->mask == MASK_PARTIAL && n % 3 != 1);
+    mask[n] = on ? 1.0f : 0.0f;
+    targets[n] = on ? (int32_t)(tu_uniform(0, 1) * (double)c->V) : -1;
+  }
+  size_t lo[2], n[2];
+  for (unsigned k = 0; k < 2; k++) {
+    eellm_tp_range(c->V, 2, k, &lo[k], &n[k]);
+    eellm_insert_xent_part_stats(tu_matrix_ld(logits + lo[k], c->N, n[k], c->V),
+                                 tu_vector_i32(targets, c->N), tu_matrix(rowstats[k], c->N, 3),
+                                 lo[k], c->temperature, ti);
+  }
+  tu_sync_all();
+  eellm_cpu_softmax_stats_combine(rowstats[0], rowstats[1], c->N);
+  starpu_data_handle_t h_targets = tu_vector_i32(targets, c->N), h_mask = tu_vector(mask, c->N);
+  starpu_data_handle_t h_rowstats = tu_matrix(rowstats[0], c->N, 3), h_stats = tu_vector_f64(stats, 2);
+  eellm_insert_xent_stats_fwd(h_rowstats, h_mask, h_stats, 0, ti);
+  for (unsigned k = 0; k < 2; k++)
+    eellm_insert_xent_part_bwd(tu_matrix_ld(logits + lo[k], c->N, n[k], c->V), h_targets, h_mask,
+                               h_rowstats, h_stats, tu_matrix_ld(dlogits + lo[k], c->N, n[k], c->V),
+                               lo[k], c->scale, c->temperature, 0, ti);
+  tu_sync_all();
+
+  struct xent_ref r = {c, tu_to_f64(logits, c->N * c->V), targets, mask};
+  double want_stats[2];
+  want_stats[0] = ref_ce_sum(&r, &want_stats[1]);
+  float got_stats[2] = {(float)stats[0], (float)stats[1]};
+  snprintf(name + len, sizeof name - len, " stats (loss sum, mask count)");
+  tu_check(name, got_stats, want_stats, 2, 1e-6, 1e-9);
   double *grad = tu_alloc_f64(c->N * c->V);
   for (size_t i = 0; i < c->N * c->V; i++) grad[i] = tu_fd(ref_scaled_mean, &r, r.logits, i, 1e-5);
   snprintf(name + len, sizeof name - len, " dlogits vs finite differences");
@@ -303,6 +357,9 @@ int main(void) {
     snprintf(what, sizeof what, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
              c->temperature, c->scale, (int)c->mask);
     tu_for_each_backend(what, xent_ops, xent_case, (void *)c);
+    static const char *const parallel_ops[] = {"xent_part_stats", "xent_stats_fwd",
+                                               "xent_part_bwd", NULL};
+    tu_for_each_backend(what, parallel_ops, xent_parallel_case, (void *)c);
   }
   static const char *const clip_ops[] = {"sumsq", "clip_scale", NULL};
   tu_for_each_backend("sumsq and clip_scale", clip_ops, sumsq_clip_test, NULL);
