@@ -131,8 +131,11 @@ EELLM_API eellm_model *eellm_model_create_pipelined(const Eellm__Model *spec, un
 /* The same for a training spec's parallelism (NULL: one process): pp stages,
  * dp data-parallel replicas, each taking micro_batch / dp of every
  * micro-batch's sequences (callers still pass whole micro-batches), and
- * zero_stage 1 sharding the AdamW moments among the replicas. tp must be 1
- * (not built yet). Under MPI the rank count must be pp x tp x dp. */
+ * zero_stage 1 sharding the AdamW moments among the replicas, and tp
+ * tensor-parallel ranks per stage, each holding its part of every layer and
+ * head (tp must divide n_heads and the MLP's hidden units; tensor data and
+ * shapes below stay the full tensors'). Under MPI the rank count must be
+ * pp x tp x dp. */
 EELLM_API eellm_model *eellm_model_create_parallel(const Eellm__Model *spec, unsigned micro_batch,
                                                    unsigned seq_len, const Eellm__Parallelism *par,
                                                    char *err, size_t errlen);
