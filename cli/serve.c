@@ -11,17 +11,20 @@
 #include <eellm.h>
 #include <eellm/eval.h>
 #include <eellm/generate.h>
+#include "serve/mirror.h"
 #include "serve/server.h"
 
 static const char serve_usage[] =
     "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"
     "                   [--request-slots N] [--header-timeout S]\n"
     "                   [--tokenizer-dir DIR] [--method recompute|pipeline]\n"
-    "                   [--exit-rule maxprob|entropy]\n"
+    "                   [--exit-rule maxprob|entropy] [--tp T]\n"
     "\n"
     "Serves early-exit generation over HTTP with EE-LLM's API: PUT /api with a JSON\n"
     "body, answered in JSON. Stops cleanly on SIGINT or SIGTERM (a second one kills).\n"
-    "Runs in one process: refused under mpirun (eellm generate runs a stage per rank).\n"
+    "Under scripts/eellm-mpirun N the model runs as N / T pipeline stages of T\n"
+    "tensor-parallel ranks each (one stage per rank without --tp); rank 0 serves HTTP\n"
+    "and the other ranks follow its generation step by step.\n"
     "\n"
     "  --ckpt RUN           a run directory (its checkpoint.safetensors) or a checkpoint\n"
     "  --host ADDR          address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
@@ -42,6 +45,7 @@ static const char serve_usage[] =
     "  --exit-rule R        maxprob (a token exits when its top probability reaches the\n"
     "                       threshold, EE-LLM's rule; default) or entropy (1 - entropy /\n"
     "                       log(vocabulary) reaches it)\n"
+    "  --tp T               under mpirun: tensor-parallel ranks per stage (default 1)\n"
     "\n"
     "Request fields (all but prompts optional; the README lists EE-LLM's others):\n"
     "  prompts             a string or a list of strings (at most 1024)\n"
@@ -83,7 +87,7 @@ static const char serve_usage[] =
 struct serve_options {
   const char *ckpt, *host, *tokenizer_dir;
   const char *ckpt_path; /* the checkpoint file */
-  unsigned port, max_batch, request_slots, header_timeout;
+  unsigned port, max_batch, request_slots, header_timeout, tp;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
 };
@@ -110,8 +114,8 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
       {"tokenizer-dir", required_argument, 0, 't'}, {"method", required_argument, 0, 'm'},
       {"exit-rule", required_argument, 0, 'r'},     {"help", no_argument, 0, 'h'},
       {"request-slots", required_argument, 0, 's'}, {"header-timeout", required_argument, 0, 'T'},
-      {0, 0, 0, 0}};
-  *o = (struct serve_options){.host = "127.0.0.1", .port = 5000, .max_batch = 8};
+      {"tp", required_argument, 0, 'P'},            {0, 0, 0, 0}};
+  *o = (struct serve_options){.host = "127.0.0.1", .port = 5000, .max_batch = 8, .tp = 1};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
     switch (opt) {
@@ -129,6 +133,9 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
         break;
       case 'T':
         if (parse_unsigned("--header-timeout", optarg, 1, 3600, &o->header_timeout)) return 2;
+        break;
+      case 'P':
+        if (parse_unsigned("--tp", optarg, 1, 1024, &o->tp)) return 2;
         break;
       case 'm':
         if (strcmp(optarg, "recompute") != 0 && strcmp(optarg, "pipeline") != 0) {
@@ -235,22 +242,35 @@ static int serve(struct eellm_generator *g, const struct serve_options *o,
   return 0;
 }
 
-/* The server's sessions run in one process: under mpirun, rank 0 says so and every rank exits. */
-static int refuse_mpirun(void) {
-  char err[256];
-  int rank0 = eellm_mpi_init(err, sizeof err) != 0 || eellm_rank() == 0;
-  if (rank0)
-    fprintf(stderr, "eellm serve: runs in one process, not under mpirun (eellm generate does run "
-                    "a stage per rank)\n");
-  eellm_runtime_stop();
-  return 2;
+/* Whether any rank failed to open the generator; the lowest that did says why. */
+static int any_failed(int failed, const char *err) {
+  int ranks = eellm_nranks(), lowest = ranks - eellm_mpi_max(failed ? ranks - eellm_rank() : 0);
+  if (failed && lowest == eellm_rank()) fprintf(stderr, "eellm serve: %s\n", err);
+  return lowest < ranks;
+}
+
+/* Rank 0 serves; under mpirun the other ranks follow its generation until it stops. */
+static int serve_on_rank(struct eellm_generator *g, const struct serve_options *o,
+                         const Eellm__Model *spec, const sigset_t *stop) {
+  char err[512];
+  if (eellm_rank() != 0) {
+    if (eellm_mirror_follow(g, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "eellm serve: rank %d: %s\n", eellm_rank(), err);
+    return 1;
+  }
+  int rc = serve(g, o, spec, stop);
+  if (rc != 0) { /* no generation thread to tell the followers: they stop here */
+    struct eellm_mirror *r = eellm_mirror_new();
+    eellm_mirror_send(r, EELLM_MIRROR_STOP);
+    eellm_mirror_free(r);
+  }
+  return rc;
 }
 
 int cmd_serve(int argc, char **argv) {
   struct serve_options o;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : rc;
-  if (eellm_launched_by_mpirun()) return refuse_mpirun();
   char *ckpt = checkpoint_path(o.ckpt);
   o.ckpt_path = ckpt;
   char err[512];
@@ -269,20 +289,20 @@ int cmd_serve(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &stop, NULL);
   signal(SIGPIPE, SIG_IGN);
   rc = 1;
-  if (eellm_runtime_start(err, sizeof err) != 0) {
+  if ((eellm_launched_by_mpirun() && eellm_mpi_init(err, sizeof err) != 0) ||
+      eellm_runtime_start(err, sizeof err) != 0) {
     fprintf(stderr, "eellm serve: %s\n", err);
   } else {
-    struct eellm_generator *g = eellm_generator_open(ckpt, o.tokenizer_dir, o.max_batch, err,
-                                                     sizeof err);
-    if (g) {
-      rc = serve(g, &o, spec, &stop);
-      eellm_generator_close(g);
-    } else {
-      fprintf(stderr, "eellm serve: %s\n", err);
+    struct eellm_generator *g =
+        eellm_generator_open_parallel(ckpt, o.tokenizer_dir, o.max_batch, o.tp, err, sizeof err);
+    if (any_failed(!g, err)) {
       rc = 2;
+    } else {
+      rc = serve_on_rank(g, &o, spec, &stop);
     }
-    eellm_runtime_stop();
+    eellm_generator_close(g);
   }
+  eellm_runtime_stop();
   eellm_model_spec_free(spec);
   free(ckpt);
   return rc;

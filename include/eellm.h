@@ -40,6 +40,9 @@ EELLM_API int eellm_nranks(void);
  * task graph: loss reports, stop flags, benchmarks. Identities without MPI. */
 EELLM_API void eellm_mpi_sum(double *values, int n);
 EELLM_API int eellm_mpi_max(int value);
+/* n bytes at buf go from rank 0 to every rank (collective; a rank waiting for
+ * them sleeps between polls rather than spin: a server's followers wait long). */
+EELLM_API void eellm_mpi_bcast(void *buf, size_t n);
 
 /* ---- specs --------------------------------------------------------------- */
 /* Limits the spec checks enforce (schemas/model.proto and train.proto document

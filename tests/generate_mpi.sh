@@ -6,8 +6,8 @@
 # give the single process's tokens and exit layers (--stages 2 and --stages
 # 1), greedy with exits off and with exits firing often, sampled too, under
 # --method pipeline and recompute, for a batch of two prompts.
-# Layouts that do not fit are refused with one line, and so is eellm serve
-# under mpirun (its sessions run in one process).
+# Layouts that do not fit are refused with one line; eellm serve under mpirun
+# answers with the single process's tokens.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -82,6 +82,49 @@ refused "--tp 2 on 3 ranks" 3 "^eellm generate: 2 tensor-parallel ranks do not d
 refused "--tp 2 for 3 heads" 2 "^eellm generate: parallelism.tp 2 does not divide n_heads 3$" \
   generate --ckpt "$tmp/heads3" --prompt "the" --tp 2
 refused "5 ranks for 4 layers" 5 "^eellm generate: 5 pipeline stages for 4 layers" "${args[@]}" --method pipeline
-refused "serve on 2 ranks" 2 "^eellm serve: runs in one process, not under mpirun" serve --ckpt "$tmp/run" --port 0
+
+# eellm serve across ranks: rank 0 serves, the others replay its sessions. Two
+# concurrent requests get the single process's tokens and exit layers, by
+# recompute and pipeline; the server stops on SIGTERM to mpirun within seconds.
+STARPU_NCPU=1 "$eellm" "${args[@]}" --stages 1 --method pipeline --threshold 0.6 > "$tmp/one" 2>&1
+# served FILE: a JSON answer's texts and exit layers as lines.
+served() { /usr/bin/python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["text"]); print(d["exit_layers"])' "$1"; }
+request='{"prompts": ["the quick", "over the"], "tokens_to_generate": 14, "temperature": 0, "use_early_exit": true, "early_exit_thres": 0.6'
+for layout in "2" "4 --tp 2"; do
+  # shellcheck disable=SC2086
+  timeout 300 scripts/eellm-mpirun ${layout%% *} "$eellm" serve --ckpt "$tmp/run" --port 0 ${layout#"${layout%% *}"} \
+    > "$tmp/serve.out" 2> "$tmp/serve.err" &
+  server=$!
+  port=""
+  for _ in $(seq 1 600); do
+    port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/api.*|\1|p' "$tmp/serve.out")
+    [ -n "$port" ] || ! kill -0 $server 2> /dev/null && break
+    sleep 0.1
+  done
+  check "serve on mpirun $layout: listens ($(head -c 300 "$tmp/serve.err"))" '[ -n "$port" ]'
+  for method in recompute pipeline; do
+    clients=()
+    for i in 1 2; do
+      curl -s --max-time 60 -X PUT "http://127.0.0.1:$port/api" -d "$request, \"method\": \"$method\"}" \
+        > "$tmp/answer$i" &
+      clients+=($!)
+    done
+    wait "${clients[@]}"
+    for i in 1 2; do
+      served "$tmp/answer$i" > "$tmp/served$i" 2>&1
+      status=$?
+      check "serve on mpirun $layout, $method, request $i: answered ($(head -c 200 "$tmp/answer$i"))" '[ $status -eq 0 ]'
+      check "serve on mpirun $layout, $method, request $i: the single process's tokens and exit layers" \
+        "diff <(exits '$tmp/one' | awk '{ print \$2 }') <(/usr/bin/python3 -c 'import json, sys; [print(l) for s in json.load(open(sys.argv[1]))[\"exit_layers\"] for l in s]' '$tmp/answer$i') > /dev/null"
+    done
+  done
+  start=$(date +%s)
+  kill -TERM $server
+  wait $server 2> /dev/null
+  status=$?
+  took=$(( $(date +%s) - start ))
+  check "serve on mpirun $layout: stops on SIGTERM (status $status, $took s)" '[ $took -lt 30 ]'
+  server=""
+done
 
 finish generate_mpi

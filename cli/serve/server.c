@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "http_line.h"
+#include "mirror.h"
 #include "server_api.h"
 #include <eellm/tokenizer.h>
 
@@ -72,6 +73,7 @@ struct eellm_server {
   int stopping;
   uint64_t next_seed;
   struct group *groups;
+  struct eellm_mirror *mirror; /* under MPI: the other ranks replay the groups' calls */
   struct job **slot_job;  /* per generator slot: whose prompt it holds */
   size_t *slot_index;     /* and which */
   pthread_t generation;
@@ -160,9 +162,16 @@ static struct group *group_for(struct eellm_server *s, const struct eellm_gen_op
     free(g);
     return NULL;
   }
+  eellm_mirror_open(s->mirror, &g->o);
   g->next = s->groups;
   s->groups = g;
   return g;
+}
+
+static size_t group_index(const struct eellm_server *s, const struct group *g) {
+  size_t i = 0;
+  for (const struct group *at = s->groups; at != g; at = at->next) i++;
+  return i;
 }
 
 static void close_groups(struct eellm_server *s) {
@@ -216,6 +225,8 @@ static void admit(struct eellm_server *s) {
       fail_job(s, pick, 500, why);
       continue;
     }
+    eellm_mirror_add(s->mirror, group_index(s, g), pick->req->run_ids[i], pick->req->run_lens[i],
+                     pick->req->o.max_tokens, pick->seed, i);
     s->slot_job[slot] = pick;
     s->slot_index[slot] = i;
     pick->running++;
@@ -258,6 +269,7 @@ static void *generation_loop(void *arg) {
     admit(s);
     if (running(s) == 0) {
       pthread_mutex_unlock(&s->lock);
+      eellm_mirror_send(s->mirror, EELLM_MIRROR_CLOSE);
       close_groups(s); /* waits for the last steps' tasks */
       pthread_mutex_lock(&s->lock);
       if (s->stopping) break;
@@ -271,10 +283,12 @@ static void *generation_loop(void *arg) {
     }
     pthread_mutex_unlock(&s->lock);
     /* A step of every group in turn: each group's sequences get a token. */
+    eellm_mirror_send(s->mirror, EELLM_MIRROR_STEP);
     for (struct group *g = s->groups; g; g = g->next) eellm_gen_session_step(g->session);
     pthread_mutex_lock(&s->lock);
     collect(s);
   }
+  eellm_mirror_send(s->mirror, EELLM_MIRROR_STOP);
   pthread_cond_broadcast(&s->done);
   pthread_mutex_unlock(&s->lock);
   return NULL;
@@ -741,6 +755,7 @@ static int listen_on(const char *host, unsigned port, unsigned *bound, char *err
 }
 
 static void server_free(struct eellm_server *s) {
+  eellm_mirror_free(s->mirror);
   free(s->slot_job);
   free(s->slot_index);
   eellm_tokenizer_close(s->tok);
@@ -768,6 +783,7 @@ static struct eellm_server *server_create(struct eellm_generator *g,
                                       eellm_tokenizer_eot_id(eellm_generator_tokenizer(g)),
                                       c->method};
   s->rule = c->rule;
+  s->mirror = eellm_mirror_new();
   s->max_batch = c->max_batch;
   s->request_slots = c->request_slots ? c->request_slots : eellm_server_default_request_slots(c->max_batch);
   if (s->request_slots > c->max_batch) s->request_slots = c->max_batch;

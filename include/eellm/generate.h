@@ -112,7 +112,7 @@ struct eellm_tokenizer;
  * eellm_generator_stages for the rank count) and holds its layers' and exits'
  * weights and caches; every rank then makes the same calls, and eellm_generate
  * gives every rank the same tokens (PIPELINE with stages 0 or the rank count,
- * or RECOMPUTE; SPECULATIVE and sessions run in one process). */
+ * or RECOMPUTE; SPECULATIVE runs in one process). */
 EELLM_API struct eellm_generator *eellm_generator_open(const char *ckpt, const char *tokenizer_dir,
                                                        unsigned max_batch, char *err,
                                                        size_t errlen);
@@ -183,7 +183,9 @@ EELLM_API int eellm_generator_read_cache(struct eellm_generator *g, size_t seque
  * The session's options are o's but for max_tokens and seed, given per
  * sequence; on_token gets the sequence's slot. eellm_generate refuses to run
  * while a session is open. Calls on one generator and its sessions are not
- * reentrant: one thread, or the caller's lock. */
+ * reentrant: one thread, or the caller's lock. Under MPI every rank makes the
+ * same session calls in the same order (eellm serve's ranks replay rank 0's)
+ * and gets the same sequences. */
 struct eellm_gen_session;
 
 /* NULL with err on bad options. */

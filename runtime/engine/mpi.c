@@ -4,6 +4,7 @@
 #include <starpu_mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "eellm.h"
 
@@ -70,6 +71,17 @@ void eellm_mpi_sum(double *values, int n) {
 int eellm_mpi_max(int value) {
   if (active) MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MAX, host_comm);
   return value;
+}
+
+void eellm_mpi_bcast(void *buf, size_t n) {
+  if (!active) return;
+  for (size_t done = 0; done < n; done += INT_MAX / 2) {
+    int count = (int)(n - done < INT_MAX / 2 ? n - done : INT_MAX / 2), finished = 0;
+    MPI_Request req;
+    MPI_Ibcast((char *)buf + done, count, MPI_BYTE, 0, host_comm, &req);
+    while (MPI_Test(&req, &finished, MPI_STATUS_IGNORE), !finished)
+      nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL);
+  }
 }
 
 void eellm_mpi_move(float *x, size_t n, int from, int to) {

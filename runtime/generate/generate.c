@@ -439,11 +439,6 @@ struct eellm_gen_session {
 struct eellm_gen_session *eellm_gen_session_open(struct eellm_generator *g,
                                                  const struct eellm_gen_options *o, char *err,
                                                  size_t errlen) {
-  unsigned ranks = g->m->place.layout.pp * g->m->place.layout.tp;
-  if (ranks > 1) {
-    snprintf(err, errlen, "sessions run in one process, not on %u ranks", ranks);
-    return NULL;
-  }
   struct eellm_gen_session *s = calloc(1, sizeof *s);
   if (!s) abort();
   s->o = *o;
