@@ -75,6 +75,11 @@ def describe(eellm, model, pp):
     return spec, stages
 
 
+def ring(n):
+    """What a ring all-reduce sends per rank, over the buffer's bytes, among n ranks."""
+    return 2 * (n - 1) / n
+
+
 def costs(spec, stages, pp, tp, dp, global_batch, micro_batches, seq_len, zero):
     V, D, H, F = spec["V"], spec["D"], spec["H"], spec["F"]
     rows = global_batch // micro_batches // dp * seq_len
@@ -105,7 +110,6 @@ def costs(spec, stages, pp, tp, dp, global_batch, micro_batches, seq_len, zero):
         pipe = m * rows * D * F32 * ((s < last) + (s > 0))
         pipe += (s == 0) * 2 * m * rows * 4 * later_losses
         pipe += (s == owner) * len(users - {owner}) * tied_floats * F32 + shadow * F32
-        ring = lambda n: 2 * (n - 1) / n
         dp_bytes = ring(dp) * params * F32 + (zero and (dp - 1) / dp * params * F32)
         bodies = sum({"MLP": 2, "BLOCK": 4}.get(spec["exits"][k]["structure"], 0)
                      for k in st["exits"])
