@@ -13,8 +13,9 @@ static const char trace_usage[] =
     "\n"
     "Reads the Chrome traces 'eellm train --trace' writes (several files: the ranks\n"
     "of one run) and gives, over the training steps: each worker's busy, idle and\n"
-    "bubble fractions, the time per task kind, each step's critical path and the\n"
-    "share of exit work hidden off it.\n"
+    "bubble fractions, the time per task kind (and per rank, with the collectives'\n"
+    "time on the critical path and overlapped by other tasks of the rank), each\n"
+    "step's critical path and the share of exit work hidden off it.\n"
     "\n"
     "  summary   prints the figures as tables\n"
     "  report    writes one self-contained HTML file: a Gantt chart per rank and\n"
@@ -51,6 +52,24 @@ static void print_kinds(const struct eellm_trace_stats *s) {
       printf("%-12s %7zu %10.2f %6.1f%% %9.1f\n", eellm_trace_kind_name(k), s->kind_count[k],
              ms(s->kind_time[k]), share(s->kind_time[k], total),
              s->kind_time[k] / s->kind_count[k]);
+}
+
+/* Each rank's time per kind (collectives their own column), its collectives' time on the
+ * critical path and the part of it overlapped by other tasks on the rank. */
+static void print_ranks(const struct eellm_trace_stats *s) {
+  printf("\n%-8s", "rank");
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
+    if (s->kind_count[k]) printf(" %10s", eellm_trace_kind_name(k));
+  printf(" %16s %11s   (ms)\n", "collective path", "overlapped");
+  for (int r = 0; r < s->n_ranks; r++) {
+    const double *time = s->rank_kind + (size_t)r * EELLM_TRACE_N_KINDS;
+    printf("rank %-3d", r);
+    for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
+      if (s->kind_count[k]) printf(" %10.2f", ms(time[k]));
+    printf(" %16.2f %11.2f\n",
+           ms(s->rank_kind_path[(size_t)r * EELLM_TRACE_N_KINDS + EELLM_TRACE_COLLECTIVE]),
+           ms(s->rank_overlap[r]));
+  }
 }
 
 static void print_steps(const struct eellm_trace_stats *s) {
@@ -92,6 +111,7 @@ static void print_summary(const char *what, const struct eellm_trace *t,
   printf("; steps' windows %.2f ms\n", ms(s->window));
   print_workers(t, s);
   print_kinds(s);
+  print_ranks(s);
   print_steps(s);
   print_path(s);
 }

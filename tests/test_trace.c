@@ -206,10 +206,61 @@ static void test_figures(void) {
         "a JSON file that is not a trace is refused");
 }
 
+/* Per rank: rank 0 runs collective K [0,10] on worker 0 while worker 1 runs X fwd [4,8] and
+ * Y bwd [9,15] (5 us of K overlapped); rank 1 runs collective K2 [2,11], then Z fwd [12,20].
+ * The path is Z <- K2. */
+static const char collectives_json[] =
+    "{\"traceEvents\": [\n"
+    "{\"ph\": \"X\", \"name\": \"K\", \"pid\": 0, \"tid\": 0, \"ts\": 0, \"dur\": 10, \"args\": "
+    "{\"kind\": \"collective\", \"step\": 1}},\n"
+    "{\"ph\": \"X\", \"name\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": 4, \"dur\": 4, \"args\": "
+    "{\"kind\": \"forward\", \"step\": 1}},\n"
+    "{\"ph\": \"X\", \"name\": \"Y\", \"pid\": 0, \"tid\": 1, \"ts\": 9, \"dur\": 6, \"args\": "
+    "{\"kind\": \"backward\", \"step\": 1}},\n"
+    "{\"ph\": \"X\", \"name\": \"K2\", \"pid\": 1, \"tid\": 0, \"ts\": 2, \"dur\": 9, \"args\": "
+    "{\"kind\": \"collective\", \"step\": 1}},\n"
+    "{\"ph\": \"X\", \"name\": \"Z\", \"pid\": 1, \"tid\": 0, \"ts\": 12, \"dur\": 8, \"args\": "
+    "{\"kind\": \"forward\", \"step\": 1}}\n"
+    "]}\n";
+
+static double rank_kind(const double *figures, int rank, int kind) {
+  return figures[rank * EELLM_TRACE_N_KINDS + kind];
+}
+
+static void test_collectives(void) {
+  char err[512], path[256];
+  snprintf(path, sizeof path, "%s/collectives.json", dir);
+  const char *files[] = {path};
+  struct eellm_trace t;
+  struct eellm_trace_stats s;
+  tu_ok(write_text(path, collectives_json) == 0, "hand-made trace of collectives");
+  if (!tu_ok(eellm_trace_load(&t, files, 1, err, sizeof err) == 0, "it reads")) return;
+  if (tu_ok(eellm_trace_analyze(&t, &s) == 0, "figures computed")) {
+    const int coll = EELLM_TRACE_COLLECTIVE, fwd = EELLM_TRACE_FORWARD;
+    tu_ok(s.n_ranks == 2 && near(rank_kind(s.rank_kind, 0, coll), 10) &&
+              near(rank_kind(s.rank_kind, 0, fwd), 4) &&
+              near(rank_kind(s.rank_kind, 0, EELLM_TRACE_BACKWARD), 6) &&
+              near(rank_kind(s.rank_kind, 1, coll), 9) && near(rank_kind(s.rank_kind, 1, fwd), 8),
+          "time per rank and kind");
+    tu_ok(near(rank_kind(s.rank_kind_path, 1, coll), 9) &&
+              near(rank_kind(s.rank_kind_path, 1, fwd), 8) &&
+              near(rank_kind(s.rank_kind_path, 0, coll), 0),
+          "rank 1's collective and forward on the path, nothing of rank 0");
+    tu_ok(near(s.rank_overlap[0], 5) && near(s.rank_overlap[1], 0),
+          "rank 0's collective overlapped 5 us by its other worker, rank 1's not at all");
+    eellm_trace_stats_free(&s);
+  }
+  eellm_trace_free(&t);
+  write_text(path, "{\"traceEvents\": [{\"ph\": \"X\", \"pid\": -1, \"tid\": 0}]}");
+  tu_ok(eellm_trace_load(&t, files, 1, err, sizeof err) != 0 && strstr(err, "pid -1 is not a rank"),
+        "a negative pid is refused");
+}
+
 int main(void) {
   dir = tu_tempdir();
   tu_start();
   test_recording();
   test_figures();
+  test_collectives();
   return tu_finish();
 }

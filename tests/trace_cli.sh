@@ -4,8 +4,9 @@
 # micro-batches and layers; the Paje version passes pajeng's pj_dump; the HTML
 # report draws every task in headless Chromium without a console error and
 # makes a screenshot; the summary prints its tables; Ctrl-C still writes the
-# trace; two pipeline ranks write a file each, read together; bad --trace
-# arguments get one line and status 2.
+# trace; two pipeline ranks write a file each, read together; two data-parallel
+# ranks' collectives are counted per rank; bad --trace arguments get one line
+# and status 2.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -135,6 +136,47 @@ for r in (0, 1):
     t = json.load(open(sys.argv[1] + f\".rank{r}.json\"))
     assert {e[\"pid\"] for e in t[\"traceEvents\"]} == {r} and t[\"otherData\"][\"rank\"] == r
 " "$tmp/pp"'
+
+# Two data-parallel replicas of two workers each: their all-reduces are collective tasks, a
+# kind of its own per rank in the summary and the report, each rank's time the sum of its
+# collective tasks, the part overlapped the time other kinds' tasks ran on the rank meanwhile.
+{ grep -v '^steps:' $train; echo "parallelism { dp: 2 }"; } > "$tmp/dp2.train.txtpb"
+STARPU_WORKERS_CPUID="0 1" EELLM_STARPU_HOME="$tmp/starpu" timeout 300 scripts/eellm-mpirun 2 "$eellm" train --model $model \
+  --train "$tmp/dp2.train.txtpb" --data "$tmp/train.bin" --out "$tmp/dp" --steps 2 --trace "$tmp/dp.json" > "$tmp/dp.log" 2>&1
+status=$?
+check "dp 2 traced run exits 0 ($(tail -2 "$tmp/dp.log" | tr '\n' ' '))" '[ $status -eq 0 ]'
+"$eellm" trace summary "$tmp/dp.rank0.json" "$tmp/dp.rank1.json" > "$tmp/dp.summary" 2>&1
+"$eellm" trace report "$tmp/dp.rank0.json" "$tmp/dp.rank1.json" -o "$tmp/dp.html" > /dev/null 2>&1
+/usr/bin/python3 - "$tmp/dp" "$tmp/dp.summary" "$tmp/dp.html" > "$tmp/dp.check" 2>&1 <<'EOT'
+import json, re, sys
+base, summary, html = sys.argv[1], open(sys.argv[2]).read().splitlines(), open(sys.argv[3]).read()
+head = next(i for i, l in enumerate(summary) if l.startswith("rank ") and "collective path" in l)
+kinds = summary[head].split()[1:-4]  # then "collective path overlapped (ms)"
+problems = []
+for r in (0, 1):
+    events = [e for e in json.load(open(f"{base}.rank{r}.json"))["traceEvents"] if e["ph"] == "X"]
+    mine = [e for e in events if e["args"]["step"] >= 0 and e["cat"] == "collective"]
+    allreduces = sum(1 for e in mine if e["name"] == "allreduce_sum")
+    if allreduces == 0: problems.append(f"rank {r}: no allreduce_sum task of kind collective")
+    fields = summary[head + 1 + r].split()
+    if fields[:2] != ["rank", str(r)]: problems.append(f"row {r}: {fields[:2]}"); continue
+    ms, path, overlapped = (float(fields[i]) for i in (2 + kinds.index("collective"), -2, -1))
+    want = sum(e["dur"] for e in mine) / 1000
+    if abs(ms - want) > 0.01 + 1e-3 * want: problems.append(f"rank {r}: collective {ms} ms, tasks {want:.2f}")
+    if not 0 <= path <= ms + 0.01: problems.append(f"rank {r}: collective on the path {path} of {ms}")
+    others = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["args"]["step"] >= 0 and e["cat"] != "collective")
+    union = []
+    for a, b in others:
+        if union and a <= union[-1][1]: union[-1][1] = max(union[-1][1], b)
+        else: union.append([a, b])
+    covered = sum(max(0, min(b, e["ts"] + e["dur"]) - max(a, e["ts"])) for e in mine for a, b in union) / 1000
+    if abs(overlapped - covered) > 0.01 + 1e-3 * covered: problems.append(f"rank {r}: overlapped {overlapped} ms, tasks {covered:.3f}")
+    if not re.search(rf"<tr><td>rank {r}</td>(<td>[0-9.]+</td>){{{len(kinds) + 2}}}</tr>", html):
+        problems.append(f"report: no row for rank {r}")
+if "Time per rank and kind" not in html or html.count('> collective</th>') != 1: problems.append("report: no per-rank table with a collective column")
+print("\n".join(problems) if problems else "ok")
+EOT
+check "dp 2: collectives per rank in the summary and the report ($(head -3 "$tmp/dp.check" | tr '\n' ' '))" 'grep -qx ok "$tmp/dp.check"'
 
 # Bad arguments: one line, status 2.
 expect_error "unknown --trace-format" "trace-format wants chrome or paje" run --out "$tmp/x1" --trace "$tmp/x.json" --trace-format otf2

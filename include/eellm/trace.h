@@ -97,7 +97,12 @@ EELLM_API int eellm_trace_kind_parse(const char *name);
  * - exit work: tasks of kind exit and the exits' losses. Hidden exit work is
  *   exit work off the critical path: it ran beside the chain of tasks that
  *   set the step's length, in time its worker would otherwise have spent idle,
- *   and did not lengthen the step; exit work on the path did. */
+ *   and did not lengthen the step; exit work on the path did.
+ * - per rank: each kind's task time on the rank, and the part of it on the
+ *   critical path (collectives: what they added to the steps' length). A
+ *   rank's collective time overlapped is the part of its collective tasks
+ *   during which another worker of the rank ran a task of another kind: the
+ *   communication hidden behind compute (none with one worker per rank). */
 struct eellm_trace_task {
   int row, name;                 /* indices into rows and names */
   int kind, step, micro, layer, exit;
@@ -146,6 +151,10 @@ struct eellm_trace_stats {
   unsigned char *on_path;        /* per task: on its step's critical path */
   size_t outside;                /* tasks outside any step (not in the figures) */
   double exit_work, exit_on_path;
+  int n_ranks;            /* the highest rank + 1 */
+  double *rank_kind;      /* [rank * EELLM_TRACE_N_KINDS + kind]: task time */
+  double *rank_kind_path; /* the same, on the critical path */
+  double *rank_overlap;   /* per rank: collective time overlapped by other kinds' tasks */
 };
 
 EELLM_API int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s);

@@ -393,6 +393,25 @@ static void kind_table(FILE *out, const struct eellm_trace_stats *s) {
   fputs("</table>\n", out);
 }
 
+static void rank_table(FILE *out, const struct eellm_trace_stats *s) {
+  fputs("<h2>Time per rank and kind (ms)</h2>\n<table><tr><th>rank</th>", out);
+  for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
+    if (s->kind_count[k])
+      fprintf(out, "<th><span class=\"swatch\" style=\"background:%s\"></span> %s</th>",
+              eellm_trace_kind_color(k), eellm_trace_kind_name(k));
+  fputs("<th>collective on the critical path</th><th>collective overlapped</th></tr>\n", out);
+  for (int r = 0; r < s->n_ranks; r++) {
+    const double *time = s->rank_kind + (size_t)r * EELLM_TRACE_N_KINDS;
+    fprintf(out, "<tr><td>rank %d</td>", r);
+    for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
+      if (s->kind_count[k]) fprintf(out, "<td>%.2f</td>", time[k] / 1000);
+    fprintf(out, "<td>%.2f</td><td>%.2f</td></tr>\n",
+            s->rank_kind_path[(size_t)r * EELLM_TRACE_N_KINDS + EELLM_TRACE_COLLECTIVE] / 1000,
+            s->rank_overlap[r] / 1000);
+  }
+  fputs("</table>\n", out);
+}
+
 static void step_table(FILE *out, const struct eellm_trace_stats *s) {
   fputs("<h2>Steps and their critical paths</h2>\n<table><tr><th>step</th><th>wall ms</th>"
         "<th>tasks</th><th>path tasks</th><th>path busy ms</th><th>path waits ms</th>"
@@ -437,6 +456,14 @@ static const char definitions[] =
     "losses. The hidden share is the exit work off the critical path: it ran beside the chain "
     "of tasks that set the step's length, in time its worker would otherwise have spent idle, "
     "and did not lengthen the step. Exit work on the path did.</dd>\n"
+    "<dt>collective on the critical path</dt><dd>Time of a rank's collective tasks "
+    "(all-reduces, broadcasts, the sums of gradients from other stages, the clip factor) on "
+    "the critical path: what they added to the steps' length. The rest ran beside the path, "
+    "or waited in the collective for the other ranks of its group.</dd>\n"
+    "<dt>collective overlapped</dt><dd>The part of a rank's collective time during which "
+    "another worker of the rank ran a task of another kind: communication hidden behind "
+    "compute. With one worker per rank a collective holds the rank's only worker, and "
+    "nothing overlaps it.</dd>\n"
     "</dl>\n";
 
 static void controls(FILE *out) {
@@ -475,6 +502,7 @@ int eellm_trace_write_html(FILE *out, const struct eellm_trace *t,
   controls(out);
   worker_table(out, t, s);
   kind_table(out, s);
+  rank_table(out, s);
   step_table(out, s);
   fputs(definitions, out);
   fputs("<p id=\"render-status\" data-bars=\"-1\" data-errors=\"0\"></p>\n", out);

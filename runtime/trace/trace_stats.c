@@ -78,11 +78,15 @@ static int read_task(struct loader *l, json_t *ev, int row) {
   return 0;
 }
 
+enum { MAX_RANK = 1 << 20 }; /* pids are ranks: the per-rank figures hold one slot each */
+
+/* 0, -1 out of memory, -2 a pid that is no rank. */
 static int read_event(struct loader *l, json_t *ev) {
   const char *ph = json_string_value(json_object_get(ev, "ph"));
   const char *name = json_string_value(json_object_get(ev, "name"));
   json_t *pid = json_object_get(ev, "pid"), *tid = json_object_get(ev, "tid");
   if (!ph || !json_is_integer(pid) || !json_is_integer(tid)) return 0; /* not ours: skipped */
+  if (json_integer_value(pid) < 0 || json_integer_value(pid) > MAX_RANK) return -2;
   int row = row_of(l, (int)json_integer_value(pid), (int)json_integer_value(tid));
   if (row < 0) return -1;
   if (strcmp(ph, "X") == 0) return read_task(l, ev, row);
@@ -113,10 +117,13 @@ static int read_file(struct loader *l, const char *path, char *err, size_t errle
   json_t *ev;
   json_array_foreach(events, i, ev) {
     if (status != 0) break;
-    if (read_event(l, ev) != 0) {
+    int read = read_event(l, ev);
+    if (read == -2)
+      snprintf(err, errlen, "%s: event %zu: pid %" JSON_INTEGER_FORMAT " is not a rank (0..%d)",
+               path, i, json_integer_value(json_object_get(ev, "pid")), MAX_RANK);
+    else if (read != 0)
       snprintf(err, errlen, "%s: out of memory", path);
-      status = -1;
-    }
+    if (read != 0) status = -1;
   }
   json_decref(root);
   return status;
@@ -249,6 +256,11 @@ static long last_ended_by(const struct ref *refs, long below, double t) {
   return lo - 1;
 }
 
+/* The task's slot in rank_kind and rank_kind_path. */
+static size_t rank_kind(const struct eellm_trace *t, const struct eellm_trace_task *task) {
+  return (size_t)t->rows[task->row].rank * EELLM_TRACE_N_KINDS + (size_t)task->kind;
+}
+
 /* The last-arrival walk; refs sorted by end. */
 static void critical_path(const struct eellm_trace *t, const struct ref *refs, size_t n,
                           struct eellm_trace_step *step, struct eellm_trace_stats *s) {
@@ -259,6 +271,7 @@ static void critical_path(const struct eellm_trace *t, const struct ref *refs, s
     step->path_tasks++;
     step->path_busy += d;
     step->path_kind[task->kind] += d;
+    s->rank_kind_path[rank_kind(t, task)] += d;
     if (eellm_trace_is_exit_work(task)) step->exit_on_path += d;
   }
 }
@@ -277,6 +290,7 @@ static void step_figures(const struct eellm_trace *t, struct ref *refs, size_t n
     if (task->end > step->end) step->end = task->end;
     s->kind_count[task->kind]++;
     s->kind_time[task->kind] += d;
+    s->rank_kind[rank_kind(t, task)] += d;
     if (eellm_trace_is_exit_work(task)) step->exit_work += d;
   }
   s->window += step->end - step->start;
@@ -288,6 +302,65 @@ static void step_figures(const struct eellm_trace *t, struct ref *refs, size_t n
   s->exit_on_path += step->exit_on_path;
 }
 
+/* A rank's busy spans: the union of its tasks other than collectives, in time order. */
+struct spans {
+  double *start, *end;
+  size_t n, cap;
+};
+
+static int add_span(struct spans *sp, double start, double end) {
+  if (sp->n && start <= sp->end[sp->n - 1]) {
+    if (end > sp->end[sp->n - 1]) sp->end[sp->n - 1] = end;
+    return 0;
+  }
+  size_t cap = sp->cap;
+  if (reserve((void **)&sp->start, &cap, sp->n, sizeof *sp->start) != 0) return -1;
+  if (reserve((void **)&sp->end, &sp->cap, sp->n, sizeof *sp->end) != 0) return -1;
+  sp->start[sp->n] = start;
+  sp->end[sp->n++] = end;
+  return 0;
+}
+
+/* Time of [start, end] inside the spans. */
+static double covered(const struct spans *sp, double start, double end) {
+  size_t lo = 0, hi = sp->n; /* the first span ending after start */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (sp->end[mid] <= start)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  double sum = 0;
+  for (size_t i = lo; i < sp->n && sp->start[i] < end; i++)
+    sum += (sp->end[i] < end ? sp->end[i] : end) - (sp->start[i] > start ? sp->start[i] : start);
+  return sum;
+}
+
+/* rank_overlap: collective tasks of the steps against their rank's other tasks (tasks are in
+ * start order, so each rank's spans are built by appending). */
+static int collective_overlap(const struct eellm_trace *t, struct eellm_trace_stats *s) {
+  struct spans *sp = calloc((size_t)s->n_ranks + 1, sizeof *sp);
+  int status = sp ? 0 : -1;
+  for (size_t i = 0; status == 0 && i < t->n_tasks; i++) {
+    const struct eellm_trace_task *task = &t->tasks[i];
+    if (task->step >= 0 && task->kind != EELLM_TRACE_COLLECTIVE)
+      status = add_span(&sp[t->rows[task->row].rank], task->start, task->end);
+  }
+  for (size_t i = 0; status == 0 && i < t->n_tasks; i++) {
+    const struct eellm_trace_task *task = &t->tasks[i];
+    int rank = t->rows[task->row].rank;
+    if (task->step >= 0 && task->kind == EELLM_TRACE_COLLECTIVE)
+      s->rank_overlap[rank] += covered(&sp[rank], task->start, task->end);
+  }
+  for (int r = 0; sp && r < s->n_ranks; r++) {
+    free(sp[r].start);
+    free(sp[r].end);
+  }
+  free(sp);
+  return status;
+}
+
 int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s) {
   memset(s, 0, sizeof *s);
   size_t rows = (size_t)t->n_rows + 1, n = 0;
@@ -296,7 +369,13 @@ int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s
   s->bubble = calloc(rows, sizeof *s->bubble);
   s->on_path = calloc(t->n_tasks + 1, 1);
   s->steps = calloc(t->n_tasks + 1, sizeof *s->steps); /* at most one step per task */
-  if (!refs || !s->busy || !s->bubble || !s->on_path || !s->steps) {
+  s->n_ranks = t->n_rows ? t->rows[t->n_rows - 1].rank + 1 : 0;
+  size_t slots = (size_t)s->n_ranks * EELLM_TRACE_N_KINDS + 1;
+  s->rank_kind = calloc(slots, sizeof *s->rank_kind);
+  s->rank_kind_path = calloc(slots, sizeof *s->rank_kind_path);
+  s->rank_overlap = calloc((size_t)s->n_ranks + 1, sizeof *s->rank_overlap);
+  if (!refs || !s->busy || !s->bubble || !s->on_path || !s->steps || !s->rank_kind ||
+      !s->rank_kind_path || !s->rank_overlap) {
     free(refs);
     eellm_trace_stats_free(s);
     return -1;
@@ -312,6 +391,10 @@ int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s
     step_figures(t, refs + lo, hi - lo, s->n_steps++, s);
   }
   free(refs);
+  if (collective_overlap(t, s) != 0) {
+    eellm_trace_stats_free(s);
+    return -1;
+  }
   return 0;
 }
 
@@ -320,5 +403,8 @@ void eellm_trace_stats_free(struct eellm_trace_stats *s) {
   free(s->bubble);
   free(s->on_path);
   free(s->steps);
+  free(s->rank_kind);
+  free(s->rank_kind_path);
+  free(s->rank_overlap);
   memset(s, 0, sizeof *s);
 }
