@@ -24,13 +24,14 @@ sent per rank per training step:
             MLP's second linear, backward of the QKV and first linear's input
             gradients), 1 for the vocabulary-parallel embedding, and per head
             1 of [rows, D] (the input gradient of the vocabulary-split
-            projection) plus the cross-entropy's per-row max and sum (2 x rows);
+            projection) plus the cross-entropy's per-row max, sum and target
+            logit (3 x rows);
             an MLP exit body adds 2 of [rows, D], a BLOCK body 4.
 
 The 8-byte gradient-norm terms, loss statistics and StarPU-MPI's envelopes are
-left out (bench/parallel reports them as the counted remainder). Under tp every
-tensor is taken as split T ways (norms and row-parallel biases, replicated,
-are under 0.5% of a layer here).
+left out (bench/parallel reports them as the counted remainder). Under tp the
+norms, learned positions and the biases of the row-parallel products are whole
+on every rank, and every other tensor is split T ways.
 
 Memory per rank: parameters, gradients (plus the gradient of a tied head the
 stage uses but does not own), AdamW moments (/ D with ZeRO-1) and activations:
@@ -57,6 +58,9 @@ def describe(eellm, model, pp):
         "V": num(r"vocab (\d+),"), "D": num(r"d_model (\d+),"), "H": num(r"(\d+) heads of"),
         "F": num(r"ffn (\d+)$"), "swiglu": ", swiglu," in out,
         "tied_embeddings": "untied embeddings" not in out,
+        "biases": ", biases," in out or out.split("\n")[2].rstrip().endswith("biases"),
+        "layernorm": "layernorm" in out.split("\n")[2],
+        "learned": "learned positions" in out, "context": num(r"context (\d+),"),
         "embedding": num(r"^  embedding \(wte \+ wpe\)\s+(\d+)"),
         "layer": num(r"^  each layer\s+(\d+)"),
         "final": num(r"^  final head \([^)]*\)\s+(\d+)"), "exits": [],
@@ -99,12 +103,22 @@ def costs(spec, stages, pp, tp, dp, global_batch, micro_batches, seq_len, zero):
     # fc and the activation split by heads and columns.
     per_layer_row = 4 * D + 4 + (3 * D + D + H + fc_out + F) / tp
     per_head_row = 2 * V / tp + D + 2
+    # What tensor parallelism keeps whole on every rank: norms, positions and the biases
+    # of the row-parallel products (c_proj); the rest is split T ways.
+    norm = D * (2 if spec["layernorm"] and spec["biases"] else 1)
+    whole_layer = 2 * norm + (2 * D if spec["biases"] else 0)
+    whole_exit = {"NORM": norm, "MLP": 2 * norm + (D if spec["biases"] else 0),
+                  "BLOCK": norm + whole_layer, "PLAIN": 0}
     result = []
     for s, st in enumerate(stages):
         heads = len(st["exits"]) + (s == last)
         params = st["layers"] * spec["layer"] + sum(spec["exits"][k]["params"] for k in st["exits"])
         params += spec["embedding"] * (s == 0) + spec["final"] * (s == last)
-        params /= tp
+        whole = st["layers"] * whole_layer + (s == last) * norm
+        whole += (s == 0) * (spec["context"] * D if spec["learned"] else 0)
+        whole += sum(whole_exit.get(spec["exits"][k]["structure"], 0) for k in st["exits"])
+        whole = whole if tp > 1 else params
+        params = (params - whole) / tp + whole
         shadow = tied_floats if s in users and s != owner else 0
         later_losses = sum(1 for q in range(1, pp) if stages[q]["exits"] or q == last)
         pipe = m * rows * D * F32 * ((s < last) + (s > 0))
@@ -113,7 +127,7 @@ def costs(spec, stages, pp, tp, dp, global_batch, micro_batches, seq_len, zero):
         dp_bytes = ring(dp) * params * F32 + (zero and (dp - 1) / dp * params * F32)
         bodies = sum({"MLP": 2, "BLOCK": 4}.get(spec["exits"][k]["structure"], 0)
                      for k in st["exits"])
-        tp_rows = rows * D * (4 * st["layers"] + (s == 0) + heads + bodies) + 2 * rows * heads
+        tp_rows = rows * D * (4 * st["layers"] + (s == 0) + heads + bodies) + 3 * rows * heads
         tp_bytes = ring(tp) * m * tp_rows * F32
         slot = rows * (st["layers"] * per_layer_row + heads * per_head_row +
                        len(st["exits"]) * D + 3 * D + (3 * D + 2 * fc_out) / tp)
