@@ -699,6 +699,7 @@ float *eellm_model_tensor_data(eellm_model *m, size_t i) { return m->params + m-
 float *eellm_model_tensor_grad(eellm_model *m, size_t i) { return m->grads + m->tensors[i].offset; }
 
 void eellm_model_sync(eellm_model *m) {
+  eellm_step_flush(m);
   starpu_task_wait_for_all();
   if (!eellm_gathers(&m->place)) return;
   for (size_t i = 0; i < m->n_tensors; i++) {

@@ -10,6 +10,7 @@
 #include "codelets/codelets.h"
 #include "codelets/collective.h"
 #include "graph/model.h"
+#include "graph/train_step.h"
 
 enum { PRIO_OPTIMIZER = 3 };
 
@@ -101,6 +102,7 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
                                   double lr) {
   struct eellm_task_info ti = {.priority = PRIO_OPTIMIZER, .kind = EELLM_KIND_OPTIMIZER,
                                .micro = -1, .layer = -1};
+  eellm_step_flush(m);
   reduce_shadows(m);
   fault_nan_gradient(m, step);
   allreduce_grads(m);

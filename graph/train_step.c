@@ -24,7 +24,19 @@
  * a pool per stage and micro-batch slot, `window` slots per stage (1F1B's P - s
  * on stage s), so micro-batch m + window waits for micro-batch m's backward to
  * release them: activation memory stays flat however many micro-batches a step
- * has. */
+ * has.
+ *
+ * Submission order: a micro-batch's work on each stage is a forward phase
+ * (its layers and the exits living there; the embedding on the first stage,
+ * the final head's loss and gradient on the last) and a backward phase. With
+ * one stage everything is submitted at once, micro-batch after micro-batch. With
+ * several, each stage's phases are submitted in 1F1B's order (P - s forwards,
+ * then one backward and one forward in turn, the remaining backwards once the
+ * step's micro-batches are all in), each phase once what it reads was
+ * submitted. The dataflow needs no such order, but a stage's collectives
+ * (tensor parallelism's all-reduces) run in submission order: submitted
+ * micro-batch by micro-batch, micro-batch m + 1's forward all-reduces would
+ * wait for m's backward, and the pipeline would run one micro-batch at a time. */
 #include "graph/train_step.h"
 
 #include <stdio.h>
@@ -51,9 +63,15 @@ struct eellm_step {
   size_t max_window;
   double *loss;                 /* n_exits: result of the last wait */
   starpu_data_handle_t *logits; /* n_exits: the latest micro-batch's logits */
+  /* Micro-batches whose backward is still to be submitted, by index, and per
+   * stage the next micro-batch whose forward and backward phase it submits. */
+  struct micro **queued;
+  size_t n_queued, cap_queued;
+  unsigned *next_forward, *next_backward;
 };
 
-/* What one micro-batch's submission needs at hand. */
+/* What one micro-batch's submission needs at hand, from its forward phases to its
+ * last backward one. */
 struct micro {
   struct eellm_model *m;
   int backward;
@@ -65,6 +83,12 @@ struct micro {
   starpu_data_handle_t *resid;                /* n_layers + 1, [B * T, D] */
   struct eellm_layer_acts *acts;              /* n_layers */
   starpu_data_handle_t *exit_dx;              /* per spec exit: d its input, or NULL */
+  float *exit_weights;                        /* a copy of the caller's, or NULL */
+  float grad_scale;
+  int backbone_backward;
+  starpu_data_handle_t dres; /* backward: the gradient of the latest stage's input */
+  struct eellm_batch share;  /* this replica's inputs: the caller's memory, read by the first
+                                stage's forward phase while the submission call lasts */
 };
 
 static struct eellm_step *step_of(struct eellm_model *m) {
@@ -78,6 +102,9 @@ static struct eellm_step *step_of(struct eellm_model *m) {
           calloc(m->place.layout.pp * m->step->max_window, sizeof *m->step->pools[mode]);
       if (!m->step->pools[mode]) abort();
     }
+    m->step->next_forward = calloc(m->place.layout.pp, sizeof *m->step->next_forward);
+    m->step->next_backward = calloc(m->place.layout.pp, sizeof *m->step->next_backward);
+    if (!m->step->next_forward || !m->step->next_backward) abort();
   }
   return m->step;
 }
@@ -253,47 +280,66 @@ static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   eellm_insert_vector_set(mb->mask, batch->mask ? batch->mask : s->ones, &ti);
 }
 
-/* The embedding and every layer, each exit right after the layer it reads. */
-static void layers_forward(struct micro *mb, const float *exit_weights, float grad_scale) {
-  struct eellm_model *m = mb->m;
-  unsigned n_exits = m->spec->n_exits, next_exit = 0;
-  struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
-  mb->resid[0] = act(mb, m->spec->d_model);
-  /* Vocabulary-parallel: each rank embeds the tokens of its rows, the first adds positions. */
-  eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte),
-                         m->share.first ? eellm_param(m, m->wpe) : NULL, mb->resid[0], m->seq_len,
-                         m->share.vocab_lo, &fwd);
-  eellm_tp_sum(&mb->pass, mb->resid[0], &fwd);
-  for (unsigned i = 0; i < m->spec->n_layers; i++) {
-    enter(mb, m->place.layer_stage[i]);
-    fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
-    eellm_layer_forward(&mb->pass, &m->layers[i], mb->resid[i], NULL, &mb->acts[i], &fwd);
-    mb->resid[i + 1] = mb->acts[i].mlp.out;
-    for (; next_exit < n_exits && m->exits[m->exit_order[next_exit]].layer == i + 1; next_exit++) {
-      unsigned k = m->exit_order[next_exit];
-      float scale = mb->backward ? exit_weight(m, exit_weights, k) * grad_scale : 0;
-      mb->exit_dx[k] = exit_submit(mb, k, mb->resid[i + 1], mb->acts[i].r, scale);
-    }
+/* Exit k's share of a step's loss gradient, with the micro-batch's scale: 0 without backward. */
+static float exit_scale(const struct micro *mb, unsigned k) {
+  return mb->backward ? exit_weight(mb->m, mb->exit_weights, k) * mb->grad_scale : 0;
+}
+
+/* The exits that live on stage `stage` and read resid[layer] (or, MLP exits, layer's r). */
+static void exits_at(struct micro *mb, unsigned stage, unsigned layer) {
+  const struct eellm_model *m = mb->m;
+  for (unsigned n = 0; n < m->spec->n_exits; n++) {
+    unsigned k = m->exit_order[n];
+    if (m->exits[k].layer != layer || eellm_exit_stage(&m->place, k) != stage) continue;
+    mb->exit_dx[k] = exit_submit(mb, k, mb->resid[layer], mb->acts[layer - 1].r, exit_scale(mb, k));
   }
 }
 
-/* The final head on the last stage: its loss, and its gradient into the
- * returned `dres` when the backbone trains (zero when its weight is). */
-static starpu_data_handle_t final_head(struct micro *mb, const float *exit_weights,
-                                       float grad_scale, int backbone_backward) {
+/* The final head on the last stage: its loss, and its gradient into mb->dres
+ * when the backbone trains (zero when its weight is). */
+static void final_head(struct micro *mb) {
   struct eellm_model *m = mb->m;
   unsigned n_layers = m->spec->n_layers, n_exits = m->spec->n_exits;
-  enter(mb, eellm_exit_stage(&m->place, n_exits));
   struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)n_layers);
   struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_BACKWARD, (int)n_layers);
   struct eellm_task_info bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
-  float scale = backbone_backward ? exit_weight(m, exit_weights, n_exits) * grad_scale : 0;
+  float scale = mb->backbone_backward ? exit_scale(mb, n_exits) : 0;
   struct eellm_head h = eellm_head_of(m, n_exits);
   struct loss loss = {scale, mb->stats[n_exits], &m->step->logits[n_exits]};
-  starpu_data_handle_t dres = backbone_backward ? act(mb, m->spec->d_model) : NULL;
-  head_loss(mb, &h, &loss, mb->resid[n_layers], dres, &fwd, &bwd, &loss_ti);
-  if (dres && scale == 0) eellm_insert_zero(dres, &bwd);
-  return dres;
+  mb->dres = mb->backbone_backward ? act(mb, m->spec->d_model) : NULL;
+  head_loss(mb, &h, &loss, mb->resid[n_layers], mb->dres, &fwd, &bwd, &loss_ti);
+  if (mb->dres && scale == 0) eellm_insert_zero(mb->dres, &bwd);
+}
+
+/* Stage st's forward phase: the embedding on the first stage, its layers, each
+ * exit living there once the layer it reads ran, and the final head on the last. */
+static void forward_phase(struct micro *mb, unsigned st) {
+  struct eellm_model *m = mb->m;
+  unsigned n_layers = m->spec->n_layers, first = n_layers, last = 0;
+  for (unsigned i = 0; i < n_layers; i++)
+    if (m->place.layer_stage[i] == st) {
+      first = i < first ? i : first;
+      last = i;
+    }
+  if (st == 0) load_inputs(mb, &mb->share);
+  enter(mb, st);
+  struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);
+  if (st == 0) {
+    mb->resid[0] = act(mb, m->spec->d_model);
+    /* Vocabulary-parallel: each rank embeds the tokens of its rows, the first adds positions. */
+    eellm_insert_embed_fwd(mb->tokens, eellm_param(m, m->wte),
+                           m->share.first ? eellm_param(m, m->wpe) : NULL, mb->resid[0],
+                           m->seq_len, m->share.vocab_lo, &fwd);
+    eellm_tp_sum(&mb->pass, mb->resid[0], &fwd);
+  }
+  exits_at(mb, st, first); /* placed before their layer's next one (PRE) */
+  for (unsigned i = first; i <= last; i++) {
+    fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, (int)i);
+    eellm_layer_forward(&mb->pass, &m->layers[i], mb->resid[i], NULL, &mb->acts[i], &fwd);
+    mb->resid[i + 1] = mb->acts[i].mlp.out;
+    exits_at(mb, st, i + 1);
+  }
+  if (st == m->place.layout.pp - 1) final_head(mb);
 }
 
 /* Adds into dres the gradients of the exits on layer i: those reading its
@@ -307,31 +353,121 @@ static void join_exits(const struct micro *mb, unsigned i, int mlp, starpu_data_
       eellm_insert_axpy(dres, mb->exit_dx[k], 1.0f, ti);
 }
 
-/* Every layer's backward from the final head's gradient dres, then the embedding's. */
-static void layers_backward(struct micro *mb, starpu_data_handle_t dres) {
+/* Copies into stage st - 1 what its backward phase reads of stage st's: the
+ * gradient of st's input (the only activation gradient that crosses) and the
+ * gradients of the exits that live on st but read a layer of st - 1 (PRE).
+ * Now, not in that phase: micro-batch m + window's forward recycles stage st's
+ * buffers of m, and 1F1B may submit it first. */
+static void hand_back(struct micro *mb, unsigned st) {
+  const struct eellm_model *m = mb->m;
+  enter(mb, st - 1);
+  struct eellm_task_info bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, -1);
+  starpu_data_handle_t from_next = mb->dres;
+  mb->dres = act(mb, m->spec->d_model);
+  eellm_insert_copy(mb->dres, from_next, &bwd);
+  for (unsigned k = 0; k < m->spec->n_exits; k++) {
+    if (!mb->exit_dx[k] || eellm_exit_stage(&m->place, k) != st ||
+        m->place.layer_stage[m->exits[k].layer - 1] == st)
+      continue;
+    starpu_data_handle_t dx = act(mb, m->spec->d_model);
+    eellm_insert_copy(dx, mb->exit_dx[k], &bwd);
+    mb->exit_dx[k] = dx;
+  }
+}
+
+/* Stage st's backward phase: its layers' backward from mb->dres, and the
+ * embedding's on the first stage. */
+static void backward_phase(struct micro *mb, unsigned st) {
   const struct eellm_model *m = mb->m;
   struct eellm_grad_scratch g;
-  eellm_grad_scratch_init(&mb->pass, &g);
   struct eellm_task_info bwd;
+  enter(mb, st);
+  eellm_grad_scratch_init(&mb->pass, &g);
   for (unsigned i = m->spec->n_layers; i-- > 0;) {
-    if (m->place.layer_stage[i] != mb->pass.stage) {
-      /* The gradient arriving from the next stage: the only one that crosses. */
-      starpu_data_handle_t from_next = dres;
-      enter(mb, m->place.layer_stage[i]);
-      bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
-      dres = act(mb, m->spec->d_model);
-      eellm_insert_copy(dres, from_next, &bwd);
-      eellm_grad_scratch_init(&mb->pass, &g);
-    }
+    if (m->place.layer_stage[i] != st) continue;
     bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)i);
-    join_exits(mb, i, 0, dres, &bwd);
-    eellm_mlp_backward(&mb->pass, &m->layers[i], &mb->acts[i].mlp, mb->acts[i].r, dres, &g, &bwd);
-    join_exits(mb, i, 1, dres, &bwd);
-    eellm_attention_backward(&mb->pass, &m->layers[i], &mb->acts[i], mb->resid[i], dres, &g, &bwd);
+    join_exits(mb, i, 0, mb->dres, &bwd);
+    eellm_mlp_backward(&mb->pass, &m->layers[i], &mb->acts[i].mlp, mb->acts[i].r, mb->dres, &g,
+                       &bwd);
+    join_exits(mb, i, 1, mb->dres, &bwd);
+    eellm_attention_backward(&mb->pass, &m->layers[i], &mb->acts[i], mb->resid[i], mb->dres, &g,
+                             &bwd);
+  }
+  if (st != 0) {
+    hand_back(mb, st);
+    return;
   }
   bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, -1);
-  eellm_insert_embed_bwd(mb->tokens, dres, eellm_grad(&mb->pass, m->wte),
+  eellm_insert_embed_bwd(mb->tokens, mb->dres, eellm_grad(&mb->pass, m->wte),
                          eellm_grad(&mb->pass, m->wpe), m->seq_len, m->share.vocab_lo, &bwd);
+}
+
+static void micro_free(struct micro *mb) {
+  free(mb->entered);
+  free(mb->resid);
+  free(mb->acts);
+  free(mb->exit_dx);
+  free(mb->exit_weights);
+  free(mb);
+}
+
+/* Submits on every stage the phases that 1F1B lets come next (the file's
+ * comment), as long as there are some; with `flush`, every queued backward. A
+ * stage submits the forward of micro-batch f while fewer than its window
+ * are waiting for their backward, else the backward of b: once the
+ * previous stage submitted f's forward, or the next one b's backward. */
+static void advance(struct eellm_model *m, int flush) {
+  struct eellm_step *s = m->step;
+  unsigned pp = m->place.layout.pp;
+  for (int progress = 1; progress;) {
+    progress = 0;
+    for (unsigned st = 0; st < pp; st++) {
+      /* One stage: each micro-batch's backward right after its forward, as ever. */
+      unsigned f = s->next_forward[st], b = s->next_backward[st], window = pp > 1 ? m->place.window[st] : 1;
+      if (f < s->n_queued && f < b + window) {
+        if (st > 0 && s->next_forward[st - 1] <= f) continue;
+        forward_phase(s->queued[f], st);
+        s->next_forward[st]++;
+        progress = 1;
+      } else if (b < f && (flush || f == b + window)) {
+        if (st + 1 < pp && s->next_backward[st + 1] <= b) continue;
+        backward_phase(s->queued[b], st);
+        s->next_backward[st]++;
+        progress = 1;
+      }
+    }
+  }
+}
+
+void eellm_step_flush(struct eellm_model *m) {
+  struct eellm_step *s = m->step;
+  if (!s || !s->n_queued) return;
+  advance(m, 1);
+  for (size_t i = 0; i < s->n_queued; i++) micro_free(s->queued[i]);
+  s->n_queued = 0;
+  memset(s->next_forward, 0, m->place.layout.pp * sizeof *s->next_forward);
+  memset(s->next_backward, 0, m->place.layout.pp * sizeof *s->next_backward);
+}
+
+/* A micro-batch with the backbone's backward joins the 1F1B queue; others
+ * (forward only, or a frozen backbone's) submit every forward phase at once. */
+static void submit_phases(struct eellm_model *m, struct micro *mb) {
+  struct eellm_step *s = m->step;
+  if (!mb->backbone_backward) {
+    eellm_step_flush(m);
+    for (unsigned st = 0; st < m->place.layout.pp; st++) forward_phase(mb, st);
+    micro_free(mb);
+    return;
+  }
+  if (s->n_queued == s->cap_queued) {
+    s->cap_queued = s->cap_queued ? 2 * s->cap_queued : 8;
+    s->queued = realloc(s->queued, s->cap_queued * sizeof *s->queued);
+    if (!s->queued) abort();
+  }
+  s->queued[s->n_queued++] = mb;
+  advance(m, 0);
+  /* The first stage's forward reads the caller's inputs: 1F1B always lets it run at once. */
+  if (s->next_forward[0] != s->n_queued) abort();
 }
 
 /* Loss weight (sum of the mask) of n rows. */
@@ -369,27 +505,28 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *whole, const f
   if (check_tokens(m, whole, (size_t)m->micro_batch * m->seq_len, err, errlen) != 0) return -1;
   struct eellm_batch share = share_of(m, whole, &grad_scale);
   struct eellm_step *s = step_of(m);
-  struct micro mb = {.m = m,
-                     .backward = backward,
-                     .index = (int)s->n_micro++,
-                     .pass = {.m = m, .rows = share_rows(m), .seq_len = m->seq_len}};
-  mb.entered = calloc(m->place.layout.pp, sizeof *mb.entered);
-  mb.resid = calloc(m->spec->n_layers + 1, sizeof *mb.resid);
-  mb.acts = calloc(m->spec->n_layers, sizeof *mb.acts);
-  mb.exit_dx = calloc(m->spec->n_exits + 1, sizeof *mb.exit_dx);
-  if (!mb.entered || !mb.resid || !mb.acts || !mb.exit_dx) abort();
-  if (!s->logits && !(s->logits = calloc(eellm_model_n_exits(m), sizeof *s->logits))) abort();
-  mb.stats = stats_of(m, (size_t)mb.index);
-  load_inputs(&mb, &share);
-
-  int backbone_backward = backward && !m->backbone_frozen;
-  layers_forward(&mb, exit_weights, grad_scale);
-  starpu_data_handle_t dres = final_head(&mb, exit_weights, grad_scale, backbone_backward);
-  if (backbone_backward) layers_backward(&mb, dres);
-  free(mb.entered);
-  free(mb.resid);
-  free(mb.acts);
-  free(mb.exit_dx);
+  struct micro *mb = calloc(1, sizeof *mb);
+  if (!mb) abort();
+  *mb = (struct micro){.m = m,
+                       .backward = backward,
+                       .index = (int)s->n_micro++,
+                       .pass = {.m = m, .rows = share_rows(m), .seq_len = m->seq_len},
+                       .grad_scale = grad_scale,
+                       .backbone_backward = backward && !m->backbone_frozen};
+  unsigned n_exits = eellm_model_n_exits(m);
+  mb->entered = calloc(m->place.layout.pp, sizeof *mb->entered);
+  mb->resid = calloc(m->spec->n_layers + 1, sizeof *mb->resid);
+  mb->acts = calloc(m->spec->n_layers, sizeof *mb->acts);
+  mb->exit_dx = calloc(n_exits, sizeof *mb->exit_dx);
+  if (exit_weights && (mb->exit_weights = malloc(n_exits * sizeof *mb->exit_weights)))
+    memcpy(mb->exit_weights, exit_weights, n_exits * sizeof *mb->exit_weights);
+  if (!mb->entered || !mb->resid || !mb->acts || !mb->exit_dx ||
+      (exit_weights && !mb->exit_weights))
+    abort();
+  if (!s->logits && !(s->logits = calloc(n_exits, sizeof *s->logits))) abort();
+  mb->stats = stats_of(m, (size_t)mb->index);
+  mb->share = share;
+  submit_phases(m, mb);
   return 0;
 }
 
@@ -431,6 +568,7 @@ unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
  * each micro-batch's whole statistics, counted once, and the mean loss of each
  * exit over the micro-batches follows. */
 void eellm_model_wait(eellm_model *m) {
+  eellm_step_flush(m);
   eellm_mpi_wait();
   struct eellm_step *s = step_of(m);
   unsigned n_exits = eellm_model_n_exits(m);
@@ -484,6 +622,10 @@ int eellm_model_exit_logits(eellm_model *m, unsigned k, float *out) {
 void eellm_step_free(struct eellm_model *m) {
   struct eellm_step *s = m->step;
   if (!s) return;
+  for (size_t i = 0; i < s->n_queued; i++) micro_free(s->queued[i]);
+  free(s->queued);
+  free(s->next_forward);
+  free(s->next_backward);
   for (size_t i = 0; i < s->n_stats; i++) {
     for (unsigned k = 0; k < eellm_model_n_exits(m); k++) starpu_data_unregister(s->stats_h[i][k]);
     free(s->stats_h[i]);

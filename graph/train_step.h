@@ -6,6 +6,9 @@
 
 #include "graph/model.h"
 
+/* Submits the backward phases still queued for 1F1B's order (train_step.c):
+ * before the optimizer, a wait or a sync. */
+void eellm_step_flush(struct eellm_model *m);
 /* Frees the step's bookkeeping (after all its tasks finished). */
 void eellm_step_free(struct eellm_model *m);
 
