@@ -7,10 +7,7 @@
 # step under a loss mask that weighs the shares unequally. Checkpoints
 # move between layouts, and wrong layouts are refused with one line.
 #
-# The models have no biases: attention's key bias gets a gradient that is
-# zero in exact arithmetic (softmax ignores a shift shared by a query's
-# scores), so what AdamW makes of its rounding noise differs with the order of
-# any sum, in one process too.
+# The models: parallel_models in lib.sh.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -18,43 +15,16 @@ eellm="$build/eellm"
 export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
 
 byte_corpus 3 80
-# gpt: learned positions and GELU; llama: RoPE, SwiGLU, RMSNorm. Both have a
-# tied NORM exit on stage 0 and an untied MLP exit that runs on stage 1 at pp 2.
-{ cat tests/specs/pipe.txtpb; echo "bias: false"; } > "$tmp/gpt.txtpb"
-{ cat tests/specs/pipe.txtpb; echo "bias: false positions: ROPE activation: SWIGLU norm: RMSNORM"; } \
-  > "$tmp/llama.txtpb"
+parallel_models
 layout() { { cat tests/specs/pipe.train.txtpb; echo "parallelism { $2 }"; } > "$tmp/$1.train.txtpb"; }
 layout single "pp: 1"
 layout dp2 "dp: 2"
 layout zero "dp: 2 zero_stage: 1"
 layout pp2dp2 "pp: 2 dp: 2"
-train() { "$eellm" train --data "$tmp/train.bin" "$@"; }
-mpi() { timeout 300 scripts/eellm-mpirun "$@"; }
-
-weights() { /usr/bin/python3 tests/st_tool.py close "$1/checkpoint.safetensors" "$2/checkpoint.safetensors" 1e-5; }
-
-for model in gpt llama; do
-  train --model "$tmp/$model.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/$model-1" --steps 3 > /dev/null 2>&1
-  status=$?
-  check "$model: single-process run" '[ $status -eq 0 ]'
-done
-
-# run NAME MODEL LAYOUT RANKS: a 3-step run equal to MODEL's single-process one.
-run() {
-  mpi "$4" "$eellm" train --model "$tmp/$2.txtpb" --data "$tmp/train.bin" --train "$tmp/$3.train.txtpb" \
-    --out "$tmp/$1" --steps 3 > "$tmp/$1.log" 2>&1
-  status=$?
-  check "$1: exits 0" '[ $status -eq 0 ]'
-  close "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.close" 2>&1
-  status=$?
-  check "$1: losses equal the single process's ($(cat "$tmp/$1.close"))" '[ $status -eq 0 ]'
-  weights "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.weights" 2>&1
-  status=$?
-  check "$1: weights and moments equal the single process's ($(cat "$tmp/$1.weights"))" '[ $status -eq 0 ]'
-}
-run gpt-dp2 gpt dp2 2
-run gpt-zero gpt zero 2
-run llama-pp2dp2 llama pp2dp2 4
+single_runs
+parallel_run gpt-dp2 gpt dp2 2
+parallel_run gpt-zero gpt zero 2
+parallel_run llama-pp2dp2 llama pp2dp2 4
 
 # The layout table: one line per rank; ZeRO-1 halves each rank's moments.
 check "the layout is printed, one line per rank" \
@@ -84,16 +54,8 @@ check "masked losses and gradients equal the single process's ($(cat "$tmp/mask.
 
 # Checkpoints cross layouts: (2, 1, 2) -> one process, one process -> ZeRO-1 (1, 1, 2).
 train --model "$tmp/llama.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/llama-5" > /dev/null 2>&1
-cp -r "$tmp/llama-pp2dp2" "$tmp/from-pp2dp2"
-resumed "(2, 1, 2) checkpoint resumed in one process" "$tmp/llama-5" "$tmp/from-pp2dp2" \
-  train --model "$tmp/llama.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/from-pp2dp2" --resume
-cp -r "$tmp/llama-1" "$tmp/from-single"
-resumed "single-process checkpoint resumed under ZeRO-1 on 2 replicas" "$tmp/llama-5" "$tmp/from-single" \
-  mpi 2 "$eellm" train --model "$tmp/llama.txtpb" --data "$tmp/train.bin" --train "$tmp/zero.train.txtpb" \
-  --out "$tmp/from-single" --resume
-weights "$tmp/llama-5" "$tmp/from-single" > "$tmp/close-c" 2>&1
-status=$?
-check "and its final weights and moments too ($(cat "$tmp/close-c"))" '[ $status -eq 0 ]'
+resumed_at from-pp2dp2 llama llama-pp2dp2 single 1 "(2, 1, 2) checkpoint resumed in one process"
+resumed_at from-single llama llama-1 zero 2 "single-process checkpoint resumed under ZeRO-1 on 2 replicas"
 
 # Wrong layouts: one clear line each.
 layout dp4 "dp: 4"

@@ -95,12 +95,7 @@ for layout in "2" "4 --tp 2"; do
   timeout 300 scripts/eellm-mpirun ${layout%% *} "$eellm" serve --ckpt "$tmp/run" --port 0 ${layout#"${layout%% *}"} \
     > "$tmp/serve.out" 2> "$tmp/serve.err" &
   server=$!
-  port=""
-  for _ in $(seq 1 600); do
-    port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/api.*|\1|p' "$tmp/serve.out")
-    [ -n "$port" ] || ! kill -0 $server 2> /dev/null && break
-    sleep 0.1
-  done
+  port=$(server_port "$tmp/serve.out" 60)
   check "serve on mpirun $layout: listens ($(head -c 300 "$tmp/serve.err"))" '[ -n "$port" ]'
   for method in recompute pipeline; do
     clients=()

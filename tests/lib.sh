@@ -72,3 +72,69 @@ resumed() {
   status=$?
   check "$name: the losses continue the reference run's ($(cat "$tmp/resumed"))" '[ $status -eq 0 ]'
 }
+
+# server_port OUT SECONDS: the port that the server started in the background
+# ($server) says in OUT it listens on, within SECONDS; empty if it exits first.
+server_port() {
+  local found=""
+  for _ in $(seq 1 $(( $2 * 20 ))); do
+    found=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/api.*|\1|p' "$1")
+    [ -n "$found" ] || ! kill -0 "$server" 2> /dev/null && break
+    sleep 0.05
+  done
+  echo "$found"
+}
+
+# For the parallel training tests (data_parallel_mpi.sh, tensor_parallel_mpi.sh),
+# with $eellm and a corpus in $tmp/train.bin.
+# parallel_models: $tmp/gpt.txtpb (learned positions, GELU) and $tmp/llama.txtpb
+# (RoPE, SwiGLU, RMSNorm) from tests/specs/pipe.txtpb: a tied NORM exit on
+# stage 0 and an untied MLP exit that runs on stage 1 at pp 2. No biases:
+# attention's key bias gets a gradient that is zero in exact arithmetic
+# (softmax ignores a shift shared by a query's scores), so what AdamW makes of
+# its rounding noise differs with the order of any sum, in one process too.
+parallel_models() {
+  { cat tests/specs/pipe.txtpb; echo "bias: false"; } > "$tmp/gpt.txtpb"
+  { cat tests/specs/pipe.txtpb; echo "bias: false positions: ROPE activation: SWIGLU norm: RMSNORM"; } \
+    > "$tmp/llama.txtpb"
+}
+train() { "$eellm" train --data "$tmp/train.bin" "$@"; }
+mpi() { timeout 400 scripts/eellm-mpirun "$@"; }
+weights() { /usr/bin/python3 tests/st_tool.py close "$1/checkpoint.safetensors" "$2/checkpoint.safetensors" 1e-5; }
+# single_runs: each model's 3-step single-process run, $tmp/MODEL-1, under $tmp/single.train.txtpb.
+single_runs() {
+  local model status
+  for model in gpt llama; do
+    train --model "$tmp/$model.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/$model-1" --steps 3 > /dev/null 2>&1
+    status=$?
+    check "$model: single-process run" '[ $status -eq 0 ]'
+  done
+}
+# parallel_run NAME MODEL LAYOUT RANKS: a 3-step run under $tmp/LAYOUT.train.txtpb on
+# RANKS ranks whose losses, weights and moments equal MODEL's single-process run's.
+parallel_run() {
+  local status
+  mpi "$4" "$eellm" train --model "$tmp/$2.txtpb" --data "$tmp/train.bin" --train "$tmp/$3.train.txtpb" \
+    --out "$tmp/$1" --steps 3 > "$tmp/$1.log" 2>&1
+  status=$?
+  check "$1: exits 0 ($(grep -m1 -i error "$tmp/$1.log"))" '[ $status -eq 0 ]'
+  close "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.close" 2>&1
+  status=$?
+  check "$1: losses equal the single process's ($(cat "$tmp/$1.close"))" '[ $status -eq 0 ]'
+  weights "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.weights" 2>&1
+  status=$?
+  check "$1: weights and moments equal the single process's ($(cat "$tmp/$1.weights"))" '[ $status -eq 0 ]'
+}
+# resumed_at OUT MODEL FROM LAYOUT RANKS DESCRIPTION: run $tmp/FROM (checkpoint at step 3)
+# copied to $tmp/OUT and resumed to step 5 under $tmp/LAYOUT.train.txtpb on RANKS ranks (1:
+# one process) continues $tmp/MODEL-5, the 5-step single-process run: its losses, and
+# its final weights and moments.
+resumed_at() {
+  local out="$tmp/$1" run=(train --model "$tmp/$2.txtpb" --train "$tmp/$4.train.txtpb" --out "$tmp/$1" --resume)
+  cp -r "$tmp/$3" "$out"
+  [ "$5" -gt 1 ] && run=(mpi "$5" "$eellm" train --data "$tmp/train.bin" "${run[@]:1}")
+  resumed "$6" "$tmp/$2-5" "$out" "${run[@]}"
+  weights "$tmp/$2-5" "$out" > "$tmp/$1.weights" 2>&1
+  local status=$?
+  check "$6: and its final weights and moments ($(cat "$tmp/$1.weights"))" '[ $status -eq 0 ]'
+}

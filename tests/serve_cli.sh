@@ -19,12 +19,7 @@ check "a two-step checkpoint" '[ -s "$tmp/run/checkpoint.safetensors" ]'
 
 "$eellm" serve --ckpt "$tmp/run" --host 127.0.0.1 --port 0 --max-batch 4 > "$tmp/out" 2> "$tmp/log" &
 server=$!
-port=""
-for _ in $(seq 1 200); do
-  port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/api.*|\1|p' "$tmp/out")
-  [ -n "$port" ] || ! kill -0 $server 2> /dev/null && break
-  sleep 0.05
-done
+port=$(server_port "$tmp/out" 10)
 check "the server says where it listens" '[ -n "$port" ]'
 [ -n "$port" ] || { cat "$tmp/log"; finish serve_cli; exit; }
 url=http://127.0.0.1:$port/api

@@ -7,7 +7,8 @@
 # on the second stage and a vocabulary of 257 that tp 2 splits unevenly. A
 # checkpoint saved at (2, 2, 2) resumes in one process and at (1, 2, 1) with
 # the single-process run's next losses, and wrong layouts are refused with one
-# line. (Layouts without tp: data_parallel_mpi.sh; no biases, as there.)
+# line. (Layouts without tp: data_parallel_mpi.sh; the models: parallel_models
+# in lib.sh.)
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -15,10 +16,7 @@ eellm="$build/eellm"
 export STARPU_SILENT=1 EELLM_STARPU_HOME="$tmp/starpu"
 
 byte_corpus 3 80
-# gpt: learned positions and GELU; llama: RoPE, SwiGLU, RMSNorm.
-{ cat tests/specs/pipe.txtpb; echo "bias: false"; } > "$tmp/gpt.txtpb"
-{ cat tests/specs/pipe.txtpb; echo "bias: false positions: ROPE activation: SWIGLU norm: RMSNORM"; } \
-  > "$tmp/llama.txtpb"
+parallel_models
 # Two micro-batches of 2 sequences a step: each rank of 8 on 2 cores has few collectives to wait in.
 layout() {
   { sed 's/^global_batch: .*/global_batch: 4/; s/^micro_batches: .*/micro_batches: 2/' tests/specs/pipe.train.txtpb
@@ -29,33 +27,11 @@ layout tp2 "tp: 2"
 layout tp2dp2 "tp: 2 dp: 2"
 layout pp2tp2 "pp: 2 tp: 2"
 layout all "pp: 2 tp: 2 dp: 2"
-train() { "$eellm" train --data "$tmp/train.bin" "$@"; }
-mpi() { timeout 400 scripts/eellm-mpirun "$@"; }
-weights() { /usr/bin/python3 tests/st_tool.py close "$1/checkpoint.safetensors" "$2/checkpoint.safetensors" 1e-5; }
-
-for model in gpt llama; do
-  train --model "$tmp/$model.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/$model-1" --steps 3 > /dev/null 2>&1
-  status=$?
-  check "$model: single-process run" '[ $status -eq 0 ]'
-done
-
-# run NAME MODEL LAYOUT RANKS: a 3-step run equal to MODEL's single-process one.
-run() {
-  mpi "$4" "$eellm" train --model "$tmp/$2.txtpb" --data "$tmp/train.bin" --train "$tmp/$3.train.txtpb" \
-    --out "$tmp/$1" --steps 3 > "$tmp/$1.log" 2>&1
-  status=$?
-  check "$1: exits 0 ($(grep -m1 -i error "$tmp/$1.log"))" '[ $status -eq 0 ]'
-  close "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.close" 2>&1
-  status=$?
-  check "$1: losses equal the single process's ($(cat "$tmp/$1.close"))" '[ $status -eq 0 ]'
-  weights "$tmp/$2-1" "$tmp/$1" > "$tmp/$1.weights" 2>&1
-  status=$?
-  check "$1: weights and moments equal the single process's ($(cat "$tmp/$1.weights"))" '[ $status -eq 0 ]'
-}
-run gpt-tp2 gpt tp2 2
-run llama-tp2dp2 llama tp2dp2 4
-run llama-pp2tp2 llama pp2tp2 4
-run gpt-all gpt all 8
+single_runs
+parallel_run gpt-tp2 gpt tp2 2
+parallel_run llama-tp2dp2 llama tp2dp2 4
+parallel_run llama-pp2tp2 llama pp2tp2 4
+parallel_run gpt-all gpt all 8
 
 check "the layout is printed, tensor index innermost" \
   '[ "$(grep -c "^rank [0-7]: stage [01] (layers [0-9]-[0-9]), replica [01], tensor [01]; AdamW moments" "$tmp/gpt-all.log")" -eq 8 ] &&
@@ -69,16 +45,8 @@ check "tp 2 about halves each rank's moments ($whole KiB -> $(kib gpt-tp2 0) + $
 # A (2, 2, 2) checkpoint (step 3) resumed in one process and at (1, 2, 1): the
 # losses of steps 4 and 5 are the 5-step single-process run's.
 train --model "$tmp/gpt.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/gpt-5" > /dev/null 2>&1
-cp -r "$tmp/gpt-all" "$tmp/to-single"
-resumed "(2, 2, 2) checkpoint resumed in one process" "$tmp/gpt-5" "$tmp/to-single" \
-  train --model "$tmp/gpt.txtpb" --train "$tmp/single.train.txtpb" --out "$tmp/to-single" --resume
-cp -r "$tmp/gpt-all" "$tmp/to-tp2"
-resumed "(2, 2, 2) checkpoint resumed at (1, 2, 1)" "$tmp/gpt-5" "$tmp/to-tp2" \
-  mpi 2 "$eellm" train --model "$tmp/gpt.txtpb" --data "$tmp/train.bin" --train "$tmp/tp2.train.txtpb" \
-  --out "$tmp/to-tp2" --resume
-weights "$tmp/gpt-5" "$tmp/to-tp2" > "$tmp/close-tp2" 2>&1
-status=$?
-check "and its final weights and moments too ($(cat "$tmp/close-tp2"))" '[ $status -eq 0 ]'
+resumed_at to-single gpt gpt-all single 1 "(2, 2, 2) checkpoint resumed in one process"
+resumed_at to-tp2 gpt gpt-all tp2 2 "(2, 2, 2) checkpoint resumed at (1, 2, 1)"
 
 # Wrong layouts: one clear line each, from one process or from rank 0 of many.
 layout tp3 "tp: 3"

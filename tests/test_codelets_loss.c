@@ -53,45 +53,59 @@ static double ref_scaled_mean(void *ctx) {
   return count > 0 ? r->c->scale * sum / count : 0;
 }
 
+/* A case's inputs: logits in [-4, 4), the case's mask, and targets (masked-out
+ * rows carry an ignore index that must never be read). */
+struct xent_inputs {
+  float *logits, *mask;
+  int32_t *targets;
+};
+
+static struct xent_inputs xent_inputs(const struct xent_case *c) {
+  struct xent_inputs in = {tu_alloc(c->N * c->V), tu_alloc(c->N), malloc(c->N * sizeof(int32_t))};
+  if (!in.targets) abort();
+  tu_fill(in.logits, c->N * c->V, -4, 4);
+  for (size_t n = 0; n < c->N; n++) {
+    int on = c->mask == MASK_FULL || (c->mask == MASK_PARTIAL && n % 3 != 1);
+    in.mask[n] = on ? 1.0f : 0.0f;
+    in.targets[n] = on ? (int32_t)(tu_uniform(0, 1) * (double)c->V) : -1;
+  }
+  return in;
+}
+
+/* stats and dlogits against the double-precision references; frees the targets. */
+static void xent_check(const struct xent_case *c, char *name, size_t len, size_t size,
+                       struct xent_inputs in, const double *stats, const float *dlogits) {
+  struct xent_ref r = {c, tu_to_f64(in.logits, c->N * c->V), in.targets, in.mask};
+  double want_stats[2];
+  want_stats[0] = ref_ce_sum(&r, &want_stats[1]);
+  float got_stats[2] = {(float)stats[0], (float)stats[1]};
+  snprintf(name + len, size - len, " stats (loss sum, mask count)");
+  tu_check(name, got_stats, want_stats, 2, 1e-6, 1e-9);
+  double *grad = tu_alloc_f64(c->N * c->V);
+  for (size_t i = 0; i < c->N * c->V; i++) grad[i] = tu_fd(ref_scaled_mean, &r, r.logits, i, 1e-5);
+  snprintf(name + len, size - len, " dlogits vs finite differences");
+  tu_check(name, dlogits, grad, c->N * c->V, 1e-4, 1e-8);
+  free(in.targets);
+}
+
 static void xent_case(const struct eellm_task_info *ti, void *ctx) {
   const struct xent_case *c = ctx;
   char name[128];
   int len = snprintf(name, sizeof name, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
                      c->temperature, c->scale, (int)c->mask);
-  float *logits = tu_alloc(c->N * c->V), *mask = tu_alloc(c->N), *dlogits = tu_alloc(c->N * c->V);
-  int32_t *targets = malloc(c->N * sizeof *targets);
+  struct xent_inputs in = xent_inputs(c);
+  float *dlogits = tu_alloc(c->N * c->V);
   double *stats = tu_alloc_f64(2);
-  if (!targets) abort();
-  tu_fill(logits, c->N * c->V, -4, 4);
-  for (size_t n = 0; n < c->N; n++) {
-    int on = c->mask == MASK_FULL || (c->mask == MASK_PARTIAL && n % 3 != 1);
-    mask[n] = on ? 1.0f : 0.0f;
-    /* A masked-out row may carry an ignore index that must never be read. */
-    targets[n] = on ? (int32_t)(tu_uniform(0, 1) * (double)c->V) : -1;
-  }
   for (size_t i = 0; i < c->N * c->V; i++) dlogits[i] = NAN; /* mode W: overwritten unread */
   stats[0] = stats[1] = NAN;
-
-  starpu_data_handle_t h_logits = tu_matrix(logits, c->N, c->V);
-  starpu_data_handle_t h_targets = tu_vector_i32(targets, c->N), h_mask = tu_vector(mask, c->N);
+  starpu_data_handle_t h_logits = tu_matrix(in.logits, c->N, c->V);
+  starpu_data_handle_t h_targets = tu_vector_i32(in.targets, c->N), h_mask = tu_vector(in.mask, c->N);
   starpu_data_handle_t h_stats = tu_vector_f64(stats, 2);
   eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, 0, ti);
   eellm_insert_xent_bwd(h_logits, h_targets, h_mask, h_stats, tu_matrix(dlogits, c->N, c->V),
                         c->scale, c->temperature, 0, ti);
   tu_sync_all();
-
-  struct xent_ref r = {c, tu_to_f64(logits, c->N * c->V), targets, mask};
-  double want_stats[2];
-  want_stats[0] = ref_ce_sum(&r, &want_stats[1]);
-  float got_stats[2] = {(float)stats[0], (float)stats[1]};
-  snprintf(name + len, sizeof name - len, " stats (loss sum, mask count)");
-  tu_check(name, got_stats, want_stats, 2, 1e-6, 1e-9);
-
-  double *grad = tu_alloc_f64(c->N * c->V);
-  for (size_t i = 0; i < c->N * c->V; i++) grad[i] = tu_fd(ref_scaled_mean, &r, r.logits, i, 1e-5);
-  snprintf(name + len, sizeof name - len, " dlogits vs finite differences");
-  tu_check(name, dlogits, grad, c->N * c->V, 1e-4, 1e-8);
-  free(targets);
+  xent_check(c, name, (size_t)len, sizeof name, in, stats, dlogits);
 }
 
 /* The vocabulary-parallel cross-entropy on the logits split in two uneven
@@ -104,46 +118,28 @@ static void xent_parallel_case(const struct eellm_task_info *ti, void *ctx) {
   char name[128];
   int len = snprintf(name, sizeof name, "vocab-parallel xent N%zu V%zu T%.2g scale %.2g mask %d",
                      c->N, c->V, c->temperature, c->scale, (int)c->mask);
-  float *logits = tu_alloc(c->N * c->V), *mask = tu_alloc(c->N), *dlogits = tu_alloc(c->N * c->V);
+  struct xent_inputs in = xent_inputs(c);
+  float *dlogits = tu_alloc(c->N * c->V);
   float *rowstats[2] = {tu_alloc(3 * c->N), tu_alloc(3 * c->N)};
-  int32_t *targets = malloc(c->N * sizeof *targets);
   double *stats = tu_alloc_f64(2);
-  if (!targets) abort();
-  tu_fill(logits, c->N * c->V, -4, 4);
-  for (size_t n = 0; n < c->N; n++) {
-    int on = c->mask == MASK_FULL || (c->mask == MASK_PARTIAL && n % 3 != 1);
-    mask[n] = on ? 1.0f : 0.0f;
-    targets[n] = on ? (int32_t)(tu_uniform(0, 1) * (double)c->V) : -1;
-  }
   size_t lo[2], n[2];
   for (unsigned k = 0; k < 2; k++) {
     eellm_tp_range(c->V, 2, k, &lo[k], &n[k]);
-    eellm_insert_xent_part_stats(tu_matrix_ld(logits + lo[k], c->N, n[k], c->V),
-                                 tu_vector_i32(targets, c->N), tu_matrix(rowstats[k], c->N, 3),
+    eellm_insert_xent_part_stats(tu_matrix_ld(in.logits + lo[k], c->N, n[k], c->V),
+                                 tu_vector_i32(in.targets, c->N), tu_matrix(rowstats[k], c->N, 3),
                                  lo[k], c->temperature, ti);
   }
   tu_sync_all();
   eellm_cpu_softmax_stats_combine(rowstats[0], rowstats[1], c->N);
-  starpu_data_handle_t h_targets = tu_vector_i32(targets, c->N), h_mask = tu_vector(mask, c->N);
+  starpu_data_handle_t h_targets = tu_vector_i32(in.targets, c->N), h_mask = tu_vector(in.mask, c->N);
   starpu_data_handle_t h_rowstats = tu_matrix(rowstats[0], c->N, 3), h_stats = tu_vector_f64(stats, 2);
   eellm_insert_xent_stats_fwd(h_rowstats, h_mask, h_stats, 0, ti);
   for (unsigned k = 0; k < 2; k++)
-    eellm_insert_xent_part_bwd(tu_matrix_ld(logits + lo[k], c->N, n[k], c->V), h_targets, h_mask,
+    eellm_insert_xent_part_bwd(tu_matrix_ld(in.logits + lo[k], c->N, n[k], c->V), h_targets, h_mask,
                                h_rowstats, h_stats, tu_matrix_ld(dlogits + lo[k], c->N, n[k], c->V),
                                lo[k], c->scale, c->temperature, 0, ti);
   tu_sync_all();
-
-  struct xent_ref r = {c, tu_to_f64(logits, c->N * c->V), targets, mask};
-  double want_stats[2];
-  want_stats[0] = ref_ce_sum(&r, &want_stats[1]);
-  float got_stats[2] = {(float)stats[0], (float)stats[1]};
-  snprintf(name + len, sizeof name - len, " stats (loss sum, mask count)");
-  tu_check(name, got_stats, want_stats, 2, 1e-6, 1e-9);
-  double *grad = tu_alloc_f64(c->N * c->V);
-  for (size_t i = 0; i < c->N * c->V; i++) grad[i] = tu_fd(ref_scaled_mean, &r, r.logits, i, 1e-5);
-  snprintf(name + len, sizeof name - len, " dlogits vs finite differences");
-  tu_check(name, dlogits, grad, c->N * c->V, 1e-4, 1e-8);
-  free(targets);
+  xent_check(c, name, (size_t)len, sizeof name, in, stats, dlogits);
 }
 
 /* ---- tensors with padded rows, seen flat -------------------------------- */
