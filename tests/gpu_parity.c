@@ -356,7 +356,7 @@ static void check_coverage(void) {
                                        "next_token",
                                        NULL};
   static const char *const on_host[] = {"vector_set", "next_token_sampled", "allreduce_sum", "bcast",
-                                        NULL};
+                                        "join_cols",  NULL};
   char what[96];
   for (const char *const *op = on_gpu; *op; op++) {
     snprintf(what, sizeof what, "%s has a CUDA implementation", *op);
