@@ -87,6 +87,12 @@ unsigned eellm_split_count(size_t units) {
   return n ? n : 1;
 }
 
+struct eellm_task_info eellm_split_info(const struct eellm_task_info *info, unsigned i) {
+  struct eellm_task_info block = info ? *info : eellm_task_default;
+  block.cpu_worker = (int)i + 1;
+  return block;
+}
+
 #ifdef STARPU_USE_CUDA
 static cublasMath_t math_mode = CUBLAS_DEFAULT_MATH;
 static pthread_once_t math_mode_once = PTHREAD_ONCE_INIT;

@@ -146,6 +146,9 @@ unsigned eellm_split_count(size_t units);
 /* Block i of n of `units` pieces starts at eellm_split_at(units, n, i) and ends
  * where block i + 1 starts (eellm_split_at(units, n, n) = units). */
 static inline size_t eellm_split_at(size_t units, unsigned n, unsigned i) { return units * i / n; }
+/* The info of block i: info's, on the i-th CPU worker (left to the scheduler,
+ * a second block could wait behind the first on the worker that released both). */
+struct eellm_task_info eellm_split_info(const struct eellm_task_info *info, unsigned i);
 /* parts[i]: a new handle for columns [split_at(i), split_at(i + 1)) of dst (a
  * matrix or vector, whose element size it keeps), which the block tasks write
  * instead of dst; eellm_join_outputs then copies them into dst (one host task,

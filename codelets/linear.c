@@ -132,7 +132,8 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   for (unsigned i = 0; i < blocks; i++) {
     args.col0 = eellm_split_at(cols, blocks, i);
     buffers[n] = (struct starpu_data_descr){parts[i], STARPU_W};
-    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, info);
+    struct eellm_task_info block = eellm_split_info(info, i);
+    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, &block);
   }
   eellm_join_outputs(y, blocks, parts, info);
 }

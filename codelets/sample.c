@@ -80,7 +80,9 @@ void eellm_insert_next_token(starpu_data_handle_t logits, starpu_data_handle_t u
   for (unsigned i = 0; i < blocks; i++) {
     args.row0 = eellm_split_at(rows, blocks, i);
     buffers[n] = (struct starpu_data_descr){parts[i], STARPU_W};
-    eellm_submit(cl, buffers, eellm_add_scratch(buffers, n + 1, work), &args, sizeof args, info);
+    struct eellm_task_info block = eellm_split_info(info, i);
+    eellm_submit(cl, buffers, eellm_add_scratch(buffers, n + 1, work), &args, sizeof args,
+                 blocks > 1 ? &block : info);
   }
   if (blocks > 1) eellm_join_outputs(choices, blocks, parts, info);
 }
