@@ -52,6 +52,8 @@ struct eellm_task_info {
   uint32_t where;            /* 0: any architecture the codelet implements; else a mask of
                                 STARPU_CPU, STARPU_CUDA that pins the task (the codelet tests
                                 run every op on every backend this way) */
+  int cpu_worker;            /* 0: the scheduler's choice; k > 0: StarPU's k-th CPU worker runs
+                                the task (the blocks of a split task, one per worker) */
 };
 
 /* Default info for tasks submitted outside a model graph (tests, tools). */

@@ -5,6 +5,8 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "runtime/engine/mpi.h"
+
 #define MIN_SCRATCH_LOG2 8 /* 256 bytes */
 #define N_SCRATCH 32 /* up to 2^31 bytes: a vector of 1-byte elements counts in uint32_t */
 
@@ -75,6 +77,20 @@ const struct eellm_task_info *eellm_cpu_unless(int gpu_fits, const struct eellm_
   }
   pinned->where = STARPU_CPU;
   return pinned;
+}
+
+unsigned eellm_split_count(size_t units) {
+  if (eellm_mpi_active() || starpu_cuda_worker_get_count() > 0) return 1;
+  unsigned n = starpu_cpu_worker_get_count();
+  if (n > EELLM_SPLIT_MAX) n = EELLM_SPLIT_MAX;
+  if (n > units) n = (unsigned)units;
+  return n ? n : 1;
+}
+
+struct eellm_task_info eellm_split_info(const struct eellm_task_info *info, unsigned i) {
+  struct eellm_task_info block = info ? *info : eellm_task_default;
+  block.cpu_worker = (int)i + 1;
+  return block;
 }
 
 #ifdef STARPU_USE_CUDA

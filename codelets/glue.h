@@ -136,4 +136,27 @@ static inline int eellm_add_scratch(struct starpu_data_descr *buffers, int n, si
   return n + 1;
 }
 
+/* Splitting one task's work into blocks, a task each, so that every CPU worker
+ * takes part in a product or choice that would otherwise run alone on the
+ * serial chain of decoding (a row per sequence). The caller decides that the
+ * work is worth it; eellm_split_count gives the number of blocks for `units`
+ * independent pieces (columns, rows): one per CPU worker (at most
+ * EELLM_SPLIT_MAX, at most units) in a process with several CPU workers, no
+ * GPU and no MPI peers, else 1 (no split). */
+#define EELLM_SPLIT_MAX 16
+unsigned eellm_split_count(size_t units);
+/* Block i of n of `units` pieces starts at eellm_split_at(units, n, i) and ends
+ * where block i + 1 starts (eellm_split_at(units, n, n) = units). */
+static inline size_t eellm_split_at(size_t units, unsigned n, unsigned i) { return units * i / n; }
+/* The info of block i: info's, on the i-th CPU worker (left to the scheduler,
+ * a second block could wait behind the first on the worker that released both). */
+struct eellm_task_info eellm_split_info(const struct eellm_task_info *info, unsigned i);
+/* parts[i]: a new handle for columns [split_at(i), split_at(i + 1)) of dst (a
+ * matrix or vector, whose element size it keeps), which the block tasks write
+ * instead of dst; eellm_join_outputs then copies them into dst (one host task,
+ * join_cols) and unregisters them once it has run. */
+void eellm_split_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts);
+void eellm_join_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts,
+                        const struct eellm_task_info *info);
+
 #endif

@@ -5,6 +5,7 @@
 struct linear_fwd_args {
   int transpose_w;
   int has_bias, has_residual;
+  size_t col0; /* y is columns col0 .. of the product (a block of a split one) */
 };
 
 struct linear_bwd_args {
@@ -17,7 +18,8 @@ EELLM_CODELET(linear_fwd)
 EELLM_CODELET(linear_bwd)
 
 /* x [N, K], W [K, M] (or [M, K] transposed), b [M] (optional), residual [N, M] (optional),
- * y [N, M]. */
+ * y [N, M]; or, for a block of a split product, y its columns col0 .. col0 + y.cols - 1
+ * and the views of W, b and residual moved to them. */
 struct linear_fwd_task {
   struct eellm_tensor_view x, w, res, y;
   const float *bias;
@@ -31,6 +33,9 @@ static struct linear_fwd_task linear_fwd_task(void *buffers[], const struct line
   if (args->has_bias) t.bias = (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
   if (args->has_residual) t.res = eellm_tensor_view(buffers[b++]);
   t.y = eellm_tensor_view(buffers[b]);
+  t.w.ptr += args->col0 * (args->transpose_w ? t.w.ld : 1) * sizeof(float);
+  if (t.bias) t.bias += args->col0;
+  if (t.res.ptr) t.res.ptr += args->col0 * sizeof(float);
   return t;
 }
 
@@ -95,6 +100,13 @@ static void linear_bwd_cuda(void *buffers[], void *cl_arg) {
 }
 #endif
 
+/* A thin product (decoding: a row per sequence) on a weight of at least
+ * SPLIT_MIN_BYTES is split into column blocks of y, one task each, all reading
+ * the whole x and W: each streams its share of W, which at batch 1 would
+ * otherwise stream through one core while the others wait. */
+#define SPLIT_MAX_ROWS 64
+#define SPLIT_MIN_BYTES ((size_t)1 << 21)
+
 void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, starpu_data_handle_t b,
                              starpu_data_handle_t residual, starpu_data_handle_t y, int transpose_w,
                              const struct eellm_task_info *info) {
@@ -106,8 +118,24 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   buffers[n++] = (struct starpu_data_descr){w, STARPU_R};
   if (b) buffers[n++] = (struct starpu_data_descr){b, STARPU_R};
   if (residual) buffers[n++] = (struct starpu_data_descr){residual, STARPU_R};
-  buffers[n++] = (struct starpu_data_descr){y, STARPU_W};
-  eellm_submit(&linear_fwd_cl, buffers, n, &args, sizeof args, info);
+  size_t cols = starpu_matrix_get_nx(y);
+  int thin =
+      starpu_matrix_get_ny(y) <= SPLIT_MAX_ROWS && starpu_data_get_size(w) >= SPLIT_MIN_BYTES;
+  unsigned blocks = thin ? eellm_split_count(cols) : 1;
+  if (blocks == 1) {
+    buffers[n] = (struct starpu_data_descr){y, STARPU_W};
+    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, info);
+    return;
+  }
+  starpu_data_handle_t parts[EELLM_SPLIT_MAX];
+  eellm_split_outputs(y, blocks, parts);
+  for (unsigned i = 0; i < blocks; i++) {
+    args.col0 = eellm_split_at(cols, blocks, i);
+    buffers[n] = (struct starpu_data_descr){parts[i], STARPU_W};
+    struct eellm_task_info block = eellm_split_info(info, i);
+    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, &block);
+  }
+  eellm_join_outputs(y, blocks, parts, info);
 }
 
 void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,

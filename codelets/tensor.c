@@ -1,7 +1,8 @@
 /* StarPU glue of the whole-tensor helpers on matrix or vector handles (kernels
  * in cpu/tensor.c and cuda/tensor.cu): zero, dst += alpha * src, dst = src, and
  * setting a vector from bytes carried by the task itself, on the host (the bytes
- * are in main memory; StarPU moves the result to where its readers run). */
+ * are in main memory; StarPU moves the result to where its readers run); and
+ * the column blocks of a split task's output, joined on the host. */
 #include "glue.h"
 
 struct axpy_args {
@@ -12,6 +13,7 @@ EELLM_CODELET(zero)
 EELLM_CODELET(axpy)
 EELLM_CODELET(copy)
 EELLM_CODELET_CPU(vector_set)
+EELLM_CODELET_CPU(join_cols)
 
 /* Aborts unless dst and src have one shape and element size (a graph's bug). */
 static void check_same_shape(const char *op, const struct eellm_tensor_view *dst,
@@ -47,6 +49,21 @@ static void copy_cpu(void *buffers[], void *cl_arg) {
   struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
   check_same_shape("copy", &dst, &src);
   eellm_cpu_copy(dst.rows, dst.cols, dst.elemsize, src.ptr, src.ld, dst.ptr, dst.ld);
+}
+
+/* dst [R, C] (matrix or vector), then its column blocks in order, of dst's rows
+ * and element size. */
+static void join_cols_cpu(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  unsigned n = STARPU_TASK_GET_NBUFFERS(starpu_task_get_current());
+  struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
+  size_t col = 0;
+  for (unsigned i = 1; i < n; i++) {
+    struct eellm_tensor_view part = eellm_tensor_view(buffers[i]);
+    eellm_cpu_copy(part.rows, part.cols, part.elemsize, part.ptr, part.ld,
+                   dst.ptr + col * dst.elemsize, dst.ld);
+    col += part.cols;
+  }
 }
 
 #ifdef STARPU_USE_CUDA
@@ -113,4 +130,26 @@ void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
   eellm_submit(&vector_set_cl, buffers, 1, data,
                starpu_matrix_get_nx(m) * starpu_matrix_get_ny(m) * starpu_matrix_get_elemsize(m),
                info);
+}
+
+void eellm_split_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts) {
+  int matrix = starpu_data_get_interface_id(dst) == STARPU_MATRIX_INTERFACE_ID;
+  size_t cols = matrix ? starpu_matrix_get_nx(dst) : starpu_vector_get_nx(dst);
+  size_t elemsize = matrix ? starpu_matrix_get_elemsize(dst) : starpu_vector_get_elemsize(dst);
+  for (unsigned i = 0; i < n; i++) {
+    size_t width = eellm_split_at(cols, n, i + 1) - eellm_split_at(cols, n, i);
+    if (matrix)
+      starpu_matrix_data_register(&parts[i], -1, 0, width, width, starpu_matrix_get_ny(dst),
+                                  elemsize);
+    else
+      starpu_vector_data_register(&parts[i], -1, 0, width, elemsize);
+  }
+}
+
+void eellm_join_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts,
+                        const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[EELLM_SPLIT_MAX + 1] = {{dst, STARPU_W}};
+  for (unsigned i = 0; i < n; i++) buffers[i + 1] = (struct starpu_data_descr){parts[i], STARPU_R};
+  eellm_submit(&join_cols_cl, buffers, (int)n + 1, NULL, 0, info);
+  for (unsigned i = 0; i < n; i++) starpu_data_unregister_submit(parts[i]);
 }

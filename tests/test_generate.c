@@ -20,7 +20,9 @@
  * - top_p_decay follows EE-LLM's rule, and once top-p falls under every
  *   probability each token is its logits' argmax (recompute and speculative);
  * - prevent_newline_after_colon, byte and GPT-2 tokenizers, on a model edited
- *   to prefer the newline after the colon: the next best token instead. */
+ *   to prefer the newline after the colon: the next best token instead;
+ * - on a model with a wide vocabulary, whose head's product and choices are
+ *   split into blocks across the CPU workers: exits off and batches as above. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -835,7 +837,7 @@ static void test_speculative_sampling(struct fixture *f, unsigned draft_layer, u
 int main(void) {
   tu_start();
   if (!mkdtemp(tmpdir)) return 1;
-  struct fixture gpt = {0}, llama = {0};
+  struct fixture gpt = {0}, llama = {0}, wide = {0};
   fixture_open(&gpt, "tests/specs/gen_gpt.txtpb", 3);
   test_exits_off(&gpt);
   test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
@@ -862,6 +864,12 @@ int main(void) {
   test_speculative(&llama);
   test_speculative_sampling(&llama, 2, 1);
   fixture_close(&llama);
+
+  fixture_open(&wide, "tests/specs/gen_wide.txtpb", 5);
+  test_exits_off(&wide);
+  test_batch(&wide, EELLM_GEN_RECOMPUTE, 0.8f);
+  test_batch(&wide, EELLM_GEN_PIPELINE, 0.8f);
+  fixture_close(&wide);
   rmdir(tmpdir);
   return tu_finish();
 }
