@@ -1,13 +1,14 @@
 /* What the CPU kernels' hot loops share to run on the machine's vector units:
  * function multiversioning, and an exp that compilers vectorise.
  *
- * EELLM_VECTORIZED before a kernel's definition compiles it three times (x86-64-v4:
- * AVX-512; x86-64-v3: AVX2 and FMA; the baseline) and picks one at load time from
- * the CPU (an ifunc), so one binary runs at full width wherever it is built and
- * runs: -march=native would tie the build to the build machine, and CI builds on
- * another machine of the same kind. Other compilers and architectures get the
- * plain function. A clone with FMA may round differently from the baseline; on one
- * machine a kernel always gives the same bits. */
+ * EELLM_VECTORIZED before a static function's definition compiles it three times
+ * (x86-64-v4: AVX-512; x86-64-v3: AVX2 and FMA; the baseline) and picks one at load
+ * time from the CPU (an ifunc), so one binary runs at full width wherever it is built
+ * and runs: -march=native would tie the build to the build machine, and CI builds on
+ * another machine of the same kind. Static only: GCC exports the ifunc of an external
+ * function whatever its visibility, so kernels call such helpers (a row's loop, say).
+ * Other compilers and architectures get the plain function. A clone with FMA may round
+ * differently from the baseline; on one machine a kernel always gives the same bits. */
 #ifndef EELLM_CPU_VECTOR_H
 #define EELLM_CPU_VECTOR_H
 
