@@ -8,7 +8,9 @@
  *
  * WARMUP untimed steps (default 1) come first: they warm caches and calibrate the perf
  * models (with GPUs, StarPU runs each codelet on each kind of worker until it has
- * STARPU_CALIBRATE_MINIMUM measurements). flops_per_token (forward and backward:
+ * STARPU_CALIBRATE_MINIMUM measurements). EELLM_BENCH_BLAS_THREADS=N gives OpenBLAS N
+ * threads inside every task once the runtime has started (which sets 1): with STARPU_NCPU=1,
+ * one worker whose products use every core, as PyTorch's do. flops_per_token (forward and backward:
  * 3x the forward, causal attention counted once per key seen) lets the caller
  * put any peer's tokens/s against one peak. */
 #include <cblas.h>
@@ -101,6 +103,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", start_err);
     return 1;
   }
+  const char *blas_threads = getenv("EELLM_BENCH_BLAS_THREADS");
+  if (blas_threads) openblas_set_num_threads(atoi(blas_threads));
   eellm_model *m = eellm_model_create(spec, batch, seq, err, sizeof err);
   if (!m) {
     fprintf(stderr, "%s\n", err);
