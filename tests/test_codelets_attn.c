@@ -172,6 +172,50 @@ static void rope_convention_check(const struct eellm_task_info *ti, void *ctx) {
   tu_check("attn rope rotate-half convention (lse)", lse, want, 4, 1e-6, 1e-7);
 }
 
+/* Several query blocks and key chunks of the CPU's tiled kernel (64 rows, 256 keys): keys
+ * whose scores grow with their position, so that every row's largest score is in its last
+ * chunk and the online softmax must rescale what the earlier chunks gave; out and lse
+ * against the reference, dqkv against finite differences on every 23rd element. */
+static void tiled_chunks_check(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
+  static const struct attn_case c = {1, 300, 1, 8, 0, 10000, 0};
+  size_t N = c.T, W = 3 * c.D;
+  float *qkv = tu_alloc(N * W), *out = tu_alloc(N * c.D), *lse = tu_alloc(N);
+  float *dout = tu_alloc(N * c.D), *dqkv = tu_alloc(N * W);
+  for (size_t t = 0; t < N; t++)
+    for (size_t i = 0; i < c.D; i++) {
+      qkv[t * W + i] = (float)tu_uniform(0.5, 1);                          /* q */
+      qkv[t * W + c.D + i] = (float)(4.0 * t / N + tu_uniform(-0.1, 0.1)); /* k */
+      qkv[t * W + 2 * c.D + i] = (float)tu_uniform(-1, 1);                 /* v */
+    }
+  tu_fill(dout, N * c.D, -1, 1);
+  starpu_data_handle_t h_qkv = tu_matrix(qkv, N, W), h_lse = tu_matrix(lse, N, 1);
+  eellm_insert_attention_fwd(h_qkv, tu_matrix(out, N, c.D), h_lse, c.T, c.H, 0, c.theta, ti);
+  eellm_insert_attention_bwd(h_qkv, h_lse, tu_matrix(dout, N, c.D), tu_matrix(dqkv, N, W), c.T, c.H,
+                             0, c.theta, 0, ti);
+  tu_sync_all();
+  struct attn_ref r = {&c,
+                       tu_to_f64(qkv, N * W),
+                       tu_to_f64(dout, N * c.D),
+                       tu_alloc_f64(N * c.D),
+                       tu_alloc_f64(N),
+                       tu_alloc_f64(c.T * c.D),
+                       tu_alloc_f64(c.D),
+                       tu_alloc_f64(c.T)};
+  ref_forward(&r);
+  tu_check("attn tiled chunks out", out, r.out, N * c.D, 1e-5, 1e-6);
+  tu_check("attn tiled chunks lse", lse, r.lse, N, 1e-5, 1e-6);
+  enum { STRIDE = 23 };
+  size_t n_fd = (N * W + STRIDE - 1) / STRIDE;
+  float *got = tu_alloc(n_fd);
+  double *want = tu_alloc_f64(n_fd);
+  for (size_t k = 0; k < n_fd; k++) {
+    got[k] = dqkv[k * STRIDE];
+    want[k] = tu_fd(ref_loss, &r, r.qkv, k * STRIDE, 1e-5);
+  }
+  tu_check("attn tiled chunks dqkv vs finite differences", got, want, n_fd, 1e-4, 1e-5);
+}
+
 int main(void) {
   tu_start();
   tu_seed(11);
@@ -190,5 +234,6 @@ int main(void) {
   }
   static const char *const fwd[] = {"attention_fwd", NULL};
   tu_for_each_backend("attn rope convention", fwd, rope_convention_check, NULL);
+  tu_for_each_backend("attn tiled chunks", ops, tiled_chunks_check, NULL);
   return tu_finish();
 }

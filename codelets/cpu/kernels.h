@@ -108,17 +108,15 @@ void eellm_cpu_rope_rotate(size_t n, size_t hd, const float *x, size_t ld_x, flo
 void eellm_cpu_rope_unrotate(size_t n, size_t hd, const float *dy, size_t ld_dy, float *dx,
                              size_t ld_dx, int accumulate, const float *cos_t, const float *sin_t,
                              size_t ld_cs);
-/* scores [rows, keys] (ld_s) -> causal probabilities in place: row r is a
- * softmax over its first first_seen + r entries, zero after. lse [r * ld_lse]
- * = the log-sum-exp of those entries (lse may be NULL). */
-void eellm_cpu_causal_softmax(size_t rows, size_t keys, size_t first_seen, float *scores,
-                              size_t ld_s, float *lse, size_t ld_lse);
-/* One head of causal attention for a block of query rows: scores [rows, keys]
- * (work, ld keys) = q [rows, hd] k [keys, hd]^T / sqrt(hd), causal softmax
- * (row r sees keys 0 .. first_seen + r - 1; lse as above, may be NULL), then
- * out [rows, hd] = P v [keys, hd]. The training forward (a whole sequence:
- * first_seen 1) and the cached attention (new rows after first_seen - 1 cached
- * keys) both run this. */
+/* One head of causal attention for a block of query rows: row r of q [rows, hd]
+ * meets keys 0 .. first_seen + r - 1 of k [keys, hd] (scores q k^T / sqrt(hd),
+ * causal softmax, then out [rows, hd] = P v [keys, hd]), tiled (no [rows, keys]
+ * matrix; keys no row sees are not read); lse [r * ld_lse] = the row's log-sum-exp
+ * of its scores (lse may be NULL). scores: work of eellm_cpu_attend_work_floats(rows,
+ * keys) floats (at most rows x keys). The training forward (a whole sequence:
+ * first_seen 1) and the cached attention (new rows after first_seen - 1 cached keys)
+ * both run this. */
+size_t eellm_cpu_attend_work_floats(size_t rows, size_t keys);
 void eellm_cpu_attend(size_t rows, size_t keys, size_t first_seen, size_t hd, const float *q,
                       size_t ld_q, const float *k, size_t ld_k, const float *v, size_t ld_v,
                       float *out, size_t ld_out, float *scores, float *lse, size_t ld_lse);

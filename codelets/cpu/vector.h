@@ -1,0 +1,55 @@
+/* What the CPU kernels' hot loops share to run on the machine's vector units:
+ * function multiversioning, and an exp that compilers vectorise.
+ *
+ * EELLM_VECTORIZED before a static function's definition compiles it three times
+ * (x86-64-v4: AVX-512; x86-64-v3: AVX2 and FMA; the baseline) and picks one at load
+ * time from the CPU (an ifunc), so one binary runs at full width wherever it is built
+ * and runs: -march=native would tie the build to the build machine, and CI builds on
+ * another machine of the same kind. Static only: GCC exports the ifunc of an external
+ * function whatever its visibility, so kernels call such helpers (a row's loop, say).
+ * Other compilers and architectures get the plain function. A clone with FMA may round
+ * differently from the baseline; on one machine a kernel always gives the same bits. */
+#ifndef EELLM_CPU_VECTOR_H
+#define EELLM_CPU_VECTOR_H
+
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
+#define EELLM_VECTORIZED \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EELLM_VECTORIZED
+#endif
+
+/* exp(x) in float, within 2 ulp of expf over its range, branch-free so that loops over it
+ * vectorise (libm's expf is a call per element): x = n ln2 + r, |r| <= ln2 / 2, exp(r)
+ * by Cephes' degree-6 polynomial, times 2^n made in the exponent bits. Below -87.3
+ * (where expf goes subnormal) it is 0, above 88 inf (expf overflows at 88.72: the kernels only
+ * feed it shifted logits <= 0 and sigmoid arguments, where both give the same); NaN stays NaN. */
+static inline float eellm_vexpf(float x) {
+  const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+  float xc = x > 88.0f ? 88.0f : x;
+  xc = xc < -87.3f ? -87.3f : xc;
+  float t = xc * 1.44269504088896341f + magic;
+  float n = t - magic;
+  union {
+    float f;
+    int32_t i;
+  } bits = {t};
+  int32_t n_bits = bits.i - 0x4B400000; /* minus the bits of magic: n as an integer */
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  bits.i = (n_bits + 127) << 23; /* 2^n */
+  float y = p * bits.f;
+  y = x < -87.3f ? 0.0f : y;
+  return x > 88.0f ? __builtin_inff() : y;
+}
+
+#endif
