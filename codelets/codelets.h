@@ -191,7 +191,7 @@ void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t tar
                            starpu_data_handle_t dlogits, float scale, float temperature,
                            int dynamic, const struct eellm_task_info *info);
 
-/* ---- xent_parallel.c: vocabulary-parallel cross-entropy ------------------ */
+/* ---- crossentropy.c: vocabulary-parallel cross-entropy ----------------- */
 /* Each tensor-parallel rank holds logits [N, V] of vocabulary rows vocab_lo ..
  * vocab_lo + V - 1. rowstats [N, 3] (W) = the part's row statistics at the
  * temperature: (max, sum of exp, target logit or 0); the ranks combine them

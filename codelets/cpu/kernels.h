@@ -161,7 +161,7 @@ void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, const double *stats,
                         float scale, float temperature, int dynamic, float *dlogits, size_t ld_d);
 
-/* ---- xent_parallel.c: vocabulary-parallel cross-entropy ------------------- */
+/* vocabulary-parallel cross-entropy (crossentropy.c) */
 
 /* rowstats [n, 3] = per row of logits [n, V], tokens [vocab_lo, vocab_lo + V)
  * of the vocabulary, scaled by 1 / temperature: (max, sum of exp(u - max),
