@@ -98,10 +98,18 @@ static void allreduce_softmax_cpu(void *buffers[], void *cl_arg) {
   each_run(buffers[0], cl_arg, sum_op);
 }
 
+/* info, of kind collective whatever the caller's (the traces count them apart). */
+static struct eellm_task_info collective_info(const struct eellm_task_info *info) {
+  struct eellm_task_info c = info ? *info : eellm_task_default;
+  c.kind = EELLM_KIND_COLLECTIVE;
+  return c;
+}
+
 static void submit(struct starpu_codelet *cl, starpu_data_handle_t x, starpu_data_handle_t seq,
                    struct collective_args args, const struct eellm_task_info *info) {
   struct starpu_data_descr buffers[] = {{x, STARPU_RW}, {seq, STARPU_RW}};
-  eellm_submit(cl, buffers, 2, &args, sizeof args, info);
+  struct eellm_task_info c = collective_info(info);
+  eellm_submit(cl, buffers, 2, &args, sizeof args, &c);
 }
 
 void eellm_insert_allreduce_sum(starpu_data_handle_t x, starpu_data_handle_t seq, MPI_Comm comm,
@@ -161,7 +169,8 @@ void eellm_insert_allgather_cols(starpu_data_handle_t part, starpu_data_handle_t
   struct starpu_data_descr buffers[4] = {{part, STARPU_R}, {whole, STARPU_W}, {seq, STARPU_RW}};
   size_t bytes = starpu_matrix_get_nx(whole) * starpu_matrix_get_ny(whole) * sizeof(float);
   int n = eellm_add_scratch(buffers, 3, bytes);
-  eellm_submit(&allgather_cols_cl, buffers, n, &args, sizeof args, info);
+  struct eellm_task_info c = collective_info(info);
+  eellm_submit(&allgather_cols_cl, buffers, n, &args, sizeof args, &c);
 }
 
 void eellm_insert_allreduce_softmax(starpu_data_handle_t rowstats, starpu_data_handle_t seq,

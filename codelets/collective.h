@@ -6,7 +6,8 @@
  * while StarPU runs ready tasks in any order. Each task therefore also takes
  * `seq`, a sequencing handle of its rank, in mode RW: StarPU then runs the
  * tasks sharing it in submission order, and ranks that submit the same
- * collectives in the same order run them in that order. */
+ * collectives in the same order run them in that order. Their tasks are of kind
+ * EELLM_KIND_COLLECTIVE, whatever info says. */
 #ifndef EELLM_CODELETS_COLLECTIVE_H
 #define EELLM_CODELETS_COLLECTIVE_H
 

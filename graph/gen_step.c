@@ -156,9 +156,7 @@ static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head 
   if (c->m->tp_comm == MPI_COMM_NULL) return logits;
   /* Each rank's vocabulary columns, side by side: decisions read whole rows. */
   starpu_data_handle_t whole = temp(c, M, c->m->spec->vocab_size);
-  struct eellm_task_info gather = *ti;
-  gather.kind = EELLM_KIND_COLLECTIVE;
-  eellm_insert_allgather_cols(logits, whole, c->m->seq_h[c->stage], c->m->tp_comm, &gather);
+  eellm_insert_allgather_cols(logits, whole, c->m->seq_h[c->stage], c->m->tp_comm, ti);
   return whole;
 }
 

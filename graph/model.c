@@ -168,7 +168,7 @@ static void build_table(struct eellm_model *m) {
   }
 }
 
-/* The part of t that tensor index k holds (placement.h's eellm_tp_range). */
+/* The part of t that tensor index k holds (eellm_tp_range, codelets/collective.h). */
 static struct eellm_part part_at(const struct eellm_model *m, const struct eellm_tensor *t,
                                  unsigned k) {
   struct eellm_part p = t->part;

@@ -114,11 +114,8 @@ void eellm_model_submit_optimizer(eellm_model *m, const Eellm__AdamW *opt, unsig
     ti.node = eellm_stage_rank(&m->place, m->tensors[i].owner);
     eellm_insert_sumsq(m->tensors[i].grad, m->sumsq_h[i], &ti);
     /* A split tensor's parts add up; a whole one counts once, from any rank. */
-    if (m->tp_comm != MPI_COMM_NULL && m->tensors[i].part.split != EELLM_SPLIT_NONE) {
-      ti.kind = EELLM_KIND_COLLECTIVE;
+    if (m->tp_comm != MPI_COMM_NULL && m->tensors[i].part.split != EELLM_SPLIT_NONE)
       eellm_insert_allreduce_sum(m->sumsq_h[i], m->seq_h[m->tensors[i].owner], m->tp_comm, &ti);
-      ti.kind = EELLM_KIND_OPTIMIZER;
-    }
     sumsqs[n++] = m->sumsq_h[i];
   }
   /* The replica's root gathers every stage's squared norms; every stage reads the factor back. */

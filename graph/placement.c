@@ -125,6 +125,17 @@ unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k) {
   return p->exit_stage[k];
 }
 
+void eellm_stage_layers(const struct eellm_placement *p, unsigned n_layers, unsigned stage,
+                        unsigned *first, unsigned *last) {
+  *first = n_layers;
+  *last = 0;
+  for (unsigned i = 0; i < n_layers; i++)
+    if (p->layer_stage[i] == stage) {
+      *first = i < *first ? i : *first;
+      *last = i;
+    }
+}
+
 int eellm_root_rank(const struct eellm_placement *p) { return eellm_stage_rank(p, 0); }
 
 int eellm_gathers(const struct eellm_placement *p) { return p->self.data == 0; }
@@ -160,12 +171,8 @@ void eellm_placement_describe(const struct eellm_placement *p, unsigned n_layers
   buf[0] = '\0';
   for (int rank = 0; rank < (int)(l->pp * l->tp * l->dp) && used < n; rank++) {
     struct eellm_coords c = eellm_layout_coords(l, rank);
-    unsigned first = n_layers, last = 0;
-    for (unsigned i = 0; i < n_layers; i++)
-      if (p->layer_stage[i] == c.stage) {
-        first = i < first ? i : first;
-        last = i;
-      }
+    unsigned first, last;
+    eellm_stage_layers(p, n_layers, c.stage, &first, &last);
     int wrote =
         snprintf(buf + used, n - used,
                  "rank %d: stage %u (layers %u-%u), replica %u, tensor %u; AdamW moments "

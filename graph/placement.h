@@ -72,6 +72,9 @@ void eellm_placement_free(struct eellm_placement *p);
 
 /* The rank that runs stage s's tasks and owns the buffers they write. */
 int eellm_stage_rank(const struct eellm_placement *p, unsigned stage);
+/* The first and last (0-based) of the n_layers layers on `stage` (every stage has one). */
+void eellm_stage_layers(const struct eellm_placement *p, unsigned n_layers, unsigned stage,
+                        unsigned *first, unsigned *last);
 /* The stage of exit k; k == n_exits is the final head (the last stage). */
 unsigned eellm_exit_stage(const struct eellm_placement *p, unsigned k);
 /* The rank that gathers figures from every stage of this process's replica

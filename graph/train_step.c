@@ -165,11 +165,9 @@ static void cross_entropy(struct micro *mb, const struct eellm_head *h, const st
     return;
   }
   starpu_data_handle_t rowstats = act(mb, 3);
-  struct eellm_task_info exchange = *ti;
-  exchange.kind = EELLM_KIND_COLLECTIVE;
   eellm_insert_xent_part_stats(logits, mb->targets, rowstats, m->share.vocab_lo, h->temperature,
                                ti);
-  eellm_insert_allreduce_softmax(rowstats, m->seq_h[mb->pass.stage], m->tp_comm, &exchange);
+  eellm_insert_allreduce_softmax(rowstats, m->seq_h[mb->pass.stage], m->tp_comm, ti);
   eellm_insert_xent_stats_fwd(rowstats, mb->mask, l->stats, dynamic, ti);
   if (dlogits)
     eellm_insert_xent_part_bwd(logits, mb->targets, mb->mask, rowstats, l->stats, dlogits,
@@ -315,12 +313,8 @@ static void final_head(struct micro *mb) {
  * exit living there once the layer it reads ran, and the final head on the last. */
 static void forward_phase(struct micro *mb, unsigned st) {
   struct eellm_model *m = mb->m;
-  unsigned n_layers = m->spec->n_layers, first = n_layers, last = 0;
-  for (unsigned i = 0; i < n_layers; i++)
-    if (m->place.layer_stage[i] == st) {
-      first = i < first ? i : first;
-      last = i;
-    }
+  unsigned first, last;
+  eellm_stage_layers(&m->place, m->spec->n_layers, st, &first, &last);
   if (st == 0) load_inputs(mb, &mb->share);
   enter(mb, st);
   struct eellm_task_info fwd = info(mb, EELLM_KIND_FORWARD, PRIO_FORWARD, -1);

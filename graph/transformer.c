@@ -39,10 +39,7 @@ void eellm_grad_scratch_init(const struct eellm_pass *p, struct eellm_grad_scrat
 void eellm_tp_sum(const struct eellm_pass *p, starpu_data_handle_t x,
                   const struct eellm_task_info *ti) {
   const struct eellm_model *m = p->m;
-  if (m->tp_comm == MPI_COMM_NULL) return;
-  struct eellm_task_info c = *ti;
-  c.kind = EELLM_KIND_COLLECTIVE;
-  eellm_insert_allreduce_sum(x, m->seq_h[p->stage], m->tp_comm, &c);
+  if (m->tp_comm != MPI_COMM_NULL) eellm_insert_allreduce_sum(x, m->seq_h[p->stage], m->tp_comm, ti);
 }
 
 /* y [rows, D] = norm(x) with gain and bias tensors; stats [rows, 2] kept for backward. */

@@ -56,10 +56,6 @@ void eellm_mpi_register(starpu_data_handle_t h, int owner) {
   if (active) starpu_mpi_data_register(h, next_tag++, owner);
 }
 
-void eellm_mpi_gather(starpu_data_handle_t h, int root) {
-  if (active) starpu_mpi_get_data_on_node(MPI_COMM_WORLD, h, root);
-}
-
 void eellm_mpi_send_to(starpu_data_handle_t h, int node) {
   if (active) starpu_mpi_get_data_on_node_detached(MPI_COMM_WORLD, h, node, NULL, NULL);
 }

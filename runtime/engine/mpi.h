@@ -17,8 +17,6 @@ MPI_Comm eellm_mpi_comm(void);
 /* Gives h an MPI identity (a tag, the same on every rank because every rank
  * registers in the same order) and its owner. No-op without MPI. */
 void eellm_mpi_register(starpu_data_handle_t h, int owner);
-/* Brings h to rank `root` (collective: every rank calls it in the same order). */
-void eellm_mpi_gather(starpu_data_handle_t h, int root);
 /* Brings h to rank `node` once its writers have run (called by h's owner and by
  * node, asynchronous: node's next access to h waits for its copy). */
 void eellm_mpi_send_to(starpu_data_handle_t h, int node);
