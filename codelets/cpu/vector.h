@@ -34,9 +34,9 @@ static inline float eellm_vexpf(float x) {
   float n = t - magic;
   union {
     float f;
-    int32_t i;
+    uint32_t u; /* unsigned: a NaN's bits wrap where a signed int's would overflow */
   } bits = {t};
-  int32_t n_bits = bits.i - 0x4B400000; /* minus the bits of magic: n as an integer */
+  uint32_t n_bits = bits.u - 0x4B400000u; /* minus the bits of magic: n as an integer */
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -46,7 +46,7 @@ static inline float eellm_vexpf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  bits.i = (n_bits + 127) << 23; /* 2^n */
+  bits.u = (n_bits + 127u) << 23; /* 2^n */
   float y = p * bits.f;
   y = x < -87.3f ? 0.0f : y;
   return x > 88.0f ? __builtin_inff() : y;
