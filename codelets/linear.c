@@ -16,6 +16,10 @@ struct linear_bwd_args {
 
 EELLM_CODELET(linear_fwd)
 EELLM_CODELET(linear_bwd)
+/* The weight and bias gradients of a backward, as a task of their own (same
+ * buffers and kernel as linear_bwd): nothing on the backward's critical path
+ * waits for them, so another worker computes them while the chain goes on. */
+EELLM_CODELET(linear_dw)
 
 /* x [N, K], W [K, M] (or [M, K] transposed), b [M] (optional), residual [N, M] (optional),
  * y [N, M]; or, for a block of a split product, y its columns col0 .. col0 + y.cols - 1
@@ -79,6 +83,8 @@ static void linear_bwd_cpu(void *buffers[], void *cl_arg) {
                        (float *)t.dw.ptr, t.dw.ld, t.db, t.work);
 }
 
+static void linear_dw_cpu(void *buffers[], void *cl_arg) { linear_bwd_cpu(buffers, cl_arg); }
+
 #ifdef STARPU_USE_CUDA
 static void linear_fwd_cuda(void *buffers[], void *cl_arg) {
   const struct linear_fwd_args *args = cl_arg;
@@ -98,6 +104,8 @@ static void linear_bwd_cuda(void *buffers[], void *cl_arg) {
                         (float *)t.dw.ptr, t.dw.ld, t.db, t.work, starpu_cuda_get_local_stream(),
                         eellm_cublas_handle());
 }
+
+static void linear_dw_cuda(void *buffers[], void *cl_arg) { linear_bwd_cuda(buffers, cl_arg); }
 #endif
 
 /* A thin product (decoding: a row per sequence) on a weight of at least
@@ -138,21 +146,21 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   eellm_join_outputs(y, blocks, parts, info);
 }
 
-void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
-                             starpu_data_handle_t dy, starpu_data_handle_t dx,
-                             starpu_data_handle_t dw, starpu_data_handle_t db, int transpose_w,
-                             int beta_dx, const struct eellm_task_info *info) {
-  struct linear_bwd_args args = {.transpose_w = transpose_w,
-                                 .beta_dx = beta_dx,
-                                 .has_dx = dx != NULL,
-                                 .has_dw = dw != NULL,
-                                 .has_db = db != NULL};
+/* One task of a backward: the gradients args asks for, with their buffers. */
+static void submit_linear_bwd(struct starpu_codelet *cl, starpu_data_handle_t x,
+                              starpu_data_handle_t w, starpu_data_handle_t dy,
+                              starpu_data_handle_t dx, starpu_data_handle_t dw,
+                              starpu_data_handle_t db, struct linear_bwd_args args,
+                              const struct eellm_task_info *info) {
+  args.has_dx = dx != NULL;
+  args.has_dw = dw != NULL;
+  args.has_db = db != NULL;
   struct starpu_data_descr buffers[7];
   int n = 0;
   buffers[n++] = (struct starpu_data_descr){x, STARPU_R};
   buffers[n++] = (struct starpu_data_descr){w, STARPU_R};
   buffers[n++] = (struct starpu_data_descr){dy, STARPU_R};
-  if (dx) buffers[n++] = (struct starpu_data_descr){dx, beta_dx ? STARPU_RW : STARPU_W};
+  if (dx) buffers[n++] = (struct starpu_data_descr){dx, args.beta_dx ? STARPU_RW : STARPU_W};
   if (dw) buffers[n++] = (struct starpu_data_descr){dw, STARPU_RW};
   if (db) buffers[n++] = (struct starpu_data_descr){db, STARPU_RW};
   size_t cols = starpu_matrix_get_nx(dy);
@@ -160,5 +168,21 @@ void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
                         EELLM_WORK_BYTES(eellm_cpu_linear_bwd_work_bytes(cols, db != NULL),
                                          eellm_cuda_linear_bwd_work_bytes(starpu_matrix_get_ny(dy),
                                                                           cols, db != NULL)));
-  eellm_submit(&linear_bwd_cl, buffers, n, &args, sizeof args, info);
+  eellm_submit(cl, buffers, n, &args, sizeof args, info);
+}
+
+/* dx on the chain (linear_bwd), dW and db beside it (linear_dw) at one priority less. */
+void eellm_insert_linear_bwd(starpu_data_handle_t x, starpu_data_handle_t w,
+                             starpu_data_handle_t dy, starpu_data_handle_t dx,
+                             starpu_data_handle_t dw, starpu_data_handle_t db, int transpose_w,
+                             int beta_dx, const struct eellm_task_info *info) {
+  struct linear_bwd_args args = {.transpose_w = transpose_w, .beta_dx = beta_dx};
+  if (!dx || (!dw && !db)) {
+    submit_linear_bwd(&linear_bwd_cl, x, w, dy, dx, dw, db, args, info);
+    return;
+  }
+  submit_linear_bwd(&linear_bwd_cl, x, w, dy, dx, NULL, NULL, args, info);
+  struct eellm_task_info beside = *info;
+  beside.priority--;
+  submit_linear_bwd(&linear_dw_cl, x, w, dy, NULL, dw, db, args, &beside);
 }

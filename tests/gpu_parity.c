@@ -339,6 +339,7 @@ static void check_coverage(void) {
                                        "norm_bwd",
                                        "linear_fwd",
                                        "linear_bwd",
+                                       "linear_dw",
                                        "activation_fwd",
                                        "activation_bwd",
                                        "attention_fwd",

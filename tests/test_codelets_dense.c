@@ -530,7 +530,7 @@ int main(void) {
       {"linear frozen W N=6 padded", 6, 12, 37, 0, 1, 1, 1, 1, 0, 1},
       {"linear transpose_w bias padded", 14, 13, 9, 1, 1, 0, 1, 0, 1, 1},
   };
-  static const char *const linear_ops[] = {"linear_fwd", "linear_bwd", NULL};
+  static const char *const linear_ops[] = {"linear_fwd", "linear_bwd", "linear_dw", NULL};
   for (size_t i = 0; i < sizeof linear_cases / sizeof linear_cases[0]; i++)
     tu_for_each_backend(linear_cases[i].name, linear_ops, test_linear, (void *)&linear_cases[i]);
 
