@@ -246,7 +246,10 @@ static void check_cache_complete(struct fixture *f, const char *what, size_t slo
   char label[256];
   printf("  %-52s cache: %2zu positions x %u layers, max err %.1e\n", what, n, f->L, worst);
   snprintf(label, sizeof label, "%s: caches complete (every layer equals a prefill)", what);
-  tu_check(label, after, tu_to_f64(prefill, f->L * per_layer), f->L * per_layer, 1e-5, 1e-5);
+  /* One row at a time (matrix-vector products) against a prefill's matrix products: the sums
+   * run in other orders, and deeper layers compound the difference (1.8e-5 seen with AVX-512
+   * OpenBLAS kernels); the logits that follow are held to LOGIT_ATOL. */
+  tu_check(label, after, tu_to_f64(prefill, f->L * per_layer), f->L * per_layer, 1e-5, 5e-5);
 }
 
 static void test_exits_off(struct fixture *f) {
