@@ -486,6 +486,18 @@ static int setup_collectives(struct eellm_model *m, char *err, size_t errlen) {
   return 0;
 }
 
+/* The CPU workers that slices of a micro-batch share may spread over: every
+ * rank's, the fewest of any (ranks slice alike, so their loss statistics line
+ * up); 1 where a GPU works, which wants whole micro-batches, and where the
+ * placement slices nothing (then the ranks need not meet here). */
+static unsigned slice_workers(const struct eellm_placement *p) {
+  if (p->layout.pp > 1 || p->layout.tp > 1) return 1;
+  int workers = starpu_cuda_worker_get_count() > 0 ? 1 : (int)starpu_cpu_worker_get_count();
+  if (eellm_mpi_active()) /* every replica creates the model, as it splits dp_comm */
+    MPI_Allreduce(MPI_IN_PLACE, &workers, 1, MPI_INT, MPI_MIN, eellm_mpi_comm());
+  return workers > 1 ? (unsigned)workers : 1;
+}
+
 eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned micro_batch,
                                          unsigned seq_len, const Eellm__Parallelism *par, char *err,
                                          size_t errlen) {
@@ -526,6 +538,7 @@ eellm_model *eellm_model_create_parallel(const Eellm__Model *spec_in, unsigned m
     eellm_model_destroy(m);
     return NULL;
   }
+  eellm_placement_set_slices(&m->place, slice_workers(&m->place), micro_batch / par->dp);
   m->micro_batch = micro_batch;
   m->seq_len = seq_len;
   m->d_ffn = eellm_model_spec_ffn_size(spec);

@@ -41,18 +41,24 @@ static int check_tensor_split(const Eellm__Model *spec, unsigned tp, char *err, 
   return -1;
 }
 
-/* Activation windows: 1F1B's P - s micro-batches on stage s; one process keeps
- * two micro-batches apart so two workers can overlap them. */
+/* Activation windows: 1F1B's P - s micro-batches on stage s; one stage keeps
+ * two micro-batches' slices apart so that one's backward overlaps the next's forward. */
 static void set_windows(struct eellm_placement *p) {
   unsigned pp = p->layout.pp;
-  for (unsigned st = 0; st < pp; st++) p->window[st] = pp > 1 ? pp - st : 2;
+  for (unsigned st = 0; st < pp; st++) p->window[st] = pp > 1 ? pp - st : 2 * p->slices;
+}
+
+void eellm_placement_set_slices(struct eellm_placement *p, unsigned workers, unsigned sequences) {
+  unsigned slices = workers < sequences ? workers : sequences;
+  p->slices = p->layout.pp == 1 && p->layout.tp == 1 && slices > 1 ? slices : 1;
+  set_windows(p);
 }
 
 int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          struct eellm_layout layout, const uint32_t *stage_layers,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen) {
   unsigned pp = layout.pp;
-  *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits};
+  *p = (struct eellm_placement){.layout = layout, .n_exits = spec->n_exits, .slices = 1};
   if (check_tensor_split(spec, layout.tp, err, errlen) != 0) return -1;
   /* One process may run every stage (generation does), never several replicas. */
   uint64_t ranks = (uint64_t)pp * layout.tp * layout.dp;

@@ -50,6 +50,7 @@ struct eellm_placement {
   unsigned *layer_stage;     /* per layer (0-based) */
   unsigned *exit_stage;      /* per spec exit, then the final head */
   unsigned *window;          /* per stage: micro-batch slots of activations */
+  unsigned slices;           /* each micro-batch share runs as this many slices */
 };
 
 /* The rank at coords, and the coords of a rank, in Megatron-LM's order. */
@@ -70,6 +71,14 @@ int eellm_placement_init(struct eellm_placement *p, const Eellm__Model *spec,
                          size_t n_stage_layers, int n_ranks, int rank, char *err, size_t errlen);
 void eellm_placement_free(struct eellm_placement *p);
 
+/* Slices: with one stage and no tensor parallelism, each replica's share of a
+ * micro-batch (`sequences` sequences) runs as min(workers, sequences) slices of
+ * whole sequences, each its own chain of tasks, as replicas do, so that the
+ * `workers` CPU workers of every rank (the fewest of any rank) all take part
+ * even with one micro-batch in flight; slices meet only in the weight gradients.
+ * Otherwise pipelined micro-batches, or the tensor-parallel all-reduces (run in
+ * submission order), would gain nothing from them: 1 slice. Sets the windows. */
+void eellm_placement_set_slices(struct eellm_placement *p, unsigned workers, unsigned sequences);
 /* The rank that runs stage s's tasks and owns the buffers they write. */
 int eellm_stage_rank(const struct eellm_placement *p, unsigned stage);
 /* The first and last (0-based) of the n_layers layers on `stage` (every stage has one). */

@@ -26,6 +26,13 @@
  * release them: activation memory stays flat however many micro-batches a step
  * has.
  *
+ * Slices: with one stage and no tensor parallelism a micro-batch runs as the
+ * placement's slices of whole sequences (placement.h), each a chain of its own,
+ * so that every worker takes part with one micro-batch in flight; their loss
+ * gradients are weighed as replicas' are, their weight gradients add up in
+ * submission order (the same sums every run), and their loss statistics add up
+ * to the micro-batch's. A slice is submitted as a micro-batch of its own.
+ *
  * Submission order: a micro-batch's work on each stage is a forward phase
  * (its layers and the exits living there; the embedding on the first stage,
  * the final head's loss and gradient on the last) and a backward phase. With
@@ -62,7 +69,7 @@ struct eellm_step {
   struct eellm_pool **pools[2]; /* [stage * max_window + slot], created on first use */
   size_t max_window;
   double *loss;                 /* n_exits: result of the last wait */
-  starpu_data_handle_t *logits; /* n_exits: the latest micro-batch's logits */
+  starpu_data_handle_t *logits; /* [exit * slices + slice]: the latest micro-batch's logits */
   /* Micro-batches whose backward is still to be submitted, by index, and per
    * stage the next micro-batch whose forward and backward phase it submits. */
   struct micro **queued;
@@ -75,8 +82,9 @@ struct eellm_step {
 struct micro {
   struct eellm_model *m;
   int backward;
-  int index;                                  /* micro-batch index since the last wait */
-  struct eellm_pass pass;                     /* B * T rows; the stage being submitted */
+  int index;                                  /* slice index since the last wait */
+  unsigned slice;                             /* which slice of its micro-batch */
+  struct eellm_pass pass;                     /* the slice's rows; the stage being submitted */
   struct eellm_pool **entered;                /* per stage: its pool for this micro-batch */
   starpu_data_handle_t tokens, targets, mask; /* [B * T] */
   starpu_data_handle_t *stats;                /* per exit and the final head: loss sum, count */
@@ -87,7 +95,7 @@ struct micro {
   float grad_scale;
   int backbone_backward;
   starpu_data_handle_t dres; /* backward: the gradient of the latest stage's input */
-  struct eellm_batch share;  /* this replica's inputs: the caller's memory, read by the first
+  struct eellm_batch share;  /* this slice's inputs: the caller's memory, read by the first
                                 stage's forward phase while the submission call lasts */
 };
 
@@ -137,11 +145,18 @@ static struct eellm_task_info info(const struct micro *mb, enum eellm_task_kind 
                                    int layer) {
   struct eellm_task_info i = {.priority = prio,
                               .node = eellm_stage_rank(&mb->m->place, mb->pass.stage),
-                              .kind = kind, .micro = mb->index, .layer = layer};
+                              .kind = kind,
+                              .micro = mb->index / (int)mb->m->place.slices,
+                              .layer = layer};
   return i;
 }
 
 /* ---- losses -------------------------------------------------------------- */
+
+/* Where the logits of exit k for mb's slice are kept. */
+static starpu_data_handle_t *logits_of(const struct micro *mb, unsigned k) {
+  return &mb->m->step->logits[k * mb->m->place.slices + mb->slice];
+}
 
 /* What a head's loss needs besides the head. */
 struct loss {
@@ -202,7 +217,7 @@ static starpu_data_handle_t exit_submit(struct micro *mb, unsigned k, starpu_dat
   struct eellm_task_info ti = info(mb, EELLM_KIND_EXIT, PRIO_EXIT, 1000 + (int)k);
   struct eellm_task_info loss_ti = info(mb, EELLM_KIND_LOSS, PRIO_EXIT, 1000 + (int)k);
   struct eellm_head h = eellm_head_of(m, k);
-  struct loss loss = {loss_scale, mb->stats[k], &m->step->logits[k]};
+  struct loss loss = {loss_scale, mb->stats[k], logits_of(mb, k)};
   starpu_data_handle_t dx = loss_scale != 0 ? act(mb, m->spec->d_model) : NULL;
   starpu_data_handle_t in = eellm_body_input(&h, x, r);
   struct eellm_layer_acts a;
@@ -260,13 +275,27 @@ static starpu_data_handle_t *stats_of(struct eellm_model *m, size_t index) {
   return s->stats_h[index];
 }
 
+/* Loss weight (sum of the mask) of n rows. */
+static double mask_weight(const float *mask, size_t n) {
+  if (!mask) return (double)n;
+  double sum = 0;
+  for (size_t i = 0; i < n; i++) sum += mask[i];
+  return sum;
+}
+
+/* Rows of each replica's share of a micro-batch. */
+static size_t share_rows(const eellm_model *m) {
+  return (size_t)m->micro_batch / m->place.layout.dp * m->seq_len;
+}
+
 /* Token ids, targets and mask enter the graph on stage 0, carried by tasks. */
 static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   struct eellm_step *s = mb->m->step;
   if (!batch->mask && !s->ones) {
-    s->ones = malloc(mb->pass.rows * sizeof *s->ones);
+    size_t rows = share_rows(mb->m); /* the longest slice's, and more */
+    s->ones = malloc(rows * sizeof *s->ones);
     if (!s->ones) abort();
-    for (size_t i = 0; i < mb->pass.rows; i++) s->ones[i] = 1;
+    for (size_t i = 0; i < rows; i++) s->ones[i] = 1;
   }
   enter(mb, 0);
   struct eellm_task_info ti = info(mb, EELLM_KIND_OTHER, PRIO_FORWARD, -1);
@@ -303,7 +332,7 @@ static void final_head(struct micro *mb) {
   struct eellm_task_info bwd = info(mb, EELLM_KIND_BACKWARD, PRIO_BACKWARD, (int)n_layers);
   float scale = mb->backbone_backward ? exit_scale(mb, n_exits) : 0;
   struct eellm_head h = eellm_head_of(m, n_exits);
-  struct loss loss = {scale, mb->stats[n_exits], &m->step->logits[n_exits]};
+  struct loss loss = {scale, mb->stats[n_exits], logits_of(mb, n_exits)};
   mb->dres = mb->backbone_backward ? act(mb, m->spec->d_model) : NULL;
   head_loss(mb, &h, &loss, mb->resid[n_layers], mb->dres, &fwd, &bwd, &loss_ti);
   if (mb->dres && scale == 0) eellm_insert_zero(mb->dres, &bwd);
@@ -416,8 +445,9 @@ static void advance(struct eellm_model *m, int flush) {
   for (int progress = 1; progress;) {
     progress = 0;
     for (unsigned st = 0; st < pp; st++) {
-      /* One stage: each micro-batch's backward right after its forward, as ever. */
-      unsigned f = s->next_forward[st], b = s->next_backward[st], window = pp > 1 ? m->place.window[st] : 1;
+      /* One stage: each micro-batch's slices, then their backwards. */
+      unsigned f = s->next_forward[st], b = s->next_backward[st];
+      unsigned window = pp > 1 ? m->place.window[st] : m->place.slices;
       if (f < s->n_queued && f < b + window) {
         if (st > 0 && s->next_forward[st - 1] <= f) continue;
         forward_phase(s->queued[f], st);
@@ -464,49 +494,35 @@ static void submit_phases(struct eellm_model *m, struct micro *mb) {
   if (s->next_forward[0] != s->n_queued) abort();
 }
 
-/* Loss weight (sum of the mask) of n rows. */
-static double mask_weight(const float *mask, size_t n) {
-  if (!mask) return (double)n;
-  double sum = 0;
-  for (size_t i = 0; i < n; i++) sum += mask[i];
-  return sum;
-}
-
-/* Rows of each replica's share of a micro-batch. */
-static size_t share_rows(const eellm_model *m) {
-  return (size_t)m->micro_batch / m->place.layout.dp * m->seq_len;
-}
-
 /* This replica's share of a micro-batch: sequences [d B / D, (d + 1) B / D).
  * Each loss gradient is a mean over the share's (masked) tokens; weighing it by
  * the share's part of the micro-batch's tokens makes the replicas' gradients
- * sum to the whole micro-batch's. */
-static struct eellm_batch share_of(const eellm_model *m, const struct eellm_batch *batch,
-                                   float *grad_scale) {
-  size_t rows = share_rows(m);
-  size_t first = m->place.self.data * rows;
-  struct eellm_batch share = {batch->tokens + first, batch->targets + first,
-                              batch->mask ? batch->mask + first : NULL};
-  double whole = mask_weight(batch->mask, rows * m->place.layout.dp);
-  if (whole > 0) *grad_scale = (float)(*grad_scale * mask_weight(share.mask, rows) / whole);
-  return share;
+ * sum to the whole micro-batch's. Slices of a share are weighed alike. */
+static struct eellm_batch part_of(const struct eellm_batch *whole, size_t first, size_t rows,
+                                  size_t whole_rows, float *grad_scale) {
+  struct eellm_batch part = {whole->tokens + first, whole->targets + first,
+                             whole->mask ? whole->mask + first : NULL};
+  double weight = mask_weight(whole->mask, whole_rows);
+  if (weight > 0) *grad_scale = (float)(*grad_scale * mask_weight(part.mask, rows) / weight);
+  return part;
 }
 
-/* Forward of one micro-batch, and its backward when `backward` is set; a
- * frozen backbone (EE-Tuning) needs the final head's loss only. */
-static int submit_micro(eellm_model *m, const struct eellm_batch *whole, const float *exit_weights,
-                        float grad_scale, int backward, char *err, size_t errlen) {
-  if (check_tokens(m, whole, (size_t)m->micro_batch * m->seq_len, err, errlen) != 0) return -1;
-  struct eellm_batch share = share_of(m, whole, &grad_scale);
+/* Slice j of a micro-batch share: whole sequences [j S / n, (j + 1) S / n) of its S. */
+static struct micro *slice_of(eellm_model *m, const struct eellm_batch *share, unsigned j,
+                              const float *exit_weights, float grad_scale, int backward) {
   struct eellm_step *s = step_of(m);
+  size_t seqs = m->micro_batch / m->place.layout.dp, n = m->place.slices;
+  size_t first = j * seqs / n * m->seq_len, rows = (j + 1) * seqs / n * m->seq_len - first;
   struct micro *mb = calloc(1, sizeof *mb);
   if (!mb) abort();
   *mb = (struct micro){.m = m,
                        .backward = backward,
                        .index = (int)s->n_micro++,
-                       .pass = {.m = m, .rows = share_rows(m), .seq_len = m->seq_len},
+                       .slice = j,
+                       .pass = {.m = m, .rows = rows, .seq_len = m->seq_len},
                        .grad_scale = grad_scale,
                        .backbone_backward = backward && !m->backbone_frozen};
+  mb->share = part_of(share, first, rows, share_rows(m), &mb->grad_scale);
   unsigned n_exits = eellm_model_n_exits(m);
   mb->entered = calloc(m->place.layout.pp, sizeof *mb->entered);
   mb->resid = calloc(m->spec->n_layers + 1, sizeof *mb->resid);
@@ -517,10 +533,21 @@ static int submit_micro(eellm_model *m, const struct eellm_batch *whole, const f
   if (!mb->entered || !mb->resid || !mb->acts || !mb->exit_dx ||
       (exit_weights && !mb->exit_weights))
     abort();
-  if (!s->logits && !(s->logits = calloc(n_exits, sizeof *s->logits))) abort();
+  if (!s->logits && !(s->logits = calloc(n_exits * n, sizeof *s->logits))) abort();
   mb->stats = stats_of(m, (size_t)mb->index);
-  mb->share = share;
-  submit_phases(m, mb);
+  return mb;
+}
+
+/* Forward of one micro-batch, and its backward when `backward` is set; a
+ * frozen backbone (EE-Tuning) needs the final head's loss only. */
+static int submit_micro(eellm_model *m, const struct eellm_batch *whole, const float *exit_weights,
+                        float grad_scale, int backward, char *err, size_t errlen) {
+  if (check_tokens(m, whole, (size_t)m->micro_batch * m->seq_len, err, errlen) != 0) return -1;
+  size_t rows = share_rows(m);
+  struct eellm_batch share =
+      part_of(whole, m->place.self.data * rows, rows, rows * m->place.layout.dp, &grad_scale);
+  for (unsigned j = 0; j < m->place.slices; j++)
+    submit_phases(m, slice_of(m, &share, j, exit_weights, grad_scale, backward));
   return 0;
 }
 
@@ -559,8 +586,8 @@ unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
 /* Each stage of each replica reads the loss statistics (sum, count) of its own
  * exits' shares of every micro-batch (tensor index 0 of a tensor-parallel group:
  * every rank of the group has the same); one sum over all ranks gives every rank
- * each micro-batch's whole statistics, counted once, and the mean loss of each
- * exit over the micro-batches follows. */
+ * each slice's whole statistics, counted once, those of a micro-batch's slices
+ * add up to its own, and the mean loss of each exit over the micro-batches follows. */
 void eellm_model_wait(eellm_model *m) {
   eellm_step_flush(m);
   eellm_mpi_wait();
@@ -580,12 +607,17 @@ void eellm_model_wait(eellm_model *m) {
     }
   }
   eellm_mpi_sum(stats, (int)(2 * s->n_micro * n_exits));
+  unsigned slices = m->place.slices;
   for (unsigned k = 0; k < n_exits; k++) {
     size_t counted = 0;
-    for (size_t mi = 0; mi < s->n_micro; mi++) {
-      const double *st = stats + 2 * (mi * n_exits + k);
-      if (st[1] > 0) {
-        s->loss[k] += st[0] / st[1];
+    for (size_t mi = 0; mi < s->n_micro; mi += slices) {
+      double sum = 0, count = 0;
+      for (size_t j = mi; j < mi + slices; j++) {
+        sum += stats[2 * (j * n_exits + k)];
+        count += stats[2 * (j * n_exits + k) + 1];
+      }
+      if (count > 0) {
+        s->loss[k] += sum / count;
         counted++;
       }
     }
@@ -600,16 +632,19 @@ double eellm_model_exit_loss(const eellm_model *m, unsigned k) {
 }
 
 int eellm_model_exit_logits(eellm_model *m, unsigned k, float *out) {
-  if (!m->step || !m->step->logits || k >= eellm_model_n_exits(m) || !m->step->logits[k] ||
-      eellm_mpi_active())
-    return -1;
-  starpu_data_handle_t h = m->step->logits[k];
-  starpu_data_acquire(h, STARPU_R);
-  const float *logits = (const float *)starpu_matrix_get_local_ptr(h);
-  size_t ld = starpu_matrix_get_local_ld(h), cols = starpu_matrix_get_nx(h);
-  for (size_t r = 0; r < starpu_matrix_get_ny(h); r++)
-    memcpy(out + r * cols, logits + r * ld, cols * sizeof *out);
-  starpu_data_release(h);
+  unsigned slices = m->place.slices;
+  if (!m->step || !m->step->logits || k >= eellm_model_n_exits(m) || eellm_mpi_active()) return -1;
+  for (unsigned j = 0; j < slices; j++)
+    if (!m->step->logits[k * slices + j]) return -1;
+  for (unsigned j = 0; j < slices; j++) { /* the slices' rows, in order */
+    starpu_data_handle_t h = m->step->logits[k * slices + j];
+    starpu_data_acquire(h, STARPU_R);
+    const float *logits = (const float *)starpu_matrix_get_local_ptr(h);
+    size_t ld = starpu_matrix_get_local_ld(h), cols = starpu_matrix_get_nx(h);
+    for (size_t r = 0; r < starpu_matrix_get_ny(h); r++, out += cols)
+      memcpy(out, logits + r * ld, cols * sizeof *out);
+    starpu_data_release(h);
+  }
   return 0;
 }
 
