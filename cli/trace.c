@@ -1,11 +1,12 @@
 /* eellm trace: figures and an HTML report from task traces (eellm train --trace). */
+#include <eellm/outfile.h>
+#include <eellm/trace.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
-#include <eellm/outfile.h>
-#include <eellm/trace.h>
 
 static const char trace_usage[] =
     "usage: eellm trace summary TRACE.json [TRACE.json ...]\n"
@@ -13,7 +14,8 @@ static const char trace_usage[] =
     "\n"
     "Reads the Chrome traces 'eellm train --trace' writes (several files: the ranks\n"
     "of one run) and gives, over the training steps: each worker's busy, idle and\n"
-    "bubble fractions, the time per task kind (and per rank, with the collectives'\n"
+    "bubble fractions, the time per task kind and per op (task name, with its time\n"
+    "on the critical path), per rank (with the collectives'\n"
     "time on the critical path and overlapped by other tasks of the rank), each\n"
     "step's critical path and the share of exit work hidden off it.\n"
     "\n"
@@ -52,6 +54,29 @@ static void print_kinds(const struct eellm_trace_stats *s) {
       printf("%-12s %7zu %10.2f %6.1f%% %9.1f\n", eellm_trace_kind_name(k), s->kind_count[k],
              ms(s->kind_time[k]), share(s->kind_time[k], total),
              s->kind_time[k] / s->kind_count[k]);
+}
+
+/* Each op's time, the longest first, with its share of all task time and of the path's. */
+static void print_ops(const struct eellm_trace *t, const struct eellm_trace_stats *s) {
+  int *order = malloc((size_t)(t->n_names + 1) * sizeof *order);
+  if (!order) return;
+  double total = 0, path = 0;
+  for (int i = 0; i < t->n_names; i++) {
+    total += s->op_time[i], path += s->op_path[i];
+    int j = i; /* insertion sort, by time descending: a trace has a few dozen ops */
+    for (; j > 0 && s->op_time[order[j - 1]] < s->op_time[i]; j--) order[j] = order[j - 1];
+    order[j] = i;
+  }
+  printf("\n%-20s %7s %10s %7s %9s %9s %7s\n", "op", "tasks", "time ms", "share", "mean us",
+         "path ms", "of path");
+  for (int k = 0; k < t->n_names; k++) {
+    int i = order[k];
+    if (s->op_count[i])
+      printf("%-20s %7zu %10.2f %6.1f%% %9.1f %9.2f %6.1f%%\n", t->names[i], s->op_count[i],
+             ms(s->op_time[i]), share(s->op_time[i], total), s->op_time[i] / s->op_count[i],
+             ms(s->op_path[i]), share(s->op_path[i], path));
+  }
+  free(order);
 }
 
 /* Each rank's time per kind (collectives their own column), its collectives' time on the
@@ -111,6 +136,7 @@ static void print_summary(const char *what, const struct eellm_trace *t,
   printf("; steps' windows %.2f ms\n", ms(s->window));
   print_workers(t, s);
   print_kinds(s);
+  print_ops(t, s);
   print_ranks(s);
   print_steps(s);
   print_path(s);

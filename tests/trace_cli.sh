@@ -106,6 +106,10 @@ status=$?
 check "summary exits 0" '[ $status -eq 0 ]'
 check "summary counts the tasks" 'grep -q "^trace .*: 1 rank, 2 workers, 2 steps, $tasks tasks" "$tmp/summary.txt"'
 check "summary tables" 'grep -q "^rank 0 CPU 0 " "$tmp/summary.txt" && grep -q "^backward " "$tmp/summary.txt" && grep -q "^critical path: " "$tmp/summary.txt" && grep -q "^exit work: .* hidden" "$tmp/summary.txt"'
+# The op table: every task of the steps under its name, the ops' tasks adding up to the kinds'.
+op_tasks=$(awk '/^op /{on=1; next} on && NF == 0 {exit} on {n += $2} END {print n + 0}' "$tmp/summary.txt")
+kind_tasks=$(awk '/^kind /{on=1; next} on && NF == 0 {exit} on {n += $2} END {print n + 0}' "$tmp/summary.txt")
+check "summary: time per op, its tasks those of the kinds ($op_tasks, $kind_tasks)" 'grep -q "^linear_dw " "$tmp/summary.txt" && [ "$op_tasks" -gt 0 ] && [ "$op_tasks" -eq "$kind_tasks" ]'
 
 # Ctrl-C: the run stops cleanly and the trace holds the steps done.
 cat > "$tmp/long.train.txtpb" <<EOT

@@ -98,6 +98,8 @@ EELLM_API int eellm_trace_kind_parse(const char *name);
  *   exit work off the critical path: it ran beside the chain of tasks that
  *   set the step's length, in time its worker would otherwise have spent idle,
  *   and did not lengthen the step; exit work on the path did.
+ * - per op (task name, e.g. linear_fwd): its tasks, their time and the part
+ *   of it on the critical path.
  * - per rank: each kind's task time on the rank, and the part of it on the
  *   critical path (collectives: what they added to the steps' length). A
  *   rank's collective time overlapped is the part of its collective tasks
@@ -155,6 +157,8 @@ struct eellm_trace_stats {
   double *rank_kind;      /* [rank * EELLM_TRACE_N_KINDS + kind]: task time */
   double *rank_kind_path; /* the same, on the critical path */
   double *rank_overlap;   /* per rank: collective time overlapped by other kinds' tasks */
+  size_t *op_count;       /* per name (eellm_trace.names): tasks */
+  double *op_time, *op_path; /* per name: task time, and the part on the critical path */
 };
 
 EELLM_API int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s);

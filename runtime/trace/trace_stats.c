@@ -272,6 +272,7 @@ static void critical_path(const struct eellm_trace *t, const struct ref *refs, s
     step->path_busy += d;
     step->path_kind[task->kind] += d;
     s->rank_kind_path[rank_kind(t, task)] += d;
+    s->op_path[task->name] += d;
     if (eellm_trace_is_exit_work(task)) step->exit_on_path += d;
   }
 }
@@ -291,6 +292,8 @@ static void step_figures(const struct eellm_trace *t, struct ref *refs, size_t n
     s->kind_count[task->kind]++;
     s->kind_time[task->kind] += d;
     s->rank_kind[rank_kind(t, task)] += d;
+    s->op_count[task->name]++;
+    s->op_time[task->name] += d;
     if (eellm_trace_is_exit_work(task)) step->exit_work += d;
   }
   s->window += step->end - step->start;
@@ -374,8 +377,12 @@ int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s
   s->rank_kind = calloc(slots, sizeof *s->rank_kind);
   s->rank_kind_path = calloc(slots, sizeof *s->rank_kind_path);
   s->rank_overlap = calloc((size_t)s->n_ranks + 1, sizeof *s->rank_overlap);
+  size_t names = (size_t)t->n_names + 1;
+  s->op_count = calloc(names, sizeof *s->op_count);
+  s->op_time = calloc(names, sizeof *s->op_time);
+  s->op_path = calloc(names, sizeof *s->op_path);
   if (!refs || !s->busy || !s->bubble || !s->on_path || !s->steps || !s->rank_kind ||
-      !s->rank_kind_path || !s->rank_overlap) {
+      !s->rank_kind_path || !s->rank_overlap || !s->op_count || !s->op_time || !s->op_path) {
     free(refs);
     eellm_trace_stats_free(s);
     return -1;
@@ -406,5 +413,8 @@ void eellm_trace_stats_free(struct eellm_trace_stats *s) {
   free(s->rank_kind);
   free(s->rank_kind_path);
   free(s->rank_overlap);
+  free(s->op_count);
+  free(s->op_time);
+  free(s->op_path);
   memset(s, 0, sizeof *s);
 }
