@@ -190,6 +190,12 @@ void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t tar
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
                            starpu_data_handle_t dlogits, float scale, float temperature,
                            int dynamic, const struct eellm_task_info *info);
+/* Both in one task, stats (W) and dlogits (W) as the two give them: each row's
+ * softmax is computed once (the loss of a training step). */
+void eellm_insert_xent_fwd_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                               starpu_data_handle_t mask, starpu_data_handle_t stats,
+                               starpu_data_handle_t dlogits, float scale, float temperature,
+                               int dynamic, const struct eellm_task_info *info);
 
 /* ---- crossentropy.c: vocabulary-parallel cross-entropy ----------------- */
 /* Each tensor-parallel rank holds logits [N, V] of vocabulary rows vocab_lo ..

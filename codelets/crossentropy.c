@@ -13,6 +13,7 @@ struct xent_args {
 
 EELLM_CODELET(xent_fwd)
 EELLM_CODELET(xent_bwd)
+EELLM_CODELET(xent_fwd_bwd)
 
 /* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (W). */
 static void xent_fwd_cpu(void *buffers[], void *cl_arg) {
@@ -36,6 +37,18 @@ static void xent_bwd_cpu(void *buffers[], void *cl_arg) {
                      args->temperature, args->dynamic, (float *)dz.ptr, dz.ld);
 }
 
+/* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (W),
+ * dlogits [N, V] (W), and with CUDA work (SCRATCH) for xent_fwd_cuda. */
+static void xent_fwd_bwd_cpu(void *buffers[], void *cl_arg) {
+  const struct xent_args *args = cl_arg;
+  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]), dz = eellm_tensor_view(buffers[4]);
+  eellm_cpu_xent_fwd_bwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
+                         (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                         (const float *)STARPU_VECTOR_GET_PTR(buffers[2]), args->scale,
+                         args->temperature, args->dynamic,
+                         (double *)STARPU_VECTOR_GET_PTR(buffers[3]), (float *)dz.ptr, dz.ld);
+}
+
 #ifdef STARPU_USE_CUDA
 /* As xent_fwd_cpu, with work (SCRATCH): the rows' losses. */
 static void xent_fwd_cuda(void *buffers[], void *cl_arg) {
@@ -57,6 +70,21 @@ static void xent_bwd_cuda(void *buffers[], void *cl_arg) {
                       (const double *)STARPU_VECTOR_GET_PTR(buffers[3]), args->scale,
                       args->temperature, args->dynamic, (float *)dz.ptr, dz.ld,
                       starpu_cuda_get_local_stream());
+}
+
+/* The two kernels one after the other on the worker's stream (the GPU's are
+ * not fused yet: the backward reads the forward's count). */
+static void xent_fwd_bwd_cuda(void *buffers[], void *cl_arg) {
+  const struct xent_args *args = cl_arg;
+  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]), dz = eellm_tensor_view(buffers[4]);
+  const int32_t *targets = (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]);
+  const float *mask = (const float *)STARPU_VECTOR_GET_PTR(buffers[2]);
+  double *stats = (double *)STARPU_VECTOR_GET_PTR(buffers[3]);
+  cudaStream_t stream = starpu_cuda_get_local_stream();
+  eellm_cuda_xent_fwd(z.rows, z.cols, (const float *)z.ptr, z.ld, targets, mask, args->temperature,
+                      args->dynamic, stats, (void *)STARPU_VECTOR_GET_PTR(buffers[5]), stream);
+  eellm_cuda_xent_bwd(z.rows, z.cols, (const float *)z.ptr, z.ld, targets, mask, stats, args->scale,
+                      args->temperature, args->dynamic, (float *)dz.ptr, dz.ld, stream);
 }
 #endif
 
@@ -99,6 +127,22 @@ void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t tar
       {dlogits, STARPU_W},
   };
   eellm_submit(&xent_bwd_cl, buffers, 5, &args, sizeof args, info);
+}
+
+void eellm_insert_xent_fwd_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
+                               starpu_data_handle_t mask, starpu_data_handle_t stats,
+                               starpu_data_handle_t dlogits, float scale, float temperature,
+                               int dynamic, const struct eellm_task_info *info) {
+  check_temperature(temperature);
+  struct xent_args args = {temperature, scale, dynamic};
+  struct starpu_data_descr buffers[6] = {
+      {logits, STARPU_R}, {targets, STARPU_R}, {mask, STARPU_R},
+      {stats, STARPU_W},  {dlogits, STARPU_W},
+  };
+  int n = eellm_add_scratch(
+      buffers, 5,
+      EELLM_WORK_BYTES(0, eellm_cuda_xent_fwd_work_bytes(starpu_matrix_get_ny(logits))));
+  eellm_submit(&xent_fwd_bwd_cl, buffers, n, &args, sizeof args, info);
 }
 
 /* ---- vocabulary-parallel -------------------------------------------------- */

@@ -173,10 +173,11 @@ static void cross_entropy(struct micro *mb, const struct eellm_head *h, const st
                           const struct eellm_task_info *ti) {
   const struct eellm_model *m = mb->m;
   if (m->tp_comm == MPI_COMM_NULL) {
-    eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, dynamic, ti);
     if (dlogits)
-      eellm_insert_xent_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
-                            h->temperature, dynamic, ti);
+      eellm_insert_xent_fwd_bwd(logits, mb->targets, mb->mask, l->stats, dlogits, l->scale,
+                                h->temperature, dynamic, ti);
+    else
+      eellm_insert_xent_fwd(logits, mb->targets, mb->mask, l->stats, h->temperature, dynamic, ti);
     return;
   }
   starpu_data_handle_t rowstats = act(mb, 3);

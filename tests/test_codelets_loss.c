@@ -88,11 +88,11 @@ static void xent_check(const struct xent_case *c, char *name, size_t len, size_t
   free(in.targets);
 }
 
-static void xent_case(const struct eellm_task_info *ti, void *ctx) {
-  const struct xent_case *c = ctx;
+/* xent_fwd then xent_bwd, or (fused) xent_fwd_bwd: the same references. */
+static void xent_run(const struct eellm_task_info *ti, const struct xent_case *c, int fused) {
   char name[128];
-  int len = snprintf(name, sizeof name, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
-                     c->temperature, c->scale, (int)c->mask);
+  int len = snprintf(name, sizeof name, "xent%s N%zu V%zu T%.2g scale %.2g mask %d",
+                     fused ? "_fwd_bwd" : "", c->N, c->V, c->temperature, c->scale, (int)c->mask);
   struct xent_inputs in = xent_inputs(c);
   float *dlogits = tu_alloc(c->N * c->V);
   double *stats = tu_alloc_f64(2);
@@ -101,12 +101,21 @@ static void xent_case(const struct eellm_task_info *ti, void *ctx) {
   starpu_data_handle_t h_logits = tu_matrix(in.logits, c->N, c->V);
   starpu_data_handle_t h_targets = tu_vector_i32(in.targets, c->N), h_mask = tu_vector(in.mask, c->N);
   starpu_data_handle_t h_stats = tu_vector_f64(stats, 2);
-  eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, 0, ti);
-  eellm_insert_xent_bwd(h_logits, h_targets, h_mask, h_stats, tu_matrix(dlogits, c->N, c->V),
-                        c->scale, c->temperature, 0, ti);
+  starpu_data_handle_t h_dlogits = tu_matrix(dlogits, c->N, c->V);
+  if (fused) {
+    eellm_insert_xent_fwd_bwd(h_logits, h_targets, h_mask, h_stats, h_dlogits, c->scale,
+                              c->temperature, 0, ti);
+  } else {
+    eellm_insert_xent_fwd(h_logits, h_targets, h_mask, h_stats, c->temperature, 0, ti);
+    eellm_insert_xent_bwd(h_logits, h_targets, h_mask, h_stats, h_dlogits, c->scale, c->temperature,
+                          0, ti);
+  }
   tu_sync_all();
   xent_check(c, name, (size_t)len, sizeof name, in, stats, dlogits);
 }
+
+static void xent_case(const struct eellm_task_info *ti, void *ctx) { xent_run(ti, ctx, 0); }
+static void xent_fused_case(const struct eellm_task_info *ti, void *ctx) { xent_run(ti, ctx, 1); }
 
 /* The vocabulary-parallel cross-entropy on the logits split in two uneven
  * parts (columns of one matrix, as two ranks would hold them): each part's
@@ -353,6 +362,8 @@ int main(void) {
     snprintf(what, sizeof what, "xent N%zu V%zu T%.2g scale %.2g mask %d", c->N, c->V,
              c->temperature, c->scale, (int)c->mask);
     tu_for_each_backend(what, xent_ops, xent_case, (void *)c);
+    static const char *const fused_ops[] = {"xent_fwd_bwd", NULL};
+    tu_for_each_backend(what, fused_ops, xent_fused_case, (void *)c);
     static const char *const parallel_ops[] = {"xent_part_stats", "xent_stats_fwd",
                                                "xent_part_bwd", NULL};
     tu_for_each_backend(what, parallel_ops, xent_parallel_case, (void *)c);

@@ -49,6 +49,14 @@ EELLM_VECTORIZED static double shifted_exp_sum(const float *z, size_t V, float m
   return sum;
 }
 
+/* A row's loss from its statistics: -log softmax(z / T)[t] = log(sum) + (max - z_t) / T,
+ * sum = sum_j exp((z_j - max) / T); with `dynamic` times the largest probability,
+ * exp(0) / sum: the confidence weight. */
+static double row_loss(double sum, float max, float z_target, float temperature, int dynamic) {
+  double loss = log(sum) + ((double)max - z_target) / temperature;
+  return dynamic ? loss / sum : loss;
+}
+
 void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
                         const float *mask, float temperature, int dynamic, double *stats) {
   float inv_temp = 1.0f / temperature;
@@ -58,12 +66,8 @@ void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld, cons
     const float *z = logits + r * ld;
     eellm_cpu_check_index("cross-entropy target", targets[r], V);
     float max = row_max(z, V);
-    /* -log softmax(z / T)[t] = log(sum_j exp((z_j - max) / T)) + (max - z_t) / T */
     double sum = shifted_exp_sum(z, V, max, inv_temp, NULL);
-    double row_loss = log(sum) + ((double)max - z[targets[r]]) / temperature;
-    /* The largest probability is exp(0) / sum: the confidence weight. */
-    if (dynamic) row_loss /= sum;
-    loss += mask[r] * row_loss;
+    loss += mask[r] * row_loss(sum, max, z[targets[r]], temperature, dynamic);
     count += mask[r];
   }
   stats[0] = loss;
@@ -75,20 +79,24 @@ EELLM_VECTORIZED static void scale(float *x, size_t n, float by) {
 }
 
 /* dz [V] = coef * c * (softmax(z / T) - onehot(target)); c = 1, or with
- * `dynamic` the largest probability, 1 / sum, taken as a constant. */
-static void xent_row_grad(const float *z, size_t V, int32_t target, float inv_temp, double coef,
-                          int dynamic, float *dz) {
-  float max = row_max(z, V);
-  double sum = shifted_exp_sum(z, V, max, inv_temp, dz);
+ * `dynamic` the largest probability, 1 / sum, taken as a constant. Returns
+ * the row's shifted softmax denominator sum, its max in *max. */
+static double xent_row_grad(const float *z, size_t V, int32_t target, float inv_temp, double coef,
+                            int dynamic, float *dz, float *max) {
+  *max = row_max(z, V);
+  double sum = shifted_exp_sum(z, V, *max, inv_temp, dz);
   if (dynamic) coef /= sum;
   scale(dz, V, (float)(coef / sum));
   dz[target] -= (float)coef;
+  return sum;
 }
 
-void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
-                        const float *mask, const double *stats, float scale, float temperature,
-                        int dynamic, float *dlogits, size_t ld_d) {
-  double count = stats[1];
+/* The gradient of the rows, and with `stats_out` their loss statistics (count is
+ * the mask's sum, known before any row). */
+static void xent_grad(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
+                      const float *mask, double count, float scale, float temperature, int dynamic,
+                      float *dlogits, size_t ld_d, double *stats_out) {
+  double loss = 0;
   for (size_t r = 0; r < n; r++) {
     float *dz = dlogits + r * ld_d;
     if (mask[r] == 0 || count == 0) {
@@ -96,9 +104,30 @@ void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld, cons
       continue;
     }
     eellm_cpu_check_index("cross-entropy target", targets[r], V);
+    const float *z = logits + r * ld;
     double coef = (double)scale * mask[r] / ((double)temperature * count);
-    xent_row_grad(logits + r * ld, V, targets[r], 1.0f / temperature, coef, dynamic, dz);
+    float max;
+    double sum = xent_row_grad(z, V, targets[r], 1.0f / temperature, coef, dynamic, dz, &max);
+    if (stats_out) loss += mask[r] * row_loss(sum, max, z[targets[r]], temperature, dynamic);
   }
+  if (stats_out) stats_out[0] = loss, stats_out[1] = count;
+}
+
+void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
+                        const float *mask, const double *stats, float scale, float temperature,
+                        int dynamic, float *dlogits, size_t ld_d) {
+  xent_grad(n, V, logits, ld, targets, mask, stats[1], scale, temperature, dynamic, dlogits, ld_d,
+            NULL);
+}
+
+void eellm_cpu_xent_fwd_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                            const int32_t *targets, const float *mask, float scale,
+                            float temperature, int dynamic, double *stats, float *dlogits,
+                            size_t ld_d) {
+  double count = 0;
+  for (size_t r = 0; r < n; r++) count += mask[r];
+  xent_grad(n, V, logits, ld, targets, mask, count, scale, temperature, dynamic, dlogits, ld_d,
+            stats);
 }
 
 void eellm_cpu_xent_part_stats(size_t n, size_t V, const float *logits, size_t ld,

@@ -160,6 +160,12 @@ void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
 void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, const double *stats,
                         float scale, float temperature, int dynamic, float *dlogits, size_t ld_d);
+/* Both at once: stats as eellm_cpu_xent_fwd, dlogits as eellm_cpu_xent_bwd on them,
+ * each row's softmax computed once. */
+void eellm_cpu_xent_fwd_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                            const int32_t *targets, const float *mask, float scale,
+                            float temperature, int dynamic, double *stats, float *dlogits,
+                            size_t ld_d);
 
 /* vocabulary-parallel cross-entropy (crossentropy.c) */
 
