@@ -55,9 +55,9 @@ static void format_duration(double s, char *buf, size_t n) {
 
 static void print_start(const struct eellm_train_event *e) {
   printf("eellm train: %s, %zu parameters, %u exits; %u steps of %u sequences x %u tokens "
-         "(%u micro-batches)\n",
+         "(%u micro-batches, %u slice%s each)\n",
          e->model_name, e->n_params, e->n_exits - 1, e->steps, e->global_batch, e->seq_len,
-         e->micro_batches);
+         e->micro_batches, e->slices, e->slices == 1 ? "" : "s");
   printf("data %s: %zu tokens, unigram entropy %.4f nats/token%s\n", e->data_path,
          e->data_tokens, e->unigram_entropy,
          e->tune_exits ? "; backbone frozen (EE-Tuning)" : "");

@@ -580,6 +580,8 @@ void eellm_model_submit_zero_grads(eellm_model *m) {
 
 unsigned eellm_model_n_exits(const eellm_model *m) { return m->spec->n_exits + 1; }
 
+unsigned eellm_model_slices(const eellm_model *m) { return m->place.slices; }
+
 unsigned eellm_model_exit_layer(const eellm_model *m, unsigned k) {
   return k < m->spec->n_exits ? m->exits[k].layer : m->spec->n_layers;
 }

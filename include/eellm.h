@@ -207,6 +207,10 @@ struct eellm_batch {
   const int32_t *targets;
   const float *mask;
 };
+/* The slices each micro-batch runs as, a chain of tasks each: one per CPU worker
+ * (at most one per sequence) with one pipeline stage and no tensor parallelism,
+ * else 1 (graph/placement.h). */
+EELLM_API unsigned eellm_model_slices(const eellm_model *m);
 /* Number of exits including the final head (last); exit k < n-1 is spec exit k. */
 EELLM_API unsigned eellm_model_n_exits(const eellm_model *m);
 /* 1-based layer whose output exit k reads (n_layers for the final head). */

@@ -38,6 +38,7 @@ struct eellm_train_event {
   const char *model_name;       /* the spec's name, or "model" */
   size_t n_params;
   unsigned global_batch, seq_len, micro_batches;
+  unsigned slices; /* each micro-batch runs as this many slices (eellm_model_slices) */
   const char *data_path;
   size_t data_tokens;
   double unigram_entropy;       /* nats/token of the data's token frequencies */

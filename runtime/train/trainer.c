@@ -402,6 +402,7 @@ static void describe(const struct run *r, unsigned start_step) {
       .global_batch = r->train->global_batch,
       .seq_len = r->seq_len,
       .micro_batches = r->n_micro,
+      .slices = eellm_model_slices(r->model),
       .data_path = r->o->data_path,
       .data_tokens = (size_t)r->data->count,
       .unigram_entropy = unigram_entropy(r->data),
