@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "vector.h"
 
 double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld) {
   double sum = 0;
@@ -36,14 +37,19 @@ struct eellm_adamw_consts eellm_cpu_adamw_consts(const struct eellm_adamw_step *
   };
 }
 
-static void adamw_elements(float *p, const float *g, float *m, float *v, size_t n,
-                           const struct eellm_adamw_consts *k, float grad_scale) {
+/* A row of distinct tensors (weights, gradient, moments), at the vector units' width. */
+EELLM_VECTORIZED static void adamw_elements(float *restrict p, const float *restrict g,
+                                            float *restrict m, float *restrict v, size_t n,
+                                            const struct eellm_adamw_consts *consts,
+                                            float grad_scale) {
+  const struct eellm_adamw_consts k = *consts;
+#pragma omp simd
   for (size_t i = 0; i < n; i++) {
     float grad = g[i] * grad_scale;
-    m[i] = k->beta1 * m[i] + (1 - k->beta1) * grad;
-    v[i] = k->beta2 * v[i] + (1 - k->beta2) * grad * grad;
-    float denom = sqrtf(v[i]) / k->bias2_sqrt + k->eps;
-    p[i] = p[i] * k->decay - k->step_size * m[i] / denom;
+    m[i] = k.beta1 * m[i] + (1 - k.beta1) * grad;
+    v[i] = k.beta2 * v[i] + (1 - k.beta2) * grad * grad;
+    float denom = sqrtf(v[i]) / k.bias2_sqrt + k.eps;
+    p[i] = p[i] * k.decay - k.step_size * m[i] / denom;
   }
 }
 
