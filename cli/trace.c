@@ -1,12 +1,12 @@
 /* eellm trace: figures and an HTML report from task traces (eellm train --trace). */
-#include <eellm/outfile.h>
-#include <eellm/trace.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
+#include <eellm/outfile.h>
+#include <eellm/trace.h>
 
 static const char trace_usage[] =
     "usage: eellm trace summary TRACE.json [TRACE.json ...]\n"

@@ -183,15 +183,11 @@ void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
 void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                            starpu_data_handle_t mask, starpu_data_handle_t stats,
                            float temperature, int dynamic, const struct eellm_task_info *info);
-/* dlogits [N, V] (W) = scale * mask * c * (softmax(logits / T) - onehot) / (T * stats[1]):
+/* The loss of a training step: stats (W) as eellm_insert_xent_fwd's, and
+ * dlogits [N, V] (W) = scale * mask * c * (softmax(logits / T) - onehot) / (T * stats[1]):
  * the gradient of scale * (mean masked cross-entropy, weighted by c held
- * constant, as EE-LLM computes it under no_grad). Zero when the mask is empty. */
-void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
-                           starpu_data_handle_t mask, starpu_data_handle_t stats,
-                           starpu_data_handle_t dlogits, float scale, float temperature,
-                           int dynamic, const struct eellm_task_info *info);
-/* Both in one task, stats (W) and dlogits (W) as the two give them: each row's
- * softmax is computed once (the loss of a training step). */
+ * constant, as EE-LLM computes it under no_grad), zero when the mask is empty;
+ * each row's softmax computed once. */
 void eellm_insert_xent_fwd_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                                starpu_data_handle_t mask, starpu_data_handle_t stats,
                                starpu_data_handle_t dlogits, float scale, float temperature,
@@ -209,7 +205,7 @@ void eellm_insert_xent_part_stats(starpu_data_handle_t logits, starpu_data_handl
 void eellm_insert_xent_stats_fwd(starpu_data_handle_t rowstats, starpu_data_handle_t mask,
                                  starpu_data_handle_t stats, int dynamic,
                                  const struct eellm_task_info *info);
-/* dlogits [N, V] (W): the part's columns of eellm_insert_xent_bwd's gradient. */
+/* dlogits [N, V] (W): the part's columns of eellm_insert_xent_fwd_bwd's gradient. */
 void eellm_insert_xent_part_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
                                 starpu_data_handle_t mask, starpu_data_handle_t rowstats,
                                 starpu_data_handle_t stats, starpu_data_handle_t dlogits,

@@ -12,7 +12,6 @@ struct xent_args {
 };
 
 EELLM_CODELET(xent_fwd)
-EELLM_CODELET(xent_bwd)
 EELLM_CODELET(xent_fwd_bwd)
 
 /* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (W). */
@@ -23,18 +22,6 @@ static void xent_fwd_cpu(void *buffers[], void *cl_arg) {
                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]), args->temperature,
                      args->dynamic, (double *)STARPU_VECTOR_GET_PTR(buffers[3]));
-}
-
-/* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (R),
- * dlogits [N, V] (W). */
-static void xent_bwd_cpu(void *buffers[], void *cl_arg) {
-  const struct xent_args *args = cl_arg;
-  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]), dz = eellm_tensor_view(buffers[4]);
-  eellm_cpu_xent_bwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
-                     (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
-                     (const float *)STARPU_VECTOR_GET_PTR(buffers[2]),
-                     (const double *)STARPU_VECTOR_GET_PTR(buffers[3]), args->scale,
-                     args->temperature, args->dynamic, (float *)dz.ptr, dz.ld);
 }
 
 /* logits [N, V] (R), targets [N] int32 (R), mask [N] (R), stats [2] double (W),
@@ -59,17 +46,6 @@ static void xent_fwd_cuda(void *buffers[], void *cl_arg) {
                       (const float *)STARPU_VECTOR_GET_PTR(buffers[2]), args->temperature,
                       args->dynamic, (double *)STARPU_VECTOR_GET_PTR(buffers[3]),
                       (void *)STARPU_VECTOR_GET_PTR(buffers[4]), starpu_cuda_get_local_stream());
-}
-
-static void xent_bwd_cuda(void *buffers[], void *cl_arg) {
-  const struct xent_args *args = cl_arg;
-  struct eellm_tensor_view z = eellm_tensor_view(buffers[0]), dz = eellm_tensor_view(buffers[4]);
-  eellm_cuda_xent_bwd(z.rows, z.cols, (const float *)z.ptr, z.ld,
-                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
-                      (const float *)STARPU_VECTOR_GET_PTR(buffers[2]),
-                      (const double *)STARPU_VECTOR_GET_PTR(buffers[3]), args->scale,
-                      args->temperature, args->dynamic, (float *)dz.ptr, dz.ld,
-                      starpu_cuda_get_local_stream());
 }
 
 /* The two kernels one after the other on the worker's stream (the GPU's are
@@ -111,22 +87,6 @@ void eellm_insert_xent_fwd(starpu_data_handle_t logits, starpu_data_handle_t tar
       buffers, 4,
       EELLM_WORK_BYTES(0, eellm_cuda_xent_fwd_work_bytes(starpu_matrix_get_ny(logits))));
   eellm_submit(&xent_fwd_cl, buffers, n, &args, sizeof args, info);
-}
-
-void eellm_insert_xent_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,
-                           starpu_data_handle_t mask, starpu_data_handle_t stats,
-                           starpu_data_handle_t dlogits, float scale, float temperature,
-                           int dynamic, const struct eellm_task_info *info) {
-  check_temperature(temperature);
-  struct xent_args args = {temperature, scale, dynamic};
-  struct starpu_data_descr buffers[] = {
-      {logits, STARPU_R},
-      {targets, STARPU_R},
-      {mask, STARPU_R},
-      {stats, STARPU_R},
-      {dlogits, STARPU_W},
-  };
-  eellm_submit(&xent_bwd_cl, buffers, 5, &args, sizeof args, info);
 }
 
 void eellm_insert_xent_fwd_bwd(starpu_data_handle_t logits, starpu_data_handle_t targets,

@@ -284,10 +284,10 @@ static double mask_weight(const float *mask, size_t n) {
   return sum;
 }
 
-/* Rows of each replica's share of a micro-batch. */
-static size_t share_rows(const eellm_model *m) {
-  return (size_t)m->micro_batch / m->place.layout.dp * m->seq_len;
-}
+/* Sequences, and rows, of each replica's share of a micro-batch. */
+static size_t share_sequences(const eellm_model *m) { return m->micro_batch / m->place.layout.dp; }
+
+static size_t share_rows(const eellm_model *m) { return share_sequences(m) * m->seq_len; }
 
 /* Token ids, targets and mask enter the graph on stage 0, carried by tasks. */
 static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
@@ -512,7 +512,7 @@ static struct eellm_batch part_of(const struct eellm_batch *whole, size_t first,
 static struct micro *slice_of(eellm_model *m, const struct eellm_batch *share, unsigned j,
                               const float *exit_weights, float grad_scale, int backward) {
   struct eellm_step *s = step_of(m);
-  size_t seqs = m->micro_batch / m->place.layout.dp, n = m->place.slices;
+  size_t seqs = share_sequences(m), n = m->place.slices;
   size_t first = j * seqs / n * m->seq_len, rows = (j + 1) * seqs / n * m->seq_len - first;
   struct micro *mb = calloc(1, sizeof *mb);
   if (!mb) abort();

@@ -15,9 +15,8 @@
 #include "vector.h"
 
 /* The loops are `omp simd` reductions (-fopenmp-simd: vectorised without OpenMP's runtime);
- * sums add float partial sums of BLOCK terms in double. Their order is fixed for a given
+ * sums add float partial sums of EELLM_SUM_BLOCK terms in double. Their order is fixed for a given
  * clone (EELLM_VECTORIZED). */
-enum { BLOCK = 512 };
 
 EELLM_VECTORIZED static float row_max(const float *z, size_t V) {
   float max = z[0];
@@ -31,8 +30,8 @@ EELLM_VECTORIZED static float row_max(const float *z, size_t V) {
 EELLM_VECTORIZED static double shifted_exp_sum(const float *z, size_t V, float max, float inv_temp,
                                                float *e) {
   double sum = 0;
-  for (size_t j0 = 0; j0 < V; j0 += BLOCK) {
-    size_t end = j0 + BLOCK < V ? j0 + BLOCK : V;
+  for (size_t j0 = 0; j0 < V; j0 += EELLM_SUM_BLOCK) {
+    size_t end = j0 + EELLM_SUM_BLOCK < V ? j0 + EELLM_SUM_BLOCK : V;
     float part = 0;
     if (e) {
 #pragma omp simd reduction(+ : part)
@@ -91,12 +90,12 @@ static double xent_row_grad(const float *z, size_t V, int32_t target, float inv_
   return sum;
 }
 
-/* The gradient of the rows, and with `stats_out` their loss statistics (count is
- * the mask's sum, known before any row). */
-static void xent_grad(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
-                      const float *mask, double count, float scale, float temperature, int dynamic,
-                      float *dlogits, size_t ld_d, double *stats_out) {
-  double loss = 0;
+void eellm_cpu_xent_fwd_bwd(size_t n, size_t V, const float *logits, size_t ld,
+                            const int32_t *targets, const float *mask, float scale,
+                            float temperature, int dynamic, double *stats, float *dlogits,
+                            size_t ld_d) {
+  double count = 0, loss = 0; /* count: the mask's sum, known before any row */
+  for (size_t r = 0; r < n; r++) count += mask[r];
   for (size_t r = 0; r < n; r++) {
     float *dz = dlogits + r * ld_d;
     if (mask[r] == 0 || count == 0) {
@@ -108,26 +107,10 @@ static void xent_grad(size_t n, size_t V, const float *logits, size_t ld, const 
     double coef = (double)scale * mask[r] / ((double)temperature * count);
     float max;
     double sum = xent_row_grad(z, V, targets[r], 1.0f / temperature, coef, dynamic, dz, &max);
-    if (stats_out) loss += mask[r] * row_loss(sum, max, z[targets[r]], temperature, dynamic);
+    loss += mask[r] * row_loss(sum, max, z[targets[r]], temperature, dynamic);
   }
-  if (stats_out) stats_out[0] = loss, stats_out[1] = count;
-}
-
-void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld, const int32_t *targets,
-                        const float *mask, const double *stats, float scale, float temperature,
-                        int dynamic, float *dlogits, size_t ld_d) {
-  xent_grad(n, V, logits, ld, targets, mask, stats[1], scale, temperature, dynamic, dlogits, ld_d,
-            NULL);
-}
-
-void eellm_cpu_xent_fwd_bwd(size_t n, size_t V, const float *logits, size_t ld,
-                            const int32_t *targets, const float *mask, float scale,
-                            float temperature, int dynamic, double *stats, float *dlogits,
-                            size_t ld_d) {
-  double count = 0;
-  for (size_t r = 0; r < n; r++) count += mask[r];
-  xent_grad(n, V, logits, ld, targets, mask, count, scale, temperature, dynamic, dlogits, ld_d,
-            stats);
+  stats[0] = loss;
+  stats[1] = count;
 }
 
 void eellm_cpu_xent_part_stats(size_t n, size_t V, const float *logits, size_t ld,

@@ -154,14 +154,10 @@ void eellm_cpu_attention_cached(size_t n, size_t H, size_t hd, size_t capacity, 
 void eellm_cpu_xent_fwd(size_t n, size_t V, const float *logits, size_t ld,
                         const int32_t *targets, const float *mask, float temperature,
                         int dynamic, double *stats);
-/* dlogits [n, V] = scale * mask * c * (softmax(logits / T) - onehot) / (T * stats[1]),
- * c as above, a constant (not differentiated); zero rows where the mask or
- * stats[1] is 0. */
-void eellm_cpu_xent_bwd(size_t n, size_t V, const float *logits, size_t ld,
-                        const int32_t *targets, const float *mask, const double *stats,
-                        float scale, float temperature, int dynamic, float *dlogits, size_t ld_d);
-/* Both at once: stats as eellm_cpu_xent_fwd, dlogits as eellm_cpu_xent_bwd on them,
- * each row's softmax computed once. */
+/* stats [2] as eellm_cpu_xent_fwd, and dlogits [n, V] = scale * mask * c *
+ * (softmax(logits / T) - onehot) / (T * stats[1]), c as above, a constant (not
+ * differentiated); zero rows where the mask or stats[1] is 0. Each row's softmax
+ * is computed once. */
 void eellm_cpu_xent_fwd_bwd(size_t n, size_t V, const float *logits, size_t ld,
                             const int32_t *targets, const float *mask, float scale,
                             float temperature, int dynamic, double *stats, float *dlogits,
@@ -180,7 +176,7 @@ void eellm_cpu_softmax_stats_combine(float *into, const float *from, size_t n);
 /* stats [2] as eellm_cpu_xent_fwd, from the whole rows' statistics. */
 void eellm_cpu_xent_stats_fwd(size_t n, const float *rowstats, const float *mask, int dynamic,
                               double *stats);
-/* dlogits [n, V] (overwritten) = the part's columns of eellm_cpu_xent_bwd's
+/* dlogits [n, V] (overwritten) = the part's columns of eellm_cpu_xent_fwd_bwd's
  * gradient, from the whole rows' statistics. */
 void eellm_cpu_xent_part_bwd(size_t n, size_t V, const float *logits, size_t ld,
                              const int32_t *targets, size_t vocab_lo, const float *mask,

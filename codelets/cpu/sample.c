@@ -71,17 +71,16 @@ struct exp_sums {
 
 /* Float terms by eellm_vexpf (vector.h: within about 2 ulp of expf, 0 under -87.3, where
  * the terms are below 1e-38 of the largest, which is 1), at the width of the processor's
- * vector units (EELLM_VECTORIZED); float partial sums of BLOCK terms added in double, so
+ * vector units (EELLM_VECTORIZED); float partial sums of EELLM_SUM_BLOCK terms added in double, so
  * the sums are within about 1e-7 of the exact ones, far inside what the exit rules'
  * thresholds and the tests' 1e-5 resolve. */
-enum { BLOCK = 512 };
 
 EELLM_VECTORIZED static struct exp_sums exp_sums(const float *z, size_t V, size_t best,
                                                 double inv_t) {
   const float top = z[best], scale = (float)inv_t;
   struct exp_sums s = {0, 0};
-  for (size_t j0 = 0; j0 < V; j0 += BLOCK) {
-    size_t end = j0 + BLOCK < V ? j0 + BLOCK : V;
+  for (size_t j0 = 0; j0 < V; j0 += EELLM_SUM_BLOCK) {
+    size_t end = j0 + EELLM_SUM_BLOCK < V ? j0 + EELLM_SUM_BLOCK : V;
     float sum = 0, weighted = 0;
 #pragma omp simd reduction(+ : sum, weighted)
     for (size_t j = j0; j < end; j++) {

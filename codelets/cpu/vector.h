@@ -21,6 +21,10 @@
 #define EELLM_VECTORIZED
 #endif
 
+/* Long sums in the kernels add float partial sums of EELLM_SUM_BLOCK terms in double:
+ * vectorised float additions within a block, double precision across blocks. */
+enum { EELLM_SUM_BLOCK = 512 };
+
 /* exp(x) in float, within 2 ulp of expf over its range, branch-free so that loops over it
  * vectorise (libm's expf is a call per element): x = n ln2 + r, |r| <= ln2 / 2, exp(r)
  * by Cephes' degree-6 polynomial, times 2^n made in the exponent bits. Below -87.3
