@@ -250,6 +250,25 @@ void eellm_insert_attention_cached(starpu_data_handle_t qkv, starpu_data_handle_
                                    starpu_data_handle_t slots, starpu_data_handle_t cache,
                                    starpu_data_handle_t out, unsigned capacity, unsigned n_heads,
                                    int rope, float rope_theta, const struct eellm_task_info *info);
+/* A whole layer on cached-attention rows as one task, on CPU workers:
+ * r [N, D] (W) = x + o(attention_cached(qkv(norm1(x)))), y [N, D] (W) = r +
+ * proj(act(fc(norm2(r)))) for x [N, D], what the layer's separate norm, linear,
+ * attention_cached and activation tasks compute. w: the layer's tensors by
+ * enum eellm_layer_tensor (types.h; NULL where the model has none), products'
+ * weights [k, m] not transposed; positions, slots, cache and capacity as for
+ * eellm_insert_attention_cached. */
+void eellm_insert_layer_cached(starpu_data_handle_t x,
+                               const starpu_data_handle_t w[EELLM_LAYER_TENSORS],
+                               starpu_data_handle_t positions, starpu_data_handle_t slots,
+                               starpu_data_handle_t cache, starpu_data_handle_t r,
+                               starpu_data_handle_t y, unsigned capacity,
+                               const struct eellm_layer_kind *kind,
+                               const struct eellm_task_info *info);
+/* Whether a layer on `rows` rows is better run as one eellm_insert_layer_cached
+ * task: no CUDA workers (its tensors would leave the GPU), none of its products
+ * big enough for eellm_insert_linear_fwd to split across the CPU workers, and
+ * EELLM_FUSE_DECODE in the environment not "0". */
+int eellm_layer_cached_fuses(size_t rows, const starpu_data_handle_t w[EELLM_LAYER_TENSORS]);
 /* src [N, D], index [M] int32, dst [M, D] (W): dst row m = src row index[m]. */
 void eellm_insert_gather_rows(starpu_data_handle_t src, starpu_data_handle_t index,
                               starpu_data_handle_t dst, const struct eellm_task_info *info);

@@ -145,6 +145,9 @@ static inline int eellm_add_scratch(struct starpu_data_descr *buffers, int n, si
  * GPU and no MPI peers, else 1 (no split). */
 #define EELLM_SPLIT_MAX 16
 unsigned eellm_split_count(size_t units);
+/* The blocks eellm_insert_linear_fwd splits a product of `rows` rows and `cols`
+ * output columns on weight w into (1: one task). */
+unsigned eellm_linear_fwd_blocks(size_t rows, size_t cols, starpu_data_handle_t w);
 /* Block i of n of `units` pieces starts at eellm_split_at(units, n, i) and ends
  * where block i + 1 starts (eellm_split_at(units, n, n) = units). */
 static inline size_t eellm_split_at(size_t units, unsigned n, unsigned i) { return units * i / n; }

@@ -115,6 +115,11 @@ static void linear_dw_cuda(void *buffers[], void *cl_arg) { linear_bwd_cuda(buff
 #define SPLIT_MAX_ROWS 64
 #define SPLIT_MIN_BYTES ((size_t)1 << 21)
 
+unsigned eellm_linear_fwd_blocks(size_t rows, size_t cols, starpu_data_handle_t w) {
+  int thin = rows <= SPLIT_MAX_ROWS && starpu_data_get_size(w) >= SPLIT_MIN_BYTES;
+  return thin ? eellm_split_count(cols) : 1;
+}
+
 void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, starpu_data_handle_t b,
                              starpu_data_handle_t residual, starpu_data_handle_t y, int transpose_w,
                              const struct eellm_task_info *info) {
@@ -127,9 +132,7 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   if (b) buffers[n++] = (struct starpu_data_descr){b, STARPU_R};
   if (residual) buffers[n++] = (struct starpu_data_descr){residual, STARPU_R};
   size_t cols = starpu_matrix_get_nx(y);
-  int thin =
-      starpu_matrix_get_ny(y) <= SPLIT_MAX_ROWS && starpu_data_get_size(w) >= SPLIT_MIN_BYTES;
-  unsigned blocks = thin ? eellm_split_count(cols) : 1;
+  unsigned blocks = eellm_linear_fwd_blocks(starpu_matrix_get_ny(y), cols, w);
   if (blocks == 1) {
     buffers[n] = (struct starpu_data_descr){y, STARPU_W};
     eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, info);

@@ -9,6 +9,34 @@ enum eellm_norm_kind { EELLM_LAYERNORM = 0, EELLM_RMSNORM = 1 };
 
 enum eellm_activation { EELLM_GELU = 0, EELLM_SWIGLU = 1 };
 
+/* A transformer layer's tensors, in the order of struct eellm_layer_params
+ * (graph/model.h): norms' gains and biases, products' weights and biases. */
+enum eellm_layer_tensor {
+  EELLM_LN1_W,
+  EELLM_LN1_B,
+  EELLM_QKV_W,
+  EELLM_QKV_B,
+  EELLM_O_W,
+  EELLM_O_B,
+  EELLM_LN2_W,
+  EELLM_LN2_B,
+  EELLM_FC_W,
+  EELLM_FC_B,
+  EELLM_PROJ_W,
+  EELLM_PROJ_B,
+  EELLM_LAYER_TENSORS
+};
+
+/* What a layer's tensor sizes do not say about it. */
+struct eellm_layer_kind {
+  unsigned heads;
+  enum eellm_norm_kind norm;
+  float norm_eps;
+  enum eellm_activation act;
+  int rope;
+  float rope_theta;
+};
+
 struct eellm_adamw_step {
   float lr, beta1, beta2, eps, weight_decay;
   unsigned step; /* 1-based, for bias correction */

@@ -129,9 +129,39 @@ static void attention_forward(const struct eellm_pass *p, starpu_data_handle_t c
                              spec->rope_theta, ti);
 }
 
+/* t = w's tensors by enum eellm_layer_tensor. */
+static void layer_tensors(const struct eellm_model *m, const struct eellm_layer_params *w,
+                          starpu_data_handle_t t[EELLM_LAYER_TENSORS]) {
+  const int ids[EELLM_LAYER_TENSORS] = {w->ln1_w, w->ln1_b, w->qkv_w,  w->qkv_b,
+                                        w->o_w,   w->o_b,   w->ln2_w,  w->ln2_b,
+                                        w->fc_w,  w->fc_b,  w->proj_w, w->proj_b};
+  for (int i = 0; i < EELLM_LAYER_TENSORS; i++) t[i] = eellm_param(m, ids[i]);
+}
+
+/* Decoding's layer as one task where it pays (eellm_layer_cached_fuses): a->r
+ * and a->mlp.out only, nothing kept for a backward. Returns 0 where it does not. */
+static int fused_layer_forward(const struct eellm_pass *p, const struct eellm_layer_params *w,
+                               starpu_data_handle_t x, starpu_data_handle_t cache,
+                               struct eellm_layer_acts *a, const struct eellm_task_info *ti) {
+  const struct eellm_model *m = p->m;
+  starpu_data_handle_t t[EELLM_LAYER_TENSORS];
+  layer_tensors(m, w, t);
+  if (m->tp_comm != MPI_COMM_NULL || !eellm_layer_cached_fuses(p->rows, t)) return 0;
+  const Eellm__Model *spec = m->spec;
+  struct eellm_layer_kind kind = {m->share.heads, eellm_norm_kind(m),
+                                  spec->norm_eps, (enum eellm_activation)spec->activation,
+                                  rope(m),        spec->rope_theta};
+  *a = (struct eellm_layer_acts){.r = eellm_act(p, spec->d_model)};
+  a->mlp.out = eellm_act(p, spec->d_model);
+  eellm_insert_layer_cached(x, t, p->positions, p->slots, cache, a->r, a->mlp.out,
+                            spec->context_length, &kind, ti);
+  return 1;
+}
+
 void eellm_layer_forward(const struct eellm_pass *p, const struct eellm_layer_params *w,
                          starpu_data_handle_t x, starpu_data_handle_t cache,
                          struct eellm_layer_acts *a, const struct eellm_task_info *ti) {
+  if (cache && fused_layer_forward(p, w, x, cache, a, ti)) return;
   size_t d = p->m->spec->d_model;
   norm_forward(p, w->ln1_w, w->ln1_b, x, &a->ln1, &a->ln1_stats, ti);
   a->qkv = eellm_act(p, 3 * p->m->share.att);

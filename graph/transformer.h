@@ -53,7 +53,9 @@ void eellm_tp_sum(const struct eellm_pass *p, starpu_data_handle_t x,
 
 /* a->mlp.out [rows, D] = layer w applied to x [rows, D]; a->r the
  * post-attention residual. cache: the layer's key/value cache (cached
- * attention: keys and values of these rows go in), NULL for full attention. */
+ * attention: keys and values of these rows go in), NULL for full attention.
+ * With a cache the layer may run as one task (eellm_layer_cached_fuses), which
+ * sets only a->r and a->mlp.out: nothing runs backward through cached rows. */
 void eellm_layer_forward(const struct eellm_pass *p, const struct eellm_layer_params *w,
                          starpu_data_handle_t x, starpu_data_handle_t cache,
                          struct eellm_layer_acts *a, const struct eellm_task_info *ti);

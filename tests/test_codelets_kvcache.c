@@ -3,7 +3,8 @@
  * setting an input vector (ordered with its readers), attention of new rows
  * over a key/value cache (the cache after the task and the output), the cached
  * attention fed a sequence piece by piece against the training attention on the
- * whole sequence, and the next-token choice (confidence by both rules, greedy,
+ * whole sequence, a whole layer over the cache as one task against the
+ * layer's separate tasks, and the next-token choice (confidence by both rules, greedy,
  * and sampling with temperature, top-k and top-p for given uniforms, plus the
  * frequencies of many draws). No gradients: these ops only run forward. Every
  * case runs on every backend of the build (tu_for_each_backend). */
@@ -224,6 +225,97 @@ static void test_cached_matches_training(const struct eellm_task_info *ti, void 
         out_cached, tu_to_f64(out_full, T * D), T * D, RTOL, ATOL);
 }
 
+/* ---- a whole layer over the cache as one task ----------------------------- */
+
+struct layer_case {
+  const char *name;
+  size_t H, hd, ffn;
+  enum eellm_norm_kind norm;
+  enum eellm_activation act;
+  int rope, biases;
+};
+
+/* The layer's tensors: gains near 1, biases (when the case has them) and weights small. */
+static void layer_tensors(const struct layer_case *c, size_t D, starpu_data_handle_t t[]) {
+  size_t att = c->H * c->hd, fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
+  size_t rows[EELLM_LAYER_TENSORS] = {0, 0, D, 0, att, 0, 0, 0, D, 0, c->ffn, 0};
+  size_t cols[EELLM_LAYER_TENSORS] = {D, D, 3 * att, 3 * att, D, D, D, D, fc, fc, D, D};
+  for (int i = 0; i < EELLM_LAYER_TENSORS; i++) {
+    int gain = i == EELLM_LN1_W || i == EELLM_LN2_W, weight = rows[i] > 0;
+    int norm_bias = i == EELLM_LN1_B || i == EELLM_LN2_B;
+    t[i] = NULL;
+    if (!gain && !weight && (!c->biases || (norm_bias && c->norm == EELLM_RMSNORM))) continue;
+    if (weight) {
+      t[i] = tu_matrix(random_floats(rows[i] * cols[i], -0.3, 0.3), rows[i], cols[i]);
+    } else {
+      t[i] = tu_vector(random_floats(cols[i], gain ? 0.8 : -0.2, gain ? 1.2 : 0.2), cols[i]);
+    }
+  }
+}
+
+/* The separate tasks eellm_layer_forward submits for a cached layer. */
+static void layer_by_tasks(const struct layer_case *c, size_t N, starpu_data_handle_t x,
+                           const starpu_data_handle_t t[], starpu_data_handle_t pos,
+                           starpu_data_handle_t slots, starpu_data_handle_t cache,
+                           unsigned capacity, float theta, starpu_data_handle_t r,
+                           starpu_data_handle_t y, const struct eellm_task_info *ti) {
+  size_t D = starpu_matrix_get_nx(x), att = c->H * c->hd;
+  size_t fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
+  starpu_data_handle_t ln1 = tu_matrix(tu_alloc(N * D), N, D),
+                       st1 = tu_matrix(tu_alloc(N * 2), N, 2);
+  starpu_data_handle_t qkv = tu_matrix(tu_alloc(N * 3 * att), N, 3 * att);
+  starpu_data_handle_t out = tu_matrix(tu_alloc(N * att), N, att);
+  starpu_data_handle_t ln2 = tu_matrix(tu_alloc(N * D), N, D),
+                       st2 = tu_matrix(tu_alloc(N * 2), N, 2);
+  starpu_data_handle_t h = tu_matrix(tu_alloc(N * fc), N, fc);
+  starpu_data_handle_t a = tu_matrix(tu_alloc(N * c->ffn), N, c->ffn);
+  eellm_insert_norm_fwd(x, t[EELLM_LN1_W], t[EELLM_LN1_B], ln1, st1, c->norm, 1e-5f, ti);
+  eellm_insert_linear_fwd(ln1, t[EELLM_QKV_W], t[EELLM_QKV_B], NULL, qkv, 0, ti);
+  eellm_insert_attention_cached(qkv, pos, slots, cache, out, capacity, (unsigned)c->H, c->rope,
+                                theta, ti);
+  eellm_insert_linear_fwd(out, t[EELLM_O_W], t[EELLM_O_B], x, r, 0, ti);
+  eellm_insert_norm_fwd(r, t[EELLM_LN2_W], t[EELLM_LN2_B], ln2, st2, c->norm, 1e-5f, ti);
+  eellm_insert_linear_fwd(ln2, t[EELLM_FC_W], t[EELLM_FC_B], NULL, h, 0, ti);
+  eellm_insert_activation_fwd(h, a, c->act, ti);
+  eellm_insert_linear_fwd(a, t[EELLM_PROJ_W], t[EELLM_PROJ_B], r, y, 0, ti);
+}
+
+/* layer_cached on three rows (two of slot 1 at positions 2, 3; one of slot 0 at
+ * position 5, the cache holding earlier keys) against the layer's separate
+ * tasks on a copy of the cache: the same r, y and cache. */
+static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
+  const struct layer_case *c = ctx;
+  enum { S = 2, C = 8, N = 3 };
+  size_t D = 16, att = c->H * c->hd, pad = 3;
+  float theta = 1000.0f;
+  int32_t slots[N] = {1, 1, 0}, positions[N] = {2, 3, 5};
+  starpu_data_handle_t t[EELLM_LAYER_TENSORS];
+  layer_tensors(c, D, t);
+  float *x = padded(N, D, pad, -1, 1), *cache_tasks = random_floats(S * C * 2 * att, -1, 1);
+  float *cache_fused = tu_alloc(S * C * 2 * att);
+  memcpy(cache_fused, cache_tasks, S * C * 2 * att * sizeof *cache_fused);
+  float *r_tasks = tu_alloc(N * D), *y_tasks = tu_alloc(N * D);
+  float *r_fused = padded(N, D, pad, 0, 1), *y_fused = padded(N, D, pad, 0, 1);
+  starpu_data_handle_t h_x = tu_matrix_ld(x, N, D, D + pad);
+  starpu_data_handle_t h_pos = tu_vector_i32(positions, N), h_slots = tu_vector_i32(slots, N);
+  layer_by_tasks(c, N, h_x, t, h_pos, h_slots, tu_matrix(cache_tasks, S * C, 2 * att), C, theta,
+                 tu_matrix(r_tasks, N, D), tu_matrix(y_tasks, N, D), ti);
+  struct eellm_layer_kind kind = {(unsigned)c->H, c->norm, 1e-5f, c->act, c->rope, theta};
+  eellm_insert_layer_cached(h_x, t, h_pos, h_slots, tu_matrix(cache_fused, S * C, 2 * att),
+                            tu_matrix_ld(r_fused, N, D, D + pad),
+                            tu_matrix_ld(y_fused, N, D, D + pad), C, &kind, ti);
+  tu_sync_all();
+  char what[128];
+  snprintf(what, sizeof what, "layer_cached %s: r", c->name);
+  check(what, unpad(r_fused, N, D, D + pad), tu_to_f64(r_tasks, N * D), N * D, RTOL, ATOL);
+  snprintf(what, sizeof what, "layer_cached %s: y", c->name);
+  check(what, unpad(y_fused, N, D, D + pad), tu_to_f64(y_tasks, N * D), N * D, RTOL, ATOL);
+  snprintf(what, sizeof what, "layer_cached %s: cache", c->name);
+  check(what, cache_fused, tu_to_f64(cache_tasks, S * C * 2 * att), S * C * 2 * att, RTOL, ATOL);
+  tu_ok(padding_is_nan(r_fused, N, D, D + pad) && padding_is_nan(y_fused, N, D, D + pad),
+        "layer_cached leaves the padding alone");
+}
+
 /* ---- next token ------------------------------------------------------------ */
 
 struct pick_case {
@@ -422,6 +514,14 @@ int main(void) {
                       NULL);
   tu_for_each_backend("cached vs training attention (RoPE)", both_ops,
                       test_cached_matches_training, &on);
+
+  static const char *const layer_op[] = {"layer_cached", NULL};
+  static const struct layer_case layer_cases[] = {
+      {"layernorm, GELU, biases", 2, 6, 24, EELLM_LAYERNORM, EELLM_GELU, 0, 1},
+      {"rmsnorm, SwiGLU, RoPE, no biases", 4, 4, 20, EELLM_RMSNORM, EELLM_SWIGLU, 1, 0},
+  };
+  for (size_t i = 0; i < sizeof layer_cases / sizeof layer_cases[0]; i++)
+    tu_for_each_backend(layer_cases[i].name, layer_op, test_layer_cached, (void *)&layer_cases[i]);
 
   static const struct pick_case pick_cases[] = {
       {"greedy, maxprob, exit temperature 0.7", {0.7f, 0, 0, 0, 1}},

@@ -21,6 +21,8 @@
  *   probability each token is its logits' argmax (recompute and speculative);
  * - prevent_newline_after_colon, byte and GPT-2 tokenizers, on a model edited
  *   to prefer the newline after the colon: the next best token instead;
+ * - each cached layer as one task (the default on CPU workers) or, with
+ *   EELLM_FUSE_DECODE=0, as its separate tasks: both pass the checks above;
  * - on a model with a wide vocabulary, whose head's product and choices are
  *   split into blocks across the CPU workers: exits off and batches as above. */
 #include <math.h>
@@ -849,6 +851,11 @@ int main(void) {
   test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, some, 2, "We hold");
   test_batch(&gpt, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
+  /* Each cached layer as its separate tasks, not one fused task: the same checks. */
+  setenv("EELLM_FUSE_DECODE", "0", 1);
+  test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
+  test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
+  unsetenv("EELLM_FUSE_DECODE");
   test_sampling(&gpt);
   test_speculative(&gpt);
   test_speculative_sampling(&gpt, 1, 0);
@@ -866,6 +873,9 @@ int main(void) {
   test_batch(&llama, EELLM_GEN_PIPELINE, 0.8f);
   test_speculative(&llama);
   test_speculative_sampling(&llama, 2, 1);
+  setenv("EELLM_FUSE_DECODE", "0", 1);
+  test_exits_off(&llama);
+  unsetenv("EELLM_FUSE_DECODE");
   fixture_close(&llama);
 
   fixture_open(&wide, "tests/specs/gen_wide.txtpb", 5);

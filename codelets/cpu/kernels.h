@@ -146,6 +146,32 @@ void eellm_cpu_attention_cached(size_t n, size_t H, size_t hd, size_t capacity, 
                                 const int32_t *positions, const int32_t *slots, float *cache,
                                 size_t ld_cache, float *out, size_t ld_out, void *work);
 
+/* ---- layer.c: a whole layer on cached-attention rows ------------------- */
+
+/* A layer's sizes: model width d, kind.heads x hd attention columns, fc
+ * columns of the first MLP product (ffn, or 2 ffn for SwiGLU), ffn activation
+ * columns; the cache's capacity per slot and its slots. */
+struct eellm_cpu_layer_shape {
+  size_t d, hd, fc, ffn, capacity, n_slots;
+  struct eellm_layer_kind kind;
+};
+/* Its tensors by enum eellm_layer_tensor (NULL: the model has none, as a bias),
+ * products' weights W [k, m] row-major, not transposed, each with its ld. */
+struct eellm_cpu_layer_weights {
+  const float *t[EELLM_LAYER_TENSORS];
+  size_t ld[EELLM_LAYER_TENSORS];
+};
+/* r [n, d] = x + o(attention_cached(qkv(norm1(x)))) and y [n, d] = r +
+ * proj(act(fc(norm2(r)))) for x [n, d]: what the layer's norm, linear,
+ * attention_cached and activation tasks compute, in one call (positions,
+ * slots, cache as eellm_cpu_attention_cached). */
+size_t eellm_cpu_layer_cached_work_bytes(size_t n, const struct eellm_cpu_layer_shape *s);
+void eellm_cpu_layer_cached(size_t n, const struct eellm_cpu_layer_shape *s,
+                            const struct eellm_cpu_layer_weights *w, const float *x, size_t ld_x,
+                            const int32_t *positions, const int32_t *slots, float *cache,
+                            size_t ld_cache, float *r, size_t ld_r, float *y, size_t ld_y,
+                            void *work);
+
 /* ---- crossentropy.c ------------------------------------------------------ */
 
 /* logits [n, V], targets [n], mask [n] (0 or 1) -> stats [2] double:
