@@ -42,7 +42,7 @@ void eellm_cpu_embed_bwd(size_t n, size_t dim, const int32_t *tokens, size_t seq
 /* ---- norm.c -------------------------------------------------------------- */
 
 /* x [n, dim], gain [dim], bias [dim] or NULL -> y [n, dim], stats [n, 2] = (mean,
- * 1/std) per row, in double inside (rmsnorm: mean 0, 1/sqrt(mean(x^2) + eps)). */
+ * 1/std) per row (rmsnorm: mean 0, 1/sqrt(mean(x^2) + eps)), the sums in double across blocks. */
 void eellm_cpu_norm_fwd(size_t n, size_t dim, enum eellm_norm_kind kind, float eps,
                         const float *x, size_t ld_x, const float *gain, const float *bias,
                         float *y, size_t ld_y, float *stats, size_t ld_stats);
@@ -211,7 +211,7 @@ void eellm_cpu_xent_part_bwd(size_t n, size_t V, const float *logits, size_t ld,
 
 /* ---- optimizer.c --------------------------------------------------------- */
 
-/* Sum of squares of g [rows, cols], in double. */
+/* Sum of squares of g [rows, cols]: float partial sums of EELLM_SUM_BLOCK squares, in double. */
 double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld);
 /* clip [2] = (sqrt(total), min(1, max_norm / (norm + 1e-6))); scale 1 when max_norm <= 0,
  * 0 when the norm is not a finite float (a step to skip: see eellm_insert_adamw). */

@@ -5,12 +5,22 @@
 #include "kernels.h"
 #include "vector.h"
 
+/* Float partial sums of EELLM_SUM_BLOCK squares, added in double. */
+EELLM_VECTORIZED static double row_sumsq(const float *row, size_t cols) {
+  double sum = 0;
+  for (size_t c0 = 0; c0 < cols; c0 += EELLM_SUM_BLOCK) {
+    size_t end = c0 + EELLM_SUM_BLOCK < cols ? c0 + EELLM_SUM_BLOCK : cols;
+    float part = 0;
+#pragma omp simd reduction(+ : part)
+    for (size_t c = c0; c < end; c++) part += row[c] * row[c];
+    sum += part;
+  }
+  return sum;
+}
+
 double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld) {
   double sum = 0;
-  for (size_t r = 0; r < rows; r++) {
-    const float *row = g + r * ld;
-    for (size_t c = 0; c < cols; c++) sum += (double)row[c] * row[c];
-  }
+  for (size_t r = 0; r < rows; r++) sum += row_sumsq(g + r * ld, cols);
   return sum;
 }
 
