@@ -529,6 +529,10 @@ int main(void) {
       {"linear no dx N=1", 1, 12, 5, 0, 1, 1, 0, 0, 1, 0},
       {"linear frozen W N=6 padded", 6, 12, 37, 0, 1, 1, 1, 1, 0, 1},
       {"linear transpose_w bias padded", 14, 13, 9, 1, 1, 0, 1, 0, 1, 1},
+      /* At most 8 rows on a transposed weight: the CPU's own dot products
+       * (cpu/linear.c), 16 lanes at a time and a tail. */
+      {"linear transpose_w N=3 K=40 bias residual padded", 3, 40, 37, 1, 1, 1, 1, 0, 1, 1},
+      {"linear transpose_w N=8 K=48 M=21", 8, 48, 21, 1, 0, 0, 1, 0, 1, 0},
   };
   static const char *const linear_ops[] = {"linear_fwd", "linear_bwd", "linear_dw", NULL};
   for (size_t i = 0; i < sizeof linear_cases / sizeof linear_cases[0]; i++)

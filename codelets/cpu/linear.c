@@ -1,8 +1,115 @@
-/* Linear layer y = x @ W (+ b) (+ residual), forward and backward, on cblas_sgemm,
- * and the column sums that make bias gradients. */
+/* Linear layer y = x @ W (+ b) (+ residual), forward and backward, on cblas_sgemm
+ * (but for a few rows against a transposed weight), and the column sums that make bias
+ * gradients. */
 #include <cblas.h>
+#include <string.h>
 
 #include "kernels.h"
+#include "vector.h"
+
+/* ---- thin products on a transposed weight ------------------------------ */
+
+/* A few rows against a weight used transposed (the head's [V, D] at decoding):
+ * OpenBLAS packs the whole weight for them and runs at a third of the core's
+ * rate; these dot products read it once, 4 rows of it against up to 4 rows of
+ * a at a time, with the 16 lanes of each of the 16 sums folded into 4 floats
+ * at the end of a row block. */
+enum { THIN_MAX_ROWS = 8 };
+
+/* Helpers on 64-byte vectors, always inlined into the vectorised clones: GCC's
+ * warning about their ABI without AVX-512 concerns calls that never happen. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+
+static inline __attribute__((always_inline)) vf16 load16(const float *p) {
+  vf16 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* The lane sums of a0 .. a3, in order: halves added pairwise, four times. */
+static inline __attribute__((always_inline)) vf4 lane_sums(vf16 a0, vf16 a1, vf16 a2, vf16 a3) {
+  vf16 s01 =
+      __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+      __builtin_shufflevector(a0, a1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  vf16 s23 =
+      __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+      __builtin_shufflevector(a2, a3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  vf16 s =
+      __builtin_shufflevector(s01, s23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+      __builtin_shufflevector(s01, s23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  vf8 t = __builtin_shufflevector(s, s, 0, 1, 4, 5, 8, 9, 12, 13) +
+          __builtin_shufflevector(s, s, 2, 3, 6, 7, 10, 11, 14, 15);
+  return __builtin_shufflevector(t, t, 0, 2, 4, 6) + __builtin_shufflevector(t, t, 1, 3, 5, 7);
+}
+
+/* c [R, cols] = alpha a [R, k] @ [b0; b1; b2; b3]^T [:, :cols] + beta c (beta 0: c not
+ * read), R <= 4, cols <= 4; rows of b past cols repeat the last. Each dot product
+ * is computed alike wherever its row of b falls: a product's bits do not depend
+ * on how its columns are split into blocks or tensor-parallel parts. */
+static inline __attribute__((always_inline)) void thin_block(const size_t R, size_t cols, size_t k,
+                                                             float alpha, const float *a,
+                                                             size_t ld_a, const float *const b[4],
+                                                             float beta, float *c, size_t ld_c) {
+  vf16 acc[4][4];
+  for (size_t r = 0; r < R; r++)
+    for (int j = 0; j < 4; j++) acc[r][j] = (vf16){0};
+  size_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    vf16 b0 = load16(b[0] + i), b1 = load16(b[1] + i), b2 = load16(b[2] + i), b3 = load16(b[3] + i);
+    for (size_t r = 0; r < R; r++) {
+      vf16 ar = load16(a + r * ld_a + i);
+      acc[r][0] += b0 * ar;
+      acc[r][1] += b1 * ar;
+      acc[r][2] += b2 * ar;
+      acc[r][3] += b3 * ar;
+    }
+  }
+  for (size_t r = 0; r < R; r++) {
+    vf4 dot = lane_sums(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    for (size_t t = i; t < k; t++)
+      for (int j = 0; j < 4; j++) dot[j] += a[r * ld_a + t] * b[j][t];
+    for (size_t j = 0; j < cols; j++)
+      c[r * ld_c + j] = alpha * dot[j] + (beta != 0 ? beta * c[r * ld_c + j] : 0.0f);
+  }
+}
+
+/* c [N, m] = alpha a [N, k] @ b [m, k]^T + beta c for N <= THIN_MAX_ROWS. */
+static inline __attribute__((always_inline)) void thin_rows(const size_t N, size_t m, size_t k,
+                                                            float alpha, const float *a,
+                                                            size_t ld_a, const float *b,
+                                                            size_t ld_b, float beta, float *c,
+                                                            size_t ld_c) {
+  for (size_t col = 0; col < m; col += 4) {
+    size_t cols = m - col < 4 ? m - col : 4;
+    const float *b_rows[4];
+    for (size_t j = 0; j < 4; j++) b_rows[j] = b + (col + (j < cols ? j : cols - 1)) * ld_b;
+    for (size_t r0 = 0; r0 < N; r0 += 4) {
+      const float *a_rows = a + r0 * ld_a;
+      float *c_block = c + r0 * ld_c + col;
+      if (N - r0 >= 4)
+        thin_block(4, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
+      else
+        thin_block(N - r0, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
+    }
+  }
+}
+
+/* thin_rows with n a constant in each case, so that its loops over rows unroll. */
+EELLM_VECTORIZED static void thin_matmul_t(size_t n, size_t m, size_t k, float alpha,
+                                           const float *a, size_t ld_a, const float *b, size_t ld_b,
+                                           float beta, float *c, size_t ld_c) {
+  switch (n) {
+#define THIN_CASE(N)                                            \
+  case N:                                                       \
+    thin_rows(N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
+    break;
+    THIN_CASE(2) THIN_CASE(3) THIN_CASE(4) THIN_CASE(5) THIN_CASE(6) THIN_CASE(7) THIN_CASE(8)
+#undef THIN_CASE
+  }
+}
 
 void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
                       size_t ld_a, const float *b, size_t ld_b, float beta, float *c,
@@ -15,6 +122,10 @@ void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha
     else
       cblas_sgemv(CblasRowMajor, CblasTrans, (int)k, (int)m, alpha, b, (int)ld_b, a, 1, beta, c,
                   1);
+    return;
+  }
+  if (transpose_b && n <= THIN_MAX_ROWS) {
+    thin_matmul_t(n, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, (int)n, (int)m,
