@@ -7,22 +7,21 @@
 #include "kernels.h"
 #include "vector.h"
 
-/* Sum over d of (x[d] - shift)^2 (squares) or of x[d] - shift. */
-EELLM_VECTORIZED static double row_sum(const float *x, size_t dim, float shift, int squares) {
+/* Sum over d of x[d]. */
+EELLM_VECTORIZED static double row_sum(const float *x, size_t dim) {
   double sum = 0;
   for (size_t d0 = 0; d0 < dim; d0 += EELLM_SUM_BLOCK) {
     size_t end = d0 + EELLM_SUM_BLOCK < dim ? d0 + EELLM_SUM_BLOCK : dim;
     float part = 0;
-    if (squares) {
 #pragma omp simd reduction(+ : part)
-      for (size_t d = d0; d < end; d++) part += (x[d] - shift) * (x[d] - shift);
-    } else {
-#pragma omp simd reduction(+ : part)
-      for (size_t d = d0; d < end; d++) part += x[d] - shift;
-    }
+    for (size_t d = d0; d < end; d++) part += x[d];
     sum += part;
   }
   return sum;
+}
+
+EELLM_VECTORIZED static double row_sum_squares(const float *x, size_t dim, float mean) {
+  return eellm_sum_squares(x, dim, mean);
 }
 
 /* y = (x - mean) * rstd * gain (+ bias). */
@@ -40,8 +39,8 @@ void eellm_cpu_norm_fwd(size_t n, size_t dim, enum eellm_norm_kind kind, float e
                         float *y, size_t ld_y, float *stats, size_t ld_stats) {
   for (size_t r = 0; r < n; r++) {
     const float *x_row = x + r * ld_x;
-    float mean = kind == EELLM_LAYERNORM ? (float)(row_sum(x_row, dim, 0, 0) / dim) : 0;
-    float rstd = (float)(1.0 / sqrt(row_sum(x_row, dim, mean, 1) / dim + eps));
+    float mean = kind == EELLM_LAYERNORM ? (float)(row_sum(x_row, dim) / dim) : 0;
+    float rstd = (float)(1.0 / sqrt(row_sum_squares(x_row, dim, mean) / dim + eps));
     row_normalize(x_row, dim, mean, rstd, gain, bias, y + r * ld_y);
     stats[r * ld_stats] = mean;
     stats[r * ld_stats + 1] = rstd;

@@ -5,17 +5,8 @@
 #include "kernels.h"
 #include "vector.h"
 
-/* Float partial sums of EELLM_SUM_BLOCK squares, added in double. */
 EELLM_VECTORIZED static double row_sumsq(const float *row, size_t cols) {
-  double sum = 0;
-  for (size_t c0 = 0; c0 < cols; c0 += EELLM_SUM_BLOCK) {
-    size_t end = c0 + EELLM_SUM_BLOCK < cols ? c0 + EELLM_SUM_BLOCK : cols;
-    float part = 0;
-#pragma omp simd reduction(+ : part)
-    for (size_t c = c0; c < end; c++) part += row[c] * row[c];
-    sum += part;
-  }
-  return sum;
+  return eellm_sum_squares(row, cols, 0);
 }
 
 double eellm_cpu_sumsq(size_t rows, size_t cols, const float *g, size_t ld) {

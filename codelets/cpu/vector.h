@@ -12,6 +12,7 @@
 #ifndef EELLM_CPU_VECTOR_H
 #define EELLM_CPU_VECTOR_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
@@ -24,6 +25,20 @@
 /* Long sums in the kernels add float partial sums of EELLM_SUM_BLOCK terms in double:
  * vectorised float additions within a block, double precision across blocks. */
 enum { EELLM_SUM_BLOCK = 512 };
+
+/* Sum over i < n of (x[i] - shift)^2: float partial sums of EELLM_SUM_BLOCK terms added in
+ * double. Inline: it runs at the width of the EELLM_VECTORIZED clone that calls it. */
+static inline double eellm_sum_squares(const float *x, size_t n, float shift) {
+  double sum = 0;
+  for (size_t i0 = 0; i0 < n; i0 += EELLM_SUM_BLOCK) {
+    size_t end = i0 + EELLM_SUM_BLOCK < n ? i0 + EELLM_SUM_BLOCK : n;
+    float part = 0;
+#pragma omp simd reduction(+ : part)
+    for (size_t i = i0; i < end; i++) part += (x[i] - shift) * (x[i] - shift);
+    sum += part;
+  }
+  return sum;
+}
 
 /* exp(x) in float, within 2 ulp of expf over its range, branch-free so that loops over it
  * vectorise (libm's expf is a call per element): x = n ln2 + r, |r| <= ln2 / 2, exp(r)
