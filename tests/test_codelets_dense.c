@@ -382,6 +382,24 @@ static void test_linear(const struct eellm_task_info *ti, void *ctx) {
   if (db) check_grad(label(c->name, "db"), linear_loss, &r, r.b, c->m_out, db, db0);
 }
 
+/* One row against a transposed weight too big to stay in cache takes the thin
+ * products' streaming order (cpu/linear.c): the same bits as that row among
+ * three, each dot product summed alike whatever the number of rows. CPU only:
+ * the bits are the CPU kernel's. */
+static void test_rows_alike(void) {
+  size_t rows = 3, k = 136, m = 1931; /* m * k past THIN_STREAM_FLOATS; k has a tail */
+  float *x = random_floats(rows * k, -1, 1), *w = random_floats(m * k, -1, 1);
+  float *y_all = nan_floats(rows * m), *y_one = nan_floats(m);
+  struct eellm_task_info cpu = eellm_task_default;
+  cpu.where = STARPU_CPU;
+  starpu_data_handle_t h_w = tu_matrix(w, m, k);
+  eellm_insert_linear_fwd(tu_matrix(x, rows, k), h_w, NULL, NULL, tu_matrix(y_all, rows, m), 1,
+                          &cpu);
+  eellm_insert_linear_fwd(tu_matrix(x + k, 1, k), h_w, NULL, NULL, tu_matrix(y_one, 1, m), 1, &cpu);
+  run_tasks();
+  check("linear transpose_w: row 1 alone = among 3, bits", y_one, tu_to_f64(y_all + m, m), m, 0, 0);
+}
+
 /* ---- activation --------------------------------------------------------- */
 
 struct act_ref {
@@ -533,10 +551,15 @@ int main(void) {
        * (cpu/linear.c), 16 lanes at a time and a tail. */
       {"linear transpose_w N=3 K=40 bias residual padded", 3, 40, 37, 1, 1, 1, 1, 0, 1, 1},
       {"linear transpose_w N=8 K=48 M=21", 8, 48, 21, 1, 0, 0, 1, 0, 1, 0},
+      /* One row: OpenBLAS's sgemv on a small weight, the thin products' streaming
+       * order on one too big to stay in cache (the head at batch 1). */
+      {"linear transpose_w N=1 bias", 1, 12, 37, 1, 1, 0, 1, 0, 1, 0},
+      {"linear transpose_w N=1 K=136 M=1931 bias residual", 1, 136, 1931, 1, 1, 1, 0, 0, 0, 0},
   };
   static const char *const linear_ops[] = {"linear_fwd", "linear_bwd", "linear_dw", NULL};
   for (size_t i = 0; i < sizeof linear_cases / sizeof linear_cases[0]; i++)
     tu_for_each_backend(linear_cases[i].name, linear_ops, test_linear, (void *)&linear_cases[i]);
+  test_rows_alike();
 
   static const struct act_case act_cases[] = {
       /* name, act, rows, F, beta_dx, pad */

@@ -11,10 +11,13 @@
 
 /* A few rows against a weight used transposed (the head's [V, D] at decoding):
  * OpenBLAS packs the whole weight for them and runs at a third of the core's
- * rate; these dot products read it once, 4 rows of it against up to 4 rows of
- * a at a time, with the 16 lanes of each of the 16 sums folded into 4 floats
+ * rate (its sgemv, for one row, at about half the rate of a plain read of the
+ * weight); these dot products read it once, 4 rows of it against up to 4 rows
+ * of a at a time, with the 16 lanes of each of the 16 sums folded into 4 floats
  * at the end of a row block. */
 enum { THIN_MAX_ROWS = 8 };
+/* One row against a weight of fewer floats, which stays in cache, runs on sgemv. */
+enum { THIN_STREAM_FLOATS = 1 << 18 };
 
 /* Helpers on 64-byte vectors, always inlined into the vectorised clones: GCC's
  * warning about their ABI without AVX-512 concerns calls that never happen. */
@@ -57,14 +60,23 @@ static inline __attribute__((always_inline)) void thin_block(const size_t R, siz
   for (size_t r = 0; r < R; r++)
     for (int j = 0; j < 4; j++) acc[r][j] = (vf16){0};
   size_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    vf16 b0 = load16(b[0] + i), b1 = load16(b[1] + i), b2 = load16(b[2] + i), b3 = load16(b[3] + i);
-    for (size_t r = 0; r < R; r++) {
-      vf16 ar = load16(a + r * ld_a + i);
-      acc[r][0] += b0 * ar;
-      acc[r][1] += b1 * ar;
-      acc[r][2] += b2 * ar;
-      acc[r][3] += b3 * ar;
+  if (R == 1) {
+    /* One row of a against a weight streamed from memory: b's rows are read one
+     * after the other, which the hardware prefetcher follows (interleaved, the
+     * head's 512-byte rows come at half the rate). The same sums in another order. */
+    for (int j = 0; j < 4; j++)
+      for (i = 0; i + 16 <= k; i += 16) acc[0][j] += load16(b[j] + i) * load16(a + i);
+  } else {
+    for (; i + 16 <= k; i += 16) {
+      vf16 b0 = load16(b[0] + i), b1 = load16(b[1] + i), b2 = load16(b[2] + i),
+           b3 = load16(b[3] + i);
+      for (size_t r = 0; r < R; r++) {
+        vf16 ar = load16(a + r * ld_a + i);
+        acc[r][0] += b0 * ar;
+        acc[r][1] += b1 * ar;
+        acc[r][2] += b2 * ar;
+        acc[r][3] += b3 * ar;
+      }
     }
   }
   for (size_t r = 0; r < R; r++) {
@@ -76,7 +88,7 @@ static inline __attribute__((always_inline)) void thin_block(const size_t R, siz
   }
 }
 
-/* c [N, m] = alpha a [N, k] @ b [m, k]^T + beta c for N <= THIN_MAX_ROWS. */
+/* c [N, m] = alpha a [N, k] @ b [m, k]^T + beta c for 1 <= N <= THIN_MAX_ROWS. */
 static inline __attribute__((always_inline)) void thin_rows(const size_t N, size_t m, size_t k,
                                                             float alpha, const float *a,
                                                             size_t ld_a, const float *b,
@@ -106,14 +118,18 @@ EELLM_VECTORIZED static void thin_matmul_t(size_t n, size_t m, size_t k, float a
   case N:                                                       \
     thin_rows(N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
     break;
+    THIN_CASE(1)
     THIN_CASE(2) THIN_CASE(3) THIN_CASE(4) THIN_CASE(5) THIN_CASE(6) THIN_CASE(7) THIN_CASE(8)
 #undef THIN_CASE
   }
 }
 
 void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
-                      size_t ld_a, const float *b, size_t ld_b, float beta, float *c,
-                      size_t ld_c) {
+                      size_t ld_a, const float *b, size_t ld_b, float beta, float *c, size_t ld_c) {
+  if (transpose_b && n <= THIN_MAX_ROWS && (n > 1 || m * k >= THIN_STREAM_FLOATS)) {
+    thin_matmul_t(n, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c);
+    return;
+  }
   if (n == 1) {
     /* c^T = B^T a^T: sgemv streams B once; a one-row sgemm repacks all of B. */
     if (transpose_b)
@@ -122,10 +138,6 @@ void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha
     else
       cblas_sgemv(CblasRowMajor, CblasTrans, (int)k, (int)m, alpha, b, (int)ld_b, a, 1, beta, c,
                   1);
-    return;
-  }
-  if (transpose_b && n <= THIN_MAX_ROWS) {
-    thin_matmul_t(n, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, (int)n, (int)m,
