@@ -459,6 +459,32 @@ static void test_next_token(const struct eellm_task_info *ti, void *ctx) {
   free(limits);
 }
 
+/* Greedy choices on rows longer than the CPU kernel's search blocks: the first of
+ * two equal largest logits, one at the start, and no token (-1) from a row with
+ * an infinity or a NaN. CPU only: the search blocks are the CPU kernel's. */
+static void test_greedy_long_rows(void) {
+  enum { M = 4, V = 300 };
+  static float logits[M * V];
+  for (size_t i = 0; i < M * V; i++) logits[i] = (float)tu_uniform(-3, 3);
+  logits[0 * V + 250] = logits[0 * V + 290] = 5;
+  logits[1 * V + 0] = 5;
+  logits[2 * V + 100] = INFINITY;
+  logits[3 * V + 299] = NAN;
+  struct eellm_token_choice choices[M];
+  starpu_data_handle_t h_choices;
+  starpu_vector_data_register(&h_choices, STARPU_MAIN_RAM, (uintptr_t)choices, M, sizeof *choices);
+  struct eellm_sampling greedy = {1, 0, 0, 0, 1};
+  struct eellm_task_info cpu = eellm_task_default;
+  cpu.where = STARPU_CPU;
+  eellm_insert_next_token(tu_matrix(logits, M, V), NULL, NULL, h_choices, &greedy, &cpu);
+  starpu_data_unregister(h_choices);
+  tu_sync_all();
+  tu_ok(choices[0].token == 250 && choices[1].token == 0,
+        "greedy V=300: the first largest logit, past a search block and at 0");
+  tu_ok(choices[2].token == -1 && choices[3].token == -1,
+        "greedy V=300: no token from a row with an infinity or a NaN");
+}
+
 /* Many draws from one row: the sampled frequencies follow the restricted distribution. */
 static void test_sampling_frequencies(const struct eellm_task_info *ti, void *ctx) {
   (void)ctx;
@@ -543,5 +569,6 @@ int main(void) {
     }
   }
   tu_for_each_backend("sampling frequencies", sample_op, test_sampling_frequencies, NULL);
+  test_greedy_long_rows();
   return tu_finish();
 }

@@ -44,23 +44,23 @@ static int filtering(const struct eellm_sampling *s, size_t V) {
   return (s->top_k > 0 && s->top_k < V) || (s->top_p > 0 && s->top_p < 1);
 }
 
-/* Maxima in LANES independent lanes, combined at the end: a loop the compiler
- * can vectorize (a single running maximum is one serial dependency). */
-#define LANES 8
+/* The first index of the largest of z [V] (no NaN): the maximum, then the first
+ * block of ARGMAX_BLOCK that holds it, each a pass at the vector units' width. */
+#define ARGMAX_BLOCK 64
 
-/* The first index of the largest of z [V] (no NaN). */
-static size_t first_argmax(const float *z, size_t V) {
-  float lane[LANES];
-  size_t j = 0;
-  for (size_t l = 0; l < LANES; l++) lane[l] = z[0];
-  for (; j + LANES <= V; j += LANES)
-    for (size_t l = 0; l < LANES; l++) lane[l] = z[j + l] > lane[l] ? z[j + l] : lane[l];
-  float top = lane[0];
-  for (size_t l = 1; l < LANES; l++) top = lane[l] > top ? lane[l] : top;
-  for (; j < V; j++) top = z[j] > top ? z[j] : top;
-  size_t best = 0;
-  while (z[best] != top) best++;
-  return best;
+EELLM_VECTORIZED static size_t first_argmax(const float *z, size_t V) {
+  float top = z[0];
+#pragma omp simd reduction(max : top)
+  for (size_t j = 0; j < V; j++) top = z[j] > top ? z[j] : top;
+  size_t j0 = 0;
+  for (; j0 + ARGMAX_BLOCK <= V; j0 += ARGMAX_BLOCK) {
+    int holds = 0;
+#pragma omp simd reduction(| : holds)
+    for (size_t j = j0; j < j0 + ARGMAX_BLOCK; j++) holds |= z[j] == top;
+    if (holds) break;
+  }
+  while (z[j0] != top) j0++;
+  return j0;
 }
 
 /* The sums of eellm_cpu_softmax_stats from the largest logit z[best]: of exp(shifted)
@@ -186,10 +186,12 @@ void eellm_cpu_sampling_probs(const float *z, size_t V, const struct eellm_sampl
     probs[order[j].id] = exp(((double)order[j].z - r.max) * r.beta) / r.total;
 }
 
-static int all_finite(const float *z, size_t V) {
-  for (size_t j = 0; j < V; j++)
-    if (!isfinite(z[j])) return 0;
-  return 1;
+/* z - z is 0 but for an infinity or NaN. */
+EELLM_VECTORIZED static int all_finite(const float *z, size_t V) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (size_t j = 0; j < V; j++) bad |= z[j] - z[j] != 0;
+  return !bad;
 }
 
 void eellm_cpu_next_token(size_t M, size_t V, const float *logits, size_t ld, const float *uniforms,
