@@ -1,16 +1,85 @@
 /* StarPU glue of a whole layer on cached-attention rows as one task (kernel in
  * cpu/layer.c): at batch 1 a layer's eight tasks each take microseconds, and
- * StarPU's dependency hand-over between them cost more than their work. */
+ * StarPU's dependency hand-over between them cost more than their work.
+ *
+ * With two CPU workers a second task, layer_cached_helper, runs beside it on the
+ * other worker and takes a share of the layer's steps (cpu/layer.c: each product
+ * in two column halves), so that the chain of decoding uses both cores. The two
+ * meet in a `struct gang`: a step's parts are claimed one at a time, and past
+ * its start a task waits only for parts the other has claimed and is running.
+ * layer_cached, which holds the data, never waits for its helper to start and
+ * claims whatever is left, so it finishes alone when the helper comes late (its
+ * worker busy); the helper waits at most HELPER_WAIT_S for layer_cached to
+ * start and, finding nothing to claim, returns. The helper declares only x, to
+ * become ready with the layer: it writes layer_cached's buffers only while
+ * layer_cached runs, which returns once every claimed part is done, so StarPU's
+ * accounting of the data holds. The bits are the single task's whoever runs
+ * which part (tests/test_codelets_kvcache). */
+#include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "glue.h"
 
+struct gang {
+  atomic_uint claimed[EELLM_LAYER_STEPS], done[EELLM_LAYER_STEPS];
+  atomic_int published; /* call holds layer_cached's buffers */
+  atomic_int users;     /* the tasks yet to let go of it; the last frees it */
+  struct eellm_cpu_layer_call call;
+};
+
 struct layer_cached_args {
   struct eellm_cpu_layer_shape shape;
-  unsigned present; /* bit t: tensor t (enum eellm_layer_tensor) has a buffer */
+  unsigned present;  /* bit t: tensor t (enum eellm_layer_tensor) has a buffer */
+  struct gang *gang; /* NULL: no helper */
 };
 
 EELLM_CODELET_CPU(layer_cached)
+EELLM_CODELET_CPU(layer_cached_helper)
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* The steps' parts this task claims, then each step's end. */
+static void share_steps(struct gang *g) {
+  for (unsigned step = 0; step < EELLM_LAYER_STEPS; step++) {
+    unsigned parts = eellm_cpu_layer_step_parts(step), part;
+    while ((part = atomic_fetch_add(&g->claimed[step], 1)) < parts) {
+      eellm_cpu_layer_step(&g->call, step, part);
+      atomic_fetch_add(&g->done[step], 1);
+    }
+    while (atomic_load(&g->done[step]) < parts) cpu_relax();
+  }
+}
+
+static void let_go(struct gang *g) {
+  if (atomic_fetch_sub(&g->users, 1) == 1) free(g);
+}
+
+static double seconds_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* How long the helper waits for layer_cached to start before leaving the layer to it:
+ * both become ready when the layer's input does, and the scheduler places both (the
+ * worker that ran the step's choice submits the next step's tasks in its callback, so
+ * pinning either to a worker could hold it there). */
+#define HELPER_WAIT_S 20e-6
+
+/* x [N, D] (R): only for its readiness; the rest comes through the gang. */
+static void layer_cached_helper_cpu(void *buffers[], void *cl_arg) {
+  (void)buffers;
+  struct gang *g = *(struct gang *const *)cl_arg;
+  double give_up = seconds_now() + HELPER_WAIT_S;
+  while (!atomic_load(&g->published) && seconds_now() < give_up) cpu_relax();
+  if (atomic_load(&g->published)) share_steps(g);
+  let_go(g);
+}
 
 /* x [N, D] (R), positions [N], slots [N] int32 (R), cache [S * capacity, 2 att]
  * (RW), r [N, D] (W), y [N, D] (W), the present tensors in enum order (R), work
@@ -27,11 +96,36 @@ static void layer_cached_cpu(void *buffers[], void *cl_arg) {
     w.t[i] = (const float *)t.ptr;
     w.ld[i] = t.ld;
   }
-  eellm_cpu_layer_cached(x.rows, &a->shape, &w, (const float *)x.ptr, x.ld,
-                         (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
-                         (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[2]), (float *)cache.ptr,
-                         cache.ld, (float *)r.ptr, r.ld, (float *)y.ptr, y.ld,
-                         (void *)STARPU_VECTOR_GET_PTR(buffers[b]));
+  struct eellm_cpu_layer_call call = {x.rows,
+                                      &a->shape,
+                                      &w,
+                                      (const float *)x.ptr,
+                                      x.ld,
+                                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[1]),
+                                      (const int32_t *)STARPU_VECTOR_GET_PTR(buffers[2]),
+                                      (float *)cache.ptr,
+                                      cache.ld,
+                                      (float *)r.ptr,
+                                      r.ld,
+                                      (float *)y.ptr,
+                                      y.ld,
+                                      (void *)STARPU_VECTOR_GET_PTR(buffers[b])};
+  struct gang *g = a->gang;
+  if (!g) {
+    eellm_cpu_layer_cached(&call);
+    return;
+  }
+  g->call = call;
+  atomic_store(&g->published, 1);
+  share_steps(g);
+  let_go(g);
+}
+
+/* A helper where two CPU workers and no MPI peers are (eellm_split_count), unless
+ * EELLM_DECODE_HELPER=0. */
+static int shared_by_two(void) {
+  const char *helper = getenv("EELLM_DECODE_HELPER");
+  return eellm_split_count(2) == 2 && !(helper && strcmp(helper, "0") == 0);
 }
 
 int eellm_layer_cached_fuses(size_t rows, const starpu_data_handle_t w[EELLM_LAYER_TENSORS]) {
@@ -84,7 +178,7 @@ void eellm_insert_layer_cached(starpu_data_handle_t x,
                                starpu_data_handle_t y, unsigned capacity,
                                const struct eellm_layer_kind *kind,
                                const struct eellm_task_info *info) {
-  struct layer_cached_args args = {layer_shape(x, w, cache, capacity, kind), 0};
+  struct layer_cached_args args = {layer_shape(x, w, cache, capacity, kind), 0, NULL};
   struct starpu_data_descr buffers[6 + EELLM_LAYER_TENSORS + 1] = {
       {x, STARPU_R},      {positions, STARPU_R}, {slots, STARPU_R},
       {cache, STARPU_RW}, {r, STARPU_W},         {y, STARPU_W}};
@@ -96,5 +190,17 @@ void eellm_insert_layer_cached(starpu_data_handle_t x,
   }
   n = eellm_add_scratch(buffers, n,
                         eellm_cpu_layer_cached_work_bytes(starpu_matrix_get_ny(x), &args.shape));
+  if (!shared_by_two()) {
+    eellm_submit(&layer_cached_cl, buffers, n, &args, sizeof args, info);
+    return;
+  }
+  args.gang = calloc(1, sizeof *args.gang);
+  if (!args.gang) {
+    fprintf(stderr, "eellm: out of memory submitting layer_cached\n");
+    abort();
+  }
+  atomic_init(&args.gang->users, 2);
   eellm_submit(&layer_cached_cl, buffers, n, &args, sizeof args, info);
+  struct starpu_data_descr input = {x, STARPU_R};
+  eellm_submit(&layer_cached_helper_cl, &input, 1, &args.gang, sizeof args.gang, info);
 }

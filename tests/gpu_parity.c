@@ -359,10 +359,19 @@ static void check_coverage(void) {
                                        "gather_rows",
                                        "next_token",
                                        NULL};
-  static const char *const on_host[] = {"vector_set",      "next_token_sampled", "allreduce_sum",
-                                        "bcast",           "allreduce_softmax",  "allgather_cols",
-                                        "xent_part_stats", "xent_stats_fwd",     "xent_part_bwd",
-                                        "join_cols",       "layer_cached",       NULL};
+  static const char *const on_host[] = {"vector_set",
+                                        "next_token_sampled",
+                                        "allreduce_sum",
+                                        "bcast",
+                                        "allreduce_softmax",
+                                        "allgather_cols",
+                                        "xent_part_stats",
+                                        "xent_stats_fwd",
+                                        "xent_part_bwd",
+                                        "join_cols",
+                                        "layer_cached",
+                                        "layer_cached_helper",
+                                        NULL};
   char what[96];
   for (const char *const *op = on_gpu; *op; op++) {
     snprintf(what, sizeof what, "%s has a CUDA implementation", *op);

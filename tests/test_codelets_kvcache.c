@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "codelets/codelets.h"
+#include "codelets/cpu/kernels.h"
 #include "testutil.h"
 
 #define RTOL 1e-5
@@ -280,6 +281,36 @@ static void layer_by_tasks(const struct layer_case *c, size_t N, starpu_data_han
   eellm_insert_linear_fwd(a, t[EELLM_PROJ_W], t[EELLM_PROJ_B], r, y, 0, ti);
 }
 
+/* The layer's steps (cpu/layer.c) run directly with every product's two parts in
+ * reverse order, as a helper that claims the second part first leaves them: the
+ * same bits as the layer_cached task (r_want, y_want, cache_want; padded as that
+ * task's) from the same start (x with row stride ld, cache_start). */
+static void check_steps_reversed(const struct layer_case *c,
+                                 const struct eellm_cpu_layer_weights *w, const float *x, size_t ld,
+                                 const int32_t *positions, const int32_t *slots,
+                                 const float *cache_start, unsigned C,
+                                 const struct eellm_layer_kind *kind, const float *r_want,
+                                 const float *y_want, const float *cache_want) {
+  enum { S = 2, N = 3 };
+  size_t D = 16, att = c->H * c->hd, fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
+  struct eellm_cpu_layer_shape shape = {D, c->hd, fc, c->ffn, C, S, *kind};
+  float *cache = tu_alloc(S * C * 2 * att), *r = tu_alloc(N * ld), *y = tu_alloc(N * ld);
+  memcpy(cache, cache_start, S * C * 2 * att * sizeof *cache);
+  float *work = tu_alloc(eellm_cpu_layer_cached_work_bytes(N, &shape) / sizeof(float) + 1);
+  struct eellm_cpu_layer_call call = {N,     &shape,  w, x,  ld, positions, slots,
+                                      cache, 2 * att, r, ld, y,  ld,        work};
+  for (unsigned step = 0; step < EELLM_LAYER_STEPS; step++)
+    for (unsigned part = eellm_cpu_layer_step_parts(step); part-- > 0;)
+      eellm_cpu_layer_step(&call, step, part);
+  int same = memcmp(cache, cache_want, S * C * 2 * att * sizeof *cache) == 0;
+  for (size_t n = 0; n < N; n++)
+    same &= memcmp(r + n * ld, r_want + n * ld, D * sizeof *r) == 0 &&
+            memcmp(y + n * ld, y_want + n * ld, D * sizeof *y) == 0;
+  char what[128];
+  snprintf(what, sizeof what, "layer_cached %s: steps, parts reversed, the same bits", c->name);
+  tu_ok(same, what);
+}
+
 /* layer_cached on three rows (two of slot 1 at positions 2, 3; one of slot 0 at
  * position 5, the cache holding earlier keys) against the layer's separate
  * tasks on a copy of the cache: the same r, y and cache. */
@@ -292,8 +323,9 @@ static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
   starpu_data_handle_t t[EELLM_LAYER_TENSORS];
   layer_tensors(c, D, t);
   float *x = padded(N, D, pad, -1, 1), *cache_tasks = random_floats(S * C * 2 * att, -1, 1);
-  float *cache_fused = tu_alloc(S * C * 2 * att);
+  float *cache_fused = tu_alloc(S * C * 2 * att), *cache_start = tu_alloc(S * C * 2 * att);
   memcpy(cache_fused, cache_tasks, S * C * 2 * att * sizeof *cache_fused);
+  memcpy(cache_start, cache_tasks, S * C * 2 * att * sizeof *cache_start);
   float *r_tasks = tu_alloc(N * D), *y_tasks = tu_alloc(N * D);
   float *r_fused = padded(N, D, pad, 0, 1), *y_fused = padded(N, D, pad, 0, 1);
   starpu_data_handle_t h_x = tu_matrix_ld(x, N, D, D + pad);
@@ -301,6 +333,13 @@ static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
   layer_by_tasks(c, N, h_x, t, h_pos, h_slots, tu_matrix(cache_tasks, S * C, 2 * att), C, theta,
                  tu_matrix(r_tasks, N, D), tu_matrix(y_tasks, N, D), ti);
   struct eellm_layer_kind kind = {(unsigned)c->H, c->norm, 1e-5f, c->act, c->rope, theta};
+  struct eellm_cpu_layer_weights w = {{0}, {0}}; /* for check_steps_reversed, after the sync */
+  for (int i = 0; i < EELLM_LAYER_TENSORS; i++) {
+    if (!t[i]) continue;
+    w.t[i] = starpu_data_handle_to_pointer(t[i], STARPU_MAIN_RAM);
+    if (starpu_data_get_interface_id(t[i]) == STARPU_MATRIX_INTERFACE_ID)
+      w.ld[i] = starpu_matrix_get_local_ld(t[i]);
+  }
   eellm_insert_layer_cached(h_x, t, h_pos, h_slots, tu_matrix(cache_fused, S * C, 2 * att),
                             tu_matrix_ld(r_fused, N, D, D + pad),
                             tu_matrix_ld(y_fused, N, D, D + pad), C, &kind, ti);
@@ -314,6 +353,9 @@ static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
   check(what, cache_fused, tu_to_f64(cache_tasks, S * C * 2 * att), S * C * 2 * att, RTOL, ATOL);
   tu_ok(padding_is_nan(r_fused, N, D, D + pad) && padding_is_nan(y_fused, N, D, D + pad),
         "layer_cached leaves the padding alone");
+  if (strcmp(tu_backend_name(), "cpu") == 0)
+    check_steps_reversed(c, &w, x, D + pad, positions, slots, cache_start, C, &kind, r_fused,
+                         y_fused, cache_fused);
 }
 
 /* ---- next token ------------------------------------------------------------ */

@@ -21,8 +21,9 @@
  *   probability each token is its logits' argmax (recompute and speculative);
  * - prevent_newline_after_colon, byte and GPT-2 tokenizers, on a model edited
  *   to prefer the newline after the colon: the next best token instead;
- * - each cached layer as one task (the default on CPU workers) or, with
- *   EELLM_FUSE_DECODE=0, as its separate tasks: both pass the checks above;
+ * - each cached layer as one task (the default on CPU workers) with its helper
+ *   task on a second worker, as one task alone (EELLM_DECODE_HELPER=0) or,
+ *   with EELLM_FUSE_DECODE=0, as its separate tasks: all pass the checks above;
  * - on a model with a wide vocabulary, whose head's product and choices are
  *   split into blocks across the CPU workers: exits off and batches as above. */
 #include <math.h>
@@ -856,6 +857,11 @@ int main(void) {
   test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
   test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
   unsetenv("EELLM_FUSE_DECODE");
+  /* One fused task per layer without its helper. */
+  setenv("EELLM_DECODE_HELPER", "0", 1);
+  test_exits_on(&gpt, 0.8f, EELLM_EXIT_MAXPROB, NULL, 0, "The state of");
+  test_batch(&gpt, EELLM_GEN_PIPELINE, 0.8f);
+  unsetenv("EELLM_DECODE_HELPER");
   test_sampling(&gpt);
   test_speculative(&gpt);
   test_speculative_sampling(&gpt, 1, 0);

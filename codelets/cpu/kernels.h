@@ -165,12 +165,30 @@ struct eellm_cpu_layer_weights {
  * proj(act(fc(norm2(r)))) for x [n, d]: what the layer's norm, linear,
  * attention_cached and activation tasks compute, in one call (positions,
  * slots, cache as eellm_cpu_attention_cached). */
+struct eellm_cpu_layer_call {
+  size_t n;
+  const struct eellm_cpu_layer_shape *s;
+  const struct eellm_cpu_layer_weights *w;
+  const float *x;
+  size_t ld_x;
+  const int32_t *positions, *slots;
+  float *cache;
+  size_t ld_cache;
+  float *r;
+  size_t ld_r;
+  float *y;
+  size_t ld_y;
+  void *work; /* eellm_cpu_layer_cached_work_bytes */
+};
 size_t eellm_cpu_layer_cached_work_bytes(size_t n, const struct eellm_cpu_layer_shape *s);
-void eellm_cpu_layer_cached(size_t n, const struct eellm_cpu_layer_shape *s,
-                            const struct eellm_cpu_layer_weights *w, const float *x, size_t ld_x,
-                            const int32_t *positions, const int32_t *slots, float *cache,
-                            size_t ld_cache, float *r, size_t ld_r, float *y, size_t ld_y,
-                            void *work);
+void eellm_cpu_layer_cached(const struct eellm_cpu_layer_call *c);
+/* The same as EELLM_LAYER_STEPS steps in order, step i in eellm_cpu_layer_step_parts(i)
+ * parts (1, or 2 for a product: column halves) that may run at once on different cores,
+ * each step's after all of the step before. Every part gives the same bits whoever
+ * runs it, and the whole the same as eellm_cpu_layer_cached. */
+enum { EELLM_LAYER_STEPS = 8 };
+unsigned eellm_cpu_layer_step_parts(unsigned step);
+void eellm_cpu_layer_step(const struct eellm_cpu_layer_call *c, unsigned step, unsigned part);
 
 /* ---- crossentropy.c ------------------------------------------------------ */
 
