@@ -9,7 +9,7 @@
  * its start a task waits only for parts the other has claimed and is running.
  * layer_cached, which holds the data, never waits for its helper to start and
  * claims whatever is left, so it finishes alone when the helper comes late (its
- * worker busy); the helper waits at most HELPER_WAIT_S for layer_cached to
+ * worker busy); the helper waits at most HELPER_WAIT_US for layer_cached to
  * start and, finding nothing to claim, returns. The helper declares only x, to
  * become ready with the layer: it writes layer_cached's buffers only while
  * layer_cached runs, which returns once every claimed part is done, so StarPU's
@@ -17,7 +17,6 @@
  * which part (tests/test_codelets_kvcache). */
 #include <stdatomic.h>
 #include <string.h>
-#include <time.h>
 
 #include "glue.h"
 
@@ -59,24 +58,18 @@ static void let_go(struct gang *g) {
   if (atomic_fetch_sub(&g->users, 1) == 1) free(g);
 }
 
-static double seconds_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* How long the helper waits for layer_cached to start before leaving the layer to it:
  * both become ready when the layer's input does, and the scheduler places both (the
  * worker that ran the step's choice submits the next step's tasks in its callback, so
  * pinning either to a worker could hold it there). */
-#define HELPER_WAIT_S 20e-6
+#define HELPER_WAIT_US 20.0
 
 /* x [N, D] (R): only for its readiness; the rest comes through the gang. */
 static void layer_cached_helper_cpu(void *buffers[], void *cl_arg) {
   (void)buffers;
   struct gang *g = *(struct gang *const *)cl_arg;
-  double give_up = seconds_now() + HELPER_WAIT_S;
-  while (!atomic_load(&g->published) && seconds_now() < give_up) cpu_relax();
+  double give_up = starpu_timing_now() + HELPER_WAIT_US;
+  while (!atomic_load(&g->published) && starpu_timing_now() < give_up) cpu_relax();
   if (atomic_load(&g->published)) share_steps(g);
   let_go(g);
 }

@@ -236,6 +236,9 @@ struct layer_case {
   int rope, biases;
 };
 
+/* The layer tests' sizes: cache slots, capacity per slot, rows, model width. */
+enum { LAYER_SLOTS = 2, LAYER_CAPACITY = 8, LAYER_ROWS = 3, LAYER_DIM = 16 };
+
 /* The layer's tensors: gains near 1, biases (when the case has them) and weights small. */
 static void layer_tensors(const struct layer_case *c, size_t D, starpu_data_handle_t t[]) {
   size_t att = c->H * c->hd, fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
@@ -288,11 +291,11 @@ static void layer_by_tasks(const struct layer_case *c, size_t N, starpu_data_han
 static void check_steps_reversed(const struct layer_case *c,
                                  const struct eellm_cpu_layer_weights *w, const float *x, size_t ld,
                                  const int32_t *positions, const int32_t *slots,
-                                 const float *cache_start, unsigned C,
-                                 const struct eellm_layer_kind *kind, const float *r_want,
-                                 const float *y_want, const float *cache_want) {
-  enum { S = 2, N = 3 };
-  size_t D = 16, att = c->H * c->hd, fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
+                                 const float *cache_start, const struct eellm_layer_kind *kind,
+                                 const float *r_want, const float *y_want,
+                                 const float *cache_want) {
+  enum { S = LAYER_SLOTS, C = LAYER_CAPACITY, N = LAYER_ROWS };
+  size_t D = LAYER_DIM, att = c->H * c->hd, fc = c->act == EELLM_SWIGLU ? 2 * c->ffn : c->ffn;
   struct eellm_cpu_layer_shape shape = {D, c->hd, fc, c->ffn, C, S, *kind};
   float *cache = tu_alloc(S * C * 2 * att), *r = tu_alloc(N * ld), *y = tu_alloc(N * ld);
   memcpy(cache, cache_start, S * C * 2 * att * sizeof *cache);
@@ -316,8 +319,8 @@ static void check_steps_reversed(const struct layer_case *c,
  * tasks on a copy of the cache: the same r, y and cache. */
 static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
   const struct layer_case *c = ctx;
-  enum { S = 2, C = 8, N = 3 };
-  size_t D = 16, att = c->H * c->hd, pad = 3;
+  enum { S = LAYER_SLOTS, C = LAYER_CAPACITY, N = LAYER_ROWS };
+  size_t D = LAYER_DIM, att = c->H * c->hd, pad = 3;
   float theta = 1000.0f;
   int32_t slots[N] = {1, 1, 0}, positions[N] = {2, 3, 5};
   starpu_data_handle_t t[EELLM_LAYER_TENSORS];
@@ -354,8 +357,8 @@ static void test_layer_cached(const struct eellm_task_info *ti, void *ctx) {
   tu_ok(padding_is_nan(r_fused, N, D, D + pad) && padding_is_nan(y_fused, N, D, D + pad),
         "layer_cached leaves the padding alone");
   if (strcmp(tu_backend_name(), "cpu") == 0)
-    check_steps_reversed(c, &w, x, D + pad, positions, slots, cache_start, C, &kind, r_fused,
-                         y_fused, cache_fused);
+    check_steps_reversed(c, &w, x, D + pad, positions, slots, cache_start, &kind, r_fused, y_fused,
+                         cache_fused);
 }
 
 /* ---- next token ------------------------------------------------------------ */

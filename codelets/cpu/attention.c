@@ -83,10 +83,7 @@ EELLM_VECTORIZED static float exp_shifted(float *s, size_t n, size_t valid, floa
 }
 
 EELLM_VECTORIZED static float max_of(const float *s, size_t n, float start) {
-  float max = start;
-#pragma omp simd reduction(max : max)
-  for (size_t j = 0; j < n; j++) max = s[j] > max ? s[j] : max;
-  return max;
+  return eellm_max(s, n, start);
 }
 
 EELLM_VECTORIZED static void scale_row(float *x, size_t n, float by) {

@@ -49,9 +49,7 @@ static int filtering(const struct eellm_sampling *s, size_t V) {
 #define ARGMAX_BLOCK 64
 
 EELLM_VECTORIZED static size_t first_argmax(const float *z, size_t V) {
-  float top = z[0];
-#pragma omp simd reduction(max : top)
-  for (size_t j = 0; j < V; j++) top = z[j] > top ? z[j] : top;
+  float top = eellm_max(z, V, z[0]);
   size_t j0 = 0;
   for (; j0 + ARGMAX_BLOCK <= V; j0 += ARGMAX_BLOCK) {
     int holds = 0;

@@ -40,6 +40,15 @@ static inline double eellm_sum_squares(const float *x, size_t n, float shift) {
   return sum;
 }
 
+/* The largest of start and x[0 .. n-1] (no NaN). Inline: it runs at the width of the
+ * EELLM_VECTORIZED clone that calls it. */
+static inline float eellm_max(const float *x, size_t n, float start) {
+  float max = start;
+#pragma omp simd reduction(max : max)
+  for (size_t i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
+  return max;
+}
+
 /* exp(x) in float, within 2 ulp of expf over its range, branch-free so that loops over it
  * vectorise (libm's expf is a call per element): x = n ln2 + r, |r| <= ln2 / 2, exp(r)
  * by Cephes' degree-6 polynomial, times 2^n made in the exponent bits. Below -87.3
