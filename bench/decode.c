@@ -56,6 +56,7 @@ static double decode(struct eellm_generator *g, const uint16_t *prompt, size_t p
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc < 7) {
     fprintf(stderr, "usage: %s SPEC CKPT PROMPT TOKENS REPEATS BATCH...\n", argv[0]);
     return 2;

@@ -329,6 +329,7 @@ static void close_bench(struct bench *b) {
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc < 2 || argc > 4) {
     fprintf(stderr, "usage: %s CKPT [MAX_TOKENS] [REPEATS]\n", argv[0]);
     return 2;

@@ -34,6 +34,7 @@ static void worker_times(double *busy, double *total) {
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc != 6) {
     fprintf(stderr, "usage: %s MODEL.txtpb MICRO_BATCHES SEQS_PER_MICRO SEQ STEPS\n", argv[0]);
     return 2;

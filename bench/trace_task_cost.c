@@ -32,6 +32,7 @@ static void submit(starpu_data_handle_t *vectors, long tasks) {
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc != 3) {
     fprintf(stderr, "usage: %s TASKS ROUNDS\n", argv[0]);
     return 2;

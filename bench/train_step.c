@@ -83,6 +83,7 @@ static double sgemm_peak(int threads, int rounds) {
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc != 5 && argc != 6) {
     fprintf(stderr, "usage: %s MODEL.txtpb BATCH SEQ STEPS [WARMUP]\n", argv[0]);
     return 2;

@@ -1,4 +1,5 @@
 /* eellm: train and serve early-exit LLMs on StarPU. */
+#include <eellm.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +31,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  eellm_blas_fit_cpu(argv);
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -22,6 +22,15 @@ extern "C" {
 #endif
 
 /* ---- runtime ----------------------------------------------------------- */
+/* OpenBLAS picks its kernels from the CPU's model number as it loads and falls back to
+ * SSE3 ones on models it does not know (Debian 12's on an Emerald Rapids: a fifth of the
+ * speed). eellm_blas_core_for_cpu names the OpenBLAS core this CPU should run instead
+ * ("SkylakeX" for AVX-512, "Haswell" for AVX2 and FMA), or NULL where OpenBLAS already
+ * runs vector kernels or OPENBLAS_CORETYPE is set. eellm_blas_fit_cpu, first thing in
+ * main, starts the program again (the same executable and argv) with OPENBLAS_CORETYPE
+ * set to it; it returns where there is nothing to change or the exec failed. */
+EELLM_API const char *eellm_blas_core_for_cpu(void);
+EELLM_API void eellm_blas_fit_cpu(char **argv);
 /* Starts StarPU (scheduler lws unless STARPU_SCHED is set) with single-threaded
  * BLAS inside tasks; StarPU-MPI when eellm_mpi_init ran first. Returns 0, or
  * -1 with why in err. Stopping also finalises MPI. */

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `eellm info`: the StarPU line (version, CUDA, MPI, limits), the workers by
 # kind and the scheduler (lws without CUDA workers, dmdas with them,
-# STARPU_SCHED first), the BLAS line and the GPUs; --help; bad usage and a
-# runtime that cannot start give one line and a non-zero status.
+# STARPU_SCHED first), the BLAS line (OpenBLAS's kernels fit to the CPU) and
+# the GPUs; --help; bad usage and a runtime that cannot start give one line and
+# a non-zero status.
 set -u
 build=${1:-build}
 eellm="$build/eellm"
@@ -15,6 +16,15 @@ check "StarPU line" grep -Eq '^StarPU: +1\.3\.[0-9]+ \(CUDA (yes|no), MPI yes, m
 check "one CPU worker" grep -Eq '^workers: +1 CPU, [0-9]+ CUDA$' "$tmp/info"
 check "BLAS line" grep -Eq '^BLAS: +OpenBLAS [0-9.]+ .* \(core [A-Za-z0-9_]+\)$' "$tmp/info"
 check "GPU lines" grep -Eq '^(GPUs: +none|GPU 0: +.+, [0-9]+ MiB, compute capability [0-9]+\.[0-9]+)' "$tmp/info"
+# OpenBLAS's kernels: the user's OPENBLAS_CORETYPE is kept; unset, a CPU with AVX2 and FMA
+# runs vector kernels even where OpenBLAS does not know its model (eellm_blas_fit_cpu).
+OPENBLAS_CORETYPE=Prescott STARPU_NCPU=1 "$eellm" info > "$tmp/blas" 2>&1
+check "OPENBLAS_CORETYPE kept" grep -Eq '\(core Prescott\)$' "$tmp/blas"
+if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+  env -u OPENBLAS_CORETYPE STARPU_NCPU=1 "$eellm" info > "$tmp/blas" 2>&1
+  check "vector kernels on an AVX2 CPU" \
+    grep -Eq '\(core (Haswell|Zen|Excavator|SkylakeX|Cooperlake|SapphireRapids)\)$' "$tmp/blas"
+fi
 cuda_workers=$(sed -n 's/^workers: .* \([0-9]*\) CUDA$/\1/p' "$tmp/info")
 expected_sched=lws
 [ "${cuda_workers:-0}" -gt 0 ] && expected_sched=dmdas
