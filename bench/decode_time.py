@@ -17,18 +17,28 @@ import sys
 
 
 def head_tasks(events):
-    """Ids of the final head's tasks: per step, the last layer's tasks from its row gather on."""
+    """Ids of the final head's tasks: per step, the last layer's tasks from its row gather on,
+    or, where the head reads every row in place (no gather), from its norm on (the last
+    norm_fwd submitted for the step's last layer)."""
     by_step_layer = collections.defaultdict(list)
     for e in events:
         a = e["args"]
         if a["kind"] == "forward" and a["layer"] >= 0:
             by_step_layer[a["micro"], a["layer"]].append(e)
+    last_layer = collections.defaultdict(int)
+    for step, layer in by_step_layer:
+        last_layer[step] = max(last_layer[step], layer)
     heads = set()
-    for group in by_step_layer.values():
+    for (step, layer), group in by_step_layer.items():
+        if layer != last_layer[step]:
+            continue
         group.sort(key=lambda e: e["args"]["submit_us"])
         names = [e["name"] for e in group]
         if "gather_rows" in names:
             heads.update(id(e) for e in group[names.index("gather_rows"):])
+        elif "norm_fwd" in names:
+            start = len(names) - 1 - names[::-1].index("norm_fwd")
+            heads.update(id(e) for e in group[start:])
     return heads
 
 

@@ -174,6 +174,11 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
  * submission as for eellm_insert_vector_set. */
 void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
                              const struct eellm_task_info *info);
+/* t[i] (vectors or matrices, W) = the elements at data[i], for i < n <= EELLM_SET_MAX, in
+ * one task: the inputs of a step enter the graph in one hand-over, not one each. */
+#define EELLM_SET_MAX 4
+void eellm_insert_tensors_set(const starpu_data_handle_t *t, const void *const *data, unsigned n,
+                              const struct eellm_task_info *info);
 
 /* ---- crossentropy.c: softmax cross-entropy with mask and temperature ---- */
 /* logits [N, V], targets [N] int32, mask [N] float (0 or 1), stats [2] double (W):

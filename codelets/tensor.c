@@ -3,6 +3,9 @@
  * setting a vector from bytes carried by the task itself, on the host (the bytes
  * are in main memory; StarPU moves the result to where its readers run); and
  * the column blocks of a split task's output, joined on the host. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "glue.h"
 
 struct axpy_args {
@@ -92,10 +95,15 @@ static void copy_cuda(void *buffers[], void *cl_arg) {
 }
 #endif
 
-/* v [N] or [R, C] (W) = cl_arg's N (R * C, row by row) elements. */
+/* Each buffer v [N] or [R, C] (W) in turn = cl_arg's next N (R * C, row by row) elements. */
 static void vector_set_cpu(void *buffers[], void *cl_arg) {
-  struct eellm_tensor_view v = eellm_tensor_view(buffers[0]);
-  eellm_cpu_copy(v.rows, v.cols, v.elemsize, cl_arg, v.cols, v.ptr, v.ld);
+  unsigned n = STARPU_TASK_GET_NBUFFERS(starpu_task_get_current());
+  const char *data = cl_arg;
+  for (unsigned i = 0; i < n; i++) {
+    struct eellm_tensor_view v = eellm_tensor_view(buffers[i]);
+    eellm_cpu_copy(v.rows, v.cols, v.elemsize, data, v.cols, v.ptr, v.ld);
+    data += v.rows * v.cols * v.elemsize;
+  }
 }
 
 void eellm_insert_zero(starpu_data_handle_t t, const struct eellm_task_info *info) {
@@ -116,20 +124,40 @@ void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
   eellm_submit(&copy_cl, buffers, 2, NULL, 0, info);
 }
 
+static size_t handle_bytes(starpu_data_handle_t h) {
+  if (starpu_data_get_interface_id(h) == STARPU_MATRIX_INTERFACE_ID)
+    return starpu_matrix_get_nx(h) * starpu_matrix_get_ny(h) * starpu_matrix_get_elemsize(h);
+  return starpu_vector_get_nx(h) * starpu_vector_get_elemsize(h);
+}
+
+void eellm_insert_tensors_set(const starpu_data_handle_t *t, const void *const *data, unsigned n,
+                              const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[EELLM_SET_MAX];
+  size_t bytes = 0;
+  for (unsigned i = 0; i < n; i++) {
+    buffers[i] = (struct starpu_data_descr){t[i], STARPU_W};
+    bytes += handle_bytes(t[i]);
+  }
+  char *arg = malloc(bytes ? bytes : 1);
+  if (!arg) abort(); /* out of memory while submitting */
+  size_t at = 0;
+  for (unsigned i = 0; i < n; i++) {
+    memcpy(arg + at, data[i], handle_bytes(t[i]));
+    at += handle_bytes(t[i]);
+  }
+  /* eellm_submit copies arg into the task's argument now. */
+  eellm_submit(&vector_set_cl, buffers, (int)n, arg, bytes, info);
+  free(arg);
+}
+
 void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
                              const struct eellm_task_info *info) {
-  struct starpu_data_descr buffers[] = {{v, STARPU_W}};
-  /* eellm_submit copies data into the task's argument now. */
-  eellm_submit(&vector_set_cl, buffers, 1, data,
-               starpu_vector_get_nx(v) * starpu_vector_get_elemsize(v), info);
+  eellm_insert_tensors_set(&v, &data, 1, info);
 }
 
 void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
                              const struct eellm_task_info *info) {
-  struct starpu_data_descr buffers[] = {{m, STARPU_W}};
-  eellm_submit(&vector_set_cl, buffers, 1, data,
-               starpu_matrix_get_nx(m) * starpu_matrix_get_ny(m) * starpu_matrix_get_elemsize(m),
-               info);
+  eellm_insert_tensors_set(&m, &data, 1, info);
 }
 
 void eellm_split_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts) {

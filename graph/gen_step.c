@@ -95,6 +95,23 @@ static starpu_data_handle_t input(struct call *c, const void *data, size_t n, si
   return h;
 }
 
+/* Flow f's positions and slots (f->positions_h, f->slots_h) and, when extra is not
+ * NULL, its n_extra elements (the flow's tokens, or the rows it is gathered from,
+ * returned) as inputs set by one task: one hand-over where a step starts, not three. */
+static starpu_data_handle_t flow_inputs(struct call *c, struct flow *f, const int32_t *extra,
+                                        size_t n_extra) {
+  starpu_data_handle_t t[3] = {eellm_pool_vector(c->pool, f->n, sizeof(int32_t)),
+                               eellm_pool_vector(c->pool, f->n, sizeof(int32_t)), NULL};
+  const void *data[3] = {f->positions, f->slots, extra};
+  unsigned k = 2;
+  if (extra) t[k++] = eellm_pool_vector(c->pool, n_extra, sizeof *extra);
+  struct eellm_task_info ti = task_info(c, EELLM_KIND_OTHER, c->prio_decide, -1);
+  eellm_insert_tensors_set(t, data, k, &ti);
+  f->positions_h = t[0];
+  f->slots_h = t[1];
+  return t[2];
+}
+
 /* The transformer on n rows of this step, attending over the caches at the
  * flow's positions. */
 static struct eellm_pass pass_of(const struct call *c, size_t n) {
@@ -102,15 +119,15 @@ static struct eellm_pass pass_of(const struct call *c, size_t n) {
                              .positions = c->f.positions_h, .slots = c->f.slots_h};
 }
 
-/* c->f.x [n, D] = the embedding of n tokens at the flow's positions: under tensor
+/* c->f.x [n, D] = the embedding of n tokens (an input) at the flow's positions: under tensor
  * parallelism each rank's vocabulary rows, positions added once, then the sum. */
-static void embed_flow(struct call *c, const int32_t *tokens, size_t n) {
+static void embed_flow(struct call *c, starpu_data_handle_t tokens, size_t n) {
   const struct eellm_model *m = c->m;
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
   c->f.x = temp(c, n, m->spec->d_model);
-  eellm_insert_embed_at(input(c, tokens, n, sizeof *tokens), c->f.positions_h,
-                        eellm_param(m, m->wte), m->share.first ? eellm_param(m, m->wpe) : NULL,
-                        c->f.x, m->share.vocab_lo, &ti);
+  eellm_insert_embed_at(tokens, c->f.positions_h, eellm_param(m, m->wte),
+                        m->share.first ? eellm_param(m, m->wpe) : NULL, c->f.x, m->share.vocab_lo,
+                        &ti);
   struct eellm_pass p = pass_of(c, n);
   eellm_tp_sum(&p, c->f.x, &ti);
 }
@@ -139,15 +156,28 @@ static void submit_layer(struct call *c, unsigned l, int prio) {
 
 /* ---- heads -------------------------------------------------------------------- */
 
+/* Whether rows (M of them) are the flow's rows in order. */
+static int every_row(const struct call *c, const int32_t *rows, size_t M) {
+  if (M != c->f.n) return 0;
+  for (size_t i = 0; i < M; i++)
+    if (rows[i] != (int32_t)i) return 0;
+  return 1;
+}
+
 /* Logits [M, V] of head h on the flow rows `rows` (M of them): an MLP exit's
- * body runs on those rows alone, a BLOCK exit's layer ran on every row. */
+ * body runs on those rows alone, a BLOCK exit's layer ran on every row. The
+ * head reads its input in place where the rows are all of the flow's (no
+ * gather task on the chain: decoding at full depth). */
 static starpu_data_handle_t head_logits(struct call *c, const struct eellm_head *h,
                                         const int32_t *rows, size_t M,
                                         const struct eellm_task_info *ti) {
   int block = h->structure == EELLM__EXIT__STRUCTURE__BLOCK;
   starpu_data_handle_t src = block ? c->f.block : eellm_body_input(h, c->f.x, c->f.r);
-  starpu_data_handle_t y = temp(c, M, c->m->spec->d_model);
-  eellm_insert_gather_rows(src, input(c, rows, M, sizeof *rows), y, ti);
+  starpu_data_handle_t y = src;
+  if (!every_row(c, rows, M)) {
+    y = temp(c, M, c->m->spec->d_model);
+    eellm_insert_gather_rows(src, input(c, rows, M, sizeof *rows), y, ti);
+  }
   struct eellm_pass p = pass_of(c, M);
   struct eellm_layer_acts body;
   if (!block) y = eellm_body_forward(&p, h, y, NULL, &body, ti);
@@ -251,11 +281,10 @@ static void narrow_flow(struct call *c) {
     narrow.seq[i] = f->seq[rows[i]];
   }
   enter(c, c->m->place.layer_stage[c->layer]);
-  narrow.positions_h = input(c, narrow.positions, n, sizeof(int32_t));
-  narrow.slots_h = input(c, narrow.slots, n, sizeof(int32_t));
+  starpu_data_handle_t from = flow_inputs(c, &narrow, rows, n);
   narrow.x = temp(c, n, c->m->spec->d_model);
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
-  eellm_insert_gather_rows(f->x, input(c, rows, n, sizeof *rows), narrow.x, &ti);
+  eellm_insert_gather_rows(f->x, from, narrow.x, &ti);
   *f = narrow;
 }
 
@@ -337,9 +366,7 @@ static int begin_step(struct call *c) {
       tokens[row] = q->tokens[p];
     }
   }
-  f->positions_h = input(c, f->positions, f->n, sizeof(int32_t));
-  f->slots_h = input(c, f->slots, f->n, sizeof(int32_t));
-  embed_flow(c, tokens, f->n);
+  embed_flow(c, flow_inputs(c, f, tokens, f->n), f->n);
   draw_uniforms(c);
   c->layer = 0;
   c->next_point = 0;
@@ -557,16 +584,17 @@ static void spec_phase_end(struct call *c) {
   c->step++;
 }
 
-/* The flow of n rows (kept arrays); x is the caller's. */
-static void spec_flow(struct call *c, size_t n, int32_t *positions, int32_t *slots, size_t *seq) {
+/* The flow of n rows (kept arrays); x is the caller's. Returns the input of its tokens
+ * (NULL where tokens is NULL). */
+static starpu_data_handle_t spec_flow(struct call *c, size_t n, int32_t *positions, int32_t *slots,
+                                      size_t *seq, const int32_t *tokens) {
   struct flow *f = &c->f;
   memset(f, 0, sizeof *f);
   f->n = n;
   f->positions = positions;
   f->slots = slots;
   f->seq = seq;
-  f->positions_h = input(c, positions, n, sizeof(int32_t));
-  f->slots_h = input(c, slots, n, sizeof(int32_t));
+  return flow_inputs(c, f, tokens, n);
 }
 
 /* Draft pass j: returns 0 when an exit gave non-finite logits. */
@@ -601,8 +629,7 @@ static int spec_draft_pass(struct call *c, struct spec_seq *ss, size_t n, unsign
       head_of[M++] = i;
     }
   }
-  spec_flow(c, rows, positions, slots, seq);
-  embed_flow(c, tokens, rows);
+  embed_flow(c, spec_flow(c, rows, positions, slots, seq, tokens), rows);
   for (unsigned l = 0; l < L; l++) submit_layer(c, l, c->prio_decide);
   if (M) submit_head_on(c, (unsigned)c->g->exit_at[L - 1], heads, uniforms, limits, M);
   starpu_data_acquire(c->f.x, STARPU_R);
@@ -669,7 +696,7 @@ static int spec_verify(struct call *c, struct spec_seq *ss, size_t n) {
       heads[m++] = (int32_t)row;
     }
   }
-  spec_flow(c, rows, positions, slots, seq);
+  spec_flow(c, rows, positions, slots, seq, NULL);
   c->f.x = temp(c, rows, D);
   struct eellm_task_info ti = task_info(c, EELLM_KIND_FORWARD, c->prio_decide, -1);
   eellm_insert_matrix_set(c->f.x, x, &ti);

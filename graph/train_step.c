@@ -303,9 +303,9 @@ static void load_inputs(struct micro *mb, const struct eellm_batch *batch) {
   mb->tokens = input(mb);
   mb->targets = input(mb);
   mb->mask = input(mb);
-  eellm_insert_vector_set(mb->tokens, batch->tokens, &ti);
-  eellm_insert_vector_set(mb->targets, batch->targets, &ti);
-  eellm_insert_vector_set(mb->mask, batch->mask ? batch->mask : s->ones, &ti);
+  starpu_data_handle_t inputs[] = {mb->tokens, mb->targets, mb->mask};
+  const void *data[] = {batch->tokens, batch->targets, batch->mask ? batch->mask : s->ones};
+  eellm_insert_tensors_set(inputs, data, 3, &ti);
 }
 
 /* Exit k's share of a step's loss gradient, with the micro-batch's scale: 0 without backward. */

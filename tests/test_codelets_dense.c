@@ -512,6 +512,24 @@ static void test_vector_set(const struct eellm_task_info *ti, void *ctx) {
   check("vector_set: vector from the task's bytes", t, want, len, 0, 0);
 }
 
+/* One task sets a vector, a padded matrix and an int32 vector, each from its own bytes. */
+static void test_tensors_set(const struct eellm_task_info *ti, void *ctx) {
+  (void)ctx;
+  size_t len = 11, rows = 3, cols = 5;
+  float *v = random_floats(len, -1, 1), *m = random_floats(rows * cols, -1, 1);
+  float *v_data = random_floats(len, -1, 1), *m_data = random_floats(rows * cols, -1, 1);
+  int32_t ints[4] = {0}, ints_data[4] = {3, -1, 7, 2};
+  double *want_v = tu_to_f64(v_data, len), *want_m = tu_to_f64(m_data, rows * cols);
+  starpu_data_handle_t t[] = {tu_vector(v, len), matrix(m, rows, cols, 1), tu_vector_i32(ints, 4)};
+  const void *data[] = {v_data, m_data, ints_data};
+  eellm_insert_tensors_set(t, data, 3, ti);
+  for (size_t i = 0; i < len; i++) v_data[i] = -7; /* the task carries its own copy */
+  run_tasks();
+  check("tensors_set: the vector", v, want_v, len, 0, 0);
+  check("tensors_set: the padded matrix", m, want_m, rows * cols, 0, 0);
+  tu_ok(ints[0] == 3 && ints[1] == -1 && ints[2] == 7 && ints[3] == 2, "tensors_set: the int32s");
+}
+
 int main(void) {
   tu_start();
   tu_seed(7);
@@ -578,5 +596,6 @@ int main(void) {
   tu_for_each_backend("axpy", axpy_op, test_axpy, NULL);
   tu_for_each_backend("copy", copy_op, test_copy, NULL);
   tu_for_each_backend("vector_set", set_op, test_vector_set, NULL);
+  tu_for_each_backend("tensors_set", set_op, test_tensors_set, NULL);
   return tu_finish();
 }
