@@ -5,14 +5,18 @@
  * PROMPT, every sequence its own), exits off, end-of-text ignored, REPEATS
  * times after one warm-up call, and prints each repeat's rate:
  *
- *   bench_decode SPEC CKPT PROMPT TOKENS REPEATS BATCH...
+ *   bench_decode [--bf16-heads] SPEC CKPT PROMPT TOKENS REPEATS BATCH...
  *   -> "batch=B tokens_per_s=X" per repeat and batch (generated tokens of all
- *      sequences over the call's seconds, the prompt's step included) */
+ *      sequences over the call's seconds, the prompt's step included)
+ *
+ * --bf16-heads: the heads read bf16 copies of their weights
+ * (eellm_generator_use_bf16_heads). */
 #include <eellm.h>
 #include <eellm/generate.h>
 #include <starpu.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,8 +61,12 @@ static double decode(struct eellm_generator *g, const uint16_t *prompt, size_t p
 
 int main(int argc, char **argv) {
   eellm_blas_fit_cpu(argv);
+  int bf16_heads = argc > 1 && strcmp(argv[1], "--bf16-heads") == 0;
+  argc -= bf16_heads;
+  argv += bf16_heads;
   if (argc < 7) {
-    fprintf(stderr, "usage: %s SPEC CKPT PROMPT TOKENS REPEATS BATCH...\n", argv[0]);
+    fprintf(stderr,
+            "usage: bench_decode [--bf16-heads] SPEC CKPT PROMPT TOKENS REPEATS BATCH...\n");
     return 2;
   }
   const char *spec = argv[1], *ckpt = argv[2];
@@ -79,6 +87,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_decode: %s\n", g ? "out of memory" : err);
     return 1;
   }
+  if (bf16_heads && eellm_generator_use_bf16_heads(g, err, sizeof err) != 0) goto fail;
   for (size_t i = 0; i < prompt_len; i++) prompt[i] = (uint16_t)(i + 1);
   if (decode(g, prompt, prompt_len, most, 4, err, sizeof err) < 0) goto fail;
   for (int r = 0; r < repeats; r++)

@@ -3,8 +3,9 @@
 the llama.cpp peer of bench/decode, with the gguf writer of llama.cpp's source
 tree (gguf-py).
 
-Usage: gguf_gpt2.py GGUF_PY_DIR SPEC.txtpb OUT.gguf
-The spec must be GPT-2-like (layernorm, GELU, learned positions, biases, tied
+Usage: gguf_gpt2.py GGUF_PY_DIR SPEC.txtpb OUT.gguf [--bf16-head]
+--bf16-head: the tied head (token_embd.weight) in bf16, the rest float32, as
+eellm's --bf16-heads reads it. The spec must be GPT-2-like (layernorm, GELU, learned positions, biases, tied
 head); its exits are left out (decoding runs at full depth). No tokenizer: the
 vocabulary is vocab_size dummy tokens (llama.cpp's "none" tokenizer model),
 which is all llama-batched-bench needs.
@@ -20,6 +21,7 @@ from torch_train_step import load_text_spec  # noqa: E402
 
 def main():
     gguf_py, spec_path, out = sys.argv[1:4]
+    bf16_head = sys.argv[4:] == ["--bf16-head"]
     sys.path.insert(0, gguf_py)
     import gguf
 
@@ -43,7 +45,11 @@ def main():
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(v)
     w.add_tokenizer_model("none")
-    w.add_tensor("token_embd.weight", normal(v, d))
+    if bf16_head:
+        head = gguf.quants.quantize(normal(v, d), gguf.GGMLQuantizationType.BF16)
+        w.add_tensor("token_embd.weight", head, raw_dtype=gguf.GGMLQuantizationType.BF16)
+    else:
+        w.add_tensor("token_embd.weight", normal(v, d))
     w.add_tensor("position_embd.weight", normal(spec.context_length, d))
     ones, zeros = np.ones(d, np.float32), np.zeros(d, np.float32)
     for i in range(spec.n_layers):

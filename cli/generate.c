@@ -21,7 +21,8 @@ static const char generate_usage[] =
     "                      [--method recompute|pipeline|speculative] [--stages P] [--tp T]\n"
     "                      [--draft-exit L] [--draft-tokens N] [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
     "                      [--top-p-decay D [--top-p-bound B]] [--prevent-newline-after-colon]\n"
-    "                      [--stream] [--show-exits] [--ignore-eot] [--tokenizer-dir DIR]\n"
+    "                      [--stream] [--show-exits] [--ignore-eot] [--bf16-heads]\n"
+    "                      [--tokenizer-dir DIR]\n"
     "                      [--trace FILE.json [--trace-format chrome|paje]]\n"
     "\n"
     "Generates text with early exits: a token leaves at the first allowed exit whose\n"
@@ -65,6 +66,9 @@ static const char generate_usage[] =
     "  --show-exits         a table of each token's exit, and a summary: tokens per exit,\n"
     "                       mean exit layer, tokens/s (speculative: drafts kept)\n"
     "  --ignore-eot         go on past the end-of-text token\n"
+    "  --bf16-heads         steps of up to 8 rows (decoding up to 8 prompts) read bf16 copies\n"
+    "                       of the heads' weights: half the bytes per token, fp32 products\n"
+    "                       on the widened weights (one process)\n"
     "  --trace FILE         record every task (kind, layer, worker, times) into FILE;\n"
     "                       see 'eellm trace'\n"
     "  --trace-format F     chrome (default: Chrome Trace Event JSON) or paje\n"
@@ -256,6 +260,7 @@ struct cli {
   int threshold_given;
   int draft_given;
   unsigned tp;
+  int bf16_heads;
 };
 
 static int fail(const char *what, const char *detail) {
@@ -289,7 +294,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
       {"draft-exit", required_argument, 0, 'D'},  {"draft-tokens", required_argument, 0, 'N'},
       {"top-p-decay", required_argument, 0, 'y'}, {"top-p-bound", required_argument, 0, 'b'},
       {"prevent-newline-after-colon", no_argument, 0, 'C'}, {"tp", required_argument, 0, 'X'},
-      {0, 0, 0, 0}};
+      {"bf16-heads", no_argument, 0, 'B'},        {0, 0, 0, 0}};
   a->o = (struct eellm_gen_options){.max_tokens = 64, .use_early_exit = 1, .threshold = 1,
                                     .top_p = 1, .stop_at_eot = 1, .draft_tokens = 3};
   int opt;
@@ -351,6 +356,7 @@ static int parse_args(int argc, char **argv, struct cli *a) {
           return fail("--stages wants a positive count, got ", optarg);
         a->o.stages = (unsigned)v;
         break;
+      case 'B': a->bf16_heads = 1; break;
       case 'X':
         if (parse_number(optarg, 1, 100000, &v) != 0 || v != (unsigned)v)
           return fail("--tp wants a positive count, got ", optarg);
@@ -483,6 +489,8 @@ static int run(struct cli *a) {
   struct eellm_gen_sequence *out = calloc(n, sizeof *out);
   struct printer pr = {.n_seqs = n};
   if (any_failed(!g, err)) goto done;
+  if (a->bf16_heads && any_failed(eellm_generator_use_bf16_heads(g, err, sizeof err) != 0, err))
+    goto done;
   if (!ids || !prompts || !lens || !out) goto done;
   /* No --threshold: the one `eellm eval --calibrate` stored for this rule, if any. */
   float calibrated;

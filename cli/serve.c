@@ -18,7 +18,7 @@ static const char serve_usage[] =
     "usage: eellm serve --ckpt RUN [--host ADDR] [--port N] [--max-batch N]\n"
     "                   [--request-slots N] [--header-timeout S]\n"
     "                   [--tokenizer-dir DIR] [--method recompute|pipeline]\n"
-    "                   [--exit-rule maxprob|entropy] [--tp T]\n"
+    "                   [--exit-rule maxprob|entropy] [--tp T] [--bf16-heads]\n"
     "\n"
     "Serves early-exit generation over HTTP with EE-LLM's API: PUT /api with a JSON\n"
     "body, answered in JSON. Stops cleanly on SIGINT or SIGTERM (a second one kills).\n"
@@ -46,6 +46,8 @@ static const char serve_usage[] =
     "                       threshold, EE-LLM's rule; default) or entropy (1 - entropy /\n"
     "                       log(vocabulary) reaches it)\n"
     "  --tp T               under mpirun: tensor-parallel ranks per stage (default 1)\n"
+    "  --bf16-heads         steps of up to 8 rows read bf16 copies of the heads' weights\n"
+    "                       (half the bytes per token, fp32 products; one process)\n"
     "\n"
     "Request fields (all but prompts optional; the README lists EE-LLM's others):\n"
     "  prompts             a string or a list of strings (at most 1024)\n"
@@ -88,6 +90,7 @@ struct serve_options {
   const char *ckpt, *host, *tokenizer_dir;
   const char *ckpt_path; /* the checkpoint file */
   unsigned port, max_batch, request_slots, header_timeout, tp;
+  int bf16_heads;
   enum eellm_exit_rule rule;
   enum eellm_gen_method method;
 };
@@ -114,12 +117,14 @@ static int parse_options(int argc, char **argv, struct serve_options *o) {
       {"tokenizer-dir", required_argument, 0, 't'}, {"method", required_argument, 0, 'm'},
       {"exit-rule", required_argument, 0, 'r'},     {"help", no_argument, 0, 'h'},
       {"request-slots", required_argument, 0, 's'}, {"header-timeout", required_argument, 0, 'T'},
-      {"tp", required_argument, 0, 'P'},            {0, 0, 0, 0}};
+      {"tp", required_argument, 0, 'P'},            {"bf16-heads", no_argument, 0, 'B'},
+      {0, 0, 0, 0}};
   *o = (struct serve_options){.host = "127.0.0.1", .port = 5000, .max_batch = 8, .tp = 1};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
     switch (opt) {
       case 'c': o->ckpt = optarg; break;
+      case 'B': o->bf16_heads = 1; break;
       case 'H': o->host = optarg; break;
       case 't': o->tokenizer_dir = optarg; break;
       case 'p':
@@ -295,7 +300,9 @@ int cmd_serve(int argc, char **argv) {
   } else {
     struct eellm_generator *g =
         eellm_generator_open_parallel(ckpt, o.tokenizer_dir, o.max_batch, o.tp, err, sizeof err);
-    if (any_failed(!g, err)) {
+    if (any_failed(!g, err) ||
+        (o.bf16_heads &&
+         any_failed(eellm_generator_use_bf16_heads(g, err, sizeof err) != 0, err))) {
       rc = 2;
     } else {
       rc = serve_on_rank(g, &o, spec, &stop);

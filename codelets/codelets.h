@@ -117,7 +117,11 @@ void eellm_insert_norm_bwd(starpu_data_handle_t x, starpu_data_handle_t gain,
 
 /* ---- linear.c: y = x @ W (+ b) (+ residual) ----------------------------- */
 /* x [N, K]; W [K, M] or, with transpose_w, [M, K]; b [M] or NULL;
- * residual [N, M] or NULL (added to the output); y [N, M] (W). */
+ * residual [N, M] or NULL (added to the output); y [N, M] (W). A W of 2-byte
+ * elements is bf16, used transposed with N <= EELLM_CPU_BF16_MAX_ROWS (on the CPUs:
+ * eellm_cpu_linear_fwd_bf16). */
+/* Whether a product of `rows` rows may run on a bf16 weight. */
+int eellm_linear_bf16_fits(size_t rows);
 void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w,
                              starpu_data_handle_t b, starpu_data_handle_t residual,
                              starpu_data_handle_t y, int transpose_w,
@@ -174,6 +178,9 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
  * submission as for eellm_insert_vector_set. */
 void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
                              const struct eellm_task_info *info);
+/* dst [R, C] (W; 2-byte elements) = src [R, C] rounded to bf16 (nearest, ties to even). */
+void eellm_insert_to_bf16(starpu_data_handle_t dst, starpu_data_handle_t src,
+                          const struct eellm_task_info *info);
 /* t[i] (vectors or matrices, W) = the elements at data[i], for i < n <= EELLM_SET_MAX, in
  * one task: the inputs of a step enter the graph in one hand-over, not one each. */
 #define EELLM_SET_MAX 4

@@ -15,6 +15,8 @@ struct linear_bwd_args {
 };
 
 EELLM_CODELET(linear_fwd)
+/* linear_fwd on a bf16 weight (decoding's heads, eellm_generator_use_bf16_heads). */
+EELLM_CODELET_CPU(linear_fwd_bf16)
 EELLM_CODELET(linear_bwd)
 /* The weight and bias gradients of a backward, as a task of their own (same
  * buffers and kernel as linear_bwd): nothing on the backward's critical path
@@ -37,7 +39,7 @@ static struct linear_fwd_task linear_fwd_task(void *buffers[], const struct line
   if (args->has_bias) t.bias = (const float *)STARPU_VECTOR_GET_PTR(buffers[b++]);
   if (args->has_residual) t.res = eellm_tensor_view(buffers[b++]);
   t.y = eellm_tensor_view(buffers[b]);
-  t.w.ptr += args->col0 * (args->transpose_w ? t.w.ld : 1) * sizeof(float);
+  t.w.ptr += args->col0 * (args->transpose_w ? t.w.ld : 1) * t.w.elemsize;
   if (t.bias) t.bias += args->col0;
   if (t.res.ptr) t.res.ptr += args->col0 * sizeof(float);
   return t;
@@ -49,6 +51,20 @@ static void linear_fwd_cpu(void *buffers[], void *cl_arg) {
   eellm_cpu_linear_fwd(t.x.rows, t.x.cols, t.y.cols, args->transpose_w, (const float *)t.x.ptr,
                        t.x.ld, (const float *)t.w.ptr, t.w.ld, t.bias, (const float *)t.res.ptr,
                        t.res.ld, (float *)t.y.ptr, t.y.ld);
+}
+
+/* As linear_fwd_cpu, W [M, K] in bf16 used transposed, N <= EELLM_CPU_BF16_MAX_ROWS. */
+static void linear_fwd_bf16_cpu(void *buffers[], void *cl_arg) {
+  const struct linear_fwd_args *args = cl_arg;
+  struct linear_fwd_task t = linear_fwd_task(buffers, args);
+  if (!args->transpose_w || t.x.rows > EELLM_CPU_BF16_MAX_ROWS) {
+    fprintf(stderr, "eellm: bf16 product of %zu rows%s\n", t.x.rows,
+            args->transpose_w ? "" : " on an untransposed weight");
+    abort(); /* a graph's bug: eellm_insert_linear_fwd's callers check */
+  }
+  eellm_cpu_linear_fwd_bf16(t.x.rows, t.x.cols, t.y.cols, (const float *)t.x.ptr, t.x.ld,
+                            (const uint16_t *)t.w.ptr, t.w.ld, t.bias, (const float *)t.res.ptr,
+                            t.res.ld, (float *)t.y.ptr, t.y.ld);
 }
 
 /* x [N, K], W [K, M] (or [M, K] transposed), dy [N, M], dx [N, K] (optional),
@@ -115,6 +131,8 @@ static void linear_dw_cuda(void *buffers[], void *cl_arg) { linear_bwd_cuda(buff
 #define SPLIT_MAX_ROWS 64
 #define SPLIT_MIN_BYTES ((size_t)1 << 21)
 
+int eellm_linear_bf16_fits(size_t rows) { return rows >= 1 && rows <= EELLM_CPU_BF16_MAX_ROWS; }
+
 unsigned eellm_linear_fwd_blocks(size_t rows, size_t cols, starpu_data_handle_t w) {
   int thin = rows <= SPLIT_MAX_ROWS && starpu_data_get_size(w) >= SPLIT_MIN_BYTES;
   return thin ? eellm_split_count(cols) : 1;
@@ -133,9 +151,11 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   if (residual) buffers[n++] = (struct starpu_data_descr){residual, STARPU_R};
   size_t cols = starpu_matrix_get_nx(y);
   unsigned blocks = eellm_linear_fwd_blocks(starpu_matrix_get_ny(y), cols, w);
+  struct starpu_codelet *cl =
+      starpu_matrix_get_elemsize(w) == sizeof(uint16_t) ? &linear_fwd_bf16_cl : &linear_fwd_cl;
   if (blocks == 1) {
     buffers[n] = (struct starpu_data_descr){y, STARPU_W};
-    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, info);
+    eellm_submit(cl, buffers, n + 1, &args, sizeof args, info);
     return;
   }
   starpu_data_handle_t parts[EELLM_SPLIT_MAX];
@@ -144,7 +164,7 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
     args.col0 = eellm_split_at(cols, blocks, i);
     buffers[n] = (struct starpu_data_descr){parts[i], STARPU_W};
     struct eellm_task_info block = eellm_split_info(info, i);
-    eellm_submit(&linear_fwd_cl, buffers, n + 1, &args, sizeof args, &block);
+    eellm_submit(cl, buffers, n + 1, &args, sizeof args, &block);
   }
   eellm_join_outputs(y, blocks, parts, info);
 }

@@ -17,6 +17,7 @@ EELLM_CODELET(axpy)
 EELLM_CODELET(copy)
 EELLM_CODELET_CPU(vector_set)
 EELLM_CODELET_CPU(join_cols)
+EELLM_CODELET_CPU(to_bf16)
 
 /* Aborts unless dst and src have one shape and element size (a graph's bug). */
 static void check_same_shape(const char *op, const struct eellm_tensor_view *dst,
@@ -67,6 +68,16 @@ static void join_cols_cpu(void *buffers[], void *cl_arg) {
                    dst.ptr + col * dst.elemsize, dst.ld);
     col += part.cols;
   }
+}
+
+/* dst [R, C] of 2-byte elements = src [R, C] floats rounded to bf16. */
+static void to_bf16_cpu(void *buffers[], void *cl_arg) {
+  (void)cl_arg;
+  struct eellm_tensor_view dst = eellm_tensor_view(buffers[0]);
+  struct eellm_tensor_view src = eellm_tensor_view(buffers[1]);
+  for (size_t r = 0; r < src.rows; r++)
+    eellm_cpu_to_bf16(src.cols, (const float *)(src.ptr + r * src.ld * src.elemsize),
+                      (uint16_t *)(dst.ptr + r * dst.ld * dst.elemsize));
 }
 
 #ifdef STARPU_USE_CUDA
@@ -158,6 +169,12 @@ void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,
 void eellm_insert_matrix_set(starpu_data_handle_t m, const void *data,
                              const struct eellm_task_info *info) {
   eellm_insert_tensors_set(&m, &data, 1, info);
+}
+
+void eellm_insert_to_bf16(starpu_data_handle_t dst, starpu_data_handle_t src,
+                          const struct eellm_task_info *info) {
+  struct starpu_data_descr buffers[] = {{dst, STARPU_W}, {src, STARPU_R}};
+  eellm_submit(&to_bf16_cl, buffers, 2, NULL, 0, info);
 }
 
 void eellm_split_outputs(starpu_data_handle_t dst, unsigned n, starpu_data_handle_t *parts) {

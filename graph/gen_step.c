@@ -206,6 +206,7 @@ static struct eellm_row_limit row_limit(const struct call *c, const struct seque
 static void submit_head_on(struct call *c, unsigned exit, const int32_t *rows,
                            const float *uniforms, const struct eellm_row_limit *limits, size_t M) {
   c->head = eellm_head_of(c->m, exit);
+  if (c->g->head_bf16 && eellm_linear_bf16_fits(M)) c->head.head_w_bf16 = c->g->head_bf16[exit];
   enter(c, eellm_exit_stage(&c->m->place, exit));
   int final = exit == c->m->spec->n_exits;
   struct eellm_task_info ti = task_info(c, final ? EELLM_KIND_FORWARD : EELLM_KIND_EXIT,

@@ -33,6 +33,11 @@ struct eellm_generator {
   size_t spec_rounds, spec_drafted, spec_accepted;
   /* The first ids ":" and "\n" encode to (prevent_newline_after_colon), -1 if none. */
   int32_t colon, newline;
+  /* Per exit (the final head last): a bf16 copy of its head's weight, which heads on
+   * few rows read (eellm_generator_use_bf16_heads); NULL: none. Tied heads share one,
+   * which the first of them owns (head_bf16_owned). */
+  starpu_data_handle_t *head_bf16;
+  unsigned char *head_bf16_owned;
 };
 
 /* A prompt's state during a call. */

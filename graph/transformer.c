@@ -240,7 +240,8 @@ starpu_data_handle_t eellm_head_forward(const struct eellm_pass *p, const struct
   a->stats = NULL;
   if (h->norm_w >= 0) norm_forward(p, h->norm_w, h->norm_b, x, &a->y, &a->stats, ti);
   starpu_data_handle_t logits = eellm_act(p, p->m->share.vocab);
-  eellm_insert_linear_fwd(a->y, eellm_param(p->m, h->head_w), NULL, NULL, logits, 1, ti);
+  starpu_data_handle_t w = h->head_w_bf16 ? h->head_w_bf16 : eellm_param(p->m, h->head_w);
+  eellm_insert_linear_fwd(a->y, w, NULL, NULL, logits, 1, ti);
   return logits;
 }
 

@@ -88,6 +88,7 @@ struct eellm_head {
   Eellm__Exit__Structure structure;
   const struct eellm_layer_params *block;
   int norm_w, norm_b, head_w;
+  starpu_data_handle_t head_w_bf16; /* NULL, or a bf16 copy of head_w the forward reads */
   float temperature;
   int dynamic_weight; /* the loss weighs each token by the head's confidence */
 };

@@ -28,6 +28,10 @@ check "12 tokens (bytes) follow the prompt" '[ "$(head -c -1 "$tmp/plain" | wc -
 check "--ckpt takes the checkpoint file too" 'cmp -s "$tmp/plain" "$tmp/file"'
 gen --prompt "the quick" --max-tokens 12 --stream > "$tmp/stream"
 check "--stream prints the same text" 'cmp -s "$tmp/plain" "$tmp/stream"'
+gen --prompt "the quick" --max-tokens 12 --bf16-heads --show-exits > "$tmp/bf16" 2> "$tmp/err"
+status=$?
+check "--bf16-heads: 12 tokens, nothing on stderr" \
+  '[ $status -eq 0 ] && [ ! -s "$tmp/err" ] && grep -Eq "^mean exit layer [0-9.]+ of 3; 12 tokens" "$tmp/bf16"'
 
 gen --prompt "the lazy" --max-tokens 16 --threshold 0.5 --show-exits > "$tmp/exits"
 check "--show-exits: a table of tokens" 'grep -q "^  token  exit layer  logprob  text" "$tmp/exits" && [ "$(grep -c "^ *[0-9]\+ \+[0-9]" "$tmp/exits")" -eq 16 ]'

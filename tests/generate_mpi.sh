@@ -108,6 +108,8 @@ refused "--tp 2 on 3 ranks" 3 "^eellm generate: 2 tensor-parallel ranks do not d
 refused "--tp 2 for 3 heads" 2 "^eellm generate: parallelism.tp 2 does not divide n_heads 3$" \
   generate --ckpt "$tmp/heads3" --prompt "the" --tp 2
 refused "5 ranks for 4 layers" 5 "^eellm generate: 5 pipeline stages for 4 layers" "${args[@]}" --method pipeline
+refused "--bf16-heads on 2 ranks" 2 "^eellm generate: bf16 heads run in one process \(this run has 2 ranks\)$" \
+  "${args[@]}" --bf16-heads
 
 # eellm serve across ranks: rank 0 serves, the others replay its sessions. Two
 # concurrent requests get the single process's tokens and exit layers, by

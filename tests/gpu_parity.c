@@ -371,6 +371,8 @@ static void check_coverage(void) {
                                         "join_cols",
                                         "layer_cached",
                                         "layer_cached_helper",
+                                        "linear_fwd_bf16",
+                                        "to_bf16",
                                         NULL};
   char what[96];
   for (const char *const *op = on_gpu; *op; op++) {

@@ -4,9 +4,11 @@
  * Gradient buffers start non-zero (accumulating ones) or NaN (overwritten ones),
  * so both beta_dx semantics and parameter accumulation are checked. Every case
  * runs on every backend of the build (tu_for_each_backend). */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "codelets/codelets.h"
 #include "codelets/collective.h"
@@ -400,6 +402,94 @@ static void test_rows_alike(void) {
   check("linear transpose_w: row 1 alone = among 3, bits", y_one, tu_to_f64(y_all + m, m), m, 0, 0);
 }
 
+/* ---- bf16 weights --------------------------------------------------------- */
+
+static float bits_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* x in bf16 the long way: the nearer of the two bf16 values around it, the one whose
+ * last bit is even at a tie (an infinity past the largest); a NaN stays a NaN. */
+static uint16_t bf16_ref(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  if (isnan(x)) return (uint16_t)(bits >> 16 | 0x40);
+  if (isinf(x)) return (uint16_t)(bits >> 16);
+  uint32_t lo = bits & 0xFFFF0000u, hi = lo + 0x10000u;
+  /* past the largest bf16 the next step up is 2^128, which rounds to infinity */
+  double hi_value = (hi & 0x7FFFFFFFu) == 0x7F800000u ? copysign(0x1p128, x) : bits_float(hi);
+  double below = fabs((double)x - bits_float(lo)), above = fabs(hi_value - x);
+  if (below < above || (below == above && !(lo & 0x10000u))) return (uint16_t)(lo >> 16);
+  return (uint16_t)(hi >> 16);
+}
+
+/* to_bf16 rounds as bf16_ref does (ties both ways, both signs, past the largest bf16,
+ * infinities, NaN, random values); a product on a bf16 weight of N rows (a split one
+ * among them: the weight over 2 MiB) is the product on the weight widened to floats, in
+ * double, within float rounding. CPU only. */
+static void test_bf16(void) {
+  struct eellm_task_info cpu = eellm_task_default;
+  cpu.where = STARPU_CPU;
+  float special[] = {1.0f + 0x1p-8f,
+                     1.0f + 0x3p-8f,
+                     -(1.0f + 0x1p-8f),
+                     1.0f + 0x1p-8f + 0x1p-23f,
+                     FLT_MAX,
+                     -FLT_MAX,
+                     3.3895313e38f,
+                     -INFINITY,
+                     INFINITY,
+                     NAN,
+                     0.0f};
+  size_t n_special = sizeof special / sizeof special[0], n_round = n_special + 100;
+  float *values = random_floats(n_round, -3, 3);
+  memcpy(values, special, sizeof special);
+  uint16_t *rounded = calloc(n_round, sizeof *rounded);
+  eellm_insert_to_bf16(tu_matrix_u16(rounded, 1, n_round), tu_matrix(values, 1, n_round), &cpu);
+  run_tasks();
+  int same = 1;
+  for (size_t i = 0; i < n_round; i++) same &= rounded[i] == bf16_ref(values[i]);
+  tu_ok(same, "to_bf16: nearest, ties to even, inf and NaN");
+  free(rounded);
+
+  static const struct {
+    size_t rows, k, m;
+    int bias_residual;
+  } cases[] = {{1, 136, 1931, 0}, {3, 136, 1931, 1}, {8, 40, 37, 0}, {1, 136, 7937, 1}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    size_t N = cases[c].rows, k = cases[c].k, m = cases[c].m;
+    float *x = random_floats(N * k, -1, 1), *w = random_floats(m * k, -1, 1);
+    float *wide = tu_alloc(m * k), *y16 = nan_floats(N * m);
+    float *b = cases[c].bias_residual ? random_floats(m, -1, 1) : NULL;
+    float *res = cases[c].bias_residual ? random_floats(N * m, -1, 1) : NULL;
+    uint16_t *w16 = calloc(m * k, sizeof *w16);
+    for (size_t i = 0; i < m * k; i++) wide[i] = bits_float((uint32_t)bf16_ref(w[i]) << 16);
+    starpu_data_handle_t h_w16 = tu_matrix_u16(w16, m, k), h_x = tu_matrix(x, N, k);
+    eellm_insert_to_bf16(h_w16, tu_matrix(w, m, k), &cpu);
+    eellm_insert_linear_fwd(h_x, h_w16, b ? tu_vector(b, m) : NULL,
+                            res ? tu_matrix(res, N, m) : NULL, tu_matrix(y16, N, m), 1, &cpu);
+    run_tasks();
+    struct linear_ref r = {N,
+                           k,
+                           m,
+                           1,
+                           tu_to_f64(x, N * k),
+                           tu_to_f64(wide, m * k),
+                           to_f64_or_null(b, m),
+                           to_f64_or_null(res, N * m),
+                           NULL,
+                           tu_alloc_f64(N * m)};
+    linear_ref_fwd(&r);
+    char what[96];
+    snprintf(what, sizeof what, "linear_fwd bf16 W N=%zu K=%zu M=%zu%s", N, k, m,
+             b ? " bias residual" : "");
+    check(what, y16, r.y, N * m, FWD_RTOL, FWD_ATOL);
+    free(w16);
+  }
+}
+
 /* ---- activation --------------------------------------------------------- */
 
 struct act_ref {
@@ -578,6 +668,7 @@ int main(void) {
   for (size_t i = 0; i < sizeof linear_cases / sizeof linear_cases[0]; i++)
     tu_for_each_backend(linear_cases[i].name, linear_ops, test_linear, (void *)&linear_cases[i]);
   test_rows_alike();
+  test_bf16();
 
   static const struct act_case act_cases[] = {
       /* name, act, rows, F, beta_dx, pad */

@@ -25,7 +25,11 @@
  *   task on a second worker, as one task alone (EELLM_DECODE_HELPER=0) or,
  *   with EELLM_FUSE_DECODE=0, as its separate tasks: all pass the checks above;
  * - on a model with a wide vocabulary, whose head's product and choices are
- *   split into blocks across the CPU workers: exits off and batches as above. */
+ *   split into blocks across the CPU workers: exits off and batches as above;
+ * - bf16 heads (eellm_generator_use_bf16_heads), on the GPT-style and the wide
+ *   model with their weights rounded to bf16 values (which the heads' bf16
+ *   copies hold exactly): exits off and on (past end-of-text) against the
+ *   training forward on the rounded weights, and batches, as above. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -840,6 +844,55 @@ static void test_speculative_sampling(struct fixture *f, unsigned draft_layer, u
   eellm_generator_close(g);
 }
 
+/* x rounded to the nearest bf16 value (ties to even), for finite x. */
+static float bf16_value(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+/* The checks above with bf16 heads, after every weight of the model (and so of its
+ * reference) is rounded to bf16: the heads' copies then hold the same values. Last
+ * on a fixture: its weights stay rounded. */
+static void test_bf16_heads(struct fixture *f) {
+  char err[512];
+  eellm_model_sync(f->ref);
+  for (size_t i = 0; i < eellm_model_n_tensors(f->ref); i++) {
+    size_t rows, cols;
+    eellm_model_tensor_shape(f->ref, i, &rows, &cols);
+    float *data = eellm_model_tensor_data(f->ref, i);
+    for (size_t j = 0; j < (rows ? rows : 1) * cols; j++) data[j] = bf16_value(data[j]);
+  }
+  eellm_generator_close(f->gen);
+  if (eellm_model_save(f->ref, f->ckpt, err, sizeof err) != 0 ||
+      eellm_model_load(f->ref, f->ckpt, err, sizeof err) != 0 ||
+      !(f->gen = eellm_generator_open(f->ckpt, NULL, MAX_BATCH, err, sizeof err)) ||
+      eellm_generator_use_bf16_heads(f->gen, err, sizeof err) != 0) {
+    fprintf(stderr, "bf16 heads: %s\n", err);
+    exit(1);
+  }
+  static char name[64];
+  snprintf(name, sizeof name, "%s, bf16 heads", f->name);
+  f->name = name;
+  uint16_t prompt[32];
+  size_t plen = text_prompt("The state of", prompt);
+  static const float thresholds[] = {1.0f, 0.8f};
+  for (size_t t = 0; t < 2; t++) {
+    struct eellm_gen_options o = greedy(thresholds[t]);
+    o.max_tokens = 20;
+    o.stop_at_eot = 0; /* the rounded models soon say end-of-text */
+    struct eellm_gen_sequence rec;
+    generate_one(f, prompt, plen, &o, &rec);
+    char what[128];
+    snprintf(what, sizeof what, "%s maxprob >= %.2f, recompute", f->name, (double)thresholds[t]);
+    check_reference(f, what, prompt, plen, &o, &rec);
+    eellm_gen_sequence_free(&rec);
+  }
+  test_batch(f, EELLM_GEN_RECOMPUTE, 0.8f);
+}
+
 int main(void) {
   tu_start();
   if (!mkdtemp(tmpdir)) return 1;
@@ -870,6 +923,7 @@ int main(void) {
   test_top_p_decay(&gpt);
   test_newline_after_colon(&gpt);
   test_end_of_text(&gpt);
+  test_bf16_heads(&gpt);
   fixture_close(&gpt);
 
   fixture_open(&llama, "tests/specs/gen_llama.txtpb", 4);
@@ -888,6 +942,7 @@ int main(void) {
   test_exits_off(&wide);
   test_batch(&wide, EELLM_GEN_RECOMPUTE, 0.8f);
   test_batch(&wide, EELLM_GEN_PIPELINE, 0.8f);
+  test_bf16_heads(&wide);
   fixture_close(&wide);
   rmdir(tmpdir);
   return tu_finish();

@@ -81,6 +81,13 @@ starpu_data_handle_t tu_matrix_ld(float *data, size_t rows, size_t cols, size_t 
   return track(h);
 }
 
+starpu_data_handle_t tu_matrix_u16(uint16_t *data, size_t rows, size_t cols) {
+  starpu_data_handle_t h;
+  starpu_matrix_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)data, cols, cols, rows,
+                              sizeof(uint16_t));
+  return track(h);
+}
+
 starpu_data_handle_t tu_vector(float *data, size_t n) {
   starpu_data_handle_t h;
   starpu_vector_data_register(&h, STARPU_MAIN_RAM, (uintptr_t)data, n, sizeof(float));

@@ -19,6 +19,8 @@ starpu_data_handle_t tu_matrix(float *data, size_t rows, size_t cols);
 /* The same with rows ld >= cols floats apart (padded rows). */
 starpu_data_handle_t tu_matrix_ld(float *data, size_t rows, size_t cols, size_t ld);
 starpu_data_handle_t tu_vector(float *data, size_t n);
+/* rows x cols 2-byte elements (bf16), row-major. */
+starpu_data_handle_t tu_matrix_u16(uint16_t *data, size_t rows, size_t cols);
 starpu_data_handle_t tu_vector_i32(int32_t *data, size_t n);
 starpu_data_handle_t tu_vector_f64(double *data, size_t n);
 /* Waits for all tasks and brings every registered handle home (unregisters them). */

@@ -68,6 +68,16 @@ void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha
 void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const float *x,
                           size_t ld_x, const float *w, size_t ld_w, const float *b,
                           const float *res, size_t ld_res, float *y, size_t ld_y);
+/* The same with w [m, k] in bf16 (the upper halves of floats), used transposed, for
+ * 1 <= n <= EELLM_CPU_BF16_MAX_ROWS: the weights widened to floats (exactly), then
+ * eellm_cpu_linear_fwd's thin dot products in fp32 (the compiler may fuse other
+ * multiply-adds than in the float version: the last bits can differ from it). */
+enum { EELLM_CPU_BF16_MAX_ROWS = 8 };
+void eellm_cpu_linear_fwd_bf16(size_t n, size_t k, size_t m, const float *x, size_t ld_x,
+                               const uint16_t *w, size_t ld_w, const float *b, const float *res,
+                               size_t ld_res, float *y, size_t ld_y);
+/* y [n] = x rounded to bf16 (to nearest, ties to even; NaN stays NaN). */
+void eellm_cpu_to_bf16(size_t n, const float *x, uint16_t *y);
 /* dx [n, k] = dy [n, m] @ W^T (beta_dx; NULL: not wanted); dW += x^T @ dy
  * (dy^T @ x with transpose_w; NULL: frozen); db [m] += column sums of dy
  * (NULL: no bias), summed in double in `work`. */

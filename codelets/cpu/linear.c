@@ -2,6 +2,7 @@
  * (but for a few rows against a transposed weight), and the column sums that make bias
  * gradients. */
 #include <cblas.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -16,6 +17,7 @@
  * of a at a time, with the 16 lanes of each of the 16 sums folded into 4 floats
  * at the end of a row block. */
 enum { THIN_MAX_ROWS = 8 };
+_Static_assert((int)EELLM_CPU_BF16_MAX_ROWS == (int)THIN_MAX_ROWS, "bf16 products are thin ones");
 /* One row against a weight of fewer floats, which stays in cache, runs on sgemv. */
 enum { THIN_STREAM_FLOATS = 1 << 18 };
 
@@ -30,6 +32,40 @@ static inline __attribute__((always_inline)) vf16 load16(const float *p) {
   vf16 v;
   memcpy(&v, p, sizeof v);
   return v;
+}
+
+/* bf16 weights are the upper halves of floats: widened exactly by putting each
+ * above 16 zero bits (one interleave with a zero vector). */
+typedef uint16_t vh16 __attribute__((vector_size(32)));
+typedef uint16_t vh32 __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) vf16 load16_bf16(const uint16_t *p) {
+  vh16 h, zero = {0};
+  memcpy(&h, p, sizeof h);
+  vh32 halves =
+      __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8,
+                              24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  vf16 v;
+  memcpy(&v, &halves, sizeof v);
+  return v;
+}
+
+static inline float bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* 16 weights from element i of row p, floats or (bf16 a constant 1) bf16. */
+static inline __attribute__((always_inline)) vf16 load_w16(const int bf16, const void *p,
+                                                           size_t i) {
+  return bf16 ? load16_bf16((const uint16_t *)p + i) : load16((const float *)p + i);
+}
+
+static inline __attribute__((always_inline)) float load_w1(const int bf16, const void *p,
+                                                           size_t i) {
+  return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 /* The lane sums of a0 .. a3, in order: halves added pairwise, four times. */
@@ -49,27 +85,34 @@ static inline __attribute__((always_inline)) vf4 lane_sums(vf16 a0, vf16 a1, vf1
 }
 
 /* c [R, cols] = alpha a [R, k] @ [b0; b1; b2; b3]^T [:, :cols] + beta c (beta 0: c not
- * read), R <= 4, cols <= 4; rows of b past cols repeat the last. Each dot product
- * is computed alike wherever its row of b falls: a product's bits do not depend
- * on how its columns are split into blocks or tensor-parallel parts. */
-static inline __attribute__((always_inline)) void thin_block(const size_t R, size_t cols, size_t k,
-                                                             float alpha, const float *a,
-                                                             size_t ld_a, const float *const b[4],
-                                                             float beta, float *c, size_t ld_c) {
+ * read), R <= 4, cols <= 4; rows of b past cols repeat the last; b's rows floats, or
+ * bf16 where the constant bf16 is 1 (widened, then the same arithmetic). Each dot
+ * product is computed alike wherever its row of b falls: a product's bits do not
+ * depend on how its columns are split into blocks or tensor-parallel parts. */
+static inline __attribute__((always_inline)) void thin_block(const int bf16, const size_t R,
+                                                             size_t cols, size_t k, float alpha,
+                                                             const float *a, size_t ld_a,
+                                                             const void *const b[4], float beta,
+                                                             float *c, size_t ld_c) {
   vf16 acc[4][4];
   for (size_t r = 0; r < R; r++)
     for (int j = 0; j < 4; j++) acc[r][j] = (vf16){0};
   size_t i = 0;
-  if (R == 1) {
-    /* One row of a against a weight streamed from memory: b's rows are read one
+  if (R == 1 && !bf16) {
+    /* One row of a against a float weight streamed from memory: b's rows are read one
      * after the other, which the hardware prefetcher follows (interleaved, the
-     * head's 512-byte rows come at half the rate). The same sums in another order. */
-    for (int j = 0; j < 4; j++)
-      for (i = 0; i + 16 <= k; i += 16) acc[0][j] += load16(b[j] + i) * load16(a + i);
+     * head's 512-byte rows come at half the rate). The same sums in another order.
+     * bf16 rows (256 bytes) are read interleaved: widening makes each row's chain of
+     * sums the bound there, and four chains at once hide it. */
+    for (int j = 0; j < 4; j++) {
+      vf16 sum = acc[0][j]; /* in a register through the row */
+      for (i = 0; i + 16 <= k; i += 16) sum += load_w16(bf16, b[j], i) * load16(a + i);
+      acc[0][j] = sum;
+    }
   } else {
     for (; i + 16 <= k; i += 16) {
-      vf16 b0 = load16(b[0] + i), b1 = load16(b[1] + i), b2 = load16(b[2] + i),
-           b3 = load16(b[3] + i);
+      vf16 b0 = load_w16(bf16, b[0], i), b1 = load_w16(bf16, b[1], i), b2 = load_w16(bf16, b[2], i),
+           b3 = load_w16(bf16, b[3], i);
       for (size_t r = 0; r < R; r++) {
         vf16 ar = load16(a + r * ld_a + i);
         acc[r][0] += b0 * ar;
@@ -82,47 +125,62 @@ static inline __attribute__((always_inline)) void thin_block(const size_t R, siz
   for (size_t r = 0; r < R; r++) {
     vf4 dot = lane_sums(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
     for (size_t t = i; t < k; t++)
-      for (int j = 0; j < 4; j++) dot[j] += a[r * ld_a + t] * b[j][t];
+      for (int j = 0; j < 4; j++) dot[j] += a[r * ld_a + t] * load_w1(bf16, b[j], t);
     for (size_t j = 0; j < cols; j++)
       c[r * ld_c + j] = alpha * dot[j] + (beta != 0 ? beta * c[r * ld_c + j] : 0.0f);
   }
 }
 
-/* c [N, m] = alpha a [N, k] @ b [m, k]^T + beta c for 1 <= N <= THIN_MAX_ROWS. */
-static inline __attribute__((always_inline)) void thin_rows(const size_t N, size_t m, size_t k,
-                                                            float alpha, const float *a,
-                                                            size_t ld_a, const float *b,
-                                                            size_t ld_b, float beta, float *c,
-                                                            size_t ld_c) {
+/* c [N, m] = alpha a [N, k] @ b [m, k]^T + beta c for 1 <= N <= THIN_MAX_ROWS, b floats
+ * or (bf16 1) bf16. */
+static inline __attribute__((always_inline)) void thin_rows(const int bf16, const size_t N,
+                                                            size_t m, size_t k, float alpha,
+                                                            const float *a, size_t ld_a,
+                                                            const void *b, size_t ld_b, float beta,
+                                                            float *c, size_t ld_c) {
+  size_t row_bytes = ld_b * (bf16 ? sizeof(uint16_t) : sizeof(float));
   for (size_t col = 0; col < m; col += 4) {
     size_t cols = m - col < 4 ? m - col : 4;
-    const float *b_rows[4];
-    for (size_t j = 0; j < 4; j++) b_rows[j] = b + (col + (j < cols ? j : cols - 1)) * ld_b;
+    const void *b_rows[4];
+    for (size_t j = 0; j < 4; j++)
+      b_rows[j] = (const char *)b + (col + (j < cols ? j : cols - 1)) * row_bytes;
     for (size_t r0 = 0; r0 < N; r0 += 4) {
       const float *a_rows = a + r0 * ld_a;
       float *c_block = c + r0 * ld_c + col;
       if (N - r0 >= 4)
-        thin_block(4, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
+        thin_block(bf16, 4, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
       else
-        thin_block(N - r0, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
+        thin_block(bf16, N - r0, cols, k, alpha, a_rows, ld_a, b_rows, beta, c_block, ld_c);
     }
   }
 }
 
 /* thin_rows with n a constant in each case, so that its loops over rows unroll. */
+#define THIN_CASES(BF16)                                     \
+  switch (n) {                                               \
+    THIN_CASE(BF16, 1)                                       \
+    THIN_CASE(BF16, 2)                                       \
+    THIN_CASE(BF16, 3)                                       \
+    THIN_CASE(BF16, 4)                                       \
+    THIN_CASE(BF16, 5)                                       \
+    THIN_CASE(BF16, 6) THIN_CASE(BF16, 7) THIN_CASE(BF16, 8) \
+  }
+#define THIN_CASE(BF16, N)                                            \
+  case N:                                                             \
+    thin_rows(BF16, N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
+    break;
+
 EELLM_VECTORIZED static void thin_matmul_t(size_t n, size_t m, size_t k, float alpha,
                                            const float *a, size_t ld_a, const float *b, size_t ld_b,
-                                           float beta, float *c, size_t ld_c) {
-  switch (n) {
-#define THIN_CASE(N)                                            \
-  case N:                                                       \
-    thin_rows(N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
-    break;
-    THIN_CASE(1)
-    THIN_CASE(2) THIN_CASE(3) THIN_CASE(4) THIN_CASE(5) THIN_CASE(6) THIN_CASE(7) THIN_CASE(8)
-#undef THIN_CASE
-  }
+                                           float beta, float *c, size_t ld_c){THIN_CASES(0)}
+
+EELLM_VECTORIZED static void thin_matmul_t_bf16(size_t n, size_t m, size_t k, float alpha,
+                                                const float *a, size_t ld_a, const uint16_t *b,
+                                                size_t ld_b, float beta, float *c, size_t ld_c) {
+  THIN_CASES(1)
 }
+#undef THIN_CASE
+#undef THIN_CASES
 
 void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
                       size_t ld_a, const float *b, size_t ld_b, float beta, float *c, size_t ld_c) {
@@ -144,19 +202,45 @@ void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha
               (int)k, alpha, a, (int)ld_a, b, (int)ld_b, beta, c, (int)ld_c);
 }
 
-/* Bias and residual are written first and the product added on top. */
+/* y [n, m] = b + res where either is given (the product is then added on top); returns
+ * the product's beta. */
+static float bias_and_residual(size_t n, size_t m, const float *b, const float *res, size_t ld_res,
+                               float *y, size_t ld_y) {
+  if (!b && !res) return 0.0f;
+  for (size_t r = 0; r < n; r++) {
+    float *y_row = y + r * ld_y;
+    for (size_t c = 0; c < m; c++)
+      y_row[c] = (b ? b[c] : 0.0f) + (res ? res[r * ld_res + c] : 0.0f);
+  }
+  return 1.0f;
+}
+
 void eellm_cpu_linear_fwd(size_t n, size_t k, size_t m, int transpose_w, const float *x,
                           size_t ld_x, const float *w, size_t ld_w, const float *b,
                           const float *res, size_t ld_res, float *y, size_t ld_y) {
-  if (b || res) {
-    for (size_t r = 0; r < n; r++) {
-      float *y_row = y + r * ld_y;
-      for (size_t c = 0; c < m; c++)
-        y_row[c] = (b ? b[c] : 0.0f) + (res ? res[r * ld_res + c] : 0.0f);
-    }
-  }
-  eellm_cpu_matmul(n, m, k, transpose_w, 1.0f, x, ld_x, w, ld_w, (b || res) ? 1.0f : 0.0f, y, ld_y);
+  float beta = bias_and_residual(n, m, b, res, ld_res, y, ld_y);
+  eellm_cpu_matmul(n, m, k, transpose_w, 1.0f, x, ld_x, w, ld_w, beta, y, ld_y);
 }
+
+void eellm_cpu_linear_fwd_bf16(size_t n, size_t k, size_t m, const float *x, size_t ld_x,
+                               const uint16_t *w, size_t ld_w, const float *b, const float *res,
+                               size_t ld_res, float *y, size_t ld_y) {
+  float beta = bias_and_residual(n, m, b, res, ld_res, y, ld_y);
+  thin_matmul_t_bf16(n, m, k, 1.0f, x, ld_x, w, ld_w, beta, y, ld_y);
+}
+
+/* Static: a target_clones function's resolver would be exported. */
+EELLM_VECTORIZED static void round_to_bf16(size_t n, const float *x, uint16_t *y) {
+  for (size_t i = 0; i < n; i++) {
+    uint32_t bits;
+    memcpy(&bits, &x[i], sizeof bits);
+    /* round to nearest, ties to even; a NaN stays a (quiet) NaN */
+    uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
+    y[i] = x[i] != x[i] ? (uint16_t)((bits >> 16) | 0x40u) : (uint16_t)(rounded >> 16);
+  }
+}
+
+void eellm_cpu_to_bf16(size_t n, const float *x, uint16_t *y) { round_to_bf16(n, x, y); }
 
 void eellm_cpu_add_column_sums(size_t rows, size_t cols, const float *a, size_t ld_a, float *dst,
                                double *sums) {

@@ -125,6 +125,11 @@ EELLM_API struct eellm_generator *eellm_generator_open_parallel(const char *ckpt
                                                                 unsigned max_batch, unsigned tp,
                                                                 char *err, size_t errlen);
 EELLM_API void eellm_generator_close(struct eellm_generator *g);
+/* From now on the heads on up to 8 rows a step (decoding: a batch of up to 8
+ * sequences) read bf16 copies of their weights, rounded to nearest: half the bytes
+ * per token, the products in fp32 on the widened weights (the prompt's step and
+ * wider batches keep the fp32 weights). One process only; 0, or -1 with err. */
+EELLM_API int eellm_generator_use_bf16_heads(struct eellm_generator *g, char *err, size_t errlen);
 /* The loaded model's context length, vocabulary and end-of-text id, and its tokenizer. */
 EELLM_API unsigned eellm_generator_context(const struct eellm_generator *g);
 EELLM_API struct eellm_tokenizer *eellm_generator_tokenizer(struct eellm_generator *g);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codelets/codelets.h"
 #include "eellm/tokenizer.h"
 #include "graph/gen_step.h"
 #include "runtime/engine/mpi.h"
@@ -127,9 +128,42 @@ fail:
   return NULL;
 }
 
+int eellm_generator_use_bf16_heads(struct eellm_generator *g, char *err, size_t errlen) {
+  if (g->head_bf16) return 0;
+  if (eellm_nranks() > 1) {
+    snprintf(err, errlen, "bf16 heads run in one process (this run has %d ranks)", eellm_nranks());
+    return -1;
+  }
+  unsigned heads = g->m->spec->n_exits + 1;
+  g->head_bf16 = calloc(heads, sizeof *g->head_bf16);
+  g->head_bf16_owned = calloc(heads, 1);
+  if (!g->head_bf16 || !g->head_bf16_owned) abort(); /* out of memory */
+  struct eellm_task_info ti = {.kind = EELLM_KIND_OTHER, .micro = -1, .layer = -1};
+  for (unsigned e = 0; e < heads; e++) {
+    int w = eellm_head_of(g->m, e).head_w;
+    unsigned tied = 0;
+    while (tied < e && eellm_head_of(g->m, tied).head_w != w) tied++;
+    if (tied < e) {
+      g->head_bf16[e] = g->head_bf16[tied];
+      continue;
+    }
+    starpu_data_handle_t src = eellm_param(g->m, w);
+    starpu_matrix_data_register(&g->head_bf16[e], -1, 0, starpu_matrix_get_nx(src),
+                                starpu_matrix_get_nx(src), starpu_matrix_get_ny(src),
+                                sizeof(uint16_t));
+    g->head_bf16_owned[e] = 1;
+    eellm_insert_to_bf16(g->head_bf16[e], src, &ti);
+  }
+  return 0;
+}
+
 void eellm_generator_close(struct eellm_generator *g) {
   if (!g) return;
   eellm_mpi_quiesce();
+  for (unsigned e = 0; g->head_bf16 && e <= g->m->spec->n_exits; e++)
+    if (g->head_bf16_owned[e]) starpu_data_unregister(g->head_bf16[e]);
+  free(g->head_bf16);
+  free(g->head_bf16_owned);
   for (int parity = 0; parity < 2; parity++) {
     for (unsigned st = 0; g->pools[parity] && st < g->m->place.layout.pp; st++)
       eellm_pool_free(g->pools[parity][st]);
