@@ -372,7 +372,10 @@ static void test_sampling(struct fixture *f) {
   generate_one(f, prompt, plen, &o, &c);
   int logprobs_ok = 1;
   for (size_t i = 0; i < a.n; i++) logprobs_ok &= a.logprobs[i] <= 0 && a.logprobs[i] > -50;
-  tu_ok(same_output(&a, &b, 1e-5), "sampling: the same seed gives the same tokens (both methods)");
+  /* The methods' products differ in shape: their log-probabilities round apart by up to
+   * 1.5e-5 (OpenBLAS's SSE3 kernels, Debug build), within the file's logit tolerance. */
+  tu_ok(same_output(&a, &b, LOGIT_ATOL),
+        "sampling: the same seed gives the same tokens (both methods)");
   tu_ok(!same_output(&a, &c, 1e-5), "sampling: another seed gives other tokens");
   tu_ok(logprobs_ok, "sampling: log-probabilities in (-50, 0]");
   eellm_gen_sequence_free(&a);
