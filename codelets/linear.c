@@ -57,7 +57,7 @@ static void linear_fwd_cpu(void *buffers[], void *cl_arg) {
 static void linear_fwd_bf16_cpu(void *buffers[], void *cl_arg) {
   const struct linear_fwd_args *args = cl_arg;
   struct linear_fwd_task t = linear_fwd_task(buffers, args);
-  if (!args->transpose_w || t.x.rows > EELLM_CPU_BF16_MAX_ROWS) {
+  if (!args->transpose_w || !eellm_linear_bf16_fits(t.x.rows)) {
     fprintf(stderr, "eellm: bf16 product of %zu rows%s\n", t.x.rows,
             args->transpose_w ? "" : " on an untransposed weight");
     abort(); /* a graph's bug: eellm_insert_linear_fwd's callers check */

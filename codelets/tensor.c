@@ -135,30 +135,29 @@ void eellm_insert_copy(starpu_data_handle_t dst, starpu_data_handle_t src,
   eellm_submit(&copy_cl, buffers, 2, NULL, 0, info);
 }
 
-static size_t handle_bytes(starpu_data_handle_t h) {
-  if (starpu_data_get_interface_id(h) == STARPU_MATRIX_INTERFACE_ID)
-    return starpu_matrix_get_nx(h) * starpu_matrix_get_ny(h) * starpu_matrix_get_elemsize(h);
-  return starpu_vector_get_nx(h) * starpu_vector_get_elemsize(h);
-}
-
 void eellm_insert_tensors_set(const starpu_data_handle_t *t, const void *const *data, unsigned n,
                               const struct eellm_task_info *info) {
   struct starpu_data_descr buffers[EELLM_SET_MAX];
-  size_t bytes = 0;
+  size_t sizes[EELLM_SET_MAX], bytes = 0;
   for (unsigned i = 0; i < n; i++) {
     buffers[i] = (struct starpu_data_descr){t[i], STARPU_W};
-    bytes += handle_bytes(t[i]);
+    sizes[i] = starpu_data_get_size(t[i]); /* a vector's or matrix's elements, no padding */
+    bytes += sizes[i];
   }
-  char *arg = malloc(bytes ? bytes : 1);
-  if (!arg) abort(); /* out of memory while submitting */
-  size_t at = 0;
-  for (unsigned i = 0; i < n; i++) {
-    memcpy(arg + at, data[i], handle_bytes(t[i]));
-    at += handle_bytes(t[i]);
+  /* One tensor's bytes are the argument as they are; several are laid end to end. */
+  char *joined = NULL;
+  if (n > 1) {
+    joined = malloc(bytes ? bytes : 1);
+    if (!joined) abort(); /* out of memory while submitting */
+    size_t at = 0;
+    for (unsigned i = 0; i < n; i++) {
+      memcpy(joined + at, data[i], sizes[i]);
+      at += sizes[i];
+    }
   }
-  /* eellm_submit copies arg into the task's argument now. */
-  eellm_submit(&vector_set_cl, buffers, (int)n, arg, bytes, info);
-  free(arg);
+  /* eellm_submit copies the argument into the task now. */
+  eellm_submit(&vector_set_cl, buffers, (int)n, joined ? joined : data[0], bytes, info);
+  free(joined);
 }
 
 void eellm_insert_vector_set(starpu_data_handle_t v, const void *data,

@@ -156,31 +156,33 @@ static inline __attribute__((always_inline)) void thin_rows(const int bf16, cons
 }
 
 /* thin_rows with n a constant in each case, so that its loops over rows unroll. */
-#define THIN_CASES(BF16)                                     \
-  switch (n) {                                               \
-    THIN_CASE(BF16, 1)                                       \
-    THIN_CASE(BF16, 2)                                       \
-    THIN_CASE(BF16, 3)                                       \
-    THIN_CASE(BF16, 4)                                       \
-    THIN_CASE(BF16, 5)                                       \
-    THIN_CASE(BF16, 6) THIN_CASE(BF16, 7) THIN_CASE(BF16, 8) \
-  }
-#define THIN_CASE(BF16, N)                                            \
+static inline __attribute__((always_inline)) void thin_matmul(const int bf16, size_t n, size_t m,
+                                                              size_t k, float alpha, const float *a,
+                                                              size_t ld_a, const void *b,
+                                                              size_t ld_b, float beta, float *c,
+                                                              size_t ld_c) {
+  switch (n) {
+#define THIN_CASE(N)                                                  \
   case N:                                                             \
-    thin_rows(BF16, N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
+    thin_rows(bf16, N, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c); \
     break;
+    THIN_CASE(1)
+    THIN_CASE(2) THIN_CASE(3) THIN_CASE(4) THIN_CASE(5) THIN_CASE(6) THIN_CASE(7) THIN_CASE(8)
+#undef THIN_CASE
+  }
+}
 
 EELLM_VECTORIZED static void thin_matmul_t(size_t n, size_t m, size_t k, float alpha,
                                            const float *a, size_t ld_a, const float *b, size_t ld_b,
-                                           float beta, float *c, size_t ld_c){THIN_CASES(0)}
+                                           float beta, float *c, size_t ld_c) {
+  thin_matmul(0, n, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c);
+}
 
 EELLM_VECTORIZED static void thin_matmul_t_bf16(size_t n, size_t m, size_t k, float alpha,
                                                 const float *a, size_t ld_a, const uint16_t *b,
                                                 size_t ld_b, float beta, float *c, size_t ld_c) {
-  THIN_CASES(1)
+  thin_matmul(1, n, m, k, alpha, a, ld_a, b, ld_b, beta, c, ld_c);
 }
-#undef THIN_CASE
-#undef THIN_CASES
 
 void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha, const float *a,
                       size_t ld_a, const float *b, size_t ld_b, float beta, float *c, size_t ld_c) {
