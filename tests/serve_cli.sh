@@ -452,4 +452,27 @@ for i in 1 2 3 4 5 6 7 8; do
 done
 check "long requests after SIGTERM: 200 or 503, one 503 at least (got$codes)" \
   '[ $others -eq 0 ] && grep -q "shutting down" "$tmp"/long*.json'
+
+# A vocabulary padded past the tokenizer's (300 ids, byte tokenizer 257): sampled from a
+# two-step model, ids past 256 come up; they are answered with no text, as eellm generate
+# prints them.
+sed 's/^vocab_size: 257/vocab_size: 300/' tests/specs/tiny.txtpb > "$tmp/padded.txtpb"
+"$eellm" train --model "$tmp/padded.txtpb" --train tests/specs/tiny.train.txtpb \
+  --data "$tmp/train.bin" --steps 2 --out "$tmp/padded" > /dev/null 2>&1
+"$eellm" serve --ckpt "$tmp/padded" --host 127.0.0.1 --port 0 > "$tmp/out" 2> "$tmp/log" &
+server=$!
+port=$(server_port "$tmp/out" 10)
+url=http://127.0.0.1:$port/api
+status=$(put padded '{"prompts": ["the", "dog"], "tokens_to_generate": 24, "temperature": 2, "random_seed": 7}')
+check "a padded vocabulary: 200 (got $status), ids past the tokenizer's with empty segments" \
+  "[ '$status' = 200 ] && /usr/bin/python3 -c '
+import json, sys
+a = json.load(open(sys.argv[1]))
+past = [(t, s) for ts, ss in zip(a[\"tokens\"], a[\"segments\"]) for t, s in zip(ts, ss) if t > 256]
+assert past and all(s == \"\" for t, s in past), past
+assert len(a[\"text\"]) == 2 and all(0 < len(ts) <= 24 for ts in a[\"tokens\"])
+' '$tmp/padded.json'"
+kill -TERM $server
+wait $server
+server=""
 finish serve_cli

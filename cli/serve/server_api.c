@@ -516,11 +516,22 @@ struct answer {
   json_t *text, *segments, *tokens, *exit_layers, *logprobs, *max_probs;
 };
 
+/* Appends the text of n ids to text. A model's vocabulary may be wider than its tokenizer's
+ * (padded, as Megatron-LM pads it): the ids past the tokenizer's have no text, as in
+ * `eellm generate`. -1: out of memory. */
+static int decode_text(const struct eellm_tokenizer *tok, const uint16_t *ids, size_t n,
+                       struct eellm_bytes *text) {
+  uint32_t known = eellm_tokenizer_vocab_size(tok);
+  for (size_t t = 0; t < n; t++)
+    if (ids[t] < known && eellm_tokenizer_decode(tok, &ids[t], 1, text) != 0) return -1;
+  return 0;
+}
+
 static int add_tokens(json_t *segments, json_t *tokens, const uint16_t *ids, size_t n,
                       const struct eellm_tokenizer *tok) {
   for (size_t t = 0; t < n; t++) {
     struct eellm_bytes piece = {0};
-    int rc = eellm_tokenizer_decode(tok, &ids[t], 1, &piece);
+    int rc = decode_text(tok, &ids[t], 1, &piece);
     rc = rc || json_array_append_new(segments, text_value(piece.v, piece.n)) ||
          json_array_append_new(tokens, json_integer(ids[t]));
     free(piece.v);
@@ -534,7 +545,7 @@ static json_t *number_or_null(double x) { return isfinite(x) ? json_real(x) : js
 /* How many of gen's tokens to keep: through the first one whose text completes a stop
  * sequence (or, stop_on_eol, holds a newline), all when none does. The generator ran on
  * past it; what it made before does not depend on what came after, so the answer is the
- * one stopping there would give. -1 when a token is outside the vocabulary. */
+ * one stopping there would give. -1: out of memory. */
 static long kept_tokens(const struct eellm_api_request *r, const struct eellm_gen_sequence *gen,
                         const struct eellm_tokenizer *tok) {
   if (!r->n_stop_sequences && !r->stop_on_eol) return (long)gen->n;
@@ -543,7 +554,7 @@ static long kept_tokens(const struct eellm_api_request *r, const struct eellm_ge
   long keep = (long)gen->n;
   if (!ends) return -1;
   for (size_t t = 0; t < gen->n && keep >= 0; t++) {
-    if (eellm_tokenizer_decode(tok, &gen->tokens[t], 1, &text) != 0) keep = -1;
+    if (decode_text(tok, &gen->tokens[t], 1, &text) != 0) keep = -1;
     ends[t] = text.n;
   }
   size_t stop = SIZE_MAX; /* the byte where the first stop sequence ends */
@@ -575,7 +586,7 @@ static int add_sequence(struct answer *a, const struct eellm_api_request *r, siz
   json_t *max_probs = r->print_max_prob ? json_array() : NULL;
   long kept = kept_tokens(r, gen, tok);
   size_t n = kept < 0 ? 0 : (size_t)kept;
-  int rc = kept < 0 || eellm_tokenizer_decode(tok, gen->tokens, n, &text);
+  int rc = kept < 0 || decode_text(tok, gen->tokens, n, &text);
   size_t prompt_len = r->echo_prompts ? r->text_lens[i] : 0;
   if (rc == 0) {
     char *whole = malloc(prompt_len + text.n + 1);
