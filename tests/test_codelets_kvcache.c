@@ -197,33 +197,39 @@ static void test_attention_cached(const struct eellm_task_info *ti, void *ctx) {
 }
 
 /* One sequence of T rows: the training attention on all of it, against the cached
- * attention fed a prefill of 4 rows and then one row per task (slot 1 of 2). */
+ * attention fed a prefill and then one row per task (slot 1 of 2). A prefill of more
+ * than 8 rows with whole-vector heads takes the CPU kernel's tiled products. */
+enum { PIECES_MAX_T = 40 };
+struct pieces_case {
+  const char *name;
+  int rope;
+  size_t T, H, D, C, prefill;
+};
+
 static void test_cached_matches_training(const struct eellm_task_info *ti, void *ctx) {
-  int rope = ctx != NULL;
-  enum { T = 7, H = 2, D = 12, C = 8, PREFILL = 4 };
+  const struct pieces_case *c = ctx;
+  size_t T = c->T, H = c->H, D = c->D, C = c->C;
   float theta = 10000.0f;
   float *qkv = random_floats(T * 3 * D, -1.5, 1.5), *out_full = tu_alloc(T * D);
   float *lse = tu_alloc(T * H), *cache = tu_alloc(2 * C * 2 * D), *out_cached = tu_alloc(T * D);
   eellm_insert_attention_fwd(tu_matrix(qkv, T, 3 * D), tu_matrix(out_full, T, D),
-                             tu_matrix(lse, T, H), T, H, rope, theta, ti);
+                             tu_matrix(lse, T, H), (unsigned)T, (unsigned)H, c->rope, theta, ti);
   starpu_data_handle_t h_cache = tu_matrix(cache, 2 * C, 2 * D);
-  static int32_t positions[T], slots[T];
+  static int32_t positions[PIECES_MAX_T], slots[PIECES_MAX_T]; /* read by later tasks */
   for (size_t t = 0; t < T; t++) {
     positions[t] = (int32_t)t;
     slots[t] = 1;
   }
   for (size_t first = 0; first < T;) {
-    size_t rows = first == 0 ? PREFILL : 1;
-    eellm_insert_attention_cached(tu_matrix(qkv + first * 3 * D, rows, 3 * D),
-                                  tu_vector_i32(positions + first, rows),
-                                  tu_vector_i32(slots + first, rows), h_cache,
-                                  tu_matrix(out_cached + first * D, rows, D), C, H, rope, theta, ti);
+    size_t rows = first == 0 ? c->prefill : 1;
+    eellm_insert_attention_cached(
+        tu_matrix(qkv + first * 3 * D, rows, 3 * D), tu_vector_i32(positions + first, rows),
+        tu_vector_i32(slots + first, rows), h_cache, tu_matrix(out_cached + first * D, rows, D),
+        (unsigned)C, (unsigned)H, c->rope, theta, ti);
     first += rows;
   }
   tu_sync_all();
-  check(rope ? "cached, piece by piece == training attention (RoPE)"
-             : "cached, piece by piece == training attention",
-        out_cached, tu_to_f64(out_full, T * D), T * D, RTOL, ATOL);
+  check(c->name, out_cached, tu_to_f64(out_full, T * D), T * D, RTOL, ATOL);
 }
 
 /* ---- a whole layer over the cache as one task ----------------------------- */
@@ -581,10 +587,13 @@ int main(void) {
              cache_cases[i].D, cache_cases[i].rope);
     tu_for_each_backend(what, cached_op, test_attention_cached, (void *)&cache_cases[i]);
   }
-  tu_for_each_backend("cached vs training attention", both_ops, test_cached_matches_training,
-                      NULL);
-  tu_for_each_backend("cached vs training attention (RoPE)", both_ops,
-                      test_cached_matches_training, &on);
+  static const struct pieces_case pieces[] = {
+      {"cached, piece by piece == training attention", 0, 7, 2, 12, 8, 4},
+      {"cached, piece by piece == training attention (RoPE)", 1, 7, 2, 12, 8, 4},
+      {"cached, piece by piece == training attention (tiled prefill, RoPE)", 1, 40, 2, 32, 48, 20},
+  };
+  for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++)
+    tu_for_each_backend(pieces[i].name, both_ops, test_cached_matches_training, (void *)&pieces[i]);
 
   static const char *const layer_op[] = {"layer_cached", NULL};
   static const struct layer_case layer_cases[] = {

@@ -122,14 +122,14 @@ void eellm_cpu_rope_unrotate(size_t n, size_t hd, const float *dy, size_t ld_dy,
  * meets keys 0 .. first_seen + r - 1 of k [keys, hd] (scores q k^T / sqrt(hd),
  * causal softmax, then out [rows, hd] = P v [keys, hd]), tiled (no [rows, keys]
  * matrix; keys no row sees are not read); lse [r * ld_lse] = the row's log-sum-exp
- * of its scores (lse may be NULL). scores: work of eellm_cpu_attend_work_floats(rows,
- * keys) floats (at most rows x keys). The training forward (a whole sequence:
- * first_seen 1) and the cached attention (new rows after first_seen - 1 cached keys)
- * both run this. */
-size_t eellm_cpu_attend_work_floats(size_t rows, size_t keys);
+ * of its scores (lse may be NULL). work: eellm_cpu_attend_work_floats(rows, keys, hd)
+ * floats (a strip's scores and a chunk of keys transposed). The training forward (a whole
+ * sequence: first_seen 1) and the cached attention (new rows after first_seen - 1 cached
+ * keys) both run this. */
+size_t eellm_cpu_attend_work_floats(size_t rows, size_t keys, size_t hd);
 void eellm_cpu_attend(size_t rows, size_t keys, size_t first_seen, size_t hd, const float *q,
                       size_t ld_q, const float *k, size_t ld_k, const float *v, size_t ld_v,
-                      float *out, size_t ld_out, float *scores, float *lse, size_t ld_lse);
+                      float *out, size_t ld_out, float *work, float *lse, size_t ld_lse);
 
 /* Causal multi-head self-attention on packed qkv [n_seq * T, 3D] (per row
  * q | k | v, head h in columns h*hd .. h*hd+hd-1 of each third, D = H * hd);

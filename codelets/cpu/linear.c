@@ -21,18 +21,8 @@ _Static_assert((int)EELLM_CPU_BF16_MAX_ROWS == (int)THIN_MAX_ROWS, "bf16 product
 /* One row against a weight of fewer floats, which stays in cache, runs on sgemv. */
 enum { THIN_STREAM_FLOATS = 1 << 18 };
 
-/* Helpers on 64-byte vectors, always inlined into the vectorised clones: GCC's
- * warning about their ABI without AVX-512 concerns calls that never happen. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf16 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
-
-static inline __attribute__((always_inline)) vf16 load16(const float *p) {
-  vf16 v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
 
 /* bf16 weights are the upper halves of floats: widened exactly by putting each
  * above 16 zero bits (one interleave with a zero vector). */

@@ -22,6 +22,29 @@
 #define EELLM_VECTORIZED
 #endif
 
+/* 64-byte vectors (GCC's vector extensions) for hand-tiled loops, in always-inline helpers
+ * that run inside EELLM_VECTORIZED clones: GCC's warning about their ABI without AVX-512
+ * concerns calls that never happen. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf16 __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) vf16 load16(const float *p) {
+  vf16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* x in every lane, one broadcast from memory (GCC 12 makes a 16-element initialiser, or
+ * a scalar operand of a vector operation, into a masked insert per lane). */
+static inline __attribute__((always_inline)) vf16 broadcast16(float x) {
+  vf16 lane0 = {x};
+  return __builtin_shufflevector(lane0, lane0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+static inline __attribute__((always_inline)) void store16(float *p, vf16 v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
 /* Long sums in the kernels add float partial sums of EELLM_SUM_BLOCK terms in double:
  * vectorised float additions within a block, double precision across blocks. */
 enum { EELLM_SUM_BLOCK = 512 };
