@@ -196,13 +196,19 @@ void eellm_cpu_matmul(size_t n, size_t m, size_t k, int transpose_b, float alpha
 
 /* y [n, m] = b + res where either is given (the product is then added on top); returns
  * the product's beta. */
-static float bias_and_residual(size_t n, size_t m, const float *b, const float *res, size_t ld_res,
-                               float *y, size_t ld_y) {
+EELLM_VECTORIZED static float bias_and_residual(size_t n, size_t m, const float *b,
+                                                const float *res, size_t ld_res, float *y,
+                                                size_t ld_y) {
   if (!b && !res) return 0.0f;
   for (size_t r = 0; r < n; r++) {
     float *y_row = y + r * ld_y;
-    for (size_t c = 0; c < m; c++)
-      y_row[c] = (b ? b[c] : 0.0f) + (res ? res[r * ld_res + c] : 0.0f);
+    const float *res_row = res ? res + r * ld_res : NULL;
+    if (b && res_row)
+      for (size_t c = 0; c < m; c++) y_row[c] = b[c] + res_row[c];
+    else if (b)
+      memcpy(y_row, b, m * sizeof *y_row);
+    else
+      memcpy(y_row, res_row, m * sizeof *y_row);
   }
   return 1.0f;
 }
@@ -234,12 +240,19 @@ EELLM_VECTORIZED static void round_to_bf16(size_t n, const float *x, uint16_t *y
 
 void eellm_cpu_to_bf16(size_t n, const float *x, uint16_t *y) { round_to_bf16(n, x, y); }
 
-void eellm_cpu_add_column_sums(size_t rows, size_t cols, const float *a, size_t ld_a, float *dst,
-                               double *sums) {
+/* Each column's sum runs down the rows in order whatever the vector width: the same bits
+ * from every clone. */
+EELLM_VECTORIZED static void column_sums(size_t rows, size_t cols, const float *a, size_t ld_a,
+                                         float *dst, double *sums) {
   for (size_t c = 0; c < cols; c++) sums[c] = 0;
   for (size_t r = 0; r < rows; r++)
     for (size_t c = 0; c < cols; c++) sums[c] += a[r * ld_a + c];
   for (size_t c = 0; c < cols; c++) dst[c] += (float)sums[c];
+}
+
+void eellm_cpu_add_column_sums(size_t rows, size_t cols, const float *a, size_t ld_a, float *dst,
+                               double *sums) {
+  column_sums(rows, cols, a, ld_a, dst, sums);
 }
 
 size_t eellm_cpu_linear_bwd_work_bytes(size_t m, int has_db) {
