@@ -115,9 +115,10 @@ EELLM_VECTORIZED static void tile_product(size_t m, size_t n, size_t k, float al
 
 /* Query rows go QUERY_BLOCK at a time, and each block meets the keys it sees, KEY_CHUNK at a
  * time (flash attention's tiling): no [T, T] matrix, and the work stays bounded whatever T.
- * Within a block, rows go STRIP at a time, and a strip's products stop at the last key its
- * last row sees: of the causal half only the strips' diagonal corners are computed. */
-enum { QUERY_BLOCK = 128, KEY_CHUNK = 256, STRIP = 16 };
+ * Within a block, rows go in strips (16 rows with tile_product, 64 with sgemm, whose calls
+ * need more rows to pay), and a strip's products stop at the last key its last row sees:
+ * of the causal half only the strips' diagonal corners are computed. */
+enum { QUERY_BLOCK = 128, KEY_CHUNK = 256, TILED_STRIP = 16, STRIP = 64 };
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 static size_t whole_vectors(size_t n) { return (n + 15) / 16 * 16; }
@@ -127,11 +128,15 @@ static size_t seen_in_chunk(size_t seen, size_t c0, size_t nk) {
   return seen > c0 ? min_size(seen - c0, nk) : 0;
 }
 
-/* A few rows (a decoding step) and heads not a whole number of vectors multiply with
- * eellm_cpu_matmul (its thin products read each key once, with no transposed copy);
- * other blocks with tile_product on keys and values transposed per chunk. */
+/* A few rows (a decoding step), heads not a whole number of vectors and CPUs without
+ * AVX-512 multiply with eellm_cpu_matmul (its thin products read each key once, with no
+ * transposed copy); other blocks with tile_product on keys and values transposed per
+ * chunk. */
 enum { FEW_ROWS = 8 };
-static int tiled(size_t rows, size_t hd) { return rows > FEW_ROWS && hd % 16 == 0; }
+static int tiled(size_t rows, size_t hd) {
+  return rows > FEW_ROWS && hd % 16 == 0 && eellm_vf16_registers();
+}
+static size_t strip_rows(int tiles) { return tiles ? TILED_STRIP : STRIP; }
 
 /* t [hd, whole_vectors(n)] = x [n, hd]^T (ld_x), the columns past n zero; 16 rows of x
  * at a time, so that each row of t gets whole vectors. */
@@ -172,27 +177,31 @@ static void values_product(int tiles, size_t rows, size_t seen, size_t hd, float
  * then cost no scalar remainder and no lane-by-lane reduction. */
 
 /* The largest of start and s[0 .. valid - 1]. */
-EELLM_VECTORIZED static float max_of(const float *s, size_t width, size_t valid, float start) {
+EELLM_VECTORIZED static float max_of(const float *s, size_t valid, float start) {
   float lane_max[16];
   for (size_t l = 0; l < 16; l++) lane_max[l] = start;
-  for (size_t j0 = 0; j0 < width; j0 += 16)
-    for (size_t l = 0; l < 16; l++)
-      lane_max[l] = j0 + l < valid && s[j0 + l] > lane_max[l] ? s[j0 + l] : lane_max[l];
+  size_t j0 = 0;
+  for (; j0 + 16 <= valid; j0 += 16)
+    for (size_t l = 0; l < 16; l++) lane_max[l] = s[j0 + l] > lane_max[l] ? s[j0 + l] : lane_max[l];
+  for (size_t l = 0; j0 + l < valid; l++)
+    lane_max[l] = s[j0 + l] > lane_max[l] ? s[j0 + l] : lane_max[l];
   for (size_t half = 8; half > 0; half /= 2)
     for (size_t l = 0; l < half; l++)
       lane_max[l] = lane_max[l + half] > lane_max[l] ? lane_max[l + half] : lane_max[l];
   return lane_max[0];
 }
 
-/* s [width] -> exp(s - shift) for the first `valid` entries, 0 after; returns their sum. */
+/* s [width] -> exp(s - shift) for the first `valid` entries, 0 after; returns their sum.
+ * Three plain passes over the row (in cache), which every clone vectorises: exp over the
+ * whole vectors that hold valid entries, zeros after the valid ones, then 16 lanes' sums. */
 EELLM_VECTORIZED static float exp_shifted(float *s, size_t width, size_t valid, float shift) {
+  size_t end = whole_vectors(valid);
+#pragma omp simd
+  for (size_t j = 0; j < end; j++) s[j] = eellm_vexpf(s[j] - shift);
+  for (size_t j = valid; j < width; j++) s[j] = 0;
   float lane_sum[16] = {0};
-  for (size_t j0 = 0; j0 < width; j0 += 16)
-    for (size_t l = 0; l < 16; l++) {
-      float e = eellm_vexpf(s[j0 + l] - shift);
-      s[j0 + l] = j0 + l < valid ? e : 0.0f;
-      lane_sum[l] += s[j0 + l];
-    }
+  for (size_t j0 = 0; j0 < end; j0 += 16)
+    for (size_t l = 0; l < 16; l++) lane_sum[l] += s[j0 + l];
   for (size_t half = 8; half > 0; half /= 2)
     for (size_t l = 0; l < half; l++) lane_sum[l] += lane_sum[l + half];
   return lane_sum[0];
@@ -226,7 +235,7 @@ static void softmax_update(struct online_softmax *sm, size_t s0, size_t rows, si
   for (size_t r = 0; r < rows; r++) {
     size_t i = s0 + r, valid = seen_in_chunk(first_seen + i, c0, nk);
     float *s_r = s + r * width;
-    float row_max = max_of(s_r, width, valid, sm->max[i]);
+    float row_max = max_of(s_r, valid, sm->max[i]);
     float part = exp_shifted(s_r, width, valid, row_max);
     if (c0 > 0 && valid > 0) {
       float alpha = expf(sm->max[i] - row_max);
@@ -253,8 +262,8 @@ static void attend_block(size_t rows, size_t keys, size_t first_seen, size_t hd,
   for (size_t c0 = 0; c0 < keys; c0 += KEY_CHUNK) {
     size_t nk = min_size(KEY_CHUNK, keys - c0);
     if (tiles) transpose_padded(nk, hd, k + c0 * ld_k, ld_k, k_t);
-    for (size_t s0 = 0; s0 < rows; s0 += STRIP) {
-      size_t n = min_size(STRIP, rows - s0);
+    for (size_t s0 = 0, strip = strip_rows(tiles); s0 < rows; s0 += strip) {
+      size_t n = min_size(strip, rows - s0);
       size_t seen = seen_in_chunk(first_seen + s0 + n - 1, c0, nk);
       if (!seen) continue; /* past this strip's last key */
       size_t width = whole_vectors(seen);
@@ -459,8 +468,8 @@ static void head_block_bwd(const struct head_bwd *g, size_t r0, size_t rows) {
         transpose_padded(nk, g->hd, g->k + c0 * g->ld_qk, g->ld_qk, g->k_t);
         transpose_padded(nk, g->hd, g->v + c0 * g->ld_v, g->ld_v, g->v_t);
       }
-      for (size_t s0 = r0; s0 < r0 + rows; s0 += STRIP) {
-        size_t n = min_size(STRIP, r0 + rows - s0), seen = seen_in_chunk(s0 + n, c0, nk);
+      for (size_t s0 = r0, strip = strip_rows(tiles); s0 < r0 + rows; s0 += strip) {
+        size_t n = min_size(strip, r0 + rows - s0), seen = seen_in_chunk(s0 + n, c0, nk);
         if (!seen) continue; /* past this strip's last key */
         struct strip st = {tiles, s0, n, c0, nk, seen, whole_vectors(seen)};
         strip_probs(g, &st);

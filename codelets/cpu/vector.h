@@ -18,15 +18,23 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
 #define EELLM_VECTORIZED \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define EELLM_CLONES_V4() __builtin_cpu_supports("x86-64-v4")
 #else
 #define EELLM_VECTORIZED
+#define EELLM_CLONES_V4() 0
 #endif
 
 /* 64-byte vectors (GCC's vector extensions) for hand-tiled loops, in always-inline helpers
  * that run inside EELLM_VECTORIZED clones: GCC's warning about their ABI without AVX-512
- * concerns calls that never happen. */
+ * concerns calls that never happen. Only the AVX-512 clone holds them in registers: the
+ * others split every operation into pieces through memory (a tile of 4 x 4 vectors ran
+ * 9 times slower on AVX2 than on AVX-512), so a loop that keeps many of them live belongs
+ * where eellm_vf16_registers() holds. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float vf16 __attribute__((vector_size(64)));
+
+/* Whether the EELLM_VECTORIZED clone that runs here is the AVX-512 one. */
+static inline int eellm_vf16_registers(void) { return EELLM_CLONES_V4(); }
 
 static inline __attribute__((always_inline)) vf16 load16(const float *p) {
   vf16 v;
