@@ -67,14 +67,19 @@ static void print_ops(const struct eellm_trace *t, const struct eellm_trace_stat
     for (; j > 0 && s->op_time[order[j - 1]] < s->op_time[i]; j--) order[j] = order[j - 1];
     order[j] = i;
   }
-  printf("\n%-20s %7s %10s %7s %9s %9s %7s\n", "op", "tasks", "time ms", "share", "mean us",
-         "path ms", "of path");
+  printf("\n%-20s %7s %10s %7s %9s %9s %7s %8s\n", "op", "tasks", "time ms", "share", "mean us",
+         "path ms", "of path", "GFLOP/s");
   for (int k = 0; k < t->n_names; k++) {
     int i = order[k];
-    if (s->op_count[i])
-      printf("%-20s %7zu %10.2f %6.1f%% %9.1f %9.2f %6.1f%%\n", t->names[i], s->op_count[i],
-             ms(s->op_time[i]), share(s->op_time[i], total), s->op_time[i] / s->op_count[i],
-             ms(s->op_path[i]), share(s->op_path[i], path));
+    if (!s->op_count[i]) continue;
+    printf("%-20s %7zu %10.2f %6.1f%% %9.1f %9.2f %6.1f%%", t->names[i], s->op_count[i],
+           ms(s->op_time[i]), share(s->op_time[i], total), s->op_time[i] / s->op_count[i],
+           ms(s->op_path[i]), share(s->op_path[i], path));
+    /* model FLOPs over task time: the ops' rate while they run */
+    if (s->op_flops[i] > 0 && s->op_time[i] > 0)
+      printf(" %8.1f\n", s->op_flops[i] / s->op_time[i] / 1e3);
+    else
+      printf(" %8s\n", "-");
   }
   free(order);
 }

@@ -100,7 +100,12 @@ static void submit_attention(struct starpu_codelet *cl, struct starpu_data_descr
   n = eellm_add_scratch(buffers, n, work);
   struct eellm_task_info pinned;
   info = eellm_cpu_unless(EELLM_CUDA_FITS(hd <= EELLM_CUDA_MAX_HEAD_DIM), info, &pinned, cl->name);
-  eellm_submit(cl, buffers, n, args, sizeof *args, info);
+  /* Model FLOPs, as MFU counts them: per head, q k^T and p v over the T (T + 1) / 2 causal
+   * pairs of each sequence, 2 hd FLOPs each; the backward twice the forward. */
+  double T = args->seq_len, sequences = (double)starpu_matrix_get_ny(qkv) / T;
+  struct eellm_task_info counted = *info;
+  counted.flops = (backward ? 2 : 1) * sequences * args->n_heads * 2 * (T * (T + 1) / 2) * 2.0 * hd;
+  eellm_submit(cl, buffers, n, args, sizeof *args, &counted);
 }
 
 void eellm_insert_attention_fwd(starpu_data_handle_t qkv, starpu_data_handle_t out,

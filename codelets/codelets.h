@@ -54,6 +54,8 @@ struct eellm_task_info {
                                 run every op on every backend this way) */
   int cpu_worker;            /* 0: the scheduler's choice; k > 0: StarPU's k-th CPU worker runs
                                 the task (the blocks of a split task, one per worker) */
+  double flops;              /* the task's model FLOPs, for traces: set by the eellm_insert_*
+                                wrappers of the products and attention, 0 for the others */
 };
 
 /* Default info for tasks submitted outside a model graph (tests, tools). */

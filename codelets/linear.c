@@ -153,9 +153,13 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
   unsigned blocks = eellm_linear_fwd_blocks(starpu_matrix_get_ny(y), cols, w);
   struct starpu_codelet *cl =
       starpu_matrix_get_elemsize(w) == sizeof(uint16_t) ? &linear_fwd_bf16_cl : &linear_fwd_cl;
+  /* 2 FLOPs per weight and row, of each block's columns */
+  double flops_per_col = 2.0 * starpu_matrix_get_ny(x) * starpu_matrix_get_nx(x);
   if (blocks == 1) {
     buffers[n] = (struct starpu_data_descr){y, STARPU_W};
-    eellm_submit(cl, buffers, n + 1, &args, sizeof args, info);
+    struct eellm_task_info counted = *info;
+    counted.flops = flops_per_col * (double)cols;
+    eellm_submit(cl, buffers, n + 1, &args, sizeof args, &counted);
     return;
   }
   starpu_data_handle_t parts[EELLM_SPLIT_MAX];
@@ -164,6 +168,7 @@ void eellm_insert_linear_fwd(starpu_data_handle_t x, starpu_data_handle_t w, sta
     args.col0 = eellm_split_at(cols, blocks, i);
     buffers[n] = (struct starpu_data_descr){parts[i], STARPU_W};
     struct eellm_task_info block = eellm_split_info(info, i);
+    block.flops = flops_per_col * (double)starpu_matrix_get_nx(parts[i]);
     eellm_submit(cl, buffers, n + 1, &args, sizeof args, &block);
   }
   eellm_join_outputs(y, blocks, parts, info);
@@ -191,7 +196,11 @@ static void submit_linear_bwd(struct starpu_codelet *cl, starpu_data_handle_t x,
                         EELLM_WORK_BYTES(eellm_cpu_linear_bwd_work_bytes(cols, db != NULL),
                                          eellm_cuda_linear_bwd_work_bytes(starpu_matrix_get_ny(dy),
                                                                           cols, db != NULL)));
-  eellm_submit(cl, buffers, n, &args, sizeof args, info);
+  /* each of dx and dW is a product of 2 FLOPs per weight and row */
+  struct eellm_task_info counted = *info;
+  counted.flops = (args.has_dx + args.has_dw) * 2.0 * starpu_matrix_get_ny(dy) * (double)cols *
+                  starpu_matrix_get_nx(x);
+  eellm_submit(cl, buffers, n, &args, sizeof args, &counted);
 }
 
 /* dx on the chain (linear_bwd), dW and db beside it (linear_dw) at one priority less. */

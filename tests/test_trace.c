@@ -1,6 +1,7 @@
 /* Traces: real StarPU tasks recorded through eellm_submit and read back
- * (fields, order, times, ranks' files, Paje), and the figures of a small
- * hand-made two-rank trace against values worked out by hand. */
+ * (fields, order, times, FLOPs, ranks' files, Paje), the FLOPs that the products'
+ * and attention's wrappers count, and the figures of a small hand-made two-rank
+ * trace against values worked out by hand. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,10 +32,11 @@ static size_t count_lines(const char *path, const char *prefix) {
 
 enum { N_TASKS = 24 };
 
-/* The info of task i: every kind, micro-batches, layers and exits. */
+/* The info of task i: every kind, micro-batches, layers and exits; FLOPs on every third. */
 static struct eellm_task_info info_of(int i) {
   struct eellm_task_info info = {.priority = i % 3, .kind = (enum eellm_task_kind)(i % EELLM_N_KINDS),
                                  .micro = i % 4 - 1, .layer = i % 5 == 4 ? 1000 + i % 2 : i % 5 - 1};
+  info.flops = i % 3 == 0 ? 1e9 * i + 7 : 0;
   return info;
 }
 
@@ -57,11 +59,11 @@ static void check_recorded(const struct eellm_trace *t, int rank) {
     int step = i < N_TASKS - 4 ? 7 : -1;
     fields &= k->kind == (int)want.kind && k->micro == want.micro && k->layer == layer &&
               k->exit == exit && k->step == step && strcmp(t->names[k->name], "zero") == 0 &&
-              t->rows[k->row].rank == rank;
+              t->rows[k->row].rank == rank && k->flops == want.flops;
     times &= k->submit >= 0 && k->submit <= k->start && k->start <= k->end &&
              (i == 0 || k->start >= t->tasks[i - 1].end);
   }
-  tu_ok(fields, "kind, micro-batch, layer, exit, step, name and rank of each task");
+  tu_ok(fields, "kind, micro-batch, layer, exit, step, name, rank and FLOPs of each task");
   tu_ok(times, "0 <= submit <= start <= end, tasks one after the other");
 }
 
@@ -118,6 +120,51 @@ static void test_recording(void) {
   tu_ok(eellm_trace_start("/proc/eellm/t.json", EELLM_TRACE_CHROME, 0, 1, err, sizeof err) != 0 &&
             strstr(err, "/proc/eellm/t.json") != NULL,
         "an unwritable path is refused at start, named");
+}
+
+/* ---- FLOPs of the products and attention ----------------------------------- */
+
+/* The FLOPs recorded for each op of a trace that ran one linear_fwd (x [3, 4] @ w [4, 5]),
+ * its backward (dx and dW: two tasks), and attention forward and backward (2 sequences of
+ * 3 rows, 2 heads of 4 columns: 6 causal pairs a head). */
+static void test_counted_flops(void) {
+  float x[12] = {0}, w[20] = {0}, y[15] = {0}, dx[12], dw[20] = {0}, dy[15] = {0};
+  float qkv[6 * 24] = {0}, out[6 * 8], lse[6 * 2], dout[6 * 8] = {0}, dqkv[6 * 24];
+  char err[512], path[256];
+  snprintf(path, sizeof path, "%s/flops.json", dir);
+  tu_ok(eellm_trace_start(path, EELLM_TRACE_CHROME, 0, 1, err, sizeof err) == 0, "trace starts");
+  eellm_trace_set_step(1);
+  starpu_data_handle_t hx = tu_matrix(x, 3, 4), hw = tu_matrix(w, 4, 5), hdy = tu_matrix(dy, 3, 5);
+  eellm_insert_linear_fwd(hx, hw, NULL, NULL, tu_matrix(y, 3, 5), 0, &eellm_task_default);
+  eellm_insert_linear_bwd(hx, hw, hdy, tu_matrix(dx, 3, 4), tu_matrix(dw, 4, 5), NULL, 0, 0,
+                          &eellm_task_default);
+  starpu_data_handle_t hqkv = tu_matrix(qkv, 6, 24), hlse = tu_matrix(lse, 6, 2);
+  eellm_insert_attention_fwd(hqkv, tu_matrix(out, 6, 8), hlse, 3, 2, 0, 10000, &eellm_task_default);
+  eellm_insert_attention_bwd(hqkv, hlse, tu_matrix(dout, 6, 8), tu_matrix(dqkv, 6, 24), 3, 2, 0,
+                             10000, 0, &eellm_task_default);
+  tu_sync_all();
+  tu_ok(eellm_trace_stop(err, sizeof err) == 5, "five tasks written");
+  struct eellm_trace t;
+  struct eellm_trace_stats s;
+  const char *files[] = {path};
+  if (!tu_ok(eellm_trace_load(&t, files, 1, err, sizeof err) == 0, "trace reads back")) return;
+  if (tu_ok(eellm_trace_analyze(&t, &s) == 0, "figures computed")) {
+    static const struct {
+      const char *op;
+      double flops;
+    } want[] = {{"linear_fwd", 2 * 3 * 4 * 5},
+                {"linear_bwd", 2 * 3 * 4 * 5},
+                {"linear_dw", 2 * 3 * 4 * 5},
+                {"attention_fwd", 2 * 2 * 6 * 2 * 2 * 4},
+                {"attention_bwd", 2 * 2 * 2 * 6 * 2 * 2 * 4}};
+    int ok = 1;
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+      for (int i = 0; i < t.n_names; i++)
+        if (strcmp(t.names[i], want[k].op) == 0) ok &= near(s.op_flops[i], want[k].flops);
+    tu_ok(ok && t.n_names == 5, "2 n k m a product; attention 2 hd a product of a causal pair");
+    eellm_trace_stats_free(&s);
+  }
+  eellm_trace_free(&t);
 }
 
 /* ---- figures of a hand-made trace ------------------------------------------ */
@@ -260,6 +307,7 @@ int main(void) {
   dir = tu_tempdir();
   tu_start();
   test_recording();
+  test_counted_flops();
   test_figures();
   test_collectives();
   return tu_finish();

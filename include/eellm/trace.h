@@ -109,6 +109,7 @@ struct eellm_trace_task {
   int row, name;                 /* indices into rows and names */
   int kind, step, micro, layer, exit;
   double submit, start, end;     /* microseconds */
+  double flops;                  /* model FLOPs ("flops" in the file), 0 where not counted */
 };
 
 /* One worker of one rank. */
@@ -159,6 +160,7 @@ struct eellm_trace_stats {
   double *rank_overlap;   /* per rank: collective time overlapped by other kinds' tasks */
   size_t *op_count;       /* per name (eellm_trace.names): tasks */
   double *op_time, *op_path; /* per name: task time, and the part on the critical path */
+  double *op_flops;          /* per name: model FLOPs (0: not counted) */
 };
 
 EELLM_API int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s);

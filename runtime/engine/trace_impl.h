@@ -10,6 +10,7 @@ struct trace_event {
   const char *name; /* the codelet's name (static) */
   int kind, micro, layer, step, worker, priority;
   double submit_us, start_us, end_us;
+  double flops; /* model FLOPs, 0 where not counted */
 };
 
 /* One StarPU worker, with StarPU's own counts over the trace (a cross-check). */

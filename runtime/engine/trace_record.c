@@ -38,6 +38,7 @@ struct buffer {
 /* The task's callback argument: what only the submitter knows. */
 struct task_arg {
   int kind, micro, layer, step;
+  double flops;
 };
 
 static struct {
@@ -109,6 +110,7 @@ void *eellm_trace_task_arg(const struct eellm_task_info *info) {
   a->kind = info->kind;
   a->micro = info->micro;
   a->layer = info->layer;
+  a->flops = info->flops;
   a->step = atomic_load_explicit(&trace.step, memory_order_relaxed);
   return a;
 }
@@ -138,6 +140,7 @@ void eellm_trace_task_done(void *arg) {
       .submit_us = starpu_timing_timespec_to_us(&p->submit_time),
       .start_us = starpu_timing_timespec_to_us(&p->start_time),
       .end_us = starpu_timing_timespec_to_us(&p->end_time)};
+  e.flops = a->flops;
   int self = starpu_worker_get_id();
   if (self >= 0 && self < trace.n_workers) {
     append(&trace.buffers[self], &e);

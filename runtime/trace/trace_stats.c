@@ -63,7 +63,7 @@ static int read_task(struct loader *l, json_t *ev, int row) {
   int k = kind ? eellm_trace_kind_parse(kind) : -1;
   double ts = json_number_value(json_object_get(ev, "ts"));
   double dur = json_number_value(json_object_get(ev, "dur"));
-  json_t *submit = json_object_get(args, "submit_us");
+  json_t *submit = json_object_get(args, "submit_us"), *flops = json_object_get(args, "flops");
   struct eellm_trace_task task = {
       .row = row, .name = intern_name(l, name ? name : "task"),
       .kind = k < 0 ? EELLM_TRACE_OTHER : k, .step = int_arg(args, "step"),
@@ -71,6 +71,7 @@ static int read_task(struct loader *l, json_t *ev, int row) {
       .exit = int_arg(args, "exit"),
       .submit = json_is_number(submit) ? json_number_value(submit) : ts,
       .start = ts, .end = ts + dur};
+  task.flops = json_is_number(flops) ? json_number_value(flops) : 0;
   if (task.name < 0) return -1;
   struct eellm_trace *t = l->t;
   if (reserve((void **)&t->tasks, &l->task_cap, t->n_tasks, sizeof *t->tasks) != 0) return -1;
@@ -294,6 +295,7 @@ static void step_figures(const struct eellm_trace *t, struct ref *refs, size_t n
     s->rank_kind[rank_kind(t, task)] += d;
     s->op_count[task->name]++;
     s->op_time[task->name] += d;
+    s->op_flops[task->name] += task->flops;
     if (eellm_trace_is_exit_work(task)) step->exit_work += d;
   }
   s->window += step->end - step->start;
@@ -381,8 +383,10 @@ int eellm_trace_analyze(const struct eellm_trace *t, struct eellm_trace_stats *s
   s->op_count = calloc(names, sizeof *s->op_count);
   s->op_time = calloc(names, sizeof *s->op_time);
   s->op_path = calloc(names, sizeof *s->op_path);
+  s->op_flops = calloc(names, sizeof *s->op_flops);
   if (!refs || !s->busy || !s->bubble || !s->on_path || !s->steps || !s->rank_kind ||
-      !s->rank_kind_path || !s->rank_overlap || !s->op_count || !s->op_time || !s->op_path) {
+      !s->rank_kind_path || !s->rank_overlap || !s->op_count || !s->op_time || !s->op_path ||
+      !s->op_flops) {
     free(refs);
     eellm_trace_stats_free(s);
     return -1;
@@ -416,5 +420,6 @@ void eellm_trace_stats_free(struct eellm_trace_stats *s) {
   free(s->op_count);
   free(s->op_time);
   free(s->op_path);
+  free(s->op_flops);
   memset(s, 0, sizeof *s);
 }

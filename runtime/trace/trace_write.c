@@ -66,11 +66,14 @@ static void chrome_event(FILE *out, const struct trace_content *c, const struct 
   const char *kind = eellm_trace_kind_name(e->kind);
   fputs(",\n{\"ph\": \"X\", \"name\": ", out);
   json_string(out, e->name ? e->name : "task");
-  fprintf(out, ", \"cat\": \"%s\", \"pid\": %d, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
-               "\"args\": {\"kind\": \"%s\", \"step\": %d, \"micro\": %d, \"layer\": %d, "
-               "\"exit\": %d, \"priority\": %d, \"submit_us\": %.3f}}",
-          kind, c->rank, e->worker, at_us(c, e->start_us), e->end_us - e->start_us, kind,
-          e->step, e->micro, layer_of(e), exit_of(e), e->priority, at_us(c, e->submit_us));
+  fprintf(out,
+          ", \"cat\": \"%s\", \"pid\": %d, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
+          "\"args\": {\"kind\": \"%s\", \"step\": %d, \"micro\": %d, \"layer\": %d, "
+          "\"exit\": %d, \"priority\": %d, \"submit_us\": %.3f",
+          kind, c->rank, e->worker, at_us(c, e->start_us), e->end_us - e->start_us, kind, e->step,
+          e->micro, layer_of(e), exit_of(e), e->priority, at_us(c, e->submit_us));
+  if (e->flops > 0) fprintf(out, ", \"flops\": %.0f", e->flops);
+  fputs("}}", out);
 }
 
 int trace_write_chrome(FILE *out, const struct trace_content *c) {
