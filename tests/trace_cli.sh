@@ -93,6 +93,7 @@ check "pj_dump: a rank and its workers" 'grep -q "^Container, 0, Rank, .*rank 0$
 "$eellm" trace report "$tmp/trace.json" -o "$tmp/report.html" > /dev/null
 check "report written" '[ -s "$tmp/report.html" ]'
 check "report is self-contained (no URL)" '! grep -qE "(src|href)=|https?://" "$tmp/report.html"'
+check "report: time per op with GFLOP/s" 'grep -q "<h2>Time per op</h2>" "$tmp/report.html" && grep -Eq "<tr><td>linear_fwd</td>(<td>[^<]*</td>){5}<td>[0-9.]+</td></tr>" "$tmp/report.html"'
 scripts/trace-screenshot --dom "$tmp/report.html" > "$tmp/dom.html"
 status=$(grep -o '<p id="render-status"[^>]*>' "$tmp/dom.html")
 check "Chromium drew every task ($status)" 'echo "$status" | grep -q "data-bars=\"$tasks\""'
@@ -110,6 +111,11 @@ check "summary tables" 'grep -q "^rank 0 CPU 0 " "$tmp/summary.txt" && grep -q "
 op_tasks=$(awk '/^op /{on=1; next} on && NF == 0 {exit} on {n += $2} END {print n + 0}' "$tmp/summary.txt")
 kind_tasks=$(awk '/^kind /{on=1; next} on && NF == 0 {exit} on {n += $2} END {print n + 0}' "$tmp/summary.txt")
 check "summary: time per op, its tasks those of the kinds ($op_tasks, $kind_tasks)" 'grep -q "^linear_dw " "$tmp/summary.txt" && [ "$op_tasks" -gt 0 ] && [ "$op_tasks" -eq "$kind_tasks" ]'
+# GFLOP/s (the last column) for the products and attention, whose tasks count FLOPs, and
+# "-" for the ops that do not; the report's op table the same.
+rates=$(awk '/^op /{on=1; next} on && NF == 0 {exit} on && $1 ~ /^(linear_fwd|linear_dw|attention_bwd|adamw)$/ {printf "%s=%s ", $1, $NF}' "$tmp/summary.txt")
+check "summary: GFLOP/s of the counted ops, - for others ($rates)" \
+  'echo "$rates" | grep -Eq "linear_fwd=[0-9.]+ " && echo "$rates" | grep -Eq "attention_bwd=[0-9.]+ " && echo "$rates" | grep -q "adamw=- "'
 
 # Ctrl-C: the run stops cleanly and the trace holds the steps done.
 cat > "$tmp/long.train.txtpb" <<EOT

@@ -393,6 +393,37 @@ static void kind_table(FILE *out, const struct eellm_trace_stats *s) {
   fputs("</table>\n", out);
 }
 
+/* Ops by time, as eellm trace summary lists them, with their GFLOP/s where counted. */
+static void op_table(FILE *out, const struct eellm_trace *t, const struct eellm_trace_stats *s) {
+  double total = 0;
+  for (int i = 0; i < t->n_names; i++) total += s->op_time[i];
+  fputs(
+      "<h2>Time per op</h2>\n<table><tr><th>op</th><th>tasks</th><th>time ms</th>"
+      "<th>share</th><th>mean µs</th><th>on the critical path ms</th><th>GFLOP/s</th></tr>\n",
+      out);
+  /* Longest first, ties in name order: each row picks the longest op after the last one
+   * in that order (a trace has a few dozen ops). */
+  for (int last = -1, next;; last = next) {
+    next = -1;
+    for (int i = 0; i < t->n_names; i++) {
+      int after = last < 0 || s->op_time[i] < s->op_time[last] ||
+                  (s->op_time[i] == s->op_time[last] && i > last);
+      if (s->op_count[i] && after && (next < 0 || s->op_time[i] > s->op_time[next])) next = i;
+    }
+    if (next < 0) break;
+    fputs("<tr><td>", out);
+    html_text(out, t->names[next]);
+    fprintf(out, "</td><td>%zu</td><td>%.2f</td><td>%.1f%%</td><td>%.1f</td><td>%.2f</td>",
+            s->op_count[next], s->op_time[next] / 1000, pct(s->op_time[next], total),
+            s->op_time[next] / s->op_count[next], s->op_path[next] / 1000);
+    if (s->op_flops[next] > 0 && s->op_time[next] > 0)
+      fprintf(out, "<td>%.1f</td></tr>\n", s->op_flops[next] / s->op_time[next] / 1e3);
+    else
+      fputs("<td>-</td></tr>\n", out);
+  }
+  fputs("</table>\n", out);
+}
+
 static void rank_table(FILE *out, const struct eellm_trace_stats *s) {
   fputs("<h2>Time per rank and kind (ms)</h2>\n<table><tr><th>rank</th>", out);
   for (int k = 0; k < EELLM_TRACE_N_KINDS; k++)
@@ -502,6 +533,7 @@ int eellm_trace_write_html(FILE *out, const struct eellm_trace *t,
   controls(out);
   worker_table(out, t, s);
   kind_table(out, s);
+  op_table(out, t, s);
   rank_table(out, s);
   step_table(out, s);
   fputs(definitions, out);
