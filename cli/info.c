@@ -13,8 +13,10 @@ static const char info_usage[] =
     "Starts the runtime as 'eellm train' does and prints what it runs on: the StarPU\n"
     "version and configuration (CUDA and MPI support, the most CPUs and buffers per\n"
     "task it was built for), its workers by kind and the scheduler eellm chose (dmdas\n"
-    "with CUDA workers, lws without; STARPU_SCHED overrides), the BLAS library, and\n"
-    "the GPUs found with their memory ('none' without CUDA or without a device).\n"
+    "with CUDA workers, lws without; STARPU_SCHED overrides), the BLAS library, the\n"
+    "build of eellm's own CPU kernels that runs on this CPU (x86-64-v4 with AVX-512,\n"
+    "v3 with AVX2, the baseline), and the GPUs found with their memory ('none'\n"
+    "without CUDA or without a device).\n"
     "STARPU_NCPU, STARPU_NCUDA and the other StarPU variables apply.\n"
     "\n"
     "Exit status: 0 printed, 1 the runtime did not start, 2 bad usage.\n";
@@ -74,6 +76,7 @@ int cmd_info(int argc, char **argv) {
   }
   print_starpu();
   printf("BLAS:       %s (core %s)\n", openblas_get_config(), openblas_get_corename());
+  printf("kernels:    %s\n", eellm_cpu_kernels());
   print_gpus();
   eellm_runtime_stop();
   return 0;

@@ -31,6 +31,11 @@ extern "C" {
  * set to it; it returns where there is nothing to change or the exec failed. */
 EELLM_API const char *eellm_blas_core_for_cpu(void);
 EELLM_API void eellm_blas_fit_cpu(char **argv);
+/* Which build of eellm's own CPU kernels runs on this CPU ("x86-64-v4 (AVX-512)",
+ * "x86-64-v3 (AVX2, FMA)", "x86-64 (SSE2)", "portable C"): each is compiled for the first
+ * three and picked as the library loads. Attention's register tiles and the heads' few-row
+ * products need the first; elsewhere those run on OpenBLAS. */
+EELLM_API const char *eellm_cpu_kernels(void);
 /* Starts StarPU (scheduler lws unless STARPU_SCHED is set) with single-threaded
  * BLAS inside tasks; StarPU-MPI when eellm_mpi_init ran first. Returns 0, or
  * -1 with why in err. Stopping also finalises MPI. */

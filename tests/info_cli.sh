@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `eellm info`: the StarPU line (version, CUDA, MPI, limits), the workers by
 # kind and the scheduler (lws without CUDA workers, dmdas with them,
-# STARPU_SCHED first), the BLAS line (OpenBLAS's kernels fit to the CPU) and
+# STARPU_SCHED first), the BLAS line (OpenBLAS's kernels fit to the CPU), the kernels
+# line (which build of eellm's CPU kernels runs) and
 # the GPUs; --help; bad usage and a runtime that cannot start give one line and
 # a non-zero status.
 set -u
@@ -15,6 +16,12 @@ check "info runs" '[ $status -eq 0 ] && [ ! -s "$tmp/stderr" ]'
 check "StarPU line" grep -Eq '^StarPU: +1\.3\.[0-9]+ \(CUDA (yes|no), MPI yes, max CPUs [0-9]+, max buffers per task [0-9]+\)$' "$tmp/info"
 check "one CPU worker" grep -Eq '^workers: +1 CPU, [0-9]+ CUDA$' "$tmp/info"
 check "BLAS line" grep -Eq '^BLAS: +OpenBLAS [0-9.]+ .* \(core [A-Za-z0-9_]+\)$' "$tmp/info"
+# eellm's own CPU kernels: the AVX-512 build wherever the CPU has x86-64-v4's extensions.
+check "kernels line" grep -Eq '^kernels: +(x86-64-v4 \(AVX-512\)|x86-64-v3 \(AVX2, FMA\)|x86-64 \(SSE2\)|portable C)$' "$tmp/info"
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo &&
+  grep -qw avx512vl /proc/cpuinfo && grep -qw avx512cd /proc/cpuinfo; then
+  check "AVX-512 kernels on an AVX-512 CPU" grep -Eq '^kernels: +x86-64-v4 \(AVX-512\)$' "$tmp/info"
+fi
 check "GPU lines" grep -Eq '^(GPUs: +none|GPU 0: +.+, [0-9]+ MiB, compute capability [0-9]+\.[0-9]+)' "$tmp/info"
 # OpenBLAS's kernels: the user's OPENBLAS_CORETYPE is kept; unset, a CPU with AVX2 and FMA
 # runs vector kernels even where OpenBLAS does not know its model (eellm_blas_fit_cpu).

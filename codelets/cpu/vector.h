@@ -19,9 +19,14 @@
 #define EELLM_VECTORIZED \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define EELLM_CLONES_V4() __builtin_cpu_supports("x86-64-v4")
+#define EELLM_CLONE_NAME()                                         \
+  (__builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4 (AVX-512)"   \
+   : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2, FMA)" \
+                                         : "x86-64 (SSE2)")
 #else
 #define EELLM_VECTORIZED
 #define EELLM_CLONES_V4() 0
+#define EELLM_CLONE_NAME() "portable C"
 #endif
 
 /* 64-byte vectors (GCC's vector extensions) for hand-tiled loops, in always-inline helpers
@@ -35,6 +40,9 @@ typedef float vf16 __attribute__((vector_size(64)));
 
 /* Whether the EELLM_VECTORIZED clone that runs here is the AVX-512 one. */
 static inline int eellm_vf16_registers(void) { return EELLM_CLONES_V4(); }
+
+/* The EELLM_VECTORIZED clone that runs here, by name. */
+static inline const char *eellm_vectorized_clone(void) { return EELLM_CLONE_NAME(); }
 
 static inline __attribute__((always_inline)) vf16 load16(const float *p) {
   vf16 v;

@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "codelets/cpu/vector.h"
 #include "eellm.h"
 
 /* OpenBLAS's x86 kernels that use AVX2 and FMA or more. */
@@ -33,6 +34,8 @@ const char *eellm_blas_core_for_cpu(void) {
 #endif
   return NULL;
 }
+
+const char *eellm_cpu_kernels(void) { return eellm_vectorized_clone(); }
 
 void eellm_blas_fit_cpu(char **argv) {
   const char *core = eellm_blas_core_for_cpu();
